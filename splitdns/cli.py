@@ -1,0 +1,169 @@
+"""The command line: flags become config overrides; this is the only module that exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from splitdns import __version__
+from splitdns import config as configmod
+from splitdns.config import Config, ConfigError
+from splitdns.loops import LOOP_FACTORIES, loop_factory, loop_name
+from splitdns.privileges import PrivilegeError, drop_root
+from splitdns.server import Server
+
+log = logging.getLogger("splitdns")
+
+
+def _parser() -> argparse.ArgumentParser:
+    version = f"splitdns {__version__}"
+    parser = argparse.ArgumentParser(
+        prog="splitdns",
+        description="A LAN DNS forwarder that rewrites public answers into internal addresses.",
+    )
+    parser.add_argument("--version", action="version", version=version)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the DNS server until SIGINT/SIGTERM")
+    serve.add_argument("--version", action="version", version=version)
+    serve.add_argument("-c", "--config", metavar="FILE", help="zone mapping (default: embedded)")
+    serve.add_argument(
+        "--listen", action="append", metavar="HOST:PORT", help="listen here instead (repeatable)"
+    )
+    serve.add_argument(
+        "--upstream",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="forward here instead (repeatable)",
+    )
+    serve.add_argument("--loop", choices=sorted(LOOP_FACTORIES), default="auto", help="event loop")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level",
+    )
+
+    check = sub.add_parser("check", help="validate a zone mapping and summarise it")
+    check.add_argument("--version", action="version", version=version)
+    check.add_argument("-c", "--config", metavar="FILE", required=True, help="zone mapping")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return _check(args.config)
+    return _serve(args)
+
+
+# --------------------------------------------------------------------------- check
+
+
+def summary(config: Config) -> list[str]:
+    """What `check` prints: the config as splitdns understood it."""
+    lines = [
+        f"listen: {', '.join(map(str, config.listen))}",
+        f"upstreams ({config.upstreams_origin}): "
+        + (", ".join(map(str, config.upstreams)) or "none (every query will get SERVFAIL)"),
+        f"allow: {', '.join(map(str, config.allow))}",
+        f"timeout: {config.timeout:g} s",
+    ]
+    if not config.views:
+        lines.append("views: none (allowed clients get plain forwarding)")
+    for view in config.views:
+        lines.append(
+            f"view {view.name}: clients {', '.join(map(str, view.clients))}; "
+            f"{len(view.rules)} rewrite rule(s); {len(view.hosts)} host(s); aaaa {view.aaaa}"
+        )
+        for rule in view.rules:
+            lines.append(f"  rewrite[{rule.index}] {rule}")
+        for name, addresses in view.hosts.exact.items():
+            lines.append(f"  host {name} -> {', '.join(map(str, addresses))}")
+        for pattern, addresses in view.hosts.wildcards:
+            lines.append(f"  host {pattern} -> {', '.join(map(str, addresses))}")
+    return lines
+
+
+def _check(path: str) -> int:
+    try:
+        config = configmod.load(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{path}: OK")
+    for line in summary(config):
+        print(line)
+    return 0
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def startup_line(config: Config, server: Server, loop: str, user: str | None) -> str:
+    listening = ", ".join(f"{ep} ({kind})" for kind, ep in server.bound)
+    ups = ", ".join(map(str, config.upstreams)) or "NONE (every query gets SERVFAIL)"
+    if config.source == configmod.EMBEDDED_SOURCE:
+        what = "embedded default config: no rewrites until configured (splitdns serve -c FILE)"
+    else:
+        views = ", ".join(f"{v.name} ({len(v.rules)} rules)" for v in config.views) or "none"
+        what = f"config {config.source}: views {views}"
+    who = f"; running as {user}" if user else ""
+    return (
+        f"splitdns {__version__} serving {listening}; upstreams {ups} (from "
+        f"{config.upstreams_origin}); {what}; loop {loop}{who}"
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = configmod.load(args.config) if args.config else configmod.load_default()
+        config = config.with_overrides(args.listen, args.upstream)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"splitdns: bad command-line value: {exc}", file=sys.stderr)
+        return 2
+    try:
+        factory = loop_factory(args.loop)
+    except ImportError:
+        print(f"splitdns: --loop {args.loop} is not installed", file=sys.stderr)
+        return 2
+    with asyncio.Runner(loop_factory=factory) as runner:
+        try:
+            return runner.run(_run(config, loop_name(factory)))
+        except (OSError, PrivilegeError) as exc:
+            print(f"splitdns: {exc}", file=sys.stderr)
+            return 1
+
+
+async def _run(config: Config, loop: str) -> int:
+    server = Server(config)
+    await server.start()
+    try:
+        user = drop_root(config.user)
+    except PrivilegeError:
+        await server.stop(0)
+        raise
+    if not config.upstreams:
+        log.warning("no upstream servers: pass --upstream or set `upstreams:`")
+    log.info("%s", startup_line(config, server, loop, user))
+    stopping = asyncio.Event()
+    running = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        running.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down: draining in-flight queries")
+    await server.stop(drain=min(config.timeout + 0.5, 5.0))
+    log.info("stopped")
+    return 0

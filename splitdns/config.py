@@ -1,0 +1,461 @@
+"""The zone mapping: YAML in, one frozen, validated, normalised Config out.
+
+Every section becomes a small frozen dataclass with its defaults beside the fields. Names are
+lower-cased and networks parsed once, here, so the rest of the program never re-validates.
+Every error names the file, the line and the key path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+
+from splitdns.configtree import ConfigError, Node, parse
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_LISTEN = "127.0.0.1:5353"
+DEFAULT_TIMEOUT = 3.0
+DEFAULT_HOSTS_TTL = 300
+EMBEDDED_SOURCE = "<embedded default>"
+RESOLV_CONF = "/etc/resolv.conf"
+
+#: Loopback and private ranges: who may query when `allow` is not given.
+PRIVATE_RANGES: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An address and port, for listeners and upstreams."""
+
+    host: str
+    port: int
+
+    @property
+    def family_v6(self) -> bool:
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family_v6 else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NamePattern:
+    """`mail.example.com` (exactly that name) or `*.example.com` (one or more labels below)."""
+
+    suffix: str
+    wildcard: bool
+
+    def matches(self, name: str) -> bool:
+        if self.wildcard:
+            return name.endswith("." + self.suffix)
+        return name == self.suffix
+
+    def __str__(self) -> str:
+        return f"*.{self.suffix}" if self.wildcard else self.suffix
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rewrite: addresses in `source` map 1:1 onto `target` (same family and size)."""
+
+    index: int
+    source: IPNetwork
+    target: IPNetwork
+    names: tuple[NamePattern, ...] = ()
+
+    def map(self, address: IPAddress) -> IPAddress:
+        offset = int(address) - int(self.source.network_address)
+        return ipaddress.ip_address(int(self.target.network_address) + offset)
+
+    def applies_to(self, names: Iterable[str]) -> bool:
+        if not self.names:
+            return True
+        return any(p.matches(n) for n in names for p in self.names)
+
+    def __str__(self) -> str:
+        def show(net: IPNetwork) -> str:
+            return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+        only = f" for {', '.join(map(str, self.names))}" if self.names else ""
+        return f"{show(self.source)} -> {show(self.target)}{only}"
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """Local answers: exact names and wildcard suffixes, each with its addresses."""
+
+    exact: dict[str, tuple[IPAddress, ...]] = field(default_factory=dict)
+    wildcards: tuple[tuple[NamePattern, tuple[IPAddress, ...]], ...] = ()
+
+    def lookup(self, name: str) -> tuple[IPAddress, ...] | None:
+        found = self.exact.get(name)
+        if found is not None:
+            return found
+        best: tuple[IPAddress, ...] | None = None
+        best_len = -1
+        for pattern, addresses in self.wildcards:
+            if pattern.matches(name) and len(pattern.suffix) > best_len:
+                best, best_len = addresses, len(pattern.suffix)
+        return best
+
+    def names_for(self, address: IPAddress) -> list[str]:
+        """Exact names listing `address`, in config order (for PTR answers)."""
+        return [name for name, addrs in self.exact.items() if address in addrs]
+
+    def __len__(self) -> int:
+        return len(self.exact) + len(self.wildcards)
+
+
+@dataclass(frozen=True)
+class View:
+    """A group of clients and what splitdns does for them."""
+
+    name: str
+    clients: tuple[IPNetwork, ...]
+    rules: tuple[Rule, ...] = ()
+    aaaa: str = "keep"
+    hosts: Hosts = field(default_factory=Hosts)
+    hosts_ttl: int = DEFAULT_HOSTS_TTL
+
+    def matches(self, client: IPAddress) -> bool:
+        return any(client in net for net in self.clients)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything `splitdns serve` needs, validated."""
+
+    source: str
+    listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 5353),)
+    upstreams: tuple[Endpoint, ...] = ()
+    upstreams_origin: str = "config"
+    allow: tuple[IPNetwork, ...] = PRIVATE_RANGES
+    views: tuple[View, ...] = ()
+    timeout: float = DEFAULT_TIMEOUT
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 512
+    user: str = "nobody"
+
+    @property
+    def rule_count(self) -> int:
+        return sum(len(v.rules) for v in self.views)
+
+    def with_overrides(
+        self, listen: list[str] | None = None, upstreams: list[str] | None = None
+    ) -> Config:
+        """Command-line flags win over the file."""
+        changed = self
+        if listen:
+            changed = replace(changed, listen=tuple(parse_endpoint(x, None) for x in listen))
+        if upstreams:
+            changed = replace(
+                changed,
+                upstreams=tuple(parse_endpoint(x, 53) for x in upstreams),
+                upstreams_origin="command line",
+            )
+        return changed
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+
+def parse_endpoint(text: str, default_port: int | None) -> Endpoint:
+    """`HOST:PORT`, `[V6]:PORT`, or (with a default port) `HOST` / a bare IPv6 address."""
+    text = text.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ValueError(f"{text!r}: missing ']'")
+        host, rest = text[1:close], text[close + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r}: expected ':PORT' after ']'")
+            port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address") from None
+    if port_text:
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"{port_text!r} is not a port (0-65535)")
+        port = int(port_text)
+    elif default_port is None:
+        raise ValueError(f"{text!r} needs a port (HOST:PORT)")
+    else:
+        port = default_port
+    return Endpoint(str(address), port)
+
+
+def _endpoint(node: Node, default_port: int | None) -> Endpoint:
+    try:
+        return parse_endpoint(node.text(), default_port)
+    except ValueError as exc:
+        raise node.error(str(exc)) from None
+
+
+def _network(node: Node) -> IPNetwork:
+    text = node.text().strip()
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise node.error(f"{text!r} is not an address or network") from None
+        raise node.error(f"{text!r} has host bits set (did you mean its network?)") from None
+
+
+def _address(node: Node) -> IPAddress:
+    text = node.text().strip()
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise node.error(f"{text!r} is not an IP address") from None
+
+
+def _name(text: str, node: Node, *, wildcard_ok: bool) -> NamePattern:
+    name = text.strip().lower().rstrip(".")
+    wildcard = name.startswith("*.")
+    if wildcard:
+        if not wildcard_ok:
+            raise node.error(f"{text!r}: wildcards are not allowed here")
+        name = name[2:]
+    labels = name.split(".") if name else []
+    if not labels or any(not 0 < len(label) <= 63 for label in labels) or len(name) > 253:
+        raise node.error(f"{text!r} is not a valid domain name")
+    if any(ch in name for ch in " *\\"):
+        raise node.error(f"{text!r} is not a valid domain name (use '*.' only as the first label)")
+    return NamePattern(name, wildcard)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+TOP_KEYS = frozenset(
+    {
+        "listen",
+        "upstreams",
+        "allow",
+        "views",
+        "timeout",
+        "tcp_idle_timeout",
+        "tcp_max_connections",
+        "user",
+    }
+)
+VIEW_KEYS = frozenset({"name", "clients", "rewrite", "aaaa", "hosts", "hosts_ttl"})
+RULE_KEYS = frozenset({"from", "to", "names"})
+
+
+def _rule(node: Node, index: int) -> Rule:
+    keys = node.mapping(RULE_KEYS)
+    for needed in ("from", "to"):
+        if needed not in keys:
+            raise node.error(f"missing '{needed}'")
+    source = _network(keys["from"])
+    target = _network(keys["to"])
+    if source.version != target.version:
+        raise keys["to"].error(f"{target} is IPv{target.version} but 'from' is IPv{source.version}")
+    if source.prefixlen != target.prefixlen:
+        raise keys["to"].error(
+            f"size mismatch: 'from' {source} has {source.num_addresses} addresses, "
+            f"'to' {target} has {target.num_addresses} (networks map 1:1)"
+        )
+    names: tuple[NamePattern, ...] = ()
+    if "names" in keys:
+        items = keys["names"].items(allow_scalar=True)
+        if not items:
+            raise keys["names"].error(
+                "must list at least one name (leave the key out for all names)"
+            )
+        names = tuple(_name(item.text(), item, wildcard_ok=True) for item in items)
+    return Rule(index, source, target, names)
+
+
+def _hosts(node: Node) -> Hosts:
+    exact: dict[str, tuple[IPAddress, ...]] = {}
+    wildcards: list[tuple[NamePattern, tuple[IPAddress, ...]]] = []
+    for key, value in node.string_mapping():
+        pattern = _name(key, value, wildcard_ok=True)
+        items = value.items(allow_scalar=True)
+        if not items:
+            raise value.error("must list at least one address")
+        addresses = tuple(_address(item) for item in items)
+        if pattern.wildcard:
+            wildcards.append((pattern, addresses))
+        else:
+            if pattern.suffix in exact:
+                raise value.error(f"{pattern.suffix} is listed twice")
+            exact[pattern.suffix] = addresses
+    return Hosts(exact, tuple(wildcards))
+
+
+def _view(node: Node, earlier: list[View]) -> View:
+    keys = node.mapping(VIEW_KEYS)
+    if "name" not in keys:
+        raise node.error("missing 'name'")
+    name = keys["name"].text()
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise keys["name"].error(f"{name!r}: use letters, digits, '-' and '_'")
+    for earlier_view in earlier:
+        if earlier_view.name == name:
+            raise keys["name"].error(f"duplicate view name {name!r}")
+    if "clients" not in keys:
+        raise node.error("missing 'clients'")
+    client_nodes = keys["clients"].items(allow_scalar=True)
+    if not client_nodes:
+        raise keys["clients"].error("must list at least one network")
+    clients: list[IPNetwork] = []
+    for item in client_nodes:
+        net = _network(item)
+        for prev in clients:
+            if net.version == prev.version and net.overlaps(prev):
+                raise item.error(f"{net} overlaps {prev} in the same view")
+        clients.append(net)
+    _check_shadowed(keys["clients"], clients, earlier)
+
+    rules: list[Rule] = []
+    for i, item in enumerate(keys["rewrite"].items() if "rewrite" in keys else []):
+        rule = _rule(item, i)
+        for earlier_rule in rules:
+            if earlier_rule.source == rule.source and set(earlier_rule.names) == set(rule.names):
+                raise item.error(
+                    f"same 'from' {rule.source} as rewrite[{earlier_rule.index}] for the same "
+                    "names: which one wins would be ambiguous"
+                )
+        rules.append(rule)
+    aaaa = keys["aaaa"].choice(("keep", "drop")) if "aaaa" in keys else "keep"
+    hosts = _hosts(keys["hosts"]) if "hosts" in keys else Hosts()
+    ttl = keys["hosts_ttl"].integer(minimum=0, maximum=604800) if "hosts_ttl" in keys else 300
+    return View(name, tuple(clients), tuple(rules), aaaa, hosts, ttl)
+
+
+def _inside(inner: IPNetwork, outer: IPNetwork) -> bool:
+    if isinstance(inner, ipaddress.IPv4Network) and isinstance(outer, ipaddress.IPv4Network):
+        return inner.subnet_of(outer)
+    if isinstance(inner, ipaddress.IPv6Network) and isinstance(outer, ipaddress.IPv6Network):
+        return inner.subnet_of(outer)
+    return False
+
+
+def _check_shadowed(node: Node, clients: list[IPNetwork], earlier: list[View]) -> None:
+    """A view whose every client network is inside earlier views would never be used."""
+    covered = [net for view in earlier for net in view.clients]
+    for net in clients:
+        if not any(_inside(net, outer) for outer in covered):
+            return
+    raise node.error(
+        "every client here is already matched by an earlier view: this view is never used"
+    )
+
+
+def from_node(root: Node) -> Config:
+    keys = root.mapping(TOP_KEYS)
+    config = Config(source=root.source)
+    if "listen" in keys:
+        items = keys["listen"].items(allow_scalar=True)
+        if not items:
+            raise keys["listen"].error("must list at least one address")
+        config = replace(config, listen=tuple(_endpoint(i, 53) for i in items))
+    if "upstreams" in keys:
+        ups = tuple(_endpoint(i, 53) for i in keys["upstreams"].items(allow_scalar=True))
+        config = replace(config, upstreams=ups)
+    else:
+        config = replace(config, upstreams=resolv_conf_upstreams(), upstreams_origin=RESOLV_CONF)
+    if "allow" in keys:
+        config = replace(
+            config, allow=tuple(_network(i) for i in keys["allow"].items(allow_scalar=True))
+        )
+    views: list[View] = []
+    for item in keys["views"].items() if "views" in keys else []:
+        views.append(_view(item, views))
+    config = replace(config, views=tuple(views))
+    if "timeout" in keys:
+        config = replace(config, timeout=keys["timeout"].number(minimum=0.1, maximum=60))
+    if "tcp_idle_timeout" in keys:
+        config = replace(
+            config, tcp_idle_timeout=keys["tcp_idle_timeout"].number(minimum=0.5, maximum=3600)
+        )
+    if "tcp_max_connections" in keys:
+        config = replace(
+            config,
+            tcp_max_connections=keys["tcp_max_connections"].integer(minimum=1, maximum=100000),
+        )
+    if "user" in keys:
+        config = replace(config, user=keys["user"].text())
+    return config
+
+
+def loads(text: str, source: str) -> Config:
+    return from_node(parse(text, source))
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Load and validate a zone mapping file; raises ConfigError naming file, line and key."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(name, 0, "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(name, 0, "", f"not UTF-8 text: {exc.reason}") from None
+    return loads(text, name)
+
+
+def load_default() -> Config:
+    """The embedded default: loopback:5353, resolv.conf upstreams, private ranges, no rewrites."""
+    text = resources.files("splitdns").joinpath("default.yaml").read_text(encoding="utf-8")
+    return loads(text, EMBEDDED_SOURCE)
+
+
+def resolv_conf_upstreams(path: str = RESOLV_CONF) -> tuple[Endpoint, ...]:
+    """`nameserver` lines of resolv.conf (scoped link-local addresses are skipped)."""
+    found: list[Endpoint] = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ()
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver" and "%" not in parts[1]:
+            try:
+                found.append(Endpoint(str(ipaddress.ip_address(parts[1])), 53))
+            except ValueError:
+                continue
+    return tuple(found)
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Endpoint",
+    "Hosts",
+    "NamePattern",
+    "Rule",
+    "View",
+    "load",
+    "load_default",
+    "loads",
+]

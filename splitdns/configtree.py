@@ -1,0 +1,175 @@
+"""YAML read as a tree of located nodes, so every config error names file, line and key path.
+
+PyYAML's composer keeps a line for every node; plain `yaml.safe_load` throws that away and
+silently keeps the last of two duplicate keys. This module keeps both the line and the
+strictness, and is the only place that knows about PyYAML nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, printed as `FILE:LINE: key.path: message`."""
+
+    def __init__(self, source: str, line: int, path: str, message: str) -> None:
+        self.source = source
+        self.line = line
+        self.path = path
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return f"{where}: {self.path or '(top)'}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One YAML node with where it came from."""
+
+    raw: yaml.Node
+    source: str
+    path: str
+
+    @property
+    def line(self) -> int:
+        return int(self.raw.start_mark.line) + 1
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(self.source, self.line, self.path, message)
+
+    def _child(self, raw: yaml.Node, key: str | int) -> Node:
+        if isinstance(key, int):
+            path = f"{self.path}[{key}]"
+        else:
+            path = f"{self.path}.{key}" if self.path else key
+        return Node(raw, self.source, path)
+
+    # ---- shapes
+
+    def is_null(self) -> bool:
+        return isinstance(self.raw, yaml.ScalarNode) and self.raw.tag.endswith(":null")
+
+    def mapping(self, allowed: set[str] | frozenset[str]) -> dict[str, Node]:
+        """The children of a mapping; unknown and duplicate keys are errors."""
+        if self.is_null():
+            return {}
+        if not isinstance(self.raw, yaml.MappingNode):
+            raise self.error(f"must be a mapping, not {self.kind()}")
+        out: dict[str, Node] = {}
+        for key_node, value_node in self.raw.value:
+            key = _scalar_value(key_node)
+            if not isinstance(key, str):
+                raise Node(key_node, self.source, self.path).error(f"key {key!r} must be a string")
+            child = self._child(value_node, key)
+            if key in out:
+                raise Node(key_node, self.source, child.path).error("duplicate key")
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise Node(key_node, self.source, child.path).error(
+                    f"unknown key (known keys: {known})"
+                )
+            out[key] = child
+        return out
+
+    def string_mapping(self) -> Iterator[tuple[str, Node]]:
+        """Children of a mapping whose keys are free-form strings (host names)."""
+        if self.is_null():
+            return
+        if not isinstance(self.raw, yaml.MappingNode):
+            raise self.error(f"must be a mapping, not {self.kind()}")
+        seen: set[str] = set()
+        for key_node, value_node in self.raw.value:
+            key = _scalar_value(key_node)
+            if not isinstance(key, str):
+                raise Node(key_node, self.source, self.path).error(f"key {key!r} must be a string")
+            child = self._child(value_node, key)
+            if key in seen:
+                raise Node(key_node, self.source, child.path).error("duplicate key")
+            seen.add(key)
+            yield key, child
+
+    def items(self, *, allow_scalar: bool = False) -> list[Node]:
+        """The children of a sequence (a lone scalar counts as a list of one if allowed)."""
+        if self.is_null():
+            return []
+        if isinstance(self.raw, yaml.SequenceNode):
+            return [self._child(item, i) for i, item in enumerate(self.raw.value)]
+        if allow_scalar and isinstance(self.raw, yaml.ScalarNode):
+            return [self]
+        raise self.error(f"must be a list, not {self.kind()}")
+
+    def scalar(self) -> Any:
+        if not isinstance(self.raw, yaml.ScalarNode):
+            raise self.error(f"must be a single value, not {self.kind()}")
+        return _scalar_value(self.raw)
+
+    def text(self) -> str:
+        value = self.scalar()
+        if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+            raise self.error(f"must be a string, not {value!r}")
+        return str(value)
+
+    def number(self, *, minimum: float, maximum: float) -> float:
+        value = self.scalar()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(f"must be a number, not {value!r}")
+        if not minimum <= value <= maximum:
+            raise self.error(f"must be between {minimum:g} and {maximum:g}, not {value}")
+        return float(value)
+
+    def integer(self, *, minimum: int, maximum: int) -> int:
+        value = self.scalar()
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(f"must be a whole number, not {value!r}")
+        if not minimum <= value <= maximum:
+            raise self.error(f"must be between {minimum} and {maximum}, not {value}")
+        return value
+
+    def boolean(self) -> bool:
+        value = self.scalar()
+        if not isinstance(value, bool):
+            raise self.error(f"must be true or false, not {value!r}")
+        return value
+
+    def choice(self, options: tuple[str, ...]) -> str:
+        value = self.text()
+        if value not in options:
+            raise self.error(f"must be one of {', '.join(options)}, not {value!r}")
+        return value
+
+    def kind(self) -> str:
+        if isinstance(self.raw, yaml.MappingNode):
+            return "a mapping"
+        if isinstance(self.raw, yaml.SequenceNode):
+            return "a list"
+        return repr(_scalar_value(self.raw))
+
+
+def _scalar_value(node: yaml.Node) -> Any:
+    """The typed value of a scalar node, by YAML's safe rules (ints, bools, strings...)."""
+    if not isinstance(node, yaml.ScalarNode):
+        return f"<{type(node).__name__}>"
+    return yaml.SafeLoader("").construct_object(node, deep=True)
+
+
+def parse(text: str, source: str) -> Node:
+    """Compose YAML text into a located node; syntax errors become ConfigError."""
+    try:
+        raw = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        raise ConfigError(source, line, "", f"YAML syntax: {exc.problem or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, 0, "", f"YAML: {exc}") from exc
+    if raw is None:
+        raw = yaml.compose("~", Loader=yaml.SafeLoader)
+        assert raw is not None
+    return Node(raw, source, "")

@@ -1,0 +1,111 @@
+"""The rewrite: public addresses in upstream answers become internal ones for a view.
+
+Pure functions over wire bytes. Only the 4 or 16 address bytes of matching A/AAAA records
+change; owner names, TTLs, classes, order and every other record stay as the upstream sent
+them. RRSIGs covering a rewritten RRset are removed and AD is cleared, because the rewritten
+data no longer validates.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from splitdns import wire
+from splitdns.config import IPAddress, Rule, View
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One rewritten address, for logs, metrics and `explain`."""
+
+    name: str
+    old: IPAddress
+    new: IPAddress
+    rule: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rewritten:
+    data: bytes
+    changes: tuple[Change, ...] = ()
+
+
+def specificity(rule: Rule) -> tuple[int, int, int]:
+    """Sort key: rules with `names` first, then the longest `from` prefix, then config order."""
+    return (0 if rule.names else 1, -rule.source.prefixlen, rule.index)
+
+
+def ordered_rules(view: View) -> tuple[Rule, ...]:
+    return tuple(sorted(view.rules, key=specificity))
+
+
+def pick_rule(rules: tuple[Rule, ...], address: IPAddress, names: set[str]) -> Rule | None:
+    """The most specific rule (from `ordered_rules`) whose `from` holds `address` and names fit."""
+    for rule in rules:
+        if (
+            rule.source.version == address.version
+            and address in rule.source
+            and rule.applies_to(names)
+        ):
+            return rule
+    return None
+
+
+def chain_names(data: bytes, message: wire.Message, qname: str) -> set[str]:
+    """The query name plus every owner and target of CNAMEs in the answer section."""
+    names = {qname}
+    for record in message.records:
+        if record.section == wire.ANSWER and record.rtype == wire.TYPE_CNAME:
+            names.add(record.name)
+            names.add(wire.read_cname_target(data, record))
+    return names
+
+
+def rewrite(data: bytes, qname: str, view: View | None) -> Rewritten:
+    """Rewrite an upstream answer (no OPT) for `view`; malformed input raises wire.WireError."""
+    if view is None or not view.rules:
+        return Rewritten(data)
+    rules = ordered_rules(view)
+    message = wire.walk(data)
+    chain: set[str] | None = None
+    patched: bytearray | None = None
+    changes: list[Change] = []
+    rewritten_sets: set[tuple[int, str, int]] = set()
+    for record in message.records:
+        if record.section == wire.AUTHORITY or record.rclass != wire.CLASS_IN:
+            continue
+        offset = record.rdata_offset
+        address: IPAddress
+        if record.rtype == wire.TYPE_A and record.rdlength == 4:
+            address = ipaddress.IPv4Address(data[offset : offset + 4])
+        elif record.rtype == wire.TYPE_AAAA and record.rdlength == 16:
+            address = ipaddress.IPv6Address(data[offset : offset + 16])
+        else:
+            continue
+        if record.section == wire.ANSWER:
+            if chain is None:
+                chain = chain_names(data, message, qname)
+            names = chain | {record.name}
+        else:
+            names = {record.name}
+        rule = pick_rule(rules, address, names)
+        if rule is None:
+            continue
+        new = rule.map(address)
+        if patched is None:
+            patched = bytearray(data)
+        patched[offset : offset + record.rdlength] = new.packed
+        changes.append(Change(record.name, address, new, rule.index))
+        rewritten_sets.add((record.section, record.name, record.rtype))
+    if patched is None:
+        return Rewritten(data)
+    out = wire.set_flags(bytes(patched), clear_bits=wire.AD)
+    covered = {
+        (r.section, r.name, int.from_bytes(out[r.rdata_offset : r.rdata_offset + 2], "big"))
+        for r in message.records
+        if r.rtype == wire.TYPE_RRSIG and r.rdlength >= 2
+    }
+    if covered & rewritten_sets:
+        out = wire.remove_rrsigs(out, rewritten_sets)
+    return Rewritten(out, tuple(changes))

@@ -1,0 +1,202 @@
+"""UDP and TCP listeners, the error boundary, and the server's lifecycle.
+
+Protocol classes only move bytes: they hand each message to `Server.respond`, which parses
+it, runs the handler chain and finalises the answer. `respond` is the one error boundary: an
+unexpected exception becomes SERVFAIL with the query's ID and question, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections.abc import Coroutine
+from typing import Any, cast
+
+from splitdns import wire
+from splitdns.config import Config, Endpoint
+from splitdns.handlers import Handler, Outcome, Request, Response, build_chain
+from splitdns.upstream import Upstreams
+from splitdns.views import client_address, is_allowed
+
+log = logging.getLogger(__name__)
+
+MAX_TCP_PIPELINE = 32  # answers in flight per TCP connection before reading pauses
+
+
+class Server:
+    """Owns the listeners, the in-flight tasks and the current handler chain."""
+
+    def __init__(self, config: Config, upstreams: Upstreams | None = None) -> None:
+        self.config = config
+        self.upstreams = upstreams or Upstreams(config.upstreams, config.timeout)
+        self.handler: Handler = build_chain(config, self.upstreams)
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tcp_writers: set[asyncio.StreamWriter] = set()
+        self.bound: list[tuple[str, Endpoint]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Bind every listen address, UDP and TCP; an error here stops the start cleanly."""
+        loop = asyncio.get_running_loop()
+        try:
+            for endpoint in self.config.listen:
+                family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                try:
+                    if family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.bind((endpoint.host, endpoint.port))
+                except OSError:
+                    sock.close()
+                    raise
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: UdpProtocol(self), sock=sock
+                )
+                self._udp.append(transport)
+                port = sock.getsockname()[1]
+                tcp = await asyncio.start_server(
+                    self._tcp_client,
+                    endpoint.host,
+                    port or endpoint.port,
+                    reuse_address=True,
+                    backlog=256,
+                )
+                self._tcp.append(tcp)
+                self.bound.append(("udp+tcp", Endpoint(endpoint.host, port)))
+        except OSError:
+            await self.stop(0)
+            raise
+
+    async def stop(self, drain: float = 5.0) -> None:
+        """Stop listening, let in-flight queries finish for up to `drain` seconds, then cancel."""
+        for transport in self._udp:
+            transport.close()
+        for tcp in self._tcp:
+            tcp.close()
+        self._udp.clear()
+        if self._tasks and drain > 0:
+            await asyncio.wait(set(self._tasks), timeout=drain)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in list(self._tcp_writers):
+            writer.close()
+        for tcp in self._tcp:
+            await tcp.wait_closed()
+        self._tcp.clear()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ the error boundary
+
+    async def respond(self, data: bytes, host: str, transport: str) -> bytes | None:
+        """The answer to one message, or None to drop it."""
+        client = client_address(host)
+        try:
+            query = wire.parse_query(data)
+        except wire.HeaderOnlyError as exc:
+            if not is_allowed(self.config.allow, client):
+                return None
+            if exc.flags & wire.OPCODE_MASK:
+                return wire.make_header_error(exc.msg_id, exc.flags, wire.NOTIMP)
+            log.debug("FORMERR to %s: %s", client, exc)
+            return wire.make_header_error(exc.msg_id, exc.flags, wire.FORMERR)
+        except wire.WireError as exc:
+            log.debug("dropped from %s: %s", client, exc)
+            return None
+        limit = query.udp_limit() if transport == "udp" else 65535
+        if query.opcode != 0:
+            return wire.finalize(query, wire.make_error(query, wire.NOTIMP), limit)
+        if query.edns and query.edns_version > 0:
+            return wire.make_badvers(query)
+        try:
+            response = await self.handler(Request(query, client, transport))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("internal error answering %s from %s", query.question.name, client)
+            response = Response(wire.make_error(query, wire.SERVFAIL), Outcome.SERVFAIL)
+        return wire.finalize(query, response.bare, limit)
+
+    # ------------------------------------------------------------------ UDP
+
+    async def answer_udp(
+        self, data: bytes, addr: tuple[Any, ...], transport: asyncio.DatagramTransport
+    ) -> None:
+        answer = await self.respond(data, addr[0], "udp")
+        if answer is not None and not transport.is_closing():
+            transport.sendto(answer, addr)
+
+    # ------------------------------------------------------------------ TCP (RFC 7766)
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if len(self._tcp_writers) >= self.config.tcp_max_connections or peer is None:
+            log.warning(
+                "TCP connection limit (%d) reached: closing new connection",
+                self.config.tcp_max_connections,
+            )
+            writer.close()
+            return
+        self._tcp_writers.add(writer)
+        pending: set[asyncio.Task[Any]] = set()
+        idle = self.config.tcp_idle_timeout
+        try:
+            while True:
+                try:
+                    # One deadline per message: a client trickling bytes cannot hold us forever.
+                    async with asyncio.timeout(idle):
+                        (length,) = struct.unpack("!H", await reader.readexactly(2))
+                        if length == 0:
+                            break
+                        data = await reader.readexactly(length)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    break
+                task = self.spawn(self._tcp_answer(data, peer[0], writer))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                if len(pending) >= MAX_TCP_PIPELINE:
+                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if pending:
+                await asyncio.wait(pending, timeout=self.config.timeout + 1)
+        finally:
+            self._tcp_writers.discard(writer)
+            writer.close()
+
+    async def _tcp_answer(self, data: bytes, host: str, writer: asyncio.StreamWriter) -> None:
+        answer = await self.respond(data, host, "tcp")
+        if answer is not None and not writer.is_closing():
+            writer.write(struct.pack("!H", len(answer)) + answer)
+            try:
+                await writer.drain()
+            except ConnectionError:
+                writer.close()
+
+
+class UdpProtocol(asyncio.DatagramProtocol):
+    """Hands each datagram to the server; nothing else."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport is not a subclass of asyncio.DatagramTransport, so cast.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        if self.transport is not None:
+            self.server.spawn(self.server.answer_udp(data, addr, self.transport))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP socket error: %s", exc)

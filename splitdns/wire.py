@@ -1,0 +1,459 @@
+"""The DNS codec: the only module that reads or writes DNS wire format.
+
+The hot path never builds dnspython objects: queries are parsed by hand (header, question,
+OPT) and upstream answers are walked in place, so a rewrite is a 4- or 16-byte patch and the
+rest of the message stays exactly as the upstream sent it. dnspython is used only where a
+message must be rebuilt (removing RRSIGs after a rewrite, an OPT record in an odd place).
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from dataclasses import dataclass, field
+
+import dns.message
+import dns.rdatatype
+
+HEADER = struct.Struct("!HHHHHH")
+HEADER_LEN = 12
+RR_FIXED = struct.Struct("!HHIH")
+
+# Header flag bits.
+QR = 0x8000
+AA = 0x0400
+TC = 0x0200
+RD = 0x0100
+RA = 0x0080
+AD = 0x0020
+CD = 0x0010
+OPCODE_MASK = 0x7800
+
+# Response codes.
+NOERROR = 0
+FORMERR = 1
+SERVFAIL = 2
+NXDOMAIN = 3
+NOTIMP = 4
+REFUSED = 5
+BADVERS = 16
+
+# Record types and classes the server itself looks at.
+TYPE_A = 1
+TYPE_NS = 2
+TYPE_CNAME = 5
+TYPE_SOA = 6
+TYPE_PTR = 12
+TYPE_AAAA = 28
+TYPE_OPT = 41
+TYPE_RRSIG = 46
+TYPE_IXFR = 251
+TYPE_AXFR = 252
+CLASS_IN = 1
+
+ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
+
+#: The UDP payload size splitdns advertises and uses upstream (DNS flag day 2020).
+EDNS_PAYLOAD = 1232
+#: Classic DNS limit for clients that send no EDNS.
+CLASSIC_UDP = 512
+#: Largest UDP answer splitdns sends, whatever a client claims.
+MAX_UDP = 4096
+
+MAX_POINTER_HOPS = 64
+
+
+class WireError(ValueError):
+    """The bytes are not a well-formed DNS message."""
+
+
+class HeaderOnlyError(WireError):
+    """The header is readable but the rest is not: answer FORMERR with the header's ID."""
+
+    def __init__(self, message: str, msg_id: int, flags: int) -> None:
+        super().__init__(message)
+        self.msg_id = msg_id
+        self.flags = flags
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """One question: `name` is lower-case text without the final dot ("" is the root)."""
+
+    name: str
+    qtype: int
+    qclass: int
+    wire: bytes  # the question exactly as sent: name (uncompressed), type, class
+
+    @property
+    def name_wire(self) -> bytes:
+        return self.wire[:-4]
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A parsed client query: everything the server needs, nothing it does not."""
+
+    msg_id: int
+    flags: int
+    question: Question
+    edns: bool = False
+    payload: int = CLASSIC_UDP
+    do: bool = False
+    edns_version: int = 0
+
+    @property
+    def rd(self) -> bool:
+        return bool(self.flags & RD)
+
+    @property
+    def cd(self) -> bool:
+        return bool(self.flags & CD)
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags & OPCODE_MASK) >> 11
+
+    def udp_limit(self) -> int:
+        """Largest UDP answer this client accepts (RFC 6891 §6.2.5: never below 512)."""
+        if not self.edns:
+            return CLASSIC_UDP
+        return max(CLASSIC_UDP, min(self.payload, MAX_UDP))
+
+    def with_type(self, qtype: int) -> Query:
+        """The same query for another type (used to look up A beside AAAA)."""
+        q = self.question
+        wire = q.name_wire + struct.pack("!HH", qtype, q.qclass)
+        return Query(
+            self.msg_id,
+            self.flags,
+            Question(q.name, qtype, q.qclass, wire),
+            self.edns,
+            self.payload,
+            self.do,
+            self.edns_version,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Where one resource record sits in a message; the bytes stay in the message."""
+
+    section: int
+    name: str
+    rtype: int
+    rclass: int
+    ttl_offset: int
+    rdata_offset: int
+    rdlength: int
+    start: int
+    end: int
+
+
+@dataclass(slots=True)
+class Message:
+    """A walked message: header fields, questions and record positions."""
+
+    msg_id: int
+    flags: int
+    questions: list[Question]
+    records: list[Record] = field(default_factory=list)
+
+    @property
+    def rcode(self) -> int:
+        return self.flags & 0xF
+
+    def section(self, section: int) -> list[Record]:
+        return [r for r in self.records if r.section == section]
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _label_text(label: bytes) -> str:
+    text = label.lower().decode("latin-1")
+    if "." in text or "\\" in text:
+        text = text.replace("\\", "\\\\").replace(".", "\\.")
+    return text
+
+
+def read_name(data: bytes, offset: int) -> tuple[str, int]:
+    """Decode a possibly compressed name at `offset`; returns (text, offset after the name).
+
+    Pointers must point backwards and are followed at most MAX_POINTER_HOPS times, so a
+    pointer loop is an error rather than a hang.
+    """
+    labels: list[str] = []
+    end = -1
+    hops = 0
+    wire_len = 1
+    pos = offset
+    limit = len(data)
+    while True:
+        if pos >= limit:
+            raise WireError("name runs past the end of the message")
+        length = data[pos]
+        if length == 0:
+            pos += 1
+            break
+        kind = length & 0xC0
+        if kind == 0xC0:
+            if pos + 1 >= limit:
+                raise WireError("truncated compression pointer")
+            target = ((length & 0x3F) << 8) | data[pos + 1]
+            if end < 0:
+                end = pos + 2
+            hops += 1
+            if hops > MAX_POINTER_HOPS or target >= pos:
+                raise WireError("compression pointer loop")
+            pos = target
+            continue
+        if kind != 0:
+            raise WireError("unsupported label type")
+        wire_len += length + 1
+        if wire_len > 255:
+            raise WireError("name longer than 255 octets")
+        if pos + 1 + length > limit:
+            raise WireError("label runs past the end of the message")
+        labels.append(_label_text(data[pos + 1 : pos + 1 + length]))
+        pos += 1 + length
+    return ".".join(labels), (end if end >= 0 else pos)
+
+
+def encode_name(name: str) -> bytes:
+    """Encode a plain ASCII name (config names, reverse names) uncompressed."""
+    out = bytearray()
+    for label in name.strip(".").split(".") if name.strip(".") else []:
+        raw = label.encode("ascii")
+        if not 0 < len(raw) <= 63:
+            raise ValueError(f"bad label in {name!r}")
+        out.append(len(raw))
+        out += raw
+    out.append(0)
+    if len(out) > 255:
+        raise ValueError(f"name too long: {name!r}")
+    return bytes(out)
+
+
+def _read_question(data: bytes, offset: int) -> tuple[Question, int]:
+    name, pos = read_name(data, offset)
+    if pos + 4 > len(data):
+        raise WireError("truncated question")
+    qtype, qclass = struct.unpack_from("!HH", data, pos)
+    return Question(name, qtype, qclass, bytes(data[offset : pos + 4])), pos + 4
+
+
+def _read_records(data: bytes, offset: int, counts: tuple[int, int, int]) -> list[Record]:
+    records: list[Record] = []
+    pos = offset
+    for section, count in zip((ANSWER, AUTHORITY, ADDITIONAL), counts, strict=True):
+        for _ in range(count):
+            start = pos
+            name, pos = read_name(data, pos)
+            if pos + 10 > len(data):
+                raise WireError("truncated record")
+            rtype, rclass, _ttl, rdlength = RR_FIXED.unpack_from(data, pos)
+            rdata = pos + 10
+            if rdata + rdlength > len(data):
+                raise WireError("record data runs past the end of the message")
+            records.append(
+                Record(
+                    section, name, rtype, rclass, pos + 4, rdata, rdlength, start, rdata + rdlength
+                )
+            )
+            pos = rdata + rdlength
+    return records
+
+
+def walk(data: bytes) -> Message:
+    """Walk a whole message, keeping offsets; raises WireError on any inconsistency."""
+    if len(data) < HEADER_LEN:
+        raise WireError("shorter than a DNS header")
+    msg_id, flags, qd, an, ns, ar = HEADER.unpack_from(data)
+    pos = HEADER_LEN
+    questions = []
+    for _ in range(qd):
+        q, pos = _read_question(data, pos)
+        questions.append(q)
+    records = _read_records(data, pos, (an, ns, ar))
+    return Message(msg_id, flags, questions, records)
+
+
+def read_cname_target(data: bytes, record: Record) -> str:
+    return read_name(data, record.rdata_offset)[0]
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def parse_query(data: bytes) -> Query:
+    """Parse a client query.
+
+    Raises WireError when even the header is unreadable (drop it) and HeaderOnlyError when the
+    header is readable but the rest is malformed (answer FORMERR). Responses (QR=1) raise
+    WireError: they are never answered, so a forged reply cannot start a loop.
+    """
+    if len(data) < HEADER_LEN:
+        raise WireError("shorter than a DNS header")
+    msg_id, flags, qd, an, ns, ar = HEADER.unpack_from(data)
+    if flags & QR:
+        raise WireError("a response, not a query")
+    if qd != 1:
+        raise HeaderOnlyError(f"{qd} questions (exactly one is allowed)", msg_id, flags)
+    try:
+        question, pos = _read_question(data, HEADER_LEN)
+        edns = False
+        payload = CLASSIC_UDP
+        do = False
+        version = 0
+        if an or ns or ar:
+            for record in _read_records(data, pos, (an, ns, ar)):
+                if record.rtype != TYPE_OPT:
+                    continue
+                if edns or record.section != ADDITIONAL or record.name != "":
+                    raise WireError("misplaced or repeated OPT record")
+                edns = True
+                payload = record.rclass
+                ext = struct.unpack_from("!I", data, record.ttl_offset)[0]
+                version = (ext >> 16) & 0xFF
+                do = bool(ext & 0x8000)
+    except WireError as exc:
+        raise HeaderOnlyError(str(exc), msg_id, flags) from exc
+    return Query(msg_id, flags, question, edns, payload, do, version)
+
+
+def make_upstream_query(query: Query, msg_id: int | None = None) -> tuple[int, bytes]:
+    """The query splitdns sends upstream: a fresh random ID, RD/CD copied, EDNS with DO copied.
+
+    splitdns always speaks EDNS upstream (so big answers come over UDP) and strips the reply's
+    OPT before answering, adding its own when the client used EDNS.
+    """
+    if msg_id is None:
+        msg_id = secrets.randbits(16)
+    flags = query.flags & (RD | CD)
+    head = HEADER.pack(msg_id, flags, 1, 0, 0, 1)
+    opt = _opt_record(EDNS_PAYLOAD, query.do)
+    return msg_id, head + query.question.wire + opt
+
+
+def _opt_record(payload: int, do: bool, ext_rcode: int = 0) -> bytes:
+    ttl = (ext_rcode << 24) | (0x8000 if do else 0)
+    return b"\x00" + struct.pack("!HHIH", TYPE_OPT, payload, ttl, 0)
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def _response_flags(query_flags: int, rcode: int, aa: bool = False) -> int:
+    flags = QR | RA | (query_flags & (OPCODE_MASK | RD | CD)) | (rcode & 0xF)
+    if aa:
+        flags |= AA
+    return flags
+
+
+def make_error(query: Query, rcode: int) -> bytes:
+    """A bare answer (no OPT) carrying only the question and `rcode`."""
+    return HEADER.pack(query.msg_id, _response_flags(query.flags, rcode), 1, 0, 0, 0) + (
+        query.question.wire
+    )
+
+
+def make_header_error(msg_id: int, flags: int, rcode: int) -> bytes:
+    """An answer for a query whose question could not be read (FORMERR, NOTIMP)."""
+    return HEADER.pack(msg_id, _response_flags(flags, rcode), 0, 0, 0, 0)
+
+
+def make_answer(
+    query: Query, rrs: list[tuple[int, int, bytes]], *, aa: bool = True, rcode: int = NOERROR
+) -> bytes:
+    """A bare answer whose records all belong to the question's name: (type, ttl, rdata)."""
+    out = bytearray(
+        HEADER.pack(query.msg_id, _response_flags(query.flags, rcode, aa), 1, len(rrs), 0, 0)
+    )
+    out += query.question.wire
+    for rtype, ttl, rdata in rrs:
+        out += b"\xc0\x0c" + struct.pack("!HHIH", rtype, CLASS_IN, ttl, len(rdata)) + rdata
+    return bytes(out)
+
+
+def finalize(query: Query, bare: bytes, limit: int | None) -> bytes:
+    """Turn a bare answer into the bytes sent to this client.
+
+    Writes the client's ID and its question bytes (so the name's case is echoed), adds an OPT
+    record when the client used EDNS, and when the result exceeds `limit` (UDP) sends the
+    question alone with TC=1 so the client retries over TCP.
+    """
+    qlen = len(query.question.wire)
+    _, flags, qd, an, ns, ar = HEADER.unpack_from(bare)
+    body = bare[HEADER_LEN + qlen :] if qd == 1 else b""
+    if query.edns:
+        ar += 1
+        body += _opt_record(EDNS_PAYLOAD, query.do)
+    out = HEADER.pack(query.msg_id, flags, 1, an, ns, ar) + query.question.wire + body
+    if limit is not None and len(out) > limit:
+        opt = _opt_record(EDNS_PAYLOAD, query.do) if query.edns else b""
+        out = (
+            HEADER.pack(query.msg_id, (flags | TC) & ~AD, 1, 0, 0, 1 if opt else 0)
+            + query.question.wire
+            + opt
+        )
+    return out
+
+
+def make_badvers(query: Query) -> bytes:
+    """RFC 6891 §6.1.3: an EDNS version we do not speak gets BADVERS with our version 0."""
+    flags = _response_flags(query.flags, BADVERS & 0xF)
+    return (
+        HEADER.pack(query.msg_id, flags, 1, 0, 0, 1)
+        + query.question.wire
+        + _opt_record(EDNS_PAYLOAD, False, BADVERS >> 4)
+    )
+
+
+def strip_opt(data: bytes, message: Message) -> bytes:
+    """Remove the upstream's OPT record: the client gets splitdns's own EDNS, not the upstream's."""
+    opts = [r for r in message.records if r.rtype == TYPE_OPT]
+    if not opts:
+        return data
+    if len(opts) == 1 and opts[0].end == len(data):
+        msg_id, flags, qd, an, ns, ar = HEADER.unpack_from(data)
+        return HEADER.pack(msg_id, flags, qd, an, ns, ar - 1) + data[HEADER_LEN : opts[0].start]
+    # OPT in the middle of the additional section: rare; let dnspython rebuild the message.
+    parsed = dns.message.from_wire(data, ignore_trailing=True)
+    parsed.use_edns(False)
+    return bytes(parsed.to_wire())
+
+
+def remove_rrsigs(data: bytes, covered: set[tuple[int, str, int]]) -> bytes:
+    """Drop the RRSIGs covering (section, owner, type) RRsets that splitdns rewrote."""
+    parsed = dns.message.from_wire(data, ignore_trailing=True)
+    sections = {ANSWER: parsed.answer, AUTHORITY: parsed.authority, ADDITIONAL: parsed.additional}
+    for section, rrsets in sections.items():
+        keep = []
+        for rrset in rrsets:
+            if rrset.rdtype == dns.rdatatype.RRSIG:
+                owner = rrset.name.to_text(omit_final_dot=True).lower()
+                owner = "" if owner == "@" else owner
+                if (section, owner, int(rrset.covers)) in covered:
+                    continue
+            keep.append(rrset)
+        rrsets[:] = keep
+    return bytes(parsed.to_wire())
+
+
+def set_flags(data: bytes, set_bits: int = 0, clear_bits: int = 0) -> bytes:
+    flags = struct.unpack_from("!H", data, 2)[0]
+    flags = (flags | set_bits) & ~clear_bits
+    return data[:2] + struct.pack("!H", flags) + data[4:]
+
+
+def rcode_of(data: bytes) -> int:
+    return data[3] & 0xF
+
+
+def reply_matches(reply: Message, msg_id: int, question: Question) -> bool:
+    """An upstream reply counts only if it is a response with our ID and our exact question."""
+    if reply.msg_id != msg_id or not reply.flags & QR or len(reply.questions) != 1:
+        return False
+    got = reply.questions[0]
+    return (got.name, got.qtype, got.qclass) == (question.name, question.qtype, question.qclass)
