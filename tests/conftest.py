@@ -1,0 +1,57 @@
+"""Shared fixtures: a scriptable fake upstream and a real NSD serving the test zone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fakeupstream import FakeUpstream
+from tests.support.servers import NSD
+
+TEST_ZONE = """\
+$ORIGIN example.test.
+$TTL 300
+@       SOA  ns1 hostmaster 1 3600 600 86400 60
+@       NS   ns1
+ns1     A    198.51.100.53
+@       A    203.0.113.1
+www     A    203.0.113.1
+alias   CNAME www
+chain   CNAME alias
+mail    A    203.0.113.1
+host5   A    203.0.113.5
+outside A    198.51.100.7
+two     A    203.0.113.1
+two     A    198.51.100.9
+v6      AAAA 2001:db8:1::10
+dual    A    203.0.113.1
+dual    AAAA 2001:db8:ffff::1
+"""
+
+
+def big_zone_lines() -> str:
+    """40 A records on one name: about 700 bytes, more than a 512-byte UDP answer holds."""
+    return "".join(f"big     A    203.0.113.{i}\n" for i in range(1, 41))
+
+
+@pytest.fixture(scope="session")
+def nsd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NSD]:
+    server = NSD(
+        tmp_path_factory.mktemp("nsd"), {"example.test": TEST_ZONE + big_zone_lines()}
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream().start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

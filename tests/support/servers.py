@@ -1,0 +1,172 @@
+"""Real processes for end-to-end tests: `splitdns serve` and NSD, on loopback ephemeral ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rdatatype
+
+from tests.support.tools import need
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host`."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return int(port)
+    raise RuntimeError("no free port")
+
+
+class Process:
+    """A child process whose stderr is collected line by line."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if text in line:
+                    return line
+            if self.proc.poll() is not None:
+                time.sleep(0.1)
+                raise RuntimeError(f"{self.argv[0]} exited ({self.proc.returncode}):\n{self.output}")
+            time.sleep(0.02)
+        raise TimeoutError(f"no {text!r} within {timeout}s:\n{self.output}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(timeout=2)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return int(self.proc.returncode)
+
+
+class SplitDNS(Process):
+    """`python -m splitdns serve` with a config file, listening on 127.0.0.1:<free port>."""
+
+    def __init__(self, tmp_path: Path, config_text: str | None, *extra: str) -> None:
+        self.port = free_port()
+        argv = [sys.executable, "-m", "splitdns", "serve", "--listen", f"127.0.0.1:{self.port}"]
+        if config_text is not None:
+            path = tmp_path / f"splitdns-{self.port}.yaml"
+            path.write_text(config_text)
+            argv += ["-c", str(path)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        super().__init__([*argv, *extra], env=env)
+        self.startup = self.wait_for("serving")
+
+    def query(
+        self,
+        name: str,
+        rdtype: str = "A",
+        *,
+        source: str = "127.0.0.1",
+        tcp: bool = False,
+        timeout: float = 5.0,
+        **make: object,
+    ) -> dns.message.Message:
+        q = dns.message.make_query(name, dns.rdatatype.from_text(rdtype), **make)  # type: ignore[arg-type]
+        if tcp:
+            return dns.query.tcp(q, "127.0.0.1", port=self.port, source=source, timeout=timeout)
+        return dns.query.udp(q, "127.0.0.1", port=self.port, source=source, timeout=timeout)
+
+    def dig(self, *args: str, source: str = "127.0.0.1") -> str:
+        dig = need("dig", "bind9-dnsutils")
+        out = subprocess.run(
+            [dig, f"@127.0.0.1", "-p", str(self.port), "-b", source, "+tries=1", "+time=5", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return out.stdout + out.stderr
+
+
+class NSD(Process):
+    """NSD serving the given zones on 127.0.0.1:<free port>, in the foreground."""
+
+    def __init__(self, workdir: Path, zones: dict[str, str]) -> None:
+        binary = need("nsd", "nsd")
+        self.port = free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        zone_blocks = []
+        for name, text in zones.items():
+            (workdir / f"{name}.zone").write_text(text)
+            zone_blocks.append(f"zone:\n  name: {name}\n  zonefile: {workdir}/{name}.zone\n")
+        conf = workdir / "nsd.conf"
+        conf.write_text(
+            "server:\n"
+            f"  ip-address: 127.0.0.1@{self.port}\n"
+            f"  port: {self.port}\n"
+            '  username: ""\n'
+            '  chroot: ""\n'
+            f"  zonesdir: {workdir}\n"
+            f"  pidfile: {workdir}/nsd.pid\n"
+            '  database: ""\n'
+            f"  zonelistfile: {workdir}/zone.list\n"
+            f"  xfrdfile: {workdir}/xfrd.state\n"
+            f"  xfrdir: {workdir}\n"
+            f"  logfile: {workdir}/nsd.log\n"
+            "  server-count: 1\n"
+            "  verbosity: 1\n"
+            "remote-control:\n"
+            "  control-enable: no\n" + "".join(zone_blocks)
+        )
+        subprocess.run([need("nsd-checkconf", "nsd"), str(conf)], check=True, timeout=10)
+        super().__init__([binary, "-d", "-c", str(conf)])
+        self._wait_answering(next(iter(zones)))
+
+    def _wait_answering(self, zone: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        q = dns.message.make_query(zone, "SOA")
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nsd exited:\n{self.output}")
+            try:
+                dns.query.udp(q, "127.0.0.1", port=self.port, timeout=0.3)
+                return
+            except (TimeoutError, OSError, dns.exception.Timeout):
+                time.sleep(0.1)
+        raise TimeoutError(f"nsd did not answer:\n{self.output}")
