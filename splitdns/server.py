@@ -37,6 +37,7 @@ class Server:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tcp_writers: set[asyncio.StreamWriter] = set()
         self.bound: list[tuple[str, Endpoint]] = []
+        self.closing = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -73,18 +74,23 @@ class Server:
             raise
 
     async def stop(self, drain: float = 5.0) -> None:
-        """Stop listening, let in-flight queries finish for up to `drain` seconds, then cancel."""
-        for transport in self._udp:
-            transport.close()
+        """Stop taking queries, let in-flight ones finish for up to `drain` seconds, then cancel.
+
+        UDP sockets stay open while draining (new datagrams are ignored) so that answers to
+        in-flight queries can still be sent.
+        """
+        self.closing = True
         for tcp in self._tcp:
             tcp.close()
-        self._udp.clear()
         if self._tasks and drain > 0:
             await asyncio.wait(set(self._tasks), timeout=drain)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for transport in self._udp:
+            transport.close()
+        self._udp.clear()
         for writer in list(self._tcp_writers):
             writer.close()
         for tcp in self._tcp:
@@ -195,7 +201,7 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self.server.closing:
             self.server.spawn(self.server.answer_udp(data, addr, self.transport))
 
     def error_received(self, exc: Exception) -> None:

@@ -1,0 +1,240 @@
+"""Upstream behaviour pinned with a scriptable fake: delays, TC, failures, forgeries, IDs."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from tests.support.fakeupstream import Action, FakeUpstream
+from tests.support.servers import SplitDNS, free_port
+
+LAN_VIEW = """\
+upstreams: [{upstreams}]
+timeout: {timeout}
+views:
+  - name: lan
+    clients: [127.0.0.1/32]
+    aaaa: {aaaa}
+    rewrite:
+      - from: 203.0.113.1
+        to: 192.0.2.2
+"""
+
+RECORDS = (
+    "www.example.test. 300 IN A 203.0.113.1",
+    "dual.example.test. 300 IN A 203.0.113.1",
+    "dual.example.test. 300 IN AAAA 2001:db8:ffff::1",
+    "plain6.example.test. 300 IN AAAA 2001:db8:ffff::2",
+    "plain6.example.test. 300 IN A 198.51.100.2",
+    "slow.example.test. 300 IN A 203.0.113.1",
+    "tc.example.test. 300 IN A 203.0.113.1",
+    "forged.example.test. 300 IN A 203.0.113.1",
+    "garbage.example.test. 300 IN A 203.0.113.1",
+)
+
+
+def start(
+    tmp_path: Path, *ups: FakeUpstream | str, timeout: float = 2, aaaa: str = "keep"
+) -> SplitDNS:
+    addresses = ", ".join(f'"{u.address if isinstance(u, FakeUpstream) else u}"' for u in ups)
+    return SplitDNS(tmp_path, LAN_VIEW.format(upstreams=addresses, timeout=timeout, aaaa=aaaa))
+
+
+@pytest.fixture
+def upstream(fake: FakeUpstream) -> FakeUpstream:
+    return fake.add(*RECORDS)
+
+
+@pytest.fixture
+def server(tmp_path: Path, upstream: FakeUpstream) -> Iterator[SplitDNS]:
+    proc = start(tmp_path, upstream)
+    yield proc
+    assert proc.stop() == 0, proc.output
+
+
+def a_values(resp: dns.message.Message) -> list[str]:
+    return [str(rd) for rrset in resp.answer for rd in rrset if rrset.rdtype == 1]
+
+
+def test_delayed_upstream_still_answers(server: SplitDNS, upstream: FakeUpstream) -> None:
+    upstream.actions["slow.example.test"] = Action(delay=0.4)
+    assert a_values(server.query("slow.example.test")) == ["192.0.2.2"]
+
+
+def test_truncated_upstream_reply_is_retried_over_tcp(
+    server: SplitDNS, upstream: FakeUpstream
+) -> None:
+    upstream.actions["tc.example.test"] = Action(truncate_udp=True)
+    assert a_values(server.query("tc.example.test")) == ["192.0.2.2"]
+    assert upstream.count("tc.example.test", "udp") == 1
+    assert upstream.count("tc.example.test", "tcp") == 1
+
+
+def test_forged_replies_are_ignored(server: SplitDNS, upstream: FakeUpstream) -> None:
+    upstream.actions["forged.example.test"] = Action(forged_first=True)
+    resp = server.query("forged.example.test")
+    assert a_values(resp) == ["192.0.2.2"]
+    assert str(resp.question[0].name) == "forged.example.test."
+
+
+def test_garbage_before_the_answer_is_ignored(server: SplitDNS, upstream: FakeUpstream) -> None:
+    upstream.actions["garbage.example.test"] = Action(garbage_first=True)
+    assert a_values(server.query("garbage.example.test")) == ["192.0.2.2"]
+
+
+def test_random_ids_and_source_ports(server: SplitDNS, upstream: FakeUpstream) -> None:
+    for i in range(30):
+        server.query(f"n{i}.example.test")
+    seen = [s for s in upstream.seen if s.name.startswith("n")]
+    assert len(seen) == 30
+    assert len({s.msg_id for s in seen}) >= 28
+    assert len({s.source_port for s in seen}) >= 28
+
+
+def test_servfail_upstream_fails_over_to_the_next(tmp_path: Path, upstream: FakeUpstream) -> None:
+    broken = FakeUpstream(default=Action(rcode=2)).start()
+    try:
+        proc = start(tmp_path, broken, upstream)
+        try:
+            assert a_values(proc.query("www.example.test")) == ["192.0.2.2"]
+            assert broken.count("www.example.test") == 1
+        finally:
+            proc.stop()
+    finally:
+        broken.stop()
+
+
+@pytest.mark.parametrize("how", ["silent", "closed-port"])
+def test_upstream_down_is_servfail_within_the_bound(
+    tmp_path: Path, upstream: FakeUpstream, how: str
+) -> None:
+    if how == "silent":
+        dead = FakeUpstream(default=Action(silent=True)).start()
+        target: FakeUpstream | str = dead
+    else:
+        target = f"127.0.0.1:{free_port()}"
+    proc = start(tmp_path, target, timeout=1)
+    try:
+        began = time.monotonic()
+        resp = proc.query("www.example.test", timeout=5)
+        elapsed = time.monotonic() - began
+        assert resp.rcode() == dns.rcode.SERVFAIL
+        assert elapsed < 1.5, elapsed  # the configured bound (1 s) plus scheduling slack
+        # Still serving afterwards, several times over.
+        for _ in range(3):
+            assert proc.query("www.example.test", timeout=5).rcode() == dns.rcode.SERVFAIL
+        assert proc.proc.poll() is None
+    finally:
+        assert proc.stop() == 0
+        if how == "silent":
+            dead.stop()
+
+
+def test_dead_first_upstream_fails_over_within_the_bound(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    dead = FakeUpstream(default=Action(silent=True)).start()
+    proc = start(tmp_path, dead, upstream, timeout=2)
+    try:
+        began = time.monotonic()
+        assert a_values(proc.query("www.example.test")) == ["192.0.2.2"]
+        assert time.monotonic() - began < 2.0
+    finally:
+        proc.stop()
+        dead.stop()
+
+
+def test_aaaa_drop_hides_public_ipv6_beside_a_rewritten_a(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    proc = start(tmp_path, upstream, aaaa="drop")
+    try:
+        resp = proc.query("dual.example.test", "AAAA")
+        assert resp.rcode() == dns.rcode.NOERROR and resp.answer == []
+        # Names whose A is not rewritten keep their AAAA.
+        kept = proc.query("plain6.example.test", "AAAA")
+        assert [str(rd) for rrset in kept.answer for rd in rrset] == ["2001:db8:ffff::2"]
+        # Clients outside the view keep it too.
+        other = proc.query("dual.example.test", "AAAA", source="127.0.0.2")
+        assert [str(rd) for rrset in other.answer for rd in rrset] == ["2001:db8:ffff::1"]
+    finally:
+        proc.stop()
+
+
+def test_aaaa_keep_is_the_default(server: SplitDNS) -> None:
+    resp = server.query("dual.example.test", "AAAA")
+    assert [str(rd) for rrset in resp.answer for rd in rrset] == ["2001:db8:ffff::1"]
+
+
+def test_sigterm_lets_in_flight_queries_finish(tmp_path: Path, upstream: FakeUpstream) -> None:
+    upstream.actions["slow.example.test"] = Action(delay=0.6)
+    proc = start(tmp_path, upstream)
+    result: dict[str, dns.message.Message] = {}
+    worker = threading.Thread(
+        target=lambda: result.setdefault("r", proc.query("slow.example.test"))
+    )
+    worker.start()
+    time.sleep(0.2)
+    assert proc.stop() == 0
+    worker.join(5)
+    assert a_values(result["r"]) == ["192.0.2.2"]
+    assert "shutting down" in proc.output and "stopped" in proc.output
+
+
+def test_tcp_pipelined_queries_answer_as_they_complete(
+    server: SplitDNS, upstream: FakeUpstream
+) -> None:
+    upstream.actions["slow.example.test"] = Action(delay=0.5)
+    names = ["slow.example.test", "www.example.test", "dual.example.test"]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+        wires = []
+        for i, name in enumerate(names):
+            q = dns.message.make_query(name, "A")
+            q.id = 100 + i
+            wires.append(q.to_wire())
+        conn.sendall(b"".join(struct.pack("!H", len(w)) + w for w in wires))
+        order = []
+        for _ in names:
+            (length,) = struct.unpack("!H", recv_exact(conn, 2))
+            order.append(dns.message.from_wire(recv_exact(conn, length)).id)
+    assert sorted(order) == [100, 101, 102]
+    assert order[-1] == 100  # the slow one did not hold the others back
+
+
+def recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        assert chunk, "connection closed early"
+        buf += chunk
+    return buf
+
+
+def test_default_config_forwards_untouched(upstream: FakeUpstream, tmp_path: Path) -> None:
+    proc = SplitDNS(tmp_path, None, "--upstream", upstream.address)
+    try:
+        assert "embedded default config: no rewrites until configured" in proc.startup
+        assert a_values(proc.query("www.example.test")) == ["203.0.113.1"]
+    finally:
+        assert proc.stop() == 0
+
+
+def test_embedded_default_listens_on_5353_without_root() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "from splitdns import config; c = config.load_default(); "
+         "print(c.listen[0], len(c.views[0].rules), c.source)"],
+        capture_output=True, text=True, timeout=20, check=True,
+    ).stdout.split()
+    assert out == ["127.0.0.1:5353", "0", "<embedded", "default>"]
