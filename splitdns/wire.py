@@ -13,7 +13,12 @@ import struct
 from dataclasses import dataclass, field
 
 import dns.message
+import dns.rdata
 import dns.rdatatype
+
+# dnspython imports record types on first use; after splitdns drops root it may no longer be
+# able to read its own install (e.g. under a 0700 /root), so load them all now.
+dns.rdata.load_all_types()
 
 HEADER = struct.Struct("!HHHHHH")
 HEADER_LEN = 12

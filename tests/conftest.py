@@ -38,9 +38,7 @@ def big_zone_lines() -> str:
 
 @pytest.fixture(scope="session")
 def nsd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NSD]:
-    server = NSD(
-        tmp_path_factory.mktemp("nsd"), {"example.test": TEST_ZONE + big_zone_lines()}
-    )
+    server = NSD(tmp_path_factory.mktemp("nsd"), {"example.test": TEST_ZONE + big_zone_lines()})
     yield server
     server.stop()
 

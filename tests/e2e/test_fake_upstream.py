@@ -233,8 +233,15 @@ def test_default_config_forwards_untouched(upstream: FakeUpstream, tmp_path: Pat
 
 def test_embedded_default_listens_on_5353_without_root() -> None:
     out = subprocess.run(
-        [sys.executable, "-c", "from splitdns import config; c = config.load_default(); "
-         "print(c.listen[0], len(c.views[0].rules), c.source)"],
-        capture_output=True, text=True, timeout=20, check=True,
+        [
+            sys.executable,
+            "-c",
+            "from splitdns import config; c = config.load_default(); "
+            "print(c.listen[0], len(c.views[0].rules), c.source)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
     ).stdout.split()
     assert out == ["127.0.0.1:5353", "0", "<embedded", "default>"]

@@ -180,6 +180,8 @@ def test_kdig_agrees(server: SplitDNS, tmp_path: Path) -> None:
     kdig = need("kdig", "knot-dnsutils")
     out = subprocess.run(
         [kdig, "@127.0.0.1", "-p", str(server.port), "+tcp", "+short", "chain.example.test"],
-        capture_output=True, text=True, timeout=20,
+        capture_output=True,
+        text=True,
+        timeout=20,
     ).stdout.split()
     assert out == ["alias.example.test.", "www.example.test.", "192.0.2.2"]

@@ -7,6 +7,7 @@ It records every query it sees (transport, name, type, ID, source port) for asse
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -123,9 +124,7 @@ class FakeUpstream:
         return self.actions.get(name, self.default)
 
     def _record(self, request: dnslib.DNSRecord, transport: str, port: int) -> None:
-        do = any(
-            rr.rtype == dnslib.QTYPE.OPT and (rr.ttl & 0x8000) for rr in request.ar
-        )
+        do = any(rr.rtype == dnslib.QTYPE.OPT and (rr.ttl & 0x8000) for rr in request.ar)
         with self._lock:
             self.seen.append(
                 Seen(
@@ -169,10 +168,8 @@ class FakeUpstream:
                 other.bind((self.host, 0))
                 other.sendto(reply.pack(), addr)  # right answer, wrong source port
             time.sleep(0.05)
-        try:
+        with contextlib.suppress(OSError):
             self._udp.sendto(reply.pack(), addr)
-        except OSError:
-            pass
 
     @staticmethod
     def forgeries(request: dnslib.DNSRecord, reply: dnslib.DNSRecord) -> list[bytes]:

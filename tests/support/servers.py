@@ -66,7 +66,8 @@ class Process:
                     return line
             if self.proc.poll() is not None:
                 time.sleep(0.1)
-                raise RuntimeError(f"{self.argv[0]} exited ({self.proc.returncode}):\n{self.output}")
+                code = self.proc.returncode
+                raise RuntimeError(f"{self.argv[0]} exited ({code}):\n{self.output}")
             time.sleep(0.02)
         raise TimeoutError(f"no {text!r} within {timeout}s:\n{self.output}")
 
@@ -116,7 +117,7 @@ class SplitDNS(Process):
     def dig(self, *args: str, source: str = "127.0.0.1") -> str:
         dig = need("dig", "bind9-dnsutils")
         out = subprocess.run(
-            [dig, f"@127.0.0.1", "-p", str(self.port), "-b", source, "+tries=1", "+time=5", *args],
+            [dig, "@127.0.0.1", "-p", str(self.port), "-b", source, "+tries=1", "+time=5", *args],
             capture_output=True,
             text=True,
             timeout=30,
