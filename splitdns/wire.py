@@ -18,7 +18,7 @@ import dns.rdatatype
 
 # dnspython imports record types on first use; after splitdns drops root it may no longer be
 # able to read its own install (e.g. under a 0700 /root), so load them all now.
-dns.rdata.load_all_types()
+dns.rdata.load_all_types()  # type: ignore[no-untyped-call]
 
 HEADER = struct.Struct("!HHHHHH")
 HEADER_LEN = 12

@@ -1,0 +1,192 @@
+"""Config: table-driven snippets, each with the value or the exact error it must give."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from splitdns import config
+from splitdns.config import ConfigError, Endpoint, parse_endpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(text: str) -> config.Config:
+    return config.loads(text, "t.yaml")
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(text)
+    return str(info.value)
+
+
+GOOD_VIEW = "views:\n  - name: lan\n    clients: [192.168.1.0/24]\n"
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("listen: [1.2.3]\n", "t.yaml:1: listen[0]: '1.2.3' is not an IP address"),
+        ("listne: []\n", "t.yaml:1: listne: unknown key (known keys:"),
+        ("timeout: fast\n", "t.yaml:1: timeout: must be a number, not 'fast'"),
+        ("timeout: 0\n", "t.yaml:1: timeout: must be between 0.1 and 60, not 0"),
+        ("upstreams: ['9.9.9.9:99999']\n", "t.yaml:1: upstreams[0]: '99999' is not a port"),
+        ("allow: [192.168.1.1/24]\n", "t.yaml:1: allow[0]: '192.168.1.1/24' has host bits set"),
+        ("views: {}\n", "t.yaml:1: views: must be a list, not a mapping"),
+        ("timeout: 1\ntimeout: 2\n", "t.yaml:2: timeout: duplicate key"),
+        ("listen: [\n", "t.yaml:2: (top): YAML syntax"),
+        (
+            GOOD_VIEW + "    rewrite:\n      - from: 203.0.113.1\n        to: 192.168.1.300\n",
+            "t.yaml:6: views[0].rewrite[0].to: '192.168.1.300' is not an address or network",
+        ),
+        (
+            GOOD_VIEW + "    rewrite:\n      - from: 203.0.113.0/29\n        to: 192.168.1.0/28\n",
+            "t.yaml:6: views[0].rewrite[0].to: size mismatch",
+        ),
+        (
+            GOOD_VIEW + "    rewrite:\n      - from: 203.0.113.1\n        to: fd00::1\n",
+            "t.yaml:6: views[0].rewrite[0].to: fd00::1/128 is IPv6 but 'from' is IPv4",
+        ),
+        (
+            GOOD_VIEW + "    rewrite:\n      - from: 203.0.113.1\n",
+            "t.yaml:5: views[0].rewrite[0]: missing 'to'",
+        ),
+        (
+            GOOD_VIEW + "    rewrite:\n      - {from: 203.0.113.1, to: 10.0.0.1}\n"
+            "      - {from: 203.0.113.1, to: 10.0.0.2}\n",
+            "t.yaml:6: views[0].rewrite[1]: same 'from' 203.0.113.1/32 as rewrite[0]",
+        ),
+        (
+            GOOD_VIEW + "    rewrite:\n      - {from: 203.0.113.1, to: 10.0.0.1, names: []}\n",
+            "t.yaml:5: views[0].rewrite[0].names: must list at least one name",
+        ),
+        (
+            GOOD_VIEW + "    rewrite:\n      - {from: 203.0.113.1, to: 10.0.0.1, nmaes: [a]}\n",
+            "t.yaml:5: views[0].rewrite[0].nmaes: unknown key",
+        ),
+        (GOOD_VIEW + "    aaaa: maybe\n", "t.yaml:4: views[0].aaaa: must be one of keep, drop"),
+        (
+            GOOD_VIEW + "  - name: lan\n    clients: [10.0.0.0/8]\n",
+            "t.yaml:4: views[1].name: duplicate view name 'lan'",
+        ),
+        (
+            GOOD_VIEW + "  - name: sub\n    clients: [192.168.1.128/25]\n",
+            "t.yaml:5: views[1].clients: every client here is already matched by an earlier view",
+        ),
+        (
+            "views:\n  - name: lan\n    clients: [10.0.0.0/8, 10.1.0.0/16]\n",
+            "t.yaml:3: views[0].clients[1]: 10.1.0.0/16 overlaps 10.0.0.0/8 in the same view",
+        ),
+        ("views:\n  - clients: [10.0.0.0/8]\n", "t.yaml:2: views[0]: missing 'name'"),
+        (
+            GOOD_VIEW + "    hosts:\n      'bad name': 192.168.1.5\n",
+            "t.yaml:5: views[0].hosts.bad name: 'bad name' is not a valid domain name",
+        ),
+        (
+            GOOD_VIEW + "    hosts:\n      nas.home.arpa: [192.168.1.5, nope]\n",
+            "t.yaml:5: views[0].hosts.nas.home.arpa[1]: 'nope' is not an IP address",
+        ),
+        (GOOD_VIEW + "    hosts_ttl: -1\n", "t.yaml:4: views[0].hosts_ttl: must be between 0"),
+        ("tcp_max_connections: true\n", "t.yaml:1: tcp_max_connections: must be a whole number"),
+        ("- a\n- b\n", "t.yaml:1: (top): must be a mapping, not a list"),
+    ],
+)
+def test_errors_name_file_line_and_key(snippet: str, expected: str) -> None:
+    assert error_of(snippet).startswith(expected)
+
+
+def test_full_example_normalises() -> None:
+    cfg = load(
+        """
+listen: ["0.0.0.0:53", "[::]:5353"]
+upstreams: ["192.168.1.1", "9.9.9.9:53", "2001:db8::53", "[2001:db8::54]:5300"]
+allow: [192.168.0.0/16]
+views:
+  - name: lan
+    clients: 192.168.1.0/24
+    rewrite:
+      - from: 203.0.113.1
+        to: 192.168.1.2
+      - from: 203.0.113.1
+        to: 192.168.1.3
+        names: [Mail.Example.COM., "*.svc.example.com"]
+    aaaa: drop
+    hosts:
+      NAS.home.arpa: 192.168.1.5
+      "*.lab.example.com": [192.168.1.7, "fd00::7"]
+"""
+    )
+    assert cfg.listen == (Endpoint("0.0.0.0", 53), Endpoint("::", 5353))
+    assert [str(u) for u in cfg.upstreams] == [
+        "192.168.1.1:53",
+        "9.9.9.9:53",
+        "[2001:db8::53]:53",
+        "[2001:db8::54]:5300",
+    ]
+    view = cfg.views[0]
+    assert view.aaaa == "drop"
+    assert [str(p) for p in view.rules[1].names] == ["mail.example.com", "*.svc.example.com"]
+    assert view.hosts.lookup("nas.home.arpa") == (ipaddress.ip_address("192.168.1.5"),)
+    assert view.hosts.lookup("a.b.lab.example.com") is not None
+    assert view.hosts.lookup("lab.example.com") is None
+
+
+def test_missing_upstreams_come_from_resolv_conf(tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("# c\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nnameserver ::1\n")
+    assert [str(e) for e in config.resolv_conf_upstreams(str(resolv))] == [
+        "192.0.2.53:53",
+        "[::1]:53",
+    ]
+    assert config.resolv_conf_upstreams(str(tmp_path / "absent")) == ()
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_empty_file_is_a_valid_config() -> None:
+    cfg = load("")
+    assert cfg.listen == (Endpoint("127.0.0.1", 5353),) and cfg.views == ()
+
+
+def test_overrides_win() -> None:
+    cfg = load("upstreams: [192.0.2.1]\n").with_overrides(["127.0.0.1:5300"], ["192.0.2.9"])
+    assert cfg.listen == (Endpoint("127.0.0.1", 5300),)
+    assert cfg.upstreams == (Endpoint("192.0.2.9", 53),)
+    assert cfg.upstreams_origin == "command line"
+
+
+@pytest.mark.parametrize(
+    ("text", "default", "expected"),
+    [
+        ("1.2.3.4", 53, Endpoint("1.2.3.4", 53)),
+        ("1.2.3.4:5300", 53, Endpoint("1.2.3.4", 5300)),
+        ("::1", 53, Endpoint("::1", 53)),
+        ("[::1]:5353", None, Endpoint("::1", 5353)),
+    ],
+)
+def test_endpoints(text: str, default: int | None, expected: Endpoint) -> None:
+    assert parse_endpoint(text, default) == expected
+
+
+@pytest.mark.parametrize("text", ["1.2.3.4", "[::1", "host:53", "[::1]x", "1.2.3.4:http"])
+def test_bad_listen_endpoints(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_endpoint(text, None)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "zones").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_example_loads(path: Path) -> None:
+    cfg = config.load(path)
+    assert cfg.views, f"{path.name} should show at least one view"
+
+
+def test_embedded_default() -> None:
+    cfg = config.load_default()
+    assert cfg.listen == (Endpoint("127.0.0.1", 5353),)
+    assert [v.name for v in cfg.views] == ["lan"] and cfg.rule_count == 0

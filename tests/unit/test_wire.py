@@ -1,0 +1,218 @@
+"""The codec: hand-written query parse, name decoding limits, finalising answers."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import dns.flags
+import dns.message
+import dns.rcode
+import pytest
+
+from splitdns import config, localanswers, wire
+from splitdns.views import client_address, is_allowed, select_view
+
+
+def query_wire(name: str = "www.example.com.", rdtype: str = "A", **kw: object) -> bytes:
+    q = dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
+    q.id = 0x1234
+    return bytes(q.to_wire())
+
+
+def test_parse_plain_query() -> None:
+    q = wire.parse_query(query_wire("WWW.Example.com."))
+    assert (q.msg_id, q.question.name, q.question.qtype) == (0x1234, "www.example.com", 1)
+    assert not q.edns and q.udp_limit() == 512
+    assert q.question.name_wire.startswith(b"\x03WWW")  # case kept for the echo
+
+
+def test_parse_edns_query() -> None:
+    q = wire.parse_query(query_wire(use_edns=0, payload=4000, want_dnssec=True))
+    assert q.edns and q.do and q.payload == 4000 and q.udp_limit() == 4000
+    big = wire.parse_query(query_wire(use_edns=0, payload=65000))
+    assert big.udp_limit() == wire.MAX_UDP
+    tiny = wire.parse_query(query_wire(use_edns=0, payload=100))
+    assert tiny.udp_limit() == 512
+
+
+def test_too_short_is_dropped() -> None:
+    with pytest.raises(wire.WireError) as info:
+        wire.parse_query(b"\x12\x34\x01")
+    assert not isinstance(info.value, wire.HeaderOnlyError)
+
+
+def test_response_is_dropped() -> None:
+    data = bytearray(query_wire())
+    data[2] |= 0x80
+    with pytest.raises(wire.WireError) as info:
+        wire.parse_query(bytes(data))
+    assert not isinstance(info.value, wire.HeaderOnlyError)
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda d: d[:12] + b"\x03ab",  # truncated label
+        lambda d: d[:4] + b"\x00\x02" + d[6:],  # qdcount 2
+        lambda d: d[:4] + b"\x00\x00" + d[6:],  # qdcount 0
+        lambda d: d[:12] + b"\xc0\x0c\x00\x01\x00\x01",  # pointer to itself
+        lambda d: d[:12] + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01",  # label over 63
+        lambda d: d[:12] + (b"\x3f" + b"a" * 63) * 5 + b"\x00\x00\x01\x00\x01",  # name over 255
+        lambda d: d[:10] + b"\x00\x02" + d[12:] + wire._opt_record(1232, False) * 2,  # two OPT
+    ],
+    ids=["truncated", "qd2", "qd0", "loop", "label64", "name256", "two-opt"],
+)
+def test_malformed_questions_are_formerr(mangle: object) -> None:
+    data = mangle(query_wire())  # type: ignore[operator]
+    with pytest.raises(wire.HeaderOnlyError) as info:
+        wire.parse_query(data)
+    assert info.value.msg_id == 0x1234
+
+
+def test_finalize_echoes_id_and_case_and_adds_opt() -> None:
+    q = wire.parse_query(query_wire("WwW.example.com.", use_edns=0, want_dnssec=True))
+    bare = wire.make_answer(
+        wire.parse_query(query_wire("www.example.com.")), [(1, 60, bytes([192, 0, 2, 1]))]
+    )
+    out = dns.message.from_wire(wire.finalize(q, bare, 1232))
+    assert out.id == 0x1234
+    assert out.question[0].name.to_text() == "WwW.example.com."
+    assert out.edns == 0 and out.ednsflags & dns.flags.DO
+    assert str(out.answer[0][0]) == "192.0.2.1"
+
+
+def test_finalize_truncates_with_tc() -> None:
+    q = wire.parse_query(query_wire())
+    rrs = [(1, 60, bytes([192, 0, 2, i])) for i in range(60)]
+    out = dns.message.from_wire(wire.finalize(q, wire.make_answer(q, rrs), 512))
+    assert out.flags & dns.flags.TC and not out.answer
+    full = dns.message.from_wire(wire.finalize(q, wire.make_answer(q, rrs), None))
+    assert len(full.answer[0]) == 60
+
+
+def test_badvers() -> None:
+    q = wire.parse_query(query_wire(use_edns=1))
+    assert q.edns_version == 1
+    out = dns.message.from_wire(wire.make_badvers(q))
+    assert out.rcode() == dns.rcode.BADVERS
+
+
+def test_upstream_query_has_fresh_id_and_edns() -> None:
+    q = wire.parse_query(query_wire(want_dnssec=True))
+    ids = {wire.make_upstream_query(q)[0] for _ in range(50)}
+    assert len(ids) > 40
+    msg_id, packet = wire.make_upstream_query(q)
+    up = dns.message.from_wire(packet)
+    assert up.id == msg_id and up.edns == 0 and up.payload == 1232
+    assert up.ednsflags & dns.flags.DO
+
+
+def test_strip_opt() -> None:
+    q = dns.message.make_query("a.example.", "A", use_edns=0)
+    r = dns.message.make_response(q)
+    data = bytes(r.to_wire())
+    stripped = wire.strip_opt(data, wire.walk(data))
+    assert dns.message.from_wire(stripped).edns == -1
+
+
+def test_read_name_escapes_dots_inside_labels() -> None:
+    data = b"\x03a.b\x03com\x00"
+    assert wire.read_name(data, 0) == ("a\\.b.com", len(data))
+
+
+def test_reply_matching() -> None:
+    q = wire.parse_query(query_wire())
+    msg_id, packet = wire.make_upstream_query(q)
+    reply = dns.message.make_response(dns.message.from_wire(packet))
+    walked = wire.walk(bytes(reply.to_wire()))
+    assert wire.reply_matches(walked, msg_id, q.question)
+    assert not wire.reply_matches(walked, msg_id ^ 1, q.question)
+    other = wire.parse_query(query_wire("other.example.com."))
+    assert not wire.reply_matches(walked, msg_id, other.question)
+
+
+# --------------------------------------------------------------------------- local answers
+
+HOSTS_VIEW = config.loads(
+    """
+views:
+  - name: lan
+    clients: [192.168.1.0/24]
+    hosts_ttl: 42
+    hosts:
+      nas.home.arpa: [192.168.1.5, "fd00::5"]
+      nas2.home.arpa: 192.168.1.5
+      "*.lab.example.com": 192.168.1.7
+      "*.deep.lab.example.com": 192.168.1.8
+""",
+    "t.yaml",
+).views[0]
+
+
+def local(name: str, rdtype: str) -> dns.message.Message | None:
+    bare = localanswers.answer(wire.parse_query(query_wire(name, rdtype)), HOSTS_VIEW)
+    return None if bare is None else dns.message.from_wire(bare)
+
+
+def test_hosts_a_and_aaaa_and_nodata() -> None:
+    a = local("nas.home.arpa.", "A")
+    assert a is not None and a.flags & dns.flags.AA
+    assert a.answer[0].to_text() == "nas.home.arpa. 42 IN A 192.168.1.5"
+    aaaa = local("NAS.home.arpa.", "AAAA")
+    assert aaaa is not None and str(aaaa.answer[0][0]) == "fd00::5"
+    mx = local("nas.home.arpa.", "MX")
+    assert mx is not None and mx.rcode() == 0 and mx.answer == []
+    assert local("other.home.arpa.", "A") is None
+
+
+def test_hosts_wildcards_longest_suffix() -> None:
+    assert str(local("x.y.lab.example.com.", "A").answer[0][0]) == "192.168.1.7"  # type: ignore[union-attr]
+    assert str(local("z.deep.lab.example.com.", "A").answer[0][0]) == "192.168.1.8"  # type: ignore[union-attr]
+    assert local("lab.example.com.", "A") is None
+
+
+def test_hosts_ptr_lists_every_exact_name() -> None:
+    ptr = local("5.1.168.192.in-addr.arpa.", "PTR")
+    assert ptr is not None
+    assert sorted(str(r) for r in ptr.answer[0]) == ["nas.home.arpa.", "nas2.home.arpa."]
+    v6 = local(ipaddress.ip_address("fd00::5").reverse_pointer + ".", "PTR")
+    assert v6 is not None and str(v6.answer[0][0]) == "nas.home.arpa."
+    assert local("9.1.168.192.in-addr.arpa.", "PTR") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("4.3.2.1.in-addr.arpa", "1.2.3.4"),
+        ("4.3.2.in-addr.arpa", None),
+        ("999.3.2.1.in-addr.arpa", None),
+        ("x.in-addr.arpa", None),
+        ("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa", "::1"),
+        ("1.ip6.arpa", None),
+    ],
+)
+def test_reverse_names(name: str, expected: str | None) -> None:
+    got = localanswers.reverse_address(name)
+    assert (str(got) if got is not None else None) == expected
+
+
+# --------------------------------------------------------------------------- views
+
+
+def test_view_selection_first_match_wins() -> None:
+    cfg = config.loads(
+        """
+views:
+  - {name: acme, clients: [192.168.1.10/32]}
+  - {name: lan, clients: [192.168.1.0/24, "fd00::/64"]}
+""",
+        "t.yaml",
+    )
+    pick = lambda a: getattr(select_view(cfg.views, client_address(a)), "name", None)  # noqa: E731
+    assert pick("192.168.1.10") == "acme"
+    assert pick("192.168.1.11") == "lan"
+    assert pick("::ffff:192.168.1.11") == "lan"  # dual-stack socket address
+    assert pick("fd00::1") == "lan"
+    assert pick("10.0.0.1") is None
+    assert is_allowed(cfg.allow, client_address("10.0.0.1"))
+    assert not is_allowed(cfg.allow, client_address("198.51.100.1"))
