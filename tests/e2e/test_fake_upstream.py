@@ -245,3 +245,24 @@ def test_embedded_default_listens_on_5353_without_root() -> None:
         check=True,
     ).stdout.split()
     assert out == ["127.0.0.1:5353", "0", "<embedded", "default>"]
+
+
+def test_ipv6_and_ipv4_listeners_together(upstream: FakeUpstream, tmp_path: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("this kernel has no IPv6")
+    port6 = free_port("127.0.0.1")
+    proc = start_with_listen(tmp_path, upstream, f"[::1]:{port6}")
+    try:
+        q = dns.message.make_query("www.example.test", "A")
+        v6 = dns.query.udp(q, "::1", port=port6, timeout=5)
+        assert a_values(v6) == ["203.0.113.1"]  # ::1 is allowed but not in the LAN view
+        v6tcp = dns.query.tcp(q, "::1", port=port6, timeout=5)
+        assert a_values(v6tcp) == ["203.0.113.1"]
+        assert a_values(proc.query("www.example.test")) == ["192.0.2.2"]
+    finally:
+        assert proc.stop() == 0
+
+
+def start_with_listen(tmp_path: Path, upstream: FakeUpstream, extra: str) -> SplitDNS:
+    text = LAN_VIEW.format(upstreams=f'"{upstream.address}"', timeout=2, aaaa="keep")
+    return SplitDNS(tmp_path, text, "--listen", extra)
