@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
+from splitdns.cache import CacheSettings
 from splitdns.configtree import ConfigError, Node, parse
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -154,6 +155,8 @@ class Config:
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 512
     user: str = "nobody"
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    workers: int = 1
 
     @property
     def rule_count(self) -> int:
@@ -263,8 +266,20 @@ TOP_KEYS = frozenset(
         "tcp_idle_timeout",
         "tcp_max_connections",
         "user",
+        "cache",
+        "workers",
     }
 )
+CACHE_INT_KEYS = {
+    "size": (0, 10_000_000),
+    "max_bytes": (0, 1 << 40),
+    "min_ttl": (0, 86400),
+    "max_ttl": (0, 604800),
+    "negative_max_ttl": (0, 86400),
+    "servfail_ttl": (0, 300),
+    "stale_max_age": (0, 604800),
+}
+CACHE_BOOL_KEYS = frozenset({"serve_stale", "prefetch"})
 VIEW_KEYS = frozenset({"name", "clients", "rewrite", "aaaa", "hosts", "hosts_ttl"})
 RULE_KEYS = frozenset({"from", "to", "names"})
 
@@ -371,6 +386,21 @@ def _check_shadowed(node: Node, clients: list[IPNetwork], earlier: list[View]) -
     )
 
 
+def _cache(node: Node) -> CacheSettings:
+    keys = node.mapping(frozenset(CACHE_INT_KEYS) | CACHE_BOOL_KEYS)
+    values: dict[str, int | bool] = {}
+    for key, child in keys.items():
+        if key in CACHE_BOOL_KEYS:
+            values[key] = child.boolean()
+        else:
+            low, high = CACHE_INT_KEYS[key]
+            values[key] = child.integer(minimum=low, maximum=high)
+    settings = replace(CacheSettings(), **values)  # type: ignore[arg-type]
+    if settings.min_ttl > settings.max_ttl:
+        raise keys["min_ttl"].error(f"is above max_ttl ({settings.max_ttl})")
+    return settings
+
+
 def from_node(root: Node) -> Config:
     keys = root.mapping(TOP_KEYS)
     config = Config(source=root.source)
@@ -405,6 +435,10 @@ def from_node(root: Node) -> Config:
         )
     if "user" in keys:
         config = replace(config, user=keys["user"].text())
+    if "cache" in keys:
+        config = replace(config, cache=_cache(keys["cache"]))
+    if "workers" in keys:
+        config = replace(config, workers=keys["workers"].integer(minimum=1, maximum=64))
     return config
 
 

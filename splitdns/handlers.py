@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from splitdns import localanswers, rewrite, wire
+from splitdns.cache import Cache, make_key
 from splitdns.config import Config, IPAddress, View
 from splitdns.upstream import UpstreamFailure, Upstreams
 from splitdns.views import is_allowed, select_view
@@ -29,6 +30,8 @@ class Outcome(enum.StrEnum):
     REWRITTEN = "rewritten"
     LOCAL = "local"
     FILTERED = "filtered"
+    CACHED = "cached"
+    STALE = "stale"
     REFUSED = "refused"
     SERVFAIL = "servfail"
     FORMERR = "formerr"
@@ -50,6 +53,8 @@ class Response:
     changes: tuple[rewrite.Change, ...] = ()
     upstream: str | None = None
     notes: list[str] = field(default_factory=list)
+    ttl_hint: int | None = None  # cache lifetime for answers without TTLs of their own
+    rewritten: bool = False  # some address in it was rewritten (also when served from cache)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -116,6 +121,8 @@ class DropShadowedAAAA:
 
     def __init__(self, next_link: Handler) -> None:
         self.next = next_link
+        # The A lookup goes through the cache when there is one (build_chain wires it).
+        self.a_lookup: Handler = next_link
 
     async def __call__(self, req: Request) -> Response:
         view = req.view
@@ -127,14 +134,10 @@ class DropShadowedAAAA:
         ):
             return await self.next(req)
         a_req = Request(req.query.with_type(wire.TYPE_A), req.client, req.transport, view)
-        aaaa, a = await asyncio.gather(self.next(req), self.next(a_req))
-        if (
-            a.outcome is Outcome.REWRITTEN
-            and aaaa.outcome is not Outcome.REWRITTEN
-            and wire.rcode_of(aaaa.bare) == wire.NOERROR
-        ):
+        aaaa, a = await asyncio.gather(self.next(req), self.a_lookup(a_req))
+        if a.rewritten and not aaaa.rewritten and wire.rcode_of(aaaa.bare) == wire.NOERROR:
             empty = wire.make_answer(req.query, [], aa=False)
-            return Response(empty, Outcome.FILTERED, a.changes, aaaa.upstream)
+            return Response(empty, Outcome.FILTERED, a.changes, aaaa.upstream, ttl_hint=a.ttl_hint)
         return aaaa
 
 
@@ -151,7 +154,101 @@ class Rewrite:
         result = rewrite.rewrite(resp.bare, req.query.question.name, req.view)
         if not result.changes:
             return resp
-        return Response(result.data, Outcome.REWRITTEN, result.changes, resp.upstream)
+        return Response(
+            result.data, Outcome.REWRITTEN, result.changes, resp.upstream, rewritten=True
+        )
+
+
+class CacheLink:
+    """Answer from the per-view cache; store what comes back; serve stale when upstreams fail.
+
+    The server answers most hits before the chain (see Server.fast_answer); this link serves
+    TCP and unusual queries, and is where answers are stored.
+    """
+
+    def __init__(self, cache: Cache, next_link: Handler) -> None:
+        self.cache = cache
+        self.next = next_link
+        self._refreshing: set[asyncio.Task[Response]] = set()
+
+    async def __call__(self, req: Request) -> Response:
+        if not self.cache.enabled:
+            return await self.next(req)
+        key = self.key(req)
+        now = self.cache.clock()
+        entry = self.cache.get(key, now)
+        if entry is not None:
+            if self.cache.wants_prefetch(entry, now):
+                self.refresh(req)
+            return Response(
+                entry.aged(now),
+                Outcome.CACHED,
+                ttl_hint=entry.ttl,
+                rewritten=entry.outcome == Outcome.REWRITTEN,
+            )
+        return await self.fetch(req, key)
+
+    def key(self, req: Request) -> tuple[str, bytes, bytes, bool, bool]:
+        view = req.view.name if req.view is not None else ""
+        return make_key(view, req.query.question, req.query.do, req.query.cd)
+
+    async def fetch(self, req: Request, key: tuple[str, bytes, bytes, bool, bool]) -> Response:
+        resp = await self.next(req)
+        now = self.cache.clock()
+        if resp.outcome is Outcome.SERVFAIL:
+            stale = self.cache.stale(key, now)
+            if stale is not None:
+                return Response(stale.stale_copy(), Outcome.STALE, notes=resp.notes)
+        if resp.outcome in _CACHEABLE:
+            entry = self.cache.put(key, resp.bare, str(resp.outcome), now, resp.ttl_hint)
+            if entry is not None:
+                resp.ttl_hint = entry.ttl
+        return resp
+
+    def refresh(self, req: Request) -> None:
+        """Fetch again in the background (prefetch); the hit is answered meanwhile."""
+        task = asyncio.ensure_future(self.fetch(req, self.key(req)))
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+
+_CACHEABLE = frozenset({Outcome.FORWARDED, Outcome.REWRITTEN, Outcome.FILTERED, Outcome.SERVFAIL})
+
+
+class Coalesce:
+    """Identical questions in flight share one upstream query (views do not matter here)."""
+
+    MAX_INFLIGHT = 10000
+
+    def __init__(self, next_link: Handler) -> None:
+        self.next = next_link
+        self.inflight: dict[tuple[bytes, bytes, bool, bool], asyncio.Future[Response]] = {}
+        self.coalesced = 0
+
+    async def __call__(self, req: Request) -> Response:
+        q = req.query
+        key = (q.question.wire[:-4].lower(), q.question.wire[-4:], q.do, q.cd)
+        leader = self.inflight.get(key)
+        if leader is not None:
+            self.coalesced += 1
+            await asyncio.wait([leader])
+            if not leader.cancelled() and leader.exception() is None:
+                return leader.result()
+            return await self.next(req)  # the leader failed oddly: ask on our own
+        if len(self.inflight) >= self.MAX_INFLIGHT:
+            return await self.next(req)
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self.inflight[key] = future
+        try:
+            resp = await self.next(req)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: followers re-ask instead
+            raise
+        finally:
+            del self.inflight[key]
+        future.set_result(resp)
+        return resp
 
 
 class Forward:
@@ -172,13 +269,26 @@ class Forward:
         return Response(bare, Outcome.FORWARDED, upstream=reply.upstream)
 
 
-def build_chain(config: Config, upstreams: Upstreams) -> Handler:
+@dataclass(slots=True)
+class Pipeline:
+    """The chain and the parts the server reaches into directly (the cache for fast hits)."""
+
+    handler: Handler
+    cache: Cache
+    coalesce: Coalesce
+
+
+def build_chain(config: Config, upstreams: Upstreams, cache: Cache | None = None) -> Pipeline:
     """The order of the links, outermost first (each reason is why it stands there)."""
+    cache = cache or Cache(config.cache)
     handler: Handler = Forward(upstreams)  # last: only what nobody else answered leaves the LAN
-    handler = Rewrite(handler)  # right above forward: rewrites only upstream answers, never hosts
-    handler = DropShadowedAAAA(handler)  # above rewrite: it needs to know the A was rewritten
-    handler = LocalHosts(handler)  # before anything is forwarded
+    coalesce = Coalesce(handler)  # right above forward: one upstream query per question
+    handler = Rewrite(coalesce)  # above the shared answer: each view rewrites its own copy
+    drop_aaaa = DropShadowedAAAA(handler)  # above rewrite: it needs to know the A was rewritten
+    handler = CacheLink(cache, drop_aaaa)  # stores final answers, after rewrite and AAAA policy
+    drop_aaaa.a_lookup = handler  # its A lookup is answered from (and stored in) the cache
+    handler = LocalHosts(handler)  # before the cache: local data is never aged or stale
     handler = SelectView(config, handler)  # everything below depends on the view
     handler = RefuseUnsupported(handler)  # cheap protocol policy before any work
     handler = RefuseOutsiders(config, handler)  # first: outsiders get nothing but REFUSED
-    return handler
+    return Pipeline(handler, cache, coalesce)

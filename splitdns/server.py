@@ -16,13 +16,14 @@ from typing import Any, cast
 
 from splitdns import wire
 from splitdns.config import Config, Endpoint
-from splitdns.handlers import Handler, Outcome, Request, Response, build_chain
+from splitdns.handlers import Outcome, Request, Response, build_chain
 from splitdns.upstream import Upstreams
-from splitdns.views import client_address, is_allowed
+from splitdns.views import client_address, is_allowed, select_view
 
 log = logging.getLogger(__name__)
 
 MAX_TCP_PIPELINE = 32  # answers in flight per TCP connection before reading pauses
+CLIENT_MEMO_SIZE = 4096  # client address -> (allowed, view) memo for the cache-hit path
 
 
 class Server:
@@ -31,7 +32,10 @@ class Server:
     def __init__(self, config: Config, upstreams: Upstreams | None = None) -> None:
         self.config = config
         self.upstreams = upstreams or Upstreams(config.upstreams, config.timeout)
-        self.handler: Handler = build_chain(config, self.upstreams)
+        self.pipeline = build_chain(config, self.upstreams)
+        self.handler = self.pipeline.handler
+        self.cache = self.pipeline.cache
+        self._clients: dict[str, str | None] = {}
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -134,6 +138,44 @@ class Server:
             response = Response(wire.make_error(query, wire.SERVFAIL), Outcome.SERVFAIL)
         return wire.finalize(query, response.bare, limit)
 
+    # ------------------------------------------------------------------ cache hits
+
+    def fast_answer(self, data: bytes, host: str) -> bytes | None:
+        """Answer a cache hit without the chain, parser or a task; None means "take the chain".
+
+        Only the common query shape is handled (wire.peek); clients not allowed, misses and
+        entries due for prefetch all go the full way, so this path never decides policy.
+        """
+        peeked = wire.peek(data)
+        if peeked is None or not self.cache.enabled:
+            return None
+        msg_id, flags, name_end, qend, edns, do, limit = peeked
+        view = self._clients[host] if host in self._clients else self._classify(host)
+        if view is None:
+            return None
+        key = (view, data[12:name_end].lower(), data[name_end:qend], do, bool(flags & wire.CD))
+        now = self.cache.clock()
+        entry = self.cache.get(key, now)
+        if entry is None or (
+            self.cache.settings.prefetch and self.cache.wants_prefetch(entry, now)
+        ):
+            if entry is not None:
+                entry.prefetching = False  # let the chain's cache link start the refresh
+            return None
+        return wire.assemble(msg_id, flags, data[12:qend], entry.aged(now), edns, do, limit)
+
+    def _classify(self, host: str) -> str | None:
+        """The cache's view name for an allowed client ("" for no view), None if not allowed."""
+        client = client_address(host)
+        result: str | None = None
+        if is_allowed(self.config.allow, client):
+            view = select_view(self.config.views, client)
+            result = view.name if view is not None else ""
+        if len(self._clients) >= CLIENT_MEMO_SIZE:
+            self._clients.clear()
+        self._clients[host] = result
+        return result
+
     # ------------------------------------------------------------------ UDP
 
     async def answer_udp(
@@ -201,7 +243,16 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        if self.transport is not None and not self.server.closing:
+        if self.transport is None or self.server.closing:
+            return
+        try:
+            answer = self.server.fast_answer(data, addr[0])
+        except Exception:  # the fast path must never cost an answer: take the full path
+            log.exception("cache fast path failed; answering the slow way")
+            answer = None
+        if answer is not None:
+            self.transport.sendto(answer, addr)
+        else:
             self.server.spawn(self.server.answer_udp(data, addr, self.transport))
 
     def error_received(self, exc: Exception) -> None:

@@ -382,27 +382,84 @@ def make_answer(
 
 
 def finalize(query: Query, bare: bytes, limit: int | None) -> bytes:
-    """Turn a bare answer into the bytes sent to this client.
+    """Turn a bare answer into the bytes sent to this client (see `assemble`)."""
+    return assemble(
+        query.msg_id, query.flags, query.question.wire, bare, query.edns, query.do, limit
+    )
 
-    Writes the client's ID and its question bytes (so the name's case is echoed), adds an OPT
-    record when the client used EDNS, and when the result exceeds `limit` (UDP) sends the
-    question alone with TC=1 so the client retries over TCP.
+
+_OPT_PLAIN = _opt_record(EDNS_PAYLOAD, False)
+_OPT_DO = _opt_record(EDNS_PAYLOAD, True)
+
+
+def assemble(
+    msg_id: int,
+    query_flags: int,
+    question: bytes,
+    bare: bytes,
+    edns: bool,
+    do: bool,
+    limit: int | None,
+) -> bytes:
+    """The bytes sent to one client, built from a bare answer with a same-length question.
+
+    Writes the client's ID, RD bit and question bytes (so the name's case is echoed), adds an
+    OPT record when the client used EDNS, and when the result exceeds `limit` (UDP) sends the
+    question alone with TC=1 so the client retries over TCP. No parsing: this is the hot path.
     """
-    qlen = len(query.question.wire)
     _, flags, qd, an, ns, ar = HEADER.unpack_from(bare)
-    body = bare[HEADER_LEN + qlen :] if qd == 1 else b""
-    if query.edns:
+    flags = (flags & ~RD) | (query_flags & RD)
+    body = bare[HEADER_LEN + len(question) :] if qd == 1 else b""
+    opt = (_OPT_DO if do else _OPT_PLAIN) if edns else b""
+    if opt:
         ar += 1
-        body += _opt_record(EDNS_PAYLOAD, query.do)
-    out = HEADER.pack(query.msg_id, flags, 1, an, ns, ar) + query.question.wire + body
+    out = HEADER.pack(msg_id, flags, 1, an, ns, ar) + question + body + opt
     if limit is not None and len(out) > limit:
-        opt = _opt_record(EDNS_PAYLOAD, query.do) if query.edns else b""
-        out = (
-            HEADER.pack(query.msg_id, (flags | TC) & ~AD, 1, 0, 0, 1 if opt else 0)
-            + query.question.wire
-            + opt
-        )
+        out = HEADER.pack(msg_id, (flags | TC) & ~AD, 1, 0, 0, 1 if opt else 0) + question + opt
     return out
+
+
+def peek(data: bytes) -> tuple[int, int, int, int, bool, bool, int] | None:
+    """The cache-hit parse: (id, flags, name_end, question_end, edns, do, udp_limit) or None.
+
+    Handles only the common shape (one uncompressed question, at most an OPT record, opcode
+    QUERY, version 0). Anything else returns None and takes the full path, which also
+    answers the errors.
+    """
+    size = len(data)
+    if size < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
+        return None
+    pos = 12
+    while True:
+        length = data[pos]
+        if length == 0:
+            break
+        if length > 63:
+            return None
+        pos += length + 1
+        if pos >= size:
+            return None
+    name_end = pos + 1
+    qend = name_end + 4
+    if name_end - 12 > 255 or qend > size:
+        return None
+    flags = (data[2] << 8) | data[3]
+    msg_id = (data[0] << 8) | data[1]
+    arcount = data[11]
+    if data[10] or arcount > 1:
+        return None
+    if arcount == 0:
+        return (msg_id, flags, name_end, qend, False, False, CLASSIC_UDP) if qend == size else None
+    if qend + 11 > size or data[qend] != 0 or data[qend + 1 : qend + 3] != b"\x00\x29":
+        return None
+    if data[qend + 6] != 0:  # EDNS version
+        return None
+    rdlength = (data[qend + 9] << 8) | data[qend + 10]
+    if qend + 11 + rdlength != size:
+        return None
+    payload = (data[qend + 3] << 8) | data[qend + 4]
+    limit = CLASSIC_UDP if payload < CLASSIC_UDP else min(payload, MAX_UDP)
+    return msg_id, flags, name_end, qend, True, bool(data[qend + 7] & 0x80), limit
 
 
 def make_badvers(query: Query) -> bytes:

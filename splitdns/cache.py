@@ -1,0 +1,235 @@
+"""A cache of final wire answers, per view, so a hit is a byte patch and not a parse and pack.
+
+An entry is the bare answer exactly as the client of that view would get it (after rewriting),
+plus the offset of every TTL, recorded when it is stored. A hit copies the bytes, ages the TTLs
+at their offsets (once per second of age, then reused), and lets `wire.assemble` write the
+client's ID, question bytes and EDNS. The clock is injected so tests move time instead of
+sleeping. Bounded in entries and bytes, least recently used evicted first.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from splitdns import wire
+
+#: (view name or "", lower-cased question name in wire form, type+class bytes, DO, CD)
+Key = tuple[str, bytes, bytes, bool, bool]
+
+STALE_TTL = 30  # RFC 8767 §4: TTL of an answer served stale
+ENTRY_OVERHEAD = 400  # bytes an entry costs beside its answer (objects, key, dict slot)
+_TTL = struct.Struct("!I")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The `cache:` section of the zone mapping."""
+
+    size: int = 10000
+    max_bytes: int = 32 * 1024 * 1024
+    min_ttl: int = 0
+    max_ttl: int = 86400
+    negative_max_ttl: int = 3600
+    servfail_ttl: int = 5
+    serve_stale: bool = False
+    stale_max_age: int = 86400
+    prefetch: bool = False
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    stale: int = 0
+    evictions: int = 0
+    prefetches: int = 0
+
+
+class Entry:
+    """One stored answer and how to age it."""
+
+    __slots__ = (
+        "_aged",
+        "_aged_at",
+        "data",
+        "expires",
+        "outcome",
+        "prefetching",
+        "size",
+        "stored",
+        "ttl",
+        "ttls",
+    )
+
+    def __init__(
+        self, data: bytes, ttls: tuple[tuple[int, int], ...], ttl: int, now: float, outcome: str
+    ) -> None:
+        self.data = data
+        self.ttls = ttls
+        self.ttl = ttl
+        self.stored = now
+        self.expires = now + ttl
+        self.outcome = outcome
+        self.size = len(data) + ENTRY_OVERHEAD
+        self.prefetching = False
+        self._aged_at = 0
+        self._aged = data
+
+    def aged(self, now: float) -> bytes:
+        """The answer with every TTL reduced by the entry's age in whole seconds."""
+        age = int(now - self.stored)
+        if age == self._aged_at:
+            return self._aged
+        buf = bytearray(self.data)
+        for offset, ttl in self.ttls:
+            _TTL.pack_into(buf, offset, ttl - age if ttl > age else 0)
+        self._aged_at = age
+        self._aged = bytes(buf)
+        return self._aged
+
+    def stale_copy(self) -> bytes:
+        buf = bytearray(self.data)
+        for offset, ttl in self.ttls:
+            _TTL.pack_into(buf, offset, min(ttl, STALE_TTL))
+        return bytes(buf)
+
+
+def make_key(view: str, question: wire.Question, do: bool, cd: bool) -> Key:
+    wire_q = question.wire
+    return (view, wire_q[:-4].lower(), wire_q[-4:], do, cd)
+
+
+def answer_ttl(data: bytes, settings: CacheSettings) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """How long an answer may be cached (0: not at all) and its TTL offsets, clamped.
+
+    Positive answers live for their smallest TTL; negative ones (NXDOMAIN, NODATA) for
+    min(SOA TTL, SOA MINIMUM) per RFC 2308 §5, and not at all without an SOA; SERVFAIL for
+    `servfail_ttl`; anything truncated or otherwise failed is not cached.
+    """
+    message = wire.walk(data)
+    if message.flags & wire.TC:
+        return 0, ()
+    rcode = message.rcode
+    if rcode == wire.SERVFAIL:
+        return settings.servfail_ttl, ()
+    if rcode not in (wire.NOERROR, wire.NXDOMAIN):
+        return 0, ()
+    records = [r for r in message.records if r.rtype != wire.TYPE_OPT]
+    ttls = [(r.ttl_offset, _TTL.unpack_from(data, r.ttl_offset)[0]) for r in records]
+    answers = [r for r in records if r.section == wire.ANSWER]
+    if rcode == wire.NOERROR and answers:
+        ttl = min(t for _, t in ttls)
+        ttl = max(settings.min_ttl, min(ttl, settings.max_ttl))
+        return ttl, tuple((off, max(settings.min_ttl, min(t, settings.max_ttl))) for off, t in ttls)
+    soa = next(
+        (r for r in records if r.section == wire.AUTHORITY and r.rtype == wire.TYPE_SOA), None
+    )
+    if soa is None:
+        return 0, ()
+    _, pos = wire.read_name(data, soa.rdata_offset)
+    _, pos = wire.read_name(data, pos)
+    if pos + 20 > soa.rdata_offset + soa.rdlength:
+        return 0, ()
+    minimum = _TTL.unpack_from(data, pos + 16)[0]
+    soa_ttl = _TTL.unpack_from(data, soa.ttl_offset)[0]
+    ttl = min(soa_ttl, minimum, settings.negative_max_ttl)
+    return ttl, tuple((off, min(t, ttl)) for off, t in ttls)
+
+
+class Cache:
+    """Final answers by Key, LRU-bounded in entries and bytes."""
+
+    def __init__(
+        self, settings: CacheSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stats = CacheStats()
+        self._entries: OrderedDict[Key, Entry] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.size > 0
+
+    def get(self, key: Key, now: float) -> Entry | None:
+        """A fresh entry, counted as a hit, or None (counted as a miss)."""
+        entry = self._entries.get(key)
+        if entry is not None and entry.expires > now:
+            self._entries.move_to_end(key)
+            self.stats.hits += 1
+            return entry
+        self.stats.misses += 1
+        if entry is not None and not self._may_serve_stale(entry, now):
+            self._drop(key)
+        return None
+
+    def stale(self, key: Key, now: float) -> Entry | None:
+        """An expired entry still within the stale window (serve-stale only)."""
+        entry = self._entries.get(key)
+        if entry is not None and self._may_serve_stale(entry, now):
+            self.stats.stale += 1
+            return entry
+        return None
+
+    def _may_serve_stale(self, entry: Entry, now: float) -> bool:
+        return self.settings.serve_stale and now < entry.expires + self.settings.stale_max_age
+
+    def wants_prefetch(self, entry: Entry, now: float) -> bool:
+        """Refresh an entry in its last tenth of life (at most once), so hits never miss."""
+        if not self.settings.prefetch or entry.prefetching or entry.ttl < 10:
+            return False
+        if entry.expires - now > entry.ttl / 10:
+            return False
+        entry.prefetching = True
+        self.stats.prefetches += 1
+        return True
+
+    def put(
+        self, key: Key, data: bytes, outcome: str, now: float, ttl_hint: int | None = None
+    ) -> Entry | None:
+        """Store an answer if it may be cached; returns the entry stored."""
+        if not self.enabled:
+            return None
+        try:
+            ttl, ttls = answer_ttl(data, self.settings)
+        except wire.WireError:
+            return None
+        if ttl_hint is not None:
+            ttl = min(ttl_hint, self.settings.max_ttl) if ttl == 0 else min(ttl, ttl_hint)
+        if ttl <= 0:
+            return None
+        entry = Entry(data, ttls, ttl, now, outcome)
+        if entry.size > self.settings.max_bytes:
+            return None
+        self._drop(key)
+        self._entries[key] = entry
+        self.bytes += entry.size
+        while len(self._entries) > self.settings.size or self.bytes > self.settings.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self.bytes -= old.size
+            self.stats.evictions += 1
+        return entry
+
+    def _drop(self, key: Key) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
+
+    def drop_where(self, keep: Callable[[Key], bool]) -> int:
+        """Remove every entry whose key `keep` rejects (used when the config changes)."""
+        doomed = [k for k in self._entries if not keep(k)]
+        for key in doomed:
+            self._drop(key)
+        return len(doomed)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
