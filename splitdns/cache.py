@@ -76,7 +76,7 @@ class Entry:
         self.outcome = outcome
         self.size = len(data) + ENTRY_OVERHEAD
         self.prefetching = False
-        self._aged_at = 0
+        self._aged_at = -1  # the stored TTLs may be clamped: compute even at age 0
         self._aged = data
 
     def aged(self, now: float) -> bytes:

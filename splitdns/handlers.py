@@ -203,6 +203,7 @@ class CacheLink:
             entry = self.cache.put(key, resp.bare, str(resp.outcome), now, resp.ttl_hint)
             if entry is not None:
                 resp.ttl_hint = entry.ttl
+                resp.bare = entry.aged(now)  # clamped TTLs, the same as later hits will show
         return resp
 
     def refresh(self, req: Request) -> None:
