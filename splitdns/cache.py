@@ -103,14 +103,17 @@ def make_key(view: str, question: wire.Question, do: bool, cd: bool) -> Key:
     return (view, wire_q[:-4].lower(), wire_q[-4:], do, cd)
 
 
-def answer_ttl(data: bytes, settings: CacheSettings) -> tuple[int, tuple[tuple[int, int], ...]]:
+def answer_ttl(
+    data: bytes, settings: CacheSettings, message: wire.Message | None = None
+) -> tuple[int, tuple[tuple[int, int], ...]]:
     """How long an answer may be cached (0: not at all) and its TTL offsets, clamped.
 
     Positive answers live for their smallest TTL; negative ones (NXDOMAIN, NODATA) for
     min(SOA TTL, SOA MINIMUM) per RFC 2308 §5, and not at all without an SOA; SERVFAIL for
     `servfail_ttl`; anything truncated or otherwise failed is not cached.
     """
-    message = wire.walk(data)
+    if message is None:
+        message = wire.walk(data)
     if message.flags & wire.TC:
         return 0, ()
     rcode = message.rcode
@@ -193,13 +196,22 @@ class Cache:
         return True
 
     def put(
-        self, key: Key, data: bytes, outcome: str, now: float, ttl_hint: int | None = None
+        self,
+        key: Key,
+        data: bytes,
+        outcome: str,
+        now: float,
+        ttl_hint: int | None = None,
+        message: wire.Message | None = None,
     ) -> Entry | None:
-        """Store an answer if it may be cached; returns the entry stored."""
+        """Store an answer if it may be cached; returns the entry stored.
+
+        `message` is the walk of `data` when the caller has one (saves walking it again).
+        """
         if not self.enabled:
             return None
         try:
-            ttl, ttls = answer_ttl(data, self.settings)
+            ttl, ttls = answer_ttl(data, self.settings, message)
         except wire.WireError:
             return None
         if ttl_hint is not None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from splitdns import __version__
 from splitdns import config as configmod
@@ -39,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="HOST[:PORT]",
         help="forward here instead (repeatable)",
+    )
+    serve.add_argument(
+        "--workers", type=int, metavar="N", help="processes sharing the port (SO_REUSEPORT)"
     )
     serve.add_argument("--loop", choices=sorted(LOOP_FACTORIES), default="auto", help="event loop")
     serve.add_argument(
@@ -128,6 +134,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = configmod.load(args.config) if args.config else configmod.load_default()
         config = config.with_overrides(args.listen, args.upstream)
+        if args.workers is not None:
+            if not 1 <= args.workers <= 64:
+                raise ValueError(f"--workers {args.workers}: must be 1-64")
+            config = replace(config, workers=args.workers)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -139,12 +149,42 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:
         print(f"splitdns: --loop {args.loop} is not installed", file=sys.stderr)
         return 2
+    if config.workers > 1:
+        return _supervise(config, factory)
+    return _run_worker(config, factory)
+
+
+def _run_worker(config: Config, factory: Callable[[], asyncio.AbstractEventLoop]) -> int:
     with asyncio.Runner(loop_factory=factory) as runner:
         try:
             return runner.run(_run(config, loop_name(factory)))
         except (OSError, PrivilegeError) as exc:
             print(f"splitdns: {exc}", file=sys.stderr)
             return 1
+
+
+def _supervise(config: Config, factory: Callable[[], asyncio.AbstractEventLoop]) -> int:
+    """Fork `workers` processes that share each port; pass signals on; exit when all have."""
+    children: list[int] = []
+    for _ in range(config.workers):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_run_worker(config, factory))
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        code = os.waitstatus_to_exitcode(status)
+        worst = max(worst, code if code >= 0 else 128 - code)
+    return worst
 
 
 async def _run(config: Config, loop: str) -> int:

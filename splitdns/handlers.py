@@ -12,7 +12,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from splitdns import localanswers, rewrite, wire
 from splitdns.cache import Cache, make_key
@@ -55,6 +55,7 @@ class Response:
     notes: list[str] = field(default_factory=list)
     ttl_hint: int | None = None  # cache lifetime for answers without TTLs of their own
     rewritten: bool = False  # some address in it was rewritten (also when served from cache)
+    message: wire.Message | None = None  # the walk of `bare`, when one is at hand
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -151,11 +152,16 @@ class Rewrite:
         resp = await self.next(req)
         if resp.outcome is not Outcome.FORWARDED or req.view is None or not req.view.rules:
             return resp
-        result = rewrite.rewrite(resp.bare, req.query.question.name, req.view)
+        result = rewrite.rewrite(resp.bare, req.query.question.name, req.view, resp.message)
         if not result.changes:
             return resp
         return Response(
-            result.data, Outcome.REWRITTEN, result.changes, resp.upstream, rewritten=True
+            result.data,
+            Outcome.REWRITTEN,
+            result.changes,
+            resp.upstream,
+            rewritten=True,
+            message=None if result.rebuilt else resp.message,
         )
 
 
@@ -200,10 +206,13 @@ class CacheLink:
             if stale is not None:
                 return Response(stale.stale_copy(), Outcome.STALE, notes=resp.notes)
         if resp.outcome in _CACHEABLE:
-            entry = self.cache.put(key, resp.bare, str(resp.outcome), now, resp.ttl_hint)
+            entry = self.cache.put(
+                key, resp.bare, str(resp.outcome), now, resp.ttl_hint, resp.message
+            )
             if entry is not None:
-                resp.ttl_hint = entry.ttl
-                resp.bare = entry.aged(now)  # clamped TTLs, the same as later hits will show
+                # Clamped TTLs, the same as later hits will show. A copy: with coalescing the
+                # response may be shared by other views' requests.
+                return replace(resp, bare=entry.aged(now), ttl_hint=entry.ttl, message=None)
         return resp
 
     def refresh(self, req: Request) -> None:
@@ -266,8 +275,8 @@ class Forward:
             return Response(
                 wire.make_error(req.query, wire.SERVFAIL), Outcome.SERVFAIL, notes=[str(exc)]
             )
-        bare = wire.strip_opt(reply.data, reply.message)
-        return Response(bare, Outcome.FORWARDED, upstream=reply.upstream)
+        bare, message = wire.strip_opt(reply.data, reply.message)
+        return Response(bare, Outcome.FORWARDED, upstream=reply.upstream, message=message)
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ class Change:
 class Rewritten:
     data: bytes
     changes: tuple[Change, ...] = ()
+    rebuilt: bool = False  # offsets changed (RRSIGs removed): an earlier walk no longer fits
 
 
 def specificity(rule: Rule) -> tuple[int, int, int]:
@@ -62,12 +63,18 @@ def chain_names(data: bytes, message: wire.Message, qname: str) -> set[str]:
     return names
 
 
-def rewrite(data: bytes, qname: str, view: View | None) -> Rewritten:
-    """Rewrite an upstream answer (no OPT) for `view`; malformed input raises wire.WireError."""
+def rewrite(
+    data: bytes, qname: str, view: View | None, message: wire.Message | None = None
+) -> Rewritten:
+    """Rewrite an upstream answer (no OPT) for `view`; malformed input raises wire.WireError.
+
+    `message` is the walk of `data` when the caller already has it (saves a second walk).
+    """
     if view is None or not view.rules:
         return Rewritten(data)
     rules = ordered_rules(view)
-    message = wire.walk(data)
+    if message is None:
+        message = wire.walk(data)
     chain: set[str] | None = None
     patched: bytearray | None = None
     changes: list[Change] = []
@@ -101,11 +108,17 @@ def rewrite(data: bytes, qname: str, view: View | None) -> Rewritten:
     if patched is None:
         return Rewritten(data)
     out = wire.set_flags(bytes(patched), clear_bits=wire.AD)
+    if not covered_sets(out, message, rewritten_sets):
+        return Rewritten(out, tuple(changes), rebuilt=False)
+    out = wire.remove_rrsigs(out, rewritten_sets)
+    return Rewritten(out, tuple(changes), rebuilt=True)
+
+
+def covered_sets(data: bytes, message: wire.Message, rewritten: set[tuple[int, str, int]]) -> bool:
+    """Whether any RRSIG in the message covers an RRset that was rewritten."""
     covered = {
-        (r.section, r.name, int.from_bytes(out[r.rdata_offset : r.rdata_offset + 2], "big"))
+        (r.section, r.name, int.from_bytes(data[r.rdata_offset : r.rdata_offset + 2], "big"))
         for r in message.records
         if r.rtype == wire.TYPE_RRSIG and r.rdlength >= 2
     }
-    if covered & rewritten_sets:
-        out = wire.remove_rrsigs(out, rewritten_sets)
-    return Rewritten(out, tuple(changes))
+    return bool(covered & rewritten)

@@ -55,6 +55,8 @@ class Server:
                 try:
                     if family == socket.AF_INET6:
                         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    if self.config.workers > 1:  # workers share the port; the kernel spreads load
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                     sock.bind((endpoint.host, endpoint.port))
                 except OSError:
                     sock.close()
@@ -69,6 +71,7 @@ class Server:
                     endpoint.host,
                     port or endpoint.port,
                     reuse_address=True,
+                    reuse_port=self.config.workers > 1,
                     backlog=256,
                 )
                 self._tcp.append(tcp)

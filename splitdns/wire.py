@@ -472,18 +472,25 @@ def make_badvers(query: Query) -> bytes:
     )
 
 
-def strip_opt(data: bytes, message: Message) -> bytes:
-    """Remove the upstream's OPT record: the client gets splitdns's own EDNS, not the upstream's."""
+def strip_opt(data: bytes, message: Message) -> tuple[bytes, Message]:
+    """Remove the upstream's OPT record: the client gets splitdns's own EDNS, not the upstream's.
+
+    Returns the new bytes and their walk. The usual case (OPT last) keeps every other offset,
+    so the walk is reused rather than repeated.
+    """
     opts = [r for r in message.records if r.rtype == TYPE_OPT]
     if not opts:
-        return data
+        return data, message
     if len(opts) == 1 and opts[0].end == len(data):
         msg_id, flags, qd, an, ns, ar = HEADER.unpack_from(data)
-        return HEADER.pack(msg_id, flags, qd, an, ns, ar - 1) + data[HEADER_LEN : opts[0].start]
+        stripped = HEADER.pack(msg_id, flags, qd, an, ns, ar - 1) + data[HEADER_LEN : opts[0].start]
+        records = [r for r in message.records if r.rtype != TYPE_OPT]
+        return stripped, Message(msg_id, flags, message.questions, records)
     # OPT in the middle of the additional section: rare; let dnspython rebuild the message.
     parsed = dns.message.from_wire(data, ignore_trailing=True)
     parsed.use_edns(False)
-    return bytes(parsed.to_wire())
+    rebuilt = bytes(parsed.to_wire())
+    return rebuilt, walk(rebuilt)
 
 
 def remove_rrsigs(data: bytes, covered: set[tuple[int, str, int]]) -> bytes:

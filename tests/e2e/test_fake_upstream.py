@@ -266,3 +266,20 @@ def test_ipv6_and_ipv4_listeners_together(upstream: FakeUpstream, tmp_path: Path
 def start_with_listen(tmp_path: Path, upstream: FakeUpstream, extra: str) -> SplitDNS:
     text = LAN_VIEW.format(upstreams=f'"{upstream.address}"', timeout=2, aaaa="keep")
     return SplitDNS(tmp_path, text, "--listen", extra)
+
+
+def test_workers_share_the_port_and_stop_together(upstream: FakeUpstream, tmp_path: Path) -> None:
+    text = LAN_VIEW.format(upstreams=f'"{upstream.address}"', timeout=2, aaaa="keep")
+    proc = SplitDNS(tmp_path, text, "--workers", "2")
+    try:
+        proc.wait_for("serving")
+        deadline = time.monotonic() + 10
+        while proc.output.count("serving") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.output.count("serving") == 2, proc.output
+        for _i in range(20):
+            assert a_values(proc.query("www.example.test")) == ["192.0.2.2"]
+            assert a_values(proc.query("www.example.test", tcp=True)) == ["192.0.2.2"]
+    finally:
+        assert proc.stop() == 0, proc.output
+    assert proc.output.count("stopped") == 2

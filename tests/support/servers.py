@@ -151,7 +151,7 @@ class NSD(Process):
             f"  xfrdir: {workdir}\n"
             f"  logfile: {workdir}/nsd.log\n"
             "  server-count: 1\n"
-            "  verbosity: 1\n"
+            "  verbosity: 1\n  rrl-ratelimit: 0\n"
             "remote-control:\n"
             "  control-enable: no\n" + "".join(zone_blocks)
         )
