@@ -54,7 +54,7 @@ class _ReplyCatcher(asyncio.DatagramProtocol):
     """Waits for the one datagram that is really our answer."""
 
     def __init__(
-        self, source: tuple[object, int], msg_id: int, question: wire.Question, stats: UpstreamStats
+        self, source: tuple[str, int], msg_id: int, question: wire.Question, stats: UpstreamStats
     ) -> None:
         self.source = source
         self.msg_id = msg_id
@@ -68,9 +68,10 @@ class _ReplyCatcher(asyncio.DatagramProtocol):
         if self.future.done():
             return
         try:
-            same_source = (ipaddress.ip_address(str(addr[0])), addr[1]) == self.source
+            # Endpoint hosts are normalised the way the kernel prints addresses.
+            same_source = addr[0] == self.source[0] and addr[1] == self.source[1]
             message = wire.walk(data) if same_source else None
-        except (ValueError, wire.WireError):
+        except wire.WireError:
             message = None
         if message is None or not wire.reply_matches(message, self.msg_id, self.question):
             self.stats.forged += 1
@@ -102,7 +103,7 @@ class PlainDNS:
         self.endpoint = endpoint
         self.name = str(endpoint)
         self.stats = stats
-        self._address = (ipaddress.ip_address(endpoint.host), endpoint.port)
+        self._address = (str(ipaddress.ip_address(endpoint.host)), endpoint.port)
         self._family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
 
     async def exchange(self, query: wire.Query, timeout: float) -> Reply:

@@ -92,6 +92,14 @@ GOOD_VIEW = "views:\n  - name: lan\n    clients: [192.168.1.0/24]\n"
         (GOOD_VIEW + "    hosts_ttl: -1\n", "t.yaml:4: views[0].hosts_ttl: must be between 0"),
         ("tcp_max_connections: true\n", "t.yaml:1: tcp_max_connections: must be a whole number"),
         ("- a\n- b\n", "t.yaml:1: (top): must be a mapping, not a list"),
+        ("cache:\n  size: -1\n", "t.yaml:2: cache.size: must be between 0 and 10000000, not -1"),
+        ("cache:\n  sise: 10\n", "t.yaml:2: cache.sise: unknown key"),
+        ("cache:\n  serve_stale: 1\n", "t.yaml:2: cache.serve_stale: must be true or false"),
+        (
+            "cache:\n  min_ttl: 600\n  max_ttl: 60\n",
+            "t.yaml:2: cache.min_ttl: is above max_ttl (60)",
+        ),
+        ("workers: 0\n", "t.yaml:1: workers: must be between 1 and 64, not 0"),
     ],
 )
 def test_errors_name_file_line_and_key(snippet: str, expected: str) -> None:
@@ -184,6 +192,12 @@ def test_bad_listen_endpoints(text: str) -> None:
 def test_every_shipped_example_loads(path: Path) -> None:
     cfg = config.load(path)
     assert cfg.views, f"{path.name} should show at least one view"
+
+
+def test_cache_settings() -> None:
+    cfg = load("cache: {size: 5, serve_stale: true, prefetch: true, servfail_ttl: 0}\n")
+    assert (cfg.cache.size, cfg.cache.serve_stale, cfg.cache.prefetch) == (5, True, True)
+    assert cfg.cache.servfail_ttl == 0 and cfg.cache.max_ttl == 86400
 
 
 def test_embedded_default() -> None:
