@@ -58,18 +58,8 @@ class Node:
 
     def mapping(self, allowed: set[str] | frozenset[str]) -> dict[str, Node]:
         """The children of a mapping; unknown and duplicate keys are errors."""
-        if self.is_null():
-            return {}
-        if not isinstance(self.raw, yaml.MappingNode):
-            raise self.error(f"must be a mapping, not {self.kind()}")
         out: dict[str, Node] = {}
-        for key_node, value_node in self.raw.value:
-            key = _scalar_value(key_node)
-            if not isinstance(key, str):
-                raise Node(key_node, self.source, self.path).error(f"key {key!r} must be a string")
-            child = self._child(value_node, key)
-            if key in out:
-                raise Node(key_node, self.source, child.path).error("duplicate key")
+        for key, key_node, child in self._pairs():
             if key not in allowed:
                 known = ", ".join(sorted(allowed))
                 raise Node(key_node, self.source, child.path).error(
@@ -80,6 +70,11 @@ class Node:
 
     def string_mapping(self) -> Iterator[tuple[str, Node]]:
         """Children of a mapping whose keys are free-form strings (host names)."""
+        for key, _, child in self._pairs():
+            yield key, child
+
+    def _pairs(self) -> Iterator[tuple[str, yaml.Node, Node]]:
+        """(key, key node, child) of a mapping; non-string and duplicate keys are errors."""
         if self.is_null():
             return
         if not isinstance(self.raw, yaml.MappingNode):
@@ -93,7 +88,7 @@ class Node:
             if key in seen:
                 raise Node(key_node, self.source, child.path).error("duplicate key")
             seen.add(key)
-            yield key, child
+            yield key, key_node, child
 
     def items(self, *, allow_scalar: bool = False) -> list[Node]:
         """The children of a sequence (a lone scalar counts as a list of one if allowed)."""

@@ -137,6 +137,16 @@ class FakeUpstream:
                 )
             )
 
+    def _take(self, request: dnslib.DNSRecord, transport: str, port: int) -> Action | None:
+        """Record the query and apply its delay; None when the script says stay silent."""
+        self._record(request, transport, port)
+        action = self._action_for(request)
+        if action.silent:
+            return None
+        if action.delay:
+            time.sleep(action.delay)
+        return action
+
     def _serve_udp(self) -> None:
         while not self._stop.is_set():
             try:
@@ -152,12 +162,9 @@ class FakeUpstream:
             request = dnslib.DNSRecord.parse(data)
         except Exception:
             return
-        self._record(request, "udp", addr[1])
-        action = self._action_for(request)
-        if action.silent:
+        action = self._take(request, "udp", addr[1])
+        if action is None:
             return
-        if action.delay:
-            time.sleep(action.delay)
         reply = self.answer(request, action, "udp")
         if action.garbage_first:
             self._udp.sendto(b"\x00\x01garbage", addr)
@@ -201,12 +208,9 @@ class FakeUpstream:
                         return
                     data = _recv_exact(conn, struct.unpack("!H", head)[0])
                     request = dnslib.DNSRecord.parse(data)
-                    self._record(request, "tcp", addr[1])
-                    action = self._action_for(request)
-                    if action.silent:
+                    action = self._take(request, "tcp", addr[1])
+                    if action is None:
                         continue
-                    if action.delay:
-                        time.sleep(action.delay)
                     wire = self.answer(request, action, "tcp").pack()
                     conn.sendall(struct.pack("!H", len(wire)) + wire)
             except (OSError, dnslib.DNSError):
