@@ -57,13 +57,32 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a zone mapping and summarise it")
     check.add_argument("--version", action="version", version=version)
     check.add_argument("-c", "--config", metavar="FILE", required=True, help="zone mapping")
+
+    nat = sub.add_parser("nat", help="print router NAT rules (forwards + hairpin) for the mapping")
+    nat.add_argument("--version", action="version", version=version)
+    nat.add_argument("-c", "--config", metavar="FILE", required=True, help="zone mapping")
+    nat.add_argument("--target", required=True, choices=sorted(nat_targets()), help="rule syntax")
+    nat.add_argument(
+        "--hairpin",
+        default="needed",
+        choices=["needed", "all", "none"],
+        help="hairpin masquerade: only where DNS cannot help (default), for every forward, or none",
+    )
     return parser
+
+
+def nat_targets() -> list[str]:
+    from splitdns.nat import TARGETS
+
+    return list(TARGETS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return _check(args.config)
+    if args.command == "nat":
+        return _nat(args.config, args.target, args.hairpin)
     return _serve(args)
 
 
@@ -81,6 +100,13 @@ def summary(config: Config) -> list[str]:
     ]
     if not config.views:
         lines.append("views: none (allowed clients get plain forwarding)")
+    if config.nat is not None:
+        lines.append(
+            f"nat: public {config.nat.public}, wan {config.nat.wan_interface}, "
+            f"lan {config.nat.lan_interface} ({', '.join(map(str, config.nat.lan))}), "
+            f"{len(config.nat.forwards)} forward(s)"
+        )
+        lines += [f"  {fwd.describe()}" for fwd in config.nat.forwards]
     for view in config.views:
         lines.append(
             f"view {view.name}: clients {', '.join(map(str, view.clients))}; "
@@ -104,6 +130,25 @@ def _check(path: str) -> int:
     print(f"{path}: OK")
     for line in summary(config):
         print(line)
+    for warning in configmod.cross_check(config):
+        print(f"warning: {warning}")
+    return 0
+
+
+def _nat(path: str, target: str, hairpin: str) -> int:
+    from splitdns import nat
+
+    try:
+        config = configmod.load(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if config.nat is None:
+        print(f"{path}: no 'nat:' section to render", file=sys.stderr)
+        return 1
+    sys.stdout.write(
+        nat.render(config.nat, target, hairpin, configmod.rewrite_targets(config), path)
+    )
     return 0
 
 

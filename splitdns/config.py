@@ -16,6 +16,7 @@ from pathlib import Path
 
 from splitdns.cache import CacheSettings
 from splitdns.configtree import ConfigError, Node, parse
+from splitdns.nat.model import NatSettings, parse_nat
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -157,6 +158,7 @@ class Config:
     user: str = "nobody"
     cache: CacheSettings = field(default_factory=CacheSettings)
     workers: int = 1
+    nat: NatSettings | None = None
 
     @property
     def rule_count(self) -> int:
@@ -268,6 +270,7 @@ TOP_KEYS = frozenset(
         "user",
         "cache",
         "workers",
+        "nat",
     }
 )
 CACHE_INT_KEYS = {
@@ -439,7 +442,53 @@ def from_node(root: Node) -> Config:
         config = replace(config, cache=_cache(keys["cache"]))
     if "workers" in keys:
         config = replace(config, workers=keys["workers"].integer(minimum=1, maximum=64))
+    if "nat" in keys:
+        config = replace(config, nat=parse_nat(keys["nat"]))
     return config
+
+
+def rewrite_targets(config: Config) -> frozenset[ipaddress.IPv4Address]:
+    """NAT forward targets that some view's IPv4 rewrite hands to its clients."""
+    if config.nat is None:
+        return frozenset()
+    targets = [r.target for v in config.views for r in v.rules if r.target.version == 4]
+    return frozenset(f.target for f in config.nat.forwards if any(f.target in t for t in targets))
+
+
+def cross_check(config: Config) -> list[str]:
+    """Warnings where the DNS rewrite and the NAT forwards disagree (printed by `check`)."""
+    nat = config.nat
+    if nat is None:
+        return []
+    warnings: list[str] = []
+    served = rewrite_targets(config)
+    for fwd in nat.forwards:
+        if fwd.translated and fwd.target in served:
+            warnings.append(
+                f"nat.forwards[{fwd.index}]: names rewritten to {fwd.target} send LAN clients to "
+                f"{fwd.target}:{fwd.ports.text()}, but the host serves this on port "
+                f"{fwd.target_ports.text()}: those clients need the hairpin rule "
+                "(splitdns nat --hairpin needed renders it)"
+            )
+    forward_targets = {f.target for f in nat.forwards}
+    for view in config.views:
+        for rule in view.rules:
+            if rule.source.version != 4:
+                continue
+            if (
+                rule.target.num_addresses == 1
+                and rule.target.network_address not in forward_targets
+            ):
+                warnings.append(
+                    f"views.{view.name}.rewrite[{rule.index}]: {rule.target.network_address} is "
+                    "not the target of any nat forward"
+                )
+            if nat.public not in rule.source:
+                warnings.append(
+                    f"views.{view.name}.rewrite[{rule.index}]: 'from' {rule.source} does not "
+                    f"contain nat.public {nat.public}"
+                )
+    return warnings
 
 
 def loads(text: str, source: str) -> Config:

@@ -1,0 +1,38 @@
+"""`iptables-restore` input for the nat table (use with --noflush to keep other rules)."""
+
+from __future__ import annotations
+
+from splitdns.nat.model import NatRule
+
+
+def _match(rule: NatRule) -> list[str]:
+    parts = []
+    if rule.src is not None:
+        parts.append(f"-s {rule.src}")
+    if rule.dst is not None:
+        parts.append(f"-d {rule.dst}/32")
+    if rule.out_interface:
+        parts.append(f"-o {rule.out_interface}")
+    if rule.proto:
+        parts.append(f"-p {rule.proto} -m {rule.proto}")
+    if rule.dst_ports is not None:
+        parts.append(f"--dport {rule.dst_ports.text(':')}")
+    parts.append(f'-m comment --comment "{rule.comment}"')
+    return parts
+
+
+def render(rules: list[NatRule], header: str) -> str:
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines += ["*nat", ":PREROUTING ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]"]
+    for rule in rules:
+        if rule.kind == "dnat":
+            target = str(rule.to_address)
+            if rule.to_ports is not None:
+                target += f":{rule.to_ports.text()}"
+            lines.append(
+                f"-A PREROUTING {' '.join(_match(rule))} -j DNAT --to-destination {target}"
+            )
+        else:
+            lines.append(f"-A POSTROUTING {' '.join(_match(rule))} -j MASQUERADE")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"

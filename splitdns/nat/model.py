@@ -1,0 +1,221 @@
+"""The NAT model: the router's port forwards, and the rules that serve them, as plain data.
+
+Parsed from the `nat:` section of the zone mapping (the same file that drives the DNS rewrite)
+and turned into an ordered list of `NatRule`s. Each renderer (one module per target) is a pure
+function of that list, so the three targets can never disagree about what the rules mean.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+
+from splitdns.configtree import Node
+
+PROTOCOLS = ("tcp", "udp")
+HAIRPIN_MODES = ("needed", "all", "none")
+
+
+@dataclass(frozen=True)
+class PortRange:
+    low: int
+    high: int
+
+    @property
+    def single(self) -> bool:
+        return self.low == self.high
+
+    @property
+    def size(self) -> int:
+        return self.high - self.low + 1
+
+    def text(self, sep: str = "-") -> str:
+        return str(self.low) if self.single else f"{self.low}{sep}{self.high}"
+
+
+@dataclass(frozen=True)
+class PortForward:
+    """`proto` traffic to the public address on `ports` goes to `target` on `target_ports`."""
+
+    index: int
+    proto: str
+    ports: PortRange
+    target: ipaddress.IPv4Address
+    target_ports: PortRange
+
+    @property
+    def translated(self) -> bool:
+        """The internal port differs: a LAN client told the internal address would dial the
+        public port and miss, so DNS rewriting cannot serve this forward."""
+        return self.ports != self.target_ports
+
+    def describe(self) -> str:
+        to = f"{self.target}:{self.target_ports.text()}" if self.translated else str(self.target)
+        return f"forward[{self.index}] {self.proto}/{self.ports.text()} -> {to}"
+
+
+@dataclass(frozen=True)
+class NatSettings:
+    public: ipaddress.IPv4Address
+    wan_interface: str
+    lan_interface: str
+    lan: tuple[ipaddress.IPv4Network, ...]
+    forwards: tuple[PortForward, ...]
+
+
+@dataclass(frozen=True)
+class NatRule:
+    """One rule, target-neutral. kind: dnat | masquerade | hairpin."""
+
+    kind: str
+    comment: str
+    proto: str | None = None
+    src: ipaddress.IPv4Network | None = None
+    dst: ipaddress.IPv4Address | None = None
+    dst_ports: PortRange | None = None
+    out_interface: str | None = None
+    to_address: ipaddress.IPv4Address | None = None
+    to_ports: PortRange | None = None
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+NAT_KEYS = frozenset({"public", "wan_interface", "lan_interface", "lan", "forwards"})
+FORWARD_KEYS = frozenset({"proto", "port", "to"})
+
+
+def _ports(node: Node, text: str) -> PortRange:
+    parts = text.split("-")
+    if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+        raise node.error(f"{text!r} is not a port or a range like 27015-27020")
+    low, high = int(parts[0]), int(parts[-1])
+    if not (1 <= low <= 65535 and 1 <= high <= 65535):
+        raise node.error(f"{text!r}: ports are 1-65535")
+    if high < low:
+        raise node.error(f"{text!r}: the range runs backwards")
+    return PortRange(low, high)
+
+
+def _interface(node: Node) -> str:
+    name = node.text()
+    if not name or len(name) > 15 or any(c in name for c in " \"'/;\\"):
+        raise node.error(f"{name!r} is not an interface name")
+    return name
+
+
+def _ipv4(node: Node) -> ipaddress.IPv4Address:
+    text = node.text().strip()
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        raise node.error(f"{text!r} is not an IPv4 address") from None
+
+
+def parse_nat(node: Node) -> NatSettings:
+    keys = node.mapping(NAT_KEYS)
+    for needed in ("public", "lan", "forwards"):
+        if needed not in keys:
+            raise node.error(f"missing '{needed}'")
+    public = _ipv4(keys["public"])
+    wan = _interface(keys["wan_interface"]) if "wan_interface" in keys else "wan"
+    lan_if = _interface(keys["lan_interface"]) if "lan_interface" in keys else "lan"
+    lan: list[ipaddress.IPv4Network] = []
+    for item in keys["lan"].items(allow_scalar=True):
+        try:
+            lan.append(ipaddress.IPv4Network(item.text().strip()))
+        except ValueError:
+            raise item.error(f"{item.text()!r} is not an IPv4 network") from None
+    if not lan:
+        raise keys["lan"].error("must list at least one network")
+    forwards: list[PortForward] = []
+    for index, item in enumerate(keys["forwards"].items()):
+        fkeys = item.mapping(FORWARD_KEYS)
+        for needed in ("proto", "port", "to"):
+            if needed not in fkeys:
+                raise item.error(f"missing '{needed}'")
+        proto = fkeys["proto"].choice(PROTOCOLS)
+        ports = _ports(fkeys["port"], fkeys["port"].text())
+        target_text = fkeys["to"].text().strip()
+        host, _, port_text = target_text.partition(":")
+        try:
+            target = ipaddress.IPv4Address(host)
+        except ValueError:
+            raise fkeys["to"].error(f"{host!r} is not an IPv4 address") from None
+        if not any(target in net for net in lan):
+            raise fkeys["to"].error(f"{target} is not in the LAN ({', '.join(map(str, lan))})")
+        target_ports = _ports(fkeys["to"], port_text) if port_text else ports
+        if target_ports.size != ports.size:
+            raise fkeys["to"].error(
+                f"port range sizes differ: {ports.text()} has {ports.size}, "
+                f"{target_ports.text()} has {target_ports.size}"
+            )
+        forward = PortForward(index, proto, ports, target, target_ports)
+        for other in forwards:
+            if other.proto == proto and not (
+                ports.high < other.ports.low or other.ports.high < ports.low
+            ):
+                raise fkeys["port"].error(f"overlaps {other.describe()}")
+        forwards.append(forward)
+    return NatSettings(public, wan, lan_if, tuple(lan), tuple(forwards))
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def build_rules(
+    nat: NatSettings, hairpin: str, rewritten_targets: frozenset[ipaddress.IPv4Address]
+) -> list[NatRule]:
+    """DNAT per forward, masquerade out of the WAN, then hairpin masquerade per `hairpin`.
+
+    `needed` keeps only the forwards DNS rewriting cannot serve: port-translated ones, and
+    ones whose target no rewrite rule hands to LAN clients.
+    """
+    rules: list[NatRule] = []
+    for fwd in nat.forwards:
+        rules.append(
+            NatRule(
+                "dnat",
+                fwd.describe(),
+                proto=fwd.proto,
+                dst=nat.public,
+                dst_ports=fwd.ports,
+                to_address=fwd.target,
+                to_ports=fwd.target_ports if fwd.translated else None,
+            )
+        )
+    rules.append(NatRule("masquerade", "LAN to the internet", out_interface=nat.wan_interface))
+    for fwd in nat.forwards:
+        if hairpin == "none":
+            break
+        if hairpin == "needed" and not fwd.translated and fwd.target in rewritten_targets:
+            continue
+        for lan in nat.lan:
+            if fwd.target not in lan:
+                continue
+            same = next(
+                (
+                    i
+                    for i, r in enumerate(rules)
+                    if r.kind == "hairpin"
+                    and (r.proto, r.src, r.dst, r.dst_ports)
+                    == (fwd.proto, lan, fwd.target, fwd.target_ports)
+                ),
+                None,
+            )
+            if same is not None:  # two forwards onto one inner port share one hairpin rule
+                merged = f"{rules[same].comment}, {fwd.describe()}"
+                rules[same] = replace(rules[same], comment=merged)
+                continue
+            rules.append(
+                NatRule(
+                    "hairpin",
+                    f"hairpin for {fwd.describe()}",
+                    proto=fwd.proto,
+                    src=lan,
+                    dst=fwd.target,
+                    dst_ports=fwd.target_ports,  # after DNAT the packet carries the inner port
+                    out_interface=nat.lan_interface,
+                )
+            )
+    return rules
