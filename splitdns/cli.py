@@ -68,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
         choices=["needed", "all", "none"],
         help="hairpin masquerade: only where DNS cannot help (default), for every forward, or none",
     )
+
+    lab = sub.add_parser("lab", help="build a namespace lab and run the hairpin story live (root)")
+    lab.add_argument("--version", action="version", version=version)
+    lab.add_argument(
+        "-c", "--config", metavar="FILE", help="take the TCP forwards' ports from this file's nat:"
+    )
+    lab.add_argument(
+        "--rules", choices=["nftables", "iptables"], default="nftables", help="router rules"
+    )
     return parser
 
 
@@ -83,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "nat":
         return _nat(args.config, args.target, args.hairpin)
+    if args.command == "lab":
+        return _lab(args.config, args.rules)
     return _serve(args)
 
 
@@ -150,6 +161,39 @@ def _nat(path: str, target: str, hairpin: str) -> int:
         nat.render(config.nat, target, hairpin, configmod.rewrite_targets(config), path)
     )
     return 0
+
+
+def _lab(path: str | None, rules: str) -> int:
+    from splitdns import lab
+
+    forwards: tuple[lab.LabForward, ...] = lab.DEFAULT_FORWARDS
+    if path:
+        try:
+            config = configmod.load(path)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        if config.nat is not None:
+            tcp = [f for f in config.nat.forwards if f.proto == "tcp" and f.ports.single]
+            if tcp and any(f.ports == f.target_ports for f in tcp):
+                forwards = tuple(lab.LabForward(f.ports.low, f.target_ports.low) for f in tcp)
+        print(f"lab: TCP forwards from {path}, every target played by the lab's server")
+    print(
+        f"lab: outside {lab.OUTSIDE} | router {lab.PUBLIC} / {lab.ROUTER_LAN} | "
+        f"server {lab.SERVER} | client {lab.CLIENT} | rules: {rules}"
+    )
+
+    def say(step: lab.Step) -> None:
+        print(f"{'PASS' if step.ok else 'FAIL'}  {step.title}: {step.observed}", flush=True)
+
+    try:
+        with lab.Lab() as net:
+            steps = lab.story(net, rules, forwards, say)
+    except lab.LabError as exc:
+        print(f"splitdns lab: {exc}", file=sys.stderr)
+        return 1
+    print("lab: torn down")
+    return 0 if all(s.ok for s in steps) else 1
 
 
 # --------------------------------------------------------------------------- serve

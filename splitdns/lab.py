@@ -1,0 +1,405 @@
+"""A real network on one machine: the hairpin NAT story, live, in network namespaces.
+
+Topology (documentation ranges only; nothing touches the host's interfaces or firewall):
+
+    outside ns (198.51.100.10 client, 198.51.100.53 authoritative DNS)
+        |  veth (WAN link)
+    router ns  WAN 203.0.113.1 + 198.51.100.1, LAN 192.0.2.1, ip_forward on, rules loaded here
+        |  veth
+    switch ns  (a bridge of its own, as a real switch is a box of its own: with br_netfilter
+        |       loaded, a bridge inside the router ns would pass LAN frames through the
+        |       router's netfilter and silently "fix" the broken flow)
+    server ns 192.0.2.2 (reports the peer address it sees), client ns 192.0.2.10
+
+Used by tests (tests/lab) and by `splitdns lab`. Needs root; always tears itself down.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PUBLIC = "203.0.113.1"
+ROUTER_LAN = "192.0.2.1"
+SERVER = "192.0.2.2"
+CLIENT = "192.0.2.10"
+OUTSIDE = "198.51.100.10"
+AUTH_DNS = "198.51.100.53"
+ROUTER_OUT = "198.51.100.1"
+LAN_NET = "192.0.2.0/24"
+
+#: A TCP server that answers every connection with the peer address it sees.
+PEER_SERVER = textwrap.dedent(
+    """
+    import socket, sys, threading
+    def serve(port):
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port)); s.listen(16)
+        while True:
+            c, a = s.accept(); c.sendall(a[0].encode()); c.close()
+    for p in sys.argv[1:]:
+        threading.Thread(target=serve, args=(int(p),), daemon=True).start()
+    threading.Event().wait()
+    """
+)
+
+#: Connect, print what the server says, or "FAIL: reason" within a short timeout.
+DIAL = textwrap.dedent(
+    """
+    import socket, sys
+    try:
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+        c.settimeout(2); print(c.recv(100).decode())
+    except OSError as e:
+        print("FAIL:", e)
+    """
+)
+
+
+class LabError(RuntimeError):
+    """The lab cannot be built here (not root, no iproute2...)."""
+
+
+def check_possible() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (it creates network namespaces): run it with sudo")
+    if not shutil.which("ip"):
+        raise LabError("the lab needs iproute2 ('ip'): apt-get install iproute2")
+
+
+def run(*argv: str, check: bool = True, timeout: float = 30) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise LabError(f"{' '.join(argv)}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout
+
+
+@dataclass
+class Lab:
+    """Namespaces named with a per-run suffix, so parallel or leftover labs never collide."""
+
+    tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+
+    def ns(self, role: str) -> str:
+        return f"sd{self.tag}-{role}"
+
+    def exec(self, role: str, *argv: str, check: bool = True, timeout: float = 30) -> str:
+        return run("ip", "netns", "exec", self.ns(role), *argv, check=check, timeout=timeout)
+
+    def spawn(self, role: str, *argv: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns(role), *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.processes.append(proc)
+        return proc
+
+    # ------------------------------------------------------------------ build / tear down
+
+    def __enter__(self) -> Lab:
+        check_possible()
+        try:
+            self.build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    def build(self) -> None:
+        for role in ("router", "switch", "server", "client", "outside"):
+            run("ip", "netns", "add", self.ns(role))
+            self.created.append(self.ns(role))
+            self.exec(role, "ip", "link", "set", "lo", "up")
+        t = self.tag
+        # WAN link: router <-> outside
+        self._veth(f"w{t}r", "router", f"w{t}o", "outside")
+        self.exec("router", "ip", "addr", "add", f"{PUBLIC}/24", "dev", f"w{t}r")
+        self.exec("router", "ip", "addr", "add", f"{ROUTER_OUT}/24", "dev", f"w{t}r")
+        self.exec("outside", "ip", "addr", "add", f"{OUTSIDE}/24", "dev", f"w{t}o")
+        self.exec("outside", "ip", "addr", "add", f"{AUTH_DNS}/24", "dev", f"w{t}o")
+        self.exec("outside", "ip", "route", "add", "default", "via", ROUTER_OUT)
+        # LAN: a bridge in the switch namespace, one port per box
+        self.exec("switch", "ip", "link", "add", "br0", "type", "bridge")
+        self.exec("switch", "ip", "link", "set", "br0", "up")
+        for role, address in (("router", ROUTER_LAN), ("server", SERVER), ("client", CLIENT)):
+            inner, port = f"l{t}{role[0]}", f"p{t}{role[0]}"
+            self._veth(inner, role, port, "switch")
+            self.exec("switch", "ip", "link", "set", port, "master", "br0")
+            self.exec(role, "ip", "addr", "add", f"{address}/24", "dev", inner)
+            if role != "router":
+                self.exec(role, "ip", "route", "add", "default", "via", ROUTER_LAN)
+        self.exec("router", "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+    def _veth(self, a: str, ns_a: str, b: str, ns_b: str) -> None:
+        run(
+            "ip",
+            "link",
+            "add",
+            a,
+            "netns",
+            self.ns(ns_a),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b,
+            "netns",
+            self.ns(ns_b),
+        )
+        self.exec(ns_a, "ip", "link", "set", a, "up")
+        self.exec(ns_b, "ip", "link", "set", b, "up")
+
+    @property
+    def wan_interface(self) -> str:
+        return f"w{self.tag}r"
+
+    @property
+    def lan_interface(self) -> str:
+        return f"l{self.tag}r"
+
+    def teardown(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+            if proc.stderr is not None:
+                proc.stderr.close()
+        self.processes.clear()
+        for name in reversed(self.created):
+            run("ip", "netns", "del", name, check=False)
+        self.created.clear()
+
+    # ------------------------------------------------------------------ services and probes
+
+    def start_peer_server(self, *ports: int) -> None:
+        self.spawn("server", sys.executable, "-c", PEER_SERVER, *map(str, ports))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if all(f":{p} " in self.exec("server", "ss", "-ltnH") for p in ports):
+                return
+            time.sleep(0.05)
+        raise LabError("the LAN server did not start listening")
+
+    def dial(self, role: str, host: str, port: int) -> str:
+        """What the server reports as our address, or 'FAIL: ...'."""
+        return self.exec(role, sys.executable, "-c", DIAL, host, str(port), timeout=15).strip()
+
+    def load_rules(self, text: str, kind: str) -> None:
+        """Load a rendered ruleset into the router namespace (after clearing its nat rules)."""
+        self.exec("router", "nft", "flush", "ruleset", check=False)
+        self.exec("router", "iptables", "-t", "nat", "-F", check=False)
+        path = Path(f"/tmp/{self.ns('router')}.{kind}")
+        path.write_text(text)
+        try:
+            if kind == "nftables":
+                self.exec("router", "nft", "-f", str(path))
+            else:
+                self.exec("router", "iptables-restore", str(path))
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def wait_until(probe: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if probe():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+# --------------------------------------------------------------------------- the story
+
+
+@dataclass
+class Step:
+    title: str
+    observed: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class LabForward:
+    port: int
+    inner: int
+
+
+DEFAULT_FORWARDS = (LabForward(80, 80), LabForward(8443, 443))
+ZONE = """$ORIGIN example.test.
+$TTL 60
+@ SOA ns hostmaster 1 3600 600 86400 60
+@ NS ns
+ns A 198.51.100.53
+www A 203.0.113.1
+"""
+
+
+def lab_config(lab: Lab, forwards: tuple[LabForward, ...], dns_port: int) -> str:
+    lines = [
+        f'listen: ["{SERVER}:{dns_port}"]',
+        f'upstreams: ["{AUTH_DNS}"]',
+        f"allow: [{LAN_NET}]",
+        "views:",
+        "  - name: lan",
+        f"    clients: [{LAN_NET}]",
+        f"    rewrite: [{{from: {PUBLIC}, to: {SERVER}}}]",
+        "nat:",
+        f"  public: {PUBLIC}",
+        f"  wan_interface: {lab.wan_interface}",
+        f"  lan_interface: {lab.lan_interface}",
+        f"  lan: [{LAN_NET}]",
+        "  forwards:",
+    ]
+    for fwd in forwards:
+        to = SERVER if fwd.port == fwd.inner else f"{SERVER}:{fwd.inner}"
+        lines.append(f'    - {{proto: tcp, port: {fwd.port}, to: "{to}"}}')
+    return "\n".join(lines) + "\n"
+
+
+def story(
+    lab: Lab,
+    kind: str,
+    forwards: tuple[LabForward, ...] = DEFAULT_FORWARDS,
+    say: Callable[[Step], None] = lambda step: None,
+) -> list[Step]:
+    """Run the reference's flows with rules of `kind` (nftables | iptables); every step's
+    verdict is reported through `say` as it happens."""
+    from splitdns import config as configmod
+    from splitdns import nat
+
+    steps: list[Step] = []
+
+    def record(title: str, observed: str, ok: bool) -> None:
+        steps.append(Step(title, observed, ok))
+        say(steps[-1])
+
+    dns_port = 53
+    text = lab_config(lab, forwards, dns_port)
+    cfg = configmod.loads(text, "lab.yaml")
+    assert cfg.nat is not None
+    targets = configmod.rewrite_targets(cfg)
+    plain = next(f for f in forwards if f.port == f.inner)
+    translated = [f for f in forwards if f.port != f.inner]
+    lab.start_peer_server(*sorted({f.inner for f in forwards}))
+
+    def render(hairpin: str) -> str:
+        assert cfg.nat is not None
+        return nat.render(cfg.nat, kind, hairpin, targets, "lab.yaml")
+
+    lab.load_rules(render("none"), kind)
+    seen = lab.dial("outside", PUBLIC, plain.port)
+    record(
+        f"1. outside {OUTSIDE} -> {PUBLIC}:{plain.port}: DNAT to the server, which sees",
+        seen,
+        seen == OUTSIDE,
+    )
+    seen = lab.dial("client", PUBLIC, plain.port)
+    record(
+        f"2a. LAN client {CLIENT} -> {PUBLIC}:{plain.port} without hairpin rules (the "
+        "server answers the client directly; the client drops it)",
+        seen,
+        seen.startswith("FAIL"),
+    )
+    lab.load_rules(render("all"), kind)
+    seen = lab.dial("client", PUBLIC, plain.port)
+    record(
+        "2b. same, with the rendered hairpin rules: works, but the server sees the router",
+        seen,
+        seen == ROUTER_LAN,
+    )
+
+    # 3. splitdns in the LAN, the authoritative server outside.
+    lab.load_rules(render("needed"), kind)
+    workdir = Path(f"/tmp/{lab.ns('lab')}")
+    workdir.mkdir(exist_ok=True)
+    (workdir / "zone").write_text(ZONE)
+    (workdir / "nsd.conf").write_text(
+        f'server:\n  ip-address: {AUTH_DNS}\n  port: 53\n  username: ""\n  chroot: ""\n'
+        f'  zonesdir: {workdir}\n  pidfile: {workdir}/nsd.pid\n  database: ""\n'
+        f"  zonelistfile: {workdir}/zone.list\n  xfrdfile: {workdir}/xfrd.state\n"
+        f"  xfrdir: {workdir}\n  logfile: {workdir}/nsd.log\n  server-count: 1\n"
+        f"remote-control:\n  control-enable: no\nzone:\n  name: example.test\n"
+        f"  zonefile: {workdir}/zone\n"
+    )
+    (workdir / "splitdns.yaml").write_text(text)
+    os.chmod(workdir, 0o755)
+    try:
+        lab.spawn(
+            "outside", shutil.which("nsd") or "/usr/sbin/nsd", "-d", "-c", str(workdir / "nsd.conf")
+        )
+        lab.spawn(
+            "server",
+            sys.executable,
+            "-m",
+            "splitdns",
+            "serve",
+            "-c",
+            str(workdir / "splitdns.yaml"),
+        )
+
+        def dig(role: str, server: str) -> str:
+            return lab.exec(
+                role,
+                "dig",
+                "+short",
+                "+time=1",
+                "+tries=1",
+                f"@{server}",
+                "www.example.test",
+                check=False,
+            ).strip()
+
+        wait_until(lambda: dig("outside", AUTH_DNS) == PUBLIC)
+        wait_until(lambda: dig("client", SERVER) in (SERVER, PUBLIC))
+        answer = dig("client", SERVER)
+        record(
+            f"3a. LAN client asks splitdns ({SERVER}) for www.example.test",
+            answer,
+            answer == SERVER,
+        )
+        seen = lab.dial("client", answer if answer == SERVER else PUBLIC, plain.port)
+        record(
+            f"3b. LAN client connects to {answer}:{plain.port} directly; the server sees",
+            seen,
+            seen == CLIENT,
+        )
+        outside_answer = dig("outside", AUTH_DNS)
+        record(
+            "3c. outside client asks the authoritative server: still the public address",
+            outside_answer,
+            outside_answer == PUBLIC,
+        )
+        for fwd in translated:
+            seen = lab.dial("client", SERVER, fwd.port)
+            record(
+                f"4a. port-translated forward {fwd.port} -> {fwd.inner}: the rewritten address "
+                f"{SERVER}:{fwd.port} does not serve it (check warns)",
+                seen,
+                seen.startswith("FAIL"),
+            )
+            seen = lab.dial("client", PUBLIC, fwd.port)
+            record(
+                f"4b. via {PUBLIC}:{fwd.port} with the hairpin rule `--hairpin needed` renders",
+                seen,
+                seen == ROUTER_LAN,
+            )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return steps

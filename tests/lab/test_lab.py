@@ -1,0 +1,62 @@
+"""The hairpin story on a real kernel: namespaces, a bridge in its own box, rules rendered by
+splitdns loaded with `nft -f` and `iptables-restore`, splitdns and NSD serving real DNS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from splitdns import lab
+from tests.support.tools import need
+
+
+@pytest.fixture(autouse=True)
+def _needs_root() -> None:
+    if os.geteuid() != 0:
+        reason = "the lab needs root to create network namespaces"
+        if os.environ.get("SPLITDNS_REQUIRE_REAL") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    for tool, package in (
+        ("nft", "nftables"),
+        ("iptables-restore", "iptables"),
+        ("nsd", "nsd"),
+        ("dig", "bind9-dnsutils"),
+        ("ss", "iproute2"),
+    ):
+        need(tool, package)
+
+
+@pytest.mark.parametrize("kind", ["nftables", "iptables"])
+def test_the_four_flows(kind: str) -> None:
+    with lab.Lab() as net:
+        names = set(net.created)
+        steps = {s.title.split(".")[0]: s for s in lab.story(net, kind)}
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(name in left for name in names), left  # torn down
+    failed = [f"{s.title} -> {s.observed}" for s in steps.values() if not s.ok]
+    assert not failed, "\n".join(failed)
+    # The figures behind each verdict, pinned explicitly:
+    assert steps["1"].observed == lab.OUTSIDE  # the server sees the real outside client
+    assert steps["2a"].observed.startswith("FAIL")  # the reference's broken flow really breaks
+    assert steps["2b"].observed == lab.ROUTER_LAN  # hairpin works but hides the client
+    assert steps["3a"].observed == lab.SERVER  # splitdns rewrote the public answer
+    assert steps["3b"].observed == lab.CLIENT  # and the server sees the real LAN client
+    assert steps["3c"].observed == lab.PUBLIC  # outside still gets the public address
+    assert steps["4a"].observed.startswith("FAIL")  # the rewrite alone cannot serve 8443->443
+    assert steps["4b"].observed == lab.ROUTER_LAN  # the `needed` hairpin rule does
+
+
+def test_lab_command_prints_the_story() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "splitdns", "lab", "--rules", "nftables"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("PASS") == 8 and "FAIL  " not in out.stdout
+    assert "3b." in out.stdout and lab.CLIENT in out.stdout
