@@ -238,27 +238,37 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:
         print(f"splitdns: --loop {args.loop} is not installed", file=sys.stderr)
         return 2
+
+    def reload() -> Config:
+        fresh = configmod.load(args.config) if args.config else configmod.load_default()
+        fresh = fresh.with_overrides(args.listen, args.upstream)
+        return replace(fresh, workers=config.workers)
+
     if config.workers > 1:
-        return _supervise(config, factory)
-    return _run_worker(config, factory)
+        return _supervise(config, factory, reload)
+    return _run_worker(config, factory, reload)
 
 
-def _run_worker(config: Config, factory: Callable[[], asyncio.AbstractEventLoop]) -> int:
+def _run_worker(
+    config: Config, factory: Callable[[], asyncio.AbstractEventLoop], reload: Callable[[], Config]
+) -> int:
     with asyncio.Runner(loop_factory=factory) as runner:
         try:
-            return runner.run(_run(config, loop_name(factory)))
+            return runner.run(_run(config, loop_name(factory), reload))
         except (OSError, PrivilegeError) as exc:
             print(f"splitdns: {exc}", file=sys.stderr)
             return 1
 
 
-def _supervise(config: Config, factory: Callable[[], asyncio.AbstractEventLoop]) -> int:
+def _supervise(
+    config: Config, factory: Callable[[], asyncio.AbstractEventLoop], reload: Callable[[], Config]
+) -> int:
     """Fork `workers` processes that share each port; pass signals on; exit when all have."""
     children: list[int] = []
     for _ in range(config.workers):
         pid = os.fork()
         if pid == 0:
-            os._exit(_run_worker(config, factory))
+            os._exit(_run_worker(config, factory, reload))
         children.append(pid)
 
     def forward(signum: int, _frame: object) -> None:
@@ -276,7 +286,43 @@ def _supervise(config: Config, factory: Callable[[], asyncio.AbstractEventLoop])
     return worst
 
 
-async def _run(config: Config, loop: str) -> int:
+WATCH_INTERVAL = 1.0  # seconds between looks at the config file's mtime and size
+
+
+def _try_reload(server: Server, reload: Callable[[], Config], why: str) -> None:
+    """Load the file again; a bad file is logged with its precise error and changes nothing."""
+    try:
+        config = reload()
+    except (ConfigError, ValueError) as exc:
+        log.error("reload (%s) rejected, still serving the previous config: %s", why, exc)
+        return
+    notes = server.reload(config)
+    log.info("reloaded (%s): %s", why, "; ".join(notes))
+
+
+async def _watch(server: Server, reload: Callable[[], Config]) -> None:
+    """Reload when the config file changes (mtime or size), polled: no inotify needed."""
+    path = server.config.source
+    if not os.path.exists(path):
+        return
+
+    def stamp() -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    seen = stamp()
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL)
+        now = stamp()
+        if now is not None and now != seen:
+            seen = now
+            _try_reload(server, reload, "file changed")
+
+
+async def _run(config: Config, loop: str, reload: Callable[[], Config]) -> int:
     server = Server(config)
     await server.start()
     try:
@@ -291,7 +337,10 @@ async def _run(config: Config, loop: str) -> int:
     running = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         running.add_signal_handler(sig, stopping.set)
+    running.add_signal_handler(signal.SIGHUP, _try_reload, server, reload, "SIGHUP")
+    watcher = asyncio.ensure_future(_watch(server, reload))
     await stopping.wait()
+    watcher.cancel()
     log.info("shutting down: draining in-flight queries")
     await server.stop(drain=min(config.timeout + 0.5, 5.0))
     log.info("stopped")

@@ -12,9 +12,11 @@ import logging
 import socket
 import struct
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any, cast
 
 from splitdns import wire
+from splitdns.cache import Cache
 from splitdns.config import Config, Endpoint
 from splitdns.handlers import Outcome, Request, Response, build_chain
 from splitdns.upstream import Upstreams
@@ -42,6 +44,43 @@ class Server:
         self._tcp_writers: set[asyncio.StreamWriter] = set()
         self.bound: list[tuple[str, Endpoint]] = []
         self.closing = False
+
+    # ------------------------------------------------------------------ reload
+
+    def reload(self, config: Config) -> list[str]:
+        """Swap in a validated config without losing a query; returns what the log should say.
+
+        Queries in flight hold the chain they started on and finish with it. Cache entries are
+        kept only for views whose definition is unchanged (and dropped entirely when the
+        upstreams or cache settings change). Listen addresses need a restart.
+        """
+        old = self.config
+        notes: list[str] = []
+        if config.listen != old.listen:
+            notes.append("listen addresses changed: restart splitdns to apply them")
+        config = replace(config, listen=old.listen, workers=old.workers)
+        upstreams = self.upstreams
+        cache = self.cache
+        if (config.upstreams, config.timeout) != (old.upstreams, old.timeout):
+            upstreams = Upstreams(config.upstreams, config.timeout, self.upstreams.stats)
+            cache.clear()
+            notes.append("upstreams changed: cache emptied")
+        elif config.cache != old.cache:
+            cache = Cache(config.cache, self.cache.clock)
+            notes.append("cache settings changed: cache emptied")
+        else:
+            before = {v.name: v for v in old.views}
+            after = {v.name: v for v in config.views}
+            unchanged = {n for n, v in after.items() if before.get(n) == v} | {""}
+            dropped = cache.drop_where(lambda key: key[0] in unchanged)
+            notes.append(f"{dropped} cache entries of changed views dropped")
+        self.config = config
+        self.upstreams = upstreams
+        self.pipeline = build_chain(config, upstreams, cache)
+        self.handler = self.pipeline.handler
+        self.cache = cache
+        self._clients = {}
+        return notes
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -1,0 +1,127 @@
+"""Reload under steady load: a good file switches answers, a bad one is rejected precisely and
+the old rules keep answering; not one query fails across both."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from tests.support.fakeupstream import FakeUpstream
+from tests.support.servers import Process, free_port
+
+CONFIG = """\
+upstreams: ["{up}"]
+views:
+  - name: lan
+    clients: [127.0.0.1/32]
+    rewrite:
+      - {{from: 203.0.113.1, to: {to}}}
+"""
+
+
+@pytest.fixture
+def readable_dir() -> Iterator[Path]:
+    """splitdns drops root to `nobody` when started as root: the file must stay readable."""
+    path = Path(tempfile.mkdtemp(prefix="splitdns-reload-"))
+    path.chmod(0o755)
+    yield path
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+
+
+def write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
+
+
+def answer(port: int) -> str:
+    q = dns.message.make_query("www.example.test", "A")
+    r = dns.query.udp(q, "127.0.0.1", port=port, timeout=2)
+    if r.rcode() != dns.rcode.NOERROR:
+        return dns.rcode.to_text(r.rcode())
+    return str(r.answer[0][0])
+
+
+def wait_answer(port: int, want: str, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if answer(port) == want:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_reload_under_load(readable_dir: Path) -> None:
+    up = FakeUpstream().add("www.example.test. 1 IN A 203.0.113.1").start()
+    conf = readable_dir / "splitdns.yaml"
+    write(conf, CONFIG.format(up=up.address, to="192.0.2.2"))
+    port = free_port()
+    proc = Process(
+        [
+            sys.executable,
+            "-m",
+            "splitdns",
+            "serve",
+            "-c",
+            str(conf),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    stop = threading.Event()
+    results: list[str] = []
+
+    def load() -> None:  # steady load, bounded in count and time
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and len(results) < 20000 and time.monotonic() < deadline:
+            try:
+                results.append(answer(port))
+            except dns.exception.Timeout:
+                results.append("timeout")
+            time.sleep(0.002)
+
+    worker = threading.Thread(target=load)
+    try:
+        proc.wait_for("serving")
+        assert answer(port) == "192.0.2.2"
+        worker.start()
+        # A good edit, picked up by the file watch.
+        write(conf, CONFIG.format(up=up.address, to="192.0.2.3"))
+        assert wait_answer(port, "192.0.2.3")
+        proc.wait_for("reloaded (file changed)")
+        # A bad edit: rejected with file, line and key; the old rules keep answering.
+        write(conf, CONFIG.format(up=up.address, to="192.0.2.300"))
+        proc.wait_for("rejected")
+        assert f"{conf}:6: views[0].rewrite[0].to: '192.0.2.300'" in proc.output
+        time.sleep(0.5)
+        assert answer(port) == "192.0.2.3"
+        # A good edit again, by SIGHUP this time.
+        write(conf, CONFIG.format(up=up.address, to="192.0.2.4"))
+        proc.proc.send_signal(signal.SIGHUP)
+        assert wait_answer(port, "192.0.2.4")
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        if worker.is_alive():
+            worker.join(10)
+        assert proc.stop() == 0, proc.output
+        up.stop()
+    assert len(results) > 100
+    bad = [r for r in results if r not in ("192.0.2.2", "192.0.2.3", "192.0.2.4")]
+    assert bad == [], f"{len(bad)} of {len(results)} queries failed: {bad[:5]}"
