@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         help="hairpin masquerade: only where DNS cannot help (default), for every forward, or none",
     )
 
+    health = sub.add_parser("health", help="ask a running server; exit 0 if it answers, else 1")
+    health.add_argument("--version", action="version", version=version)
+    health.add_argument("--server", default="127.0.0.1:5353", metavar="HOST:PORT")
+    health.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
+
     lab = sub.add_parser("lab", help="build a namespace lab and run the hairpin story live (root)")
     lab.add_argument("--version", action="version", version=version)
     lab.add_argument(
@@ -92,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "nat":
         return _nat(args.config, args.target, args.hairpin)
+    if args.command == "health":
+        return _health(args.server, args.timeout)
     if args.command == "lab":
         return _lab(args.config, args.rules)
     return _serve(args)
@@ -161,6 +169,36 @@ def _nat(path: str, target: str, hairpin: str) -> int:
         nat.render(config.nat, target, hairpin, configmod.rewrite_targets(config), path)
     )
     return 0
+
+
+def _health(server: str, timeout: float) -> int:
+    """A real DNS query to a running server (the container HEALTHCHECK uses this)."""
+    import socket
+
+    from splitdns import wire
+
+    try:
+        endpoint = configmod.parse_endpoint(server, 53)
+    except ValueError as exc:
+        print(f"splitdns health: {exc}", file=sys.stderr)
+        return 2
+    family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
+    msg_id, probe = wire.make_probe()
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((endpoint.host, endpoint.port))
+            sock.send(probe)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if wire.is_answer_to(sock.recv(4096), msg_id):
+                    print(f"healthy: {endpoint} answered")
+                    return 0
+        except OSError as exc:
+            print(f"unhealthy: {endpoint}: {exc or 'no answer'}")
+            return 1
+    print(f"unhealthy: {endpoint}: no answer within {timeout:g} s")
+    return 1
 
 
 def _lab(path: str | None, rules: str) -> int:

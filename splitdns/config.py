@@ -159,6 +159,7 @@ class Config:
     cache: CacheSettings = field(default_factory=CacheSettings)
     workers: int = 1
     nat: NatSettings | None = None
+    doh_canary: bool = True
 
     @property
     def rule_count(self) -> int:
@@ -271,6 +272,7 @@ TOP_KEYS = frozenset(
         "cache",
         "workers",
         "nat",
+        "doh_canary",
     }
 )
 CACHE_INT_KEYS = {
@@ -444,6 +446,8 @@ def from_node(root: Node) -> Config:
         config = replace(config, workers=keys["workers"].integer(minimum=1, maximum=64))
     if "nat" in keys:
         config = replace(config, nat=parse_nat(keys["nat"]))
+    if "doh_canary" in keys:
+        config = replace(config, doh_canary=keys["doh_canary"].boolean())
     return config
 
 

@@ -87,6 +87,21 @@ class RefuseUnsupported:
         return await self.next(req)
 
 
+class DohCanary:
+    """`use-application-dns.net` gets NXDOMAIN, so Firefox keeps using this resolver (and its
+    rewrites) instead of switching to DNS over HTTPS on its own."""
+
+    NAME = "use-application-dns.net"
+
+    def __init__(self, next_link: Handler) -> None:
+        self.next = next_link
+
+    async def __call__(self, req: Request) -> Response:
+        if req.query.question.name == self.NAME:
+            return Response(wire.make_error(req.query, wire.NXDOMAIN), Outcome.LOCAL)
+        return await self.next(req)
+
+
 class SelectView:
     """Pick the client's view once, so every later link sees the same one."""
 
@@ -298,6 +313,8 @@ def build_chain(config: Config, upstreams: Upstreams, cache: Cache | None = None
     handler = CacheLink(cache, drop_aaaa)  # stores final answers, after rewrite and AAAA policy
     drop_aaaa.a_lookup = handler  # its A lookup is answered from (and stored in) the cache
     handler = LocalHosts(handler)  # before the cache: local data is never aged or stale
+    if config.doh_canary:
+        handler = DohCanary(handler)  # before the cache: a local policy answer, never stored
     handler = SelectView(config, handler)  # everything below depends on the view
     handler = RefuseUnsupported(handler)  # cheap protocol policy before any work
     handler = RefuseOutsiders(config, handler)  # first: outsiders get nothing but REFUSED

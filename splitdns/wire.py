@@ -526,3 +526,18 @@ def reply_matches(reply: Message, msg_id: int, question: Question) -> bool:
         return False
     got = reply.questions[0]
     return (got.name, got.qtype, got.qclass) == (question.name, question.qtype, question.qclass)
+
+
+def make_probe() -> tuple[int, bytes]:
+    """A health probe: `health.splitdns.` TXT in class CH. splitdns answers it (REFUSED) without
+    asking any upstream, so an answer proves the server is alive and nothing more."""
+    msg_id = secrets.randbits(16)
+    return msg_id, HEADER.pack(msg_id, 0, 1, 0, 0, 0) + encode_name(
+        "health.splitdns"
+    ) + struct.pack("!HH", 16, 3)
+
+
+def is_answer_to(data: bytes, msg_id: int) -> bool:
+    return (
+        len(data) >= HEADER_LEN and HEADER.unpack_from(data)[0] == msg_id and bool(data[2] & 0x80)
+    )

@@ -283,3 +283,46 @@ def test_workers_share_the_port_and_stop_together(upstream: FakeUpstream, tmp_pa
     finally:
         assert proc.stop() == 0, proc.output
     assert proc.output.count("stopped") == 2
+
+
+def test_health_reports_a_running_and_a_stopped_server(
+    server: SplitDNS, upstream: FakeUpstream
+) -> None:
+    def health(port: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "splitdns",
+                "health",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--timeout",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+
+    ok = health(server.port)
+    assert ok.returncode == 0 and "healthy" in ok.stdout
+    assert upstream.seen == []  # the probe never leaves the server
+    stopped = health(free_port())
+    assert stopped.returncode == 1 and "unhealthy" in stopped.stdout
+
+
+def test_doh_canary_is_nxdomain_locally(server: SplitDNS, upstream: FakeUpstream) -> None:
+    resp = server.query("use-application-dns.net")
+    assert resp.rcode() == dns.rcode.NXDOMAIN
+    assert upstream.count("use-application-dns.net") == 0
+
+
+def test_doh_canary_can_be_turned_off(tmp_path: Path, upstream: FakeUpstream) -> None:
+    text = LAN_VIEW.format(upstreams=f'"{upstream.address}"', timeout=2, aaaa="keep")
+    proc = SplitDNS(tmp_path, text + "doh_canary: false\n")
+    try:
+        proc.query("use-application-dns.net")
+        assert upstream.count("use-application-dns.net") == 1
+    finally:
+        proc.stop()

@@ -287,3 +287,21 @@ def test_size_zero_disables_the_cache(size: int) -> None:
     ask(server, query("www.example.test."))
     ask(server, query("www.example.test."))
     assert len(ups.asked) == 2 and len(server.cache) == 0
+
+
+def test_reload_keeps_entries_of_unchanged_views_only() -> None:
+    server, ups, _ = make()
+    ask(server, query("www.example.test."), "127.0.0.1")  # lan view
+    ask(server, query("www.example.test."), "127.0.0.2")  # no view
+    assert len(server.cache) == 2
+    changed = config.loads(
+        CONFIG.format(size=100, stale="false", prefetch="false").replace("192.0.2.2", "192.0.2.9"),
+        "t.yaml",
+    )
+    notes = server.reload(changed)
+    assert "1 cache entries of changed views dropped" in notes
+    assert ttl_and_value(ask(server, query("www.example.test."), "127.0.0.1"))[1] == "192.0.2.9"
+    assert ttl_and_value(ask(server, query("www.example.test."), "127.0.0.2"))[1] == "203.0.113.1"
+    assert len(ups.asked) == 3  # only the changed view asked again
+    same = server.reload(changed)
+    assert "0 cache entries of changed views dropped" in same
