@@ -143,6 +143,18 @@ class View:
 
 
 @dataclass(frozen=True)
+class RateLimitSettings:
+    """The `rate_limit:` section."""
+
+    qps: float = 100.0
+    burst: float = 200.0
+    exempt: tuple[IPNetwork, ...] = PRIVATE_RANGES
+    action: str = "refuse"  # refuse | drop
+    table_size: int = 10000
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything `splitdns serve` needs, validated."""
 
@@ -160,6 +172,7 @@ class Config:
     workers: int = 1
     nat: NatSettings | None = None
     doh_canary: bool = True
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
 
     @property
     def rule_count(self) -> int:
@@ -273,8 +286,10 @@ TOP_KEYS = frozenset(
         "workers",
         "nat",
         "doh_canary",
+        "rate_limit",
     }
 )
+RATE_KEYS = frozenset({"qps", "burst", "exempt", "action", "table_size", "enabled"})
 CACHE_INT_KEYS = {
     "size": (0, 10_000_000),
     "max_bytes": (0, 1 << 40),
@@ -406,6 +421,26 @@ def _cache(node: Node) -> CacheSettings:
     return settings
 
 
+def _rate_limit(node: Node) -> RateLimitSettings:
+    keys = node.mapping(RATE_KEYS)
+    settings = RateLimitSettings()
+    if "qps" in keys:
+        settings = replace(settings, qps=keys["qps"].number(minimum=0.1, maximum=1e6))
+    if "burst" in keys:
+        settings = replace(settings, burst=keys["burst"].number(minimum=1, maximum=1e7))
+    if "exempt" in keys:
+        exempt = tuple(_network(i) for i in keys["exempt"].items(allow_scalar=True))
+        settings = replace(settings, exempt=exempt)
+    if "action" in keys:
+        settings = replace(settings, action=keys["action"].choice(("refuse", "drop")))
+    if "table_size" in keys:
+        size = keys["table_size"].integer(minimum=16, maximum=10_000_000)
+        settings = replace(settings, table_size=size)
+    if "enabled" in keys:
+        settings = replace(settings, enabled=keys["enabled"].boolean())
+    return settings
+
+
 def from_node(root: Node) -> Config:
     keys = root.mapping(TOP_KEYS)
     config = Config(source=root.source)
@@ -446,6 +481,8 @@ def from_node(root: Node) -> Config:
         config = replace(config, workers=keys["workers"].integer(minimum=1, maximum=64))
     if "nat" in keys:
         config = replace(config, nat=parse_nat(keys["nat"]))
+    if "rate_limit" in keys:
+        config = replace(config, rate_limit=_rate_limit(keys["rate_limit"]))
     if "doh_canary" in keys:
         config = replace(config, doh_canary=keys["doh_canary"].boolean())
     return config

@@ -19,6 +19,7 @@ from splitdns import wire
 from splitdns.cache import Cache
 from splitdns.config import Config, Endpoint
 from splitdns.handlers import Outcome, Request, Response, build_chain
+from splitdns.ratelimit import RateLimiter
 from splitdns.upstream import Upstreams
 from splitdns.views import client_address, is_allowed, select_view
 
@@ -37,6 +38,7 @@ class Server:
         self.pipeline = build_chain(config, self.upstreams)
         self.handler = self.pipeline.handler
         self.cache = self.pipeline.cache
+        self.limiter = RateLimiter(config.rate_limit)
         self._clients: dict[str, str | None] = {}
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.Server] = []
@@ -79,6 +81,8 @@ class Server:
         self.pipeline = build_chain(config, upstreams, cache)
         self.handler = self.pipeline.handler
         self.cache = cache
+        if config.rate_limit != old.rate_limit:
+            self.limiter = RateLimiter(config.rate_limit)
         self._clients = {}
         return notes
 
@@ -263,8 +267,17 @@ class Server:
             self._tcp_writers.discard(writer)
             writer.close()
 
+    def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]:
+        """(limited, what to send instead): REFUSED or nothing, per `rate_limit.action`."""
+        if self.limiter.allow(host):
+            return False, None
+        if self.limiter.settings.action == "drop":
+            return True, None
+        return True, wire.refuse_raw(data)
+
     async def _tcp_answer(self, data: bytes, host: str, writer: asyncio.StreamWriter) -> None:
-        answer = await self.respond(data, host, "tcp")
+        limited, refusal = self.over_limit(data, host)
+        answer = refusal if limited else await self.respond(data, host, "tcp")
         if answer is not None and not writer.is_closing():
             writer.write(struct.pack("!H", len(answer)) + answer)
             try:
@@ -286,6 +299,11 @@ class UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         if self.transport is None or self.server.closing:
+            return
+        limited, refusal = self.server.over_limit(data, addr[0])
+        if limited:
+            if refusal is not None:
+                self.transport.sendto(refusal, addr)
             return
         try:
             answer = self.server.fast_answer(data, addr[0])

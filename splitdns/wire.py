@@ -541,3 +541,12 @@ def is_answer_to(data: bytes, msg_id: int) -> bool:
     return (
         len(data) >= HEADER_LEN and HEADER.unpack_from(data)[0] == msg_id and bool(data[2] & 0x80)
     )
+
+
+def refuse_raw(data: bytes) -> bytes | None:
+    """REFUSED for a rate-limited query, built from the raw bytes (no parse); None to drop."""
+    peeked = peek(data)
+    if peeked is None:
+        return None
+    msg_id, flags, _, qend, _, _, _ = peeked
+    return HEADER.pack(msg_id, _response_flags(flags, REFUSED), 1, 0, 0, 0) + data[12:qend]

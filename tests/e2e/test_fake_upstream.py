@@ -326,3 +326,20 @@ def test_doh_canary_can_be_turned_off(tmp_path: Path, upstream: FakeUpstream) ->
         assert upstream.count("use-application-dns.net") == 1
     finally:
         proc.stop()
+
+
+def test_rate_limit_holds_a_flooder_while_the_lan_is_served(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    text = LAN_VIEW.format(upstreams=f'"{upstream.address}"', timeout=2, aaaa="keep")
+    limits = "rate_limit: {qps: 5, burst: 5, exempt: [127.0.0.1/32]}\n"
+    proc = SplitDNS(tmp_path, text + limits)
+    try:
+        flood = [proc.query("www.example.test", source="127.0.0.2").rcode() for _ in range(40)]
+        lan = [proc.query("www.example.test", source="127.0.0.1").rcode() for _ in range(40)]
+        tcp = proc.query("www.example.test", source="127.0.0.2", tcp=True).rcode()
+    finally:
+        proc.stop()
+    assert flood.count(dns.rcode.REFUSED) >= 25 and flood[:5] == [dns.rcode.NOERROR] * 5
+    assert lan == [dns.rcode.NOERROR] * 40
+    assert tcp == dns.rcode.REFUSED  # TCP counts against the same bucket
