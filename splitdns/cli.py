@@ -70,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
         help="hairpin masquerade: only where DNS cannot help (default), for every forward, or none",
     )
 
+    explain = sub.add_parser("explain", help="show, step by step, how a question is answered")
+    explain.add_argument("--version", action="version", version=version)
+    explain.add_argument("name", help="the name to look up")
+    explain.add_argument("-c", "--config", metavar="FILE", help="zone mapping (default: embedded)")
+    explain.add_argument("--client", default="127.0.0.1", metavar="IP", help="who asks")
+    explain.add_argument("--type", default="A", dest="qtype", metavar="TYPE", help="query type")
+    explain.add_argument("--upstream", action="append", metavar="HOST[:PORT]", help="override")
+
     health = sub.add_parser("health", help="ask a running server; exit 0 if it answers, else 1")
     health.add_argument("--version", action="version", version=version)
     health.add_argument("--server", default="127.0.0.1:5353", metavar="HOST:PORT")
@@ -98,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "nat":
         return _nat(args.config, args.target, args.hairpin)
+    if args.command == "explain":
+        return _explain(args)
     if args.command == "health":
         return _health(args.server, args.timeout)
     if args.command == "lab":
@@ -168,6 +178,23 @@ def _nat(path: str, target: str, hairpin: str) -> int:
     sys.stdout.write(
         nat.render(config.nat, target, hairpin, configmod.rewrite_targets(config), path)
     )
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from splitdns.explain import explain
+
+    try:
+        config = configmod.load(args.config) if args.config else configmod.load_default()
+        config = config.with_overrides(None, args.upstream)
+        lines = asyncio.run(explain(config, args.name, args.client, args.qtype))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"splitdns explain: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
     return 0
 
 

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 import dns.message
+import dns.rcode
 import dns.rdata
 import dns.rdatatype
 
@@ -550,3 +551,29 @@ def refuse_raw(data: bytes) -> bytes | None:
         return None
     msg_id, flags, _, qend, _, _, _ = peeked
     return HEADER.pack(msg_id, _response_flags(flags, REFUSED), 1, 0, 0, 0) + data[12:qend]
+
+
+def make_query(name: str, qtype: int, rd: bool = True) -> bytes:
+    """A plain query for `name` (used by `explain`, never on the serving path)."""
+    return (
+        HEADER.pack(secrets.randbits(16), RD if rd else 0, 1, 0, 0, 0)
+        + encode_name(name)
+        + struct.pack("!HH", qtype, CLASS_IN)
+    )
+
+
+def type_code(text: str) -> int:
+    try:
+        return int(dns.rdatatype.from_text(text))
+    except dns.rdatatype.UnknownRdatatype:
+        raise ValueError(f"{text!r} is not a DNS record type") from None
+
+
+def answer_lines(data: bytes) -> list[str]:
+    """The records of a message as zone-file lines, and its rcode (for people, not the wire)."""
+    parsed = dns.message.from_wire(data, ignore_trailing=True)
+    lines = [f"rcode {dns.rcode.to_text(parsed.rcode())}"]
+    for section in (parsed.answer, parsed.authority, parsed.additional):
+        for rrset in section:
+            lines.extend(rrset.to_text().splitlines())
+    return lines

@@ -185,3 +185,67 @@ def test_kdig_agrees(server: SplitDNS, tmp_path: Path) -> None:
         timeout=20,
     ).stdout.split()
     assert out == ["alias.example.test.", "www.example.test.", "192.0.2.2"]
+
+
+def explain(nsd: NSD, tmp_path: Path, *args: str) -> str:
+    import subprocess
+    import sys
+
+    conf = tmp_path / "explain.yaml"
+    conf.write_text(CONFIG.format(port=nsd.port))
+    out = subprocess.run(
+        [sys.executable, "-m", "splitdns", "explain", "-c", str(conf), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_explain_a_rewritten_name(nsd: NSD, tmp_path: Path) -> None:
+    out = explain(nsd, tmp_path, "chain.example.test", "--client", "127.0.0.1")
+    assert out.splitlines() == [
+        "question: chain.example.test A from 127.0.0.1",
+        "view: lan (clients 127.0.0.1/32)",
+        f"upstream: 127.0.0.1:{nsd.port} answered over udp:",
+        "  rcode NOERROR",
+        "  chain.example.test. 300 IN CNAME alias.example.test.",
+        "  alias.example.test. 300 IN CNAME www.example.test.",
+        "  www.example.test. 300 IN A 203.0.113.1",
+        *NSD_EXTRA,
+        "rewrite: www.example.test 203.0.113.1 -> 192.0.2.2 by rewrite[0] "
+        "(203.0.113.1 -> 192.0.2.2)",
+        "final answer:",
+        "  rcode NOERROR",
+        "  chain.example.test. 300 IN CNAME alias.example.test.",
+        "  alias.example.test. 300 IN CNAME www.example.test.",
+        "  www.example.test. 300 IN A 192.0.2.2",
+        *NSD_EXTRA,  # authority and glue pass untouched (198.51.100.53 matches no rule)
+    ]
+
+
+NSD_EXTRA = [
+    "  example.test. 300 IN NS ns1.example.test.",
+    "  ns1.example.test. 300 IN A 198.51.100.53",
+]
+
+
+def test_explain_a_name_outside_all_rules(nsd: NSD, tmp_path: Path) -> None:
+    out = explain(nsd, tmp_path, "outside.example.test", "--client", "127.0.0.1")
+    assert "rewrite: no rule matched: the answer passes unchanged" in out
+    final = out.split("final answer:\n", 1)[1].splitlines()
+    assert final[:2] == ["  rcode NOERROR", "  outside.example.test. 300 IN A 198.51.100.7"]
+    other = explain(nsd, tmp_path, "www.example.test", "--client", "127.0.0.2")
+    assert "view: none (allowed, in no view): plain forwarding, answers untouched" in other
+    refused = explain(nsd, tmp_path, "www.example.test", "--client", "198.51.100.1")
+    assert refused.splitlines()[-1] == "allow: 198.51.100.1 is outside `allow` -> REFUSED"
+
+
+def test_explain_a_hosts_name(nsd: NSD, tmp_path: Path) -> None:
+    out = explain(nsd, tmp_path, "nas.home.arpa", "--client", "127.0.0.1")
+    assert out.splitlines()[2:] == [
+        "hosts: answered locally from view lan's hosts (never forwarded)",
+        "  rcode NOERROR",
+        "  nas.home.arpa. 300 IN A 192.0.2.5",
+    ]

@@ -1,0 +1,55 @@
+"""`splitdns explain`: what splitdns does with one question from one client, step by step.
+
+It walks the same pure pieces the server uses (admission, view, hosts, upstream, rewrite) and
+then asks the real chain for the final answer, so what it prints is what a client would get.
+"""
+
+from __future__ import annotations
+
+from splitdns import localanswers, rewrite, wire
+from splitdns.config import Config
+from splitdns.server import Server
+from splitdns.upstream import UpstreamFailure, Upstreams
+from splitdns.views import client_address, is_allowed, select_view
+
+
+async def explain(config: Config, name: str, client: str, qtype: str) -> list[str]:
+    address = client_address(client)
+    data = wire.make_query(name, wire.type_code(qtype))
+    query = wire.parse_query(data)
+    out = [f"question: {query.question.name} {qtype.upper()} from {address}"]
+    if not is_allowed(config.allow, address):
+        out.append(f"allow: {address} is outside `allow` -> REFUSED")
+        return out
+    view = select_view(config.views, address)
+    if view is None:
+        out.append("view: none (allowed, in no view): plain forwarding, answers untouched")
+    else:
+        out.append(f"view: {view.name} (clients {', '.join(map(str, view.clients))})")
+        local = localanswers.answer(query, view)
+        if local is not None:
+            out.append(f"hosts: answered locally from view {view.name}'s hosts (never forwarded)")
+            out += [f"  {line}" for line in wire.answer_lines(local)]
+            return out
+    try:
+        reply = await Upstreams(config.upstreams, config.timeout).resolve(query)
+    except UpstreamFailure as exc:
+        out.append(f"upstream: all failed ({exc}) -> SERVFAIL")
+        return out
+    bare, message = wire.strip_opt(reply.data, reply.message)
+    out.append(f"upstream: {reply.upstream} answered over {reply.transport}:")
+    out += [f"  {line}" for line in wire.answer_lines(bare)]
+    result = rewrite.rewrite(bare, query.question.name, view, message)
+    rules = {r.index: r for r in view.rules} if view is not None else {}
+    if not result.changes:
+        out.append("rewrite: no rule matched: the answer passes unchanged")
+    for change in result.changes:
+        out.append(
+            f"rewrite: {change.name} {change.old} -> {change.new} by rewrite[{change.rule}] "
+            f"({rules[change.rule]})"
+        )
+    server = Server(config)
+    final = await server.respond(data, str(address), "tcp")
+    out.append("final answer:")
+    out += [f"  {line}" for line in wire.answer_lines(final or b"")]
+    return out
