@@ -155,6 +155,15 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True)
+class QueryLogSettings:
+    """The `query_log:` section."""
+
+    enabled: bool = False
+    path: str = "-"  # "-" is standard error
+    hide_clients: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything `splitdns serve` needs, validated."""
 
@@ -172,6 +181,7 @@ class Config:
     workers: int = 1
     nat: NatSettings | None = None
     doh_canary: bool = True
+    query_log: QueryLogSettings = field(default_factory=QueryLogSettings)
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
 
     @property
@@ -287,6 +297,7 @@ TOP_KEYS = frozenset(
         "nat",
         "doh_canary",
         "rate_limit",
+        "query_log",
     }
 )
 RATE_KEYS = frozenset({"qps", "burst", "exempt", "action", "table_size", "enabled"})
@@ -483,6 +494,14 @@ def from_node(root: Node) -> Config:
         config = replace(config, nat=parse_nat(keys["nat"]))
     if "rate_limit" in keys:
         config = replace(config, rate_limit=_rate_limit(keys["rate_limit"]))
+    if "query_log" in keys:
+        qkeys = keys["query_log"].mapping(frozenset({"enabled", "path", "hide_clients"}))
+        log_settings = QueryLogSettings(
+            enabled=qkeys["enabled"].boolean() if "enabled" in qkeys else True,
+            path=qkeys["path"].text() if "path" in qkeys else "-",
+            hide_clients=qkeys["hide_clients"].boolean() if "hide_clients" in qkeys else False,
+        )
+        config = replace(config, query_log=log_settings)
     if "doh_canary" in keys:
         config = replace(config, doh_canary=keys["doh_canary"].boolean())
     return config

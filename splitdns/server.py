@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import struct
+import time
 from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any, cast
@@ -19,6 +20,7 @@ from splitdns import wire
 from splitdns.cache import Cache
 from splitdns.config import Config, Endpoint
 from splitdns.handlers import Outcome, Request, Response, build_chain
+from splitdns.querylog import QueryLog
 from splitdns.ratelimit import RateLimiter
 from splitdns.upstream import Upstreams
 from splitdns.views import client_address, is_allowed, select_view
@@ -39,6 +41,7 @@ class Server:
         self.handler = self.pipeline.handler
         self.cache = self.pipeline.cache
         self.limiter = RateLimiter(config.rate_limit)
+        self.querylog = QueryLog(config.query_log)
         self._clients: dict[str, str | None] = {}
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.Server] = []
@@ -83,6 +86,9 @@ class Server:
         self.cache = cache
         if config.rate_limit != old.rate_limit:
             self.limiter = RateLimiter(config.rate_limit)
+        if config.query_log != old.query_log:
+            self.querylog.close()
+            self.querylog = QueryLog(config.query_log)
         self._clients = {}
         return notes
 
@@ -146,6 +152,7 @@ class Server:
         for tcp in self._tcp:
             await tcp.wait_closed()
         self._tcp.clear()
+        self.querylog.close()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -175,13 +182,27 @@ class Server:
             return wire.finalize(query, wire.make_error(query, wire.NOTIMP), limit)
         if query.edns and query.edns_version > 0:
             return wire.make_badvers(query)
+        started = time.monotonic()
+        request = Request(query, client, transport)
         try:
-            response = await self.handler(Request(query, client, transport))
+            response = await self.handler(request)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("internal error answering %s from %s", query.question.name, client)
             response = Response(wire.make_error(query, wire.SERVFAIL), Outcome.SERVFAIL)
+        if self.querylog.enabled:
+            view = request.view.name if request.view is not None else None
+            self.querylog.record(
+                str(client),
+                query.question.name,
+                query.question.qtype,
+                view,
+                str(response.outcome),
+                time.monotonic() - started,
+                response.changes,
+                response.upstream,
+            )
         return wire.finalize(query, response.bare, limit)
 
     # ------------------------------------------------------------------ cache hits
@@ -208,7 +229,13 @@ class Server:
             if entry is not None:
                 entry.prefetching = False  # let the chain's cache link start the refresh
             return None
-        return wire.assemble(msg_id, flags, data[12:qend], entry.aged(now), edns, do, limit)
+        answer = wire.assemble(msg_id, flags, data[12:qend], entry.aged(now), edns, do, limit)
+        if self.querylog.enabled:
+            name = wire.read_name(data, 12)[0]
+            qtype = (data[name_end] << 8) | data[name_end + 1]
+            host = str(client_address(host))
+            self.querylog.record(host, name, qtype, view or None, "cached", 0.0)
+        return answer
 
     def _classify(self, host: str) -> str | None:
         """The cache's view name for an allowed client ("" for no view), None if not allowed."""

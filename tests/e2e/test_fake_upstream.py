@@ -343,3 +343,35 @@ def test_rate_limit_holds_a_flooder_while_the_lan_is_served(
     assert flood.count(dns.rcode.REFUSED) >= 25 and flood[:5] == [dns.rcode.NOERROR] * 5
     assert lan == [dns.rcode.NOERROR] * 40
     assert tcp == dns.rcode.REFUSED  # TCP counts against the same bucket
+
+
+@pytest.mark.parametrize("hide", [False, True])
+def test_query_log_one_json_line_per_query(
+    tmp_path: Path, upstream: FakeUpstream, hide: bool
+) -> None:
+    import json
+
+    text = LAN_VIEW.format(upstreams=f'"{upstream.address}"', timeout=2, aaaa="keep")
+    proc = SplitDNS(tmp_path, text + f"query_log: {{hide_clients: {str(hide).lower()}}}\n")
+    try:
+        proc.query("www.example.test")
+        proc.query("www.example.test")  # a cache hit, answered on the fast path
+        proc.query("www.example.test", source="127.0.0.2")
+        deadline = time.monotonic() + 5
+        while proc.output.count('"outcome"') < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.stop()
+    lines = [json.loads(line) for line in proc.lines if line.startswith("{")]
+    assert [(e["name"], e["type"], e["view"], e["outcome"]) for e in lines] == [
+        ("www.example.test", 1, "lan", "rewritten"),
+        ("www.example.test", 1, "lan", "cached"),
+        ("www.example.test", 1, None, "forwarded"),
+    ]
+    assert lines[0]["rewritten"] == [
+        {"name": "www.example.test", "from": "203.0.113.1", "to": "192.0.2.2", "rule": 0}
+    ]
+    assert lines[0]["upstream"] == upstream.address
+    assert [e["client"] for e in lines] == (
+        ["hidden"] * 3 if hide else ["127.0.0.1", "127.0.0.1", "127.0.0.2"]
+    )
