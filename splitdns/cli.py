@@ -359,8 +359,10 @@ def _try_reload(server: Server, reload: Callable[[], Config], why: str) -> None:
     try:
         config = reload()
     except (ConfigError, ValueError) as exc:
+        server.counts.reloads["rejected"] += 1
         log.error("reload (%s) rejected, still serving the previous config: %s", why, exc)
         return
+    server.counts.reloads["ok"] += 1
     notes = server.reload(config)
     log.info("reloaded (%s): %s", why, "; ".join(notes))
 

@@ -182,6 +182,7 @@ class Config:
     nat: NatSettings | None = None
     doh_canary: bool = True
     query_log: QueryLogSettings = field(default_factory=QueryLogSettings)
+    metrics: Endpoint | None = None
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
 
     @property
@@ -298,6 +299,7 @@ TOP_KEYS = frozenset(
         "doh_canary",
         "rate_limit",
         "query_log",
+        "metrics",
     }
 )
 RATE_KEYS = frozenset({"qps", "burst", "exempt", "action", "table_size", "enabled"})
@@ -502,6 +504,8 @@ def from_node(root: Node) -> Config:
             hide_clients=qkeys["hide_clients"].boolean() if "hide_clients" in qkeys else False,
         )
         config = replace(config, query_log=log_settings)
+    if "metrics" in keys:
+        config = replace(config, metrics=_endpoint(keys["metrics"], None))
     if "doh_canary" in keys:
         config = replace(config, doh_canary=keys["doh_canary"].boolean())
     return config

@@ -20,6 +20,7 @@ from splitdns import wire
 from splitdns.cache import Cache
 from splitdns.config import Config, Endpoint
 from splitdns.handlers import Outcome, Request, Response, build_chain
+from splitdns.metrics import Counts, MetricsServer
 from splitdns.querylog import QueryLog
 from splitdns.ratelimit import RateLimiter
 from splitdns.upstream import Upstreams
@@ -42,6 +43,8 @@ class Server:
         self.cache = self.pipeline.cache
         self.limiter = RateLimiter(config.rate_limit)
         self.querylog = QueryLog(config.query_log)
+        self.counts = Counts()
+        self.metrics_server: MetricsServer | None = None
         self._clients: dict[str, str | None] = {}
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.Server] = []
@@ -125,6 +128,10 @@ class Server:
                 )
                 self._tcp.append(tcp)
                 self.bound.append(("udp+tcp", Endpoint(endpoint.host, port)))
+            if self.config.metrics is not None:
+                self.metrics_server = MetricsServer(lambda: self)
+                await self.metrics_server.start(self.config.metrics.host, self.config.metrics.port)
+                self.bound.append(("metrics", self.config.metrics))
         except OSError:
             await self.stop(0)
             raise
@@ -136,6 +143,8 @@ class Server:
         in-flight queries can still be sent.
         """
         self.closing = True
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         for tcp in self._tcp:
             tcp.close()
         if self._tasks and drain > 0:
@@ -191,8 +200,11 @@ class Server:
         except Exception:
             log.exception("internal error answering %s from %s", query.question.name, client)
             response = Response(wire.make_error(query, wire.SERVFAIL), Outcome.SERVFAIL)
+        view = request.view.name if request.view is not None else None
+        self.counts.query(transport, query.question.qtype, str(response.outcome))
+        for change in response.changes:
+            self.counts.rewrites[(view or "", change.rule)] += 1
         if self.querylog.enabled:
-            view = request.view.name if request.view is not None else None
             self.querylog.record(
                 str(client),
                 query.question.name,
@@ -230,6 +242,7 @@ class Server:
                 entry.prefetching = False  # let the chain's cache link start the refresh
             return None
         answer = wire.assemble(msg_id, flags, data[12:qend], entry.aged(now), edns, do, limit)
+        self.counts.query("udp", (data[name_end] << 8) | data[name_end + 1], "cached")
         if self.querylog.enabled:
             name = wire.read_name(data, 12)[0]
             qtype = (data[name_end] << 8) | data[name_end + 1]

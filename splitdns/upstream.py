@@ -17,7 +17,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from splitdns import wire
@@ -48,6 +48,28 @@ class UpstreamStats:
     timeouts: int = 0
     errors: int = 0
     answered: int = 0
+    # per upstream: error counts by kind, and latency histogram counts (see metrics.BUCKETS)
+    errors_by: dict[tuple[str, str], int] = field(default_factory=dict)
+    latency: dict[str, list[float]] = field(default_factory=dict)
+
+    def failed(self, upstream: str, kind: str) -> None:
+        key = (upstream, kind)
+        self.errors_by[key] = self.errors_by.get(key, 0) + 1
+
+    def observe(self, upstream: str, seconds: float) -> None:
+        """Histogram: one slot per bucket bound, then count and sum at the end."""
+        slots = self.latency.get(upstream)
+        if slots is None:
+            slots = self.latency[upstream] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                slots[i] += 1
+                break
+        slots[-2] += 1
+        slots[-1] += seconds
+
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class _ReplyCatcher(asyncio.DatagramProtocol):
@@ -183,18 +205,25 @@ class Upstreams:
                 break
             # Each upstream gets a fair share of what is left, so the last one still has time.
             share = remaining / (count - position)
+            began = time.monotonic()
             try:
                 reply = await transport.exchange(query, share)
             except TimeoutError:
                 self.stats.timeouts += 1
+                self.stats.failed(transport.name, "timeout")
                 problems.append(f"{transport.name}: timeout after {share * 1000:.0f} ms")
                 continue
             except (OSError, EOFError, asyncio.IncompleteReadError, struct.error) as exc:
                 self.stats.errors += 1
+                self.stats.failed(transport.name, "network")
                 problems.append(f"{transport.name}: {exc or type(exc).__name__}")
                 continue
+            self.stats.observe(transport.name, time.monotonic() - began)
             rcode = reply.message.rcode
             if rcode in (wire.SERVFAIL, wire.REFUSED):
+                self.stats.failed(
+                    transport.name, "servfail" if rcode == wire.SERVFAIL else "refused"
+                )
                 problems.append(f"{transport.name}: rcode {rcode}")
                 continue
             self.stats.answered += 1

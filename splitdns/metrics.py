@@ -1,0 +1,169 @@
+"""Prometheus metrics: plain counters on the hot path, turned into metric families at scrape.
+
+Incrementing a dict entry costs far less than a labelled prometheus_client Counter, and the
+cache-hit path counts every answer. Labels are all low-cardinality and server-controlled: a
+fixed set of query types plus "other", outcomes, transports, configured upstreams, view names
+and rule indexes; never a client-controlled string. Served at /metrics, with /healthz beside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from splitdns.upstream import LATENCY_BUCKETS
+
+log = logging.getLogger(__name__)
+
+QTYPES = {
+    1: "A",
+    2: "NS",
+    5: "CNAME",
+    6: "SOA",
+    12: "PTR",
+    15: "MX",
+    16: "TXT",
+    28: "AAAA",
+    33: "SRV",
+    64: "SVCB",
+    65: "HTTPS",
+    255: "ANY",
+}
+
+
+class Counts:
+    """What the server counts as it answers (no locks: one event loop)."""
+
+    def __init__(self) -> None:
+        self.queries: Counter[tuple[str, str, str]] = Counter()
+        self.rewrites: Counter[tuple[str, int]] = Counter()
+        self.reloads: Counter[str] = Counter()
+
+    def query(self, transport: str, qtype: int, outcome: str) -> None:
+        self.queries[(transport, QTYPES.get(qtype, "other"), outcome)] += 1
+
+
+class SplitdnsCollector(Collector):
+    """Reads the server's counters at scrape time (`server` is looked up anew on each scrape)."""
+
+    def __init__(self, server: Callable[[], object]) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        srv = self.server()
+        counts: Counts = srv.counts  # type: ignore[attr-defined]
+        queries = CounterMetricFamily(
+            "splitdns_queries", "Queries answered", labels=["transport", "qtype", "outcome"]
+        )
+        for (transport, qtype, outcome), n in sorted(counts.queries.items()):
+            queries.add_metric([transport, qtype, outcome], n)
+        yield queries
+        rewrites = CounterMetricFamily(
+            "splitdns_rewrites",
+            "Addresses rewritten, by view and rule index",
+            labels=["view", "rule"],
+        )
+        for (view, rule), n in sorted(counts.rewrites.items()):
+            rewrites.add_metric([view, str(rule)], n)
+        yield rewrites
+        reloads = CounterMetricFamily("splitdns_config_reloads", "Reloads", labels=["result"])
+        for result in ("ok", "rejected"):
+            reloads.add_metric([result], counts.reloads[result])
+        yield reloads
+        stats = srv.upstreams.stats  # type: ignore[attr-defined]
+        latency = HistogramMetricFamily(
+            "splitdns_upstream_seconds", "Upstream exchange latency", labels=["upstream"]
+        )
+        for upstream, slots in sorted(stats.latency.items()):
+            cumulative, buckets = 0.0, []
+            for bound, n in zip(LATENCY_BUCKETS, slots, strict=False):
+                cumulative += n
+                buckets.append((repr(bound), cumulative))
+            buckets.append(("+Inf", slots[-2]))
+            latency.add_metric([upstream], buckets, slots[-1])
+        yield latency
+        errors = CounterMetricFamily(
+            "splitdns_upstream_errors", "Upstream failures", labels=["upstream", "kind"]
+        )
+        for (upstream, kind), n in sorted(stats.errors_by.items()):
+            errors.add_metric([upstream, kind], n)
+        yield errors
+        yield CounterMetricFamily(
+            "splitdns_upstream_forged_replies",
+            "Replies rejected (wrong source, ID or question)",
+            value=stats.forged,
+        )
+        cache = srv.cache  # type: ignore[attr-defined]
+        yield GaugeMetricFamily("splitdns_cache_entries", "Entries in the cache", value=len(cache))
+        yield GaugeMetricFamily(
+            "splitdns_cache_bytes", "Bytes the cache accounts", value=cache.bytes
+        )
+        for name, value in (
+            ("hits", cache.stats.hits),
+            ("misses", cache.stats.misses),
+            ("evictions", cache.stats.evictions),
+            ("stale", cache.stats.stale),
+            ("prefetches", cache.stats.prefetches),
+        ):
+            yield CounterMetricFamily(f"splitdns_cache_{name}", f"Cache {name}", value=value)
+        yield CounterMetricFamily(
+            "splitdns_rate_limited",
+            "Queries refused or dropped by rate limits",
+            value=srv.limiter.limited,  # type: ignore[attr-defined]
+        )
+
+
+class MetricsServer:
+    """A tiny HTTP/1.0 listener: GET /metrics and GET /healthz, nothing else."""
+
+    def __init__(self, server: Callable[[], object]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SplitdnsCollector(server))
+        self._listener: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._listener = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            await self._listener.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                request = await reader.readline()
+                while (await reader.readline()).strip():
+                    pass
+            parts = request.decode("latin-1").split()
+            path = parts[1] if len(parts) >= 2 else ""
+            if parts and parts[0] == "GET" and path == "/metrics":
+                body, status, kind = (
+                    generate_latest(self.registry),
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                )
+            elif parts and parts[0] == "GET" and path == "/healthz":
+                body, status, kind = b"ok\n", "200 OK", "text/plain"
+            else:
+                body, status, kind = b"not found\n", "404 Not Found", "text/plain"
+            head = (
+                f"HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, UnicodeError):
+            pass
+        finally:
+            writer.close()
