@@ -181,12 +181,19 @@ def _nat(path: str, target: str, hairpin: str) -> int:
     return 0
 
 
+def _load_config(
+    path: str | None, listen: list[str] | None, upstreams: list[str] | None
+) -> Config:
+    """The file (or the embedded default) with command-line overrides applied on top."""
+    config = configmod.load(path) if path else configmod.load_default()
+    return config.with_overrides(listen, upstreams)
+
+
 def _explain(args: argparse.Namespace) -> int:
     from splitdns.explain import explain
 
     try:
-        config = configmod.load(args.config) if args.config else configmod.load_default()
-        config = config.with_overrides(None, args.upstream)
+        config = _load_config(args.config, None, args.upstream)
         lines = asyncio.run(explain(config, args.name, args.client, args.qtype))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
@@ -286,8 +293,7 @@ def _serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     try:
-        config = configmod.load(args.config) if args.config else configmod.load_default()
-        config = config.with_overrides(args.listen, args.upstream)
+        config = _load_config(args.config, args.listen, args.upstream)
         if args.workers is not None:
             if not 1 <= args.workers <= 64:
                 raise ValueError(f"--workers {args.workers}: must be 1-64")
@@ -305,8 +311,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     def reload() -> Config:
-        fresh = configmod.load(args.config) if args.config else configmod.load_default()
-        fresh = fresh.with_overrides(args.listen, args.upstream)
+        fresh = _load_config(args.config, args.listen, args.upstream)
         return replace(fresh, workers=config.workers)
 
     if config.workers > 1:
