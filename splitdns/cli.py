@@ -181,9 +181,7 @@ def _nat(path: str, target: str, hairpin: str) -> int:
     return 0
 
 
-def _load_config(
-    path: str | None, listen: list[str] | None, upstreams: list[str] | None
-) -> Config:
+def _load_config(path: str | None, listen: list[str] | None, upstreams: list[str] | None) -> Config:
     """The file (or the embedded default) with command-line overrides applied on top."""
     config = configmod.load(path) if path else configmod.load_default()
     return config.with_overrides(listen, upstreams)
