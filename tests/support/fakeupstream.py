@@ -52,13 +52,8 @@ class FakeUpstream:
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
-        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._udp.bind((self.host, 0))
+        self._udp, self._tcp = self._bind_pair()
         self.port = self._udp.getsockname()[1]
-        self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._tcp.bind((self.host, self.port))
-        self._tcp.listen(64)
         self._udp.settimeout(0.1)
         self._tcp.settimeout(0.1)
         self._threads = [
@@ -66,6 +61,23 @@ class FakeUpstream:
             threading.Thread(target=self._serve_tcp, daemon=True),
         ]
         self._lock = threading.Lock()
+
+    def _bind_pair(self) -> tuple[socket.socket, socket.socket]:
+        """A UDP and a TCP socket on the same free port (retried: the TCP side may be taken)."""
+        for _ in range(50):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind((self.host, 0))
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind((self.host, udp.getsockname()[1]))
+                tcp.listen(64)
+            except OSError:
+                udp.close()
+                tcp.close()
+                continue
+            return udp, tcp
+        raise RuntimeError("no port free for both UDP and TCP")
 
     # ------------------------------------------------------------------ setup
 
