@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
+import yaml
+
 from splitdns.cache import CacheSettings
 from splitdns.configtree import ConfigError, Node, parse
 from splitdns.nat.model import NatSettings, parse_nat
@@ -83,6 +85,8 @@ class Rule:
     source: IPNetwork
     target: IPNetwork
     names: tuple[NamePattern, ...] = ()
+    follow: str | None = None  # `from: {follow: NAME}`: source is NAME's current address
+    active: bool = True  # False until a followed name has been resolved once
 
     def map(self, address: IPAddress) -> IPAddress:
         offset = int(address) - int(self.source.network_address)
@@ -98,7 +102,11 @@ class Rule:
             return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
         only = f" for {', '.join(map(str, self.names))}" if self.names else ""
-        return f"{show(self.source)} -> {show(self.target)}{only}"
+        source = show(self.source)
+        if self.follow:
+            now = source if self.active else "not resolved yet"
+            source = f"{{follow: {self.follow}}} ({now})"
+        return f"{source} -> {show(self.target)}{only}"
 
 
 @dataclass(frozen=True)
@@ -322,8 +330,17 @@ def _rule(node: Node, index: int) -> Rule:
     for needed in ("from", "to"):
         if needed not in keys:
             raise node.error(f"missing '{needed}'")
-    source = _network(keys["from"])
     target = _network(keys["to"])
+    if isinstance(keys["from"].raw, yaml.MappingNode):
+        follow = keys["from"].mapping(frozenset({"follow"}))
+        if "follow" not in follow:
+            raise keys["from"].error("a dynamic 'from' needs 'follow: NAME'")
+        name = _name(follow["follow"].text(), follow["follow"], wildcard_ok=False).suffix
+        if target.version != 4 or target.prefixlen != 32:
+            raise keys["to"].error("with 'follow', 'to' must be one IPv4 address")
+        placeholder = ipaddress.ip_network("0.0.0.0/32")
+        return Rule(index, placeholder, target, _rule_names(keys), follow=name, active=False)
+    source = _network(keys["from"])
     if source.version != target.version:
         raise keys["to"].error(f"{target} is IPv{target.version} but 'from' is IPv{source.version}")
     if source.prefixlen != target.prefixlen:
@@ -331,15 +348,16 @@ def _rule(node: Node, index: int) -> Rule:
             f"size mismatch: 'from' {source} has {source.num_addresses} addresses, "
             f"'to' {target} has {target.num_addresses} (networks map 1:1)"
         )
-    names: tuple[NamePattern, ...] = ()
-    if "names" in keys:
-        items = keys["names"].items(allow_scalar=True)
-        if not items:
-            raise keys["names"].error(
-                "must list at least one name (leave the key out for all names)"
-            )
-        names = tuple(_name(item.text(), item, wildcard_ok=True) for item in items)
-    return Rule(index, source, target, names)
+    return Rule(index, source, target, _rule_names(keys))
+
+
+def _rule_names(keys: dict[str, Node]) -> tuple[NamePattern, ...]:
+    if "names" not in keys:
+        return ()
+    items = keys["names"].items(allow_scalar=True)
+    if not items:
+        raise keys["names"].error("must list at least one name (leave the key out for all names)")
+    return tuple(_name(item.text(), item, wildcard_ok=True) for item in items)
 
 
 def _hosts(node: Node) -> Hosts:
@@ -388,7 +406,8 @@ def _view(node: Node, earlier: list[View]) -> View:
     for i, item in enumerate(keys["rewrite"].items() if "rewrite" in keys else []):
         rule = _rule(item, i)
         for earlier_rule in rules:
-            if earlier_rule.source == rule.source and set(earlier_rule.names) == set(rule.names):
+            same_from = (earlier_rule.source, earlier_rule.follow) == (rule.source, rule.follow)
+            if same_from and set(earlier_rule.names) == set(rule.names):
                 raise item.error(
                     f"same 'from' {rule.source} as rewrite[{earlier_rule.index}] for the same "
                     "names: which one wins would be ambiguous"
@@ -537,7 +556,7 @@ def cross_check(config: Config) -> list[str]:
     forward_targets = {f.target for f in nat.forwards}
     for view in config.views:
         for rule in view.rules:
-            if rule.source.version != 4:
+            if rule.source.version != 4 or not rule.active:
                 continue
             if (
                 rule.target.num_addresses == 1

@@ -45,7 +45,8 @@ def pick_rule(rules: tuple[Rule, ...], address: IPAddress, names: set[str]) -> R
     """The most specific rule (from `ordered_rules`) whose `from` holds `address` and names fit."""
     for rule in rules:
         if (
-            rule.source.version == address.version
+            rule.active
+            and rule.source.version == address.version
             and address in rule.source
             and rule.applies_to(names)
         ):

@@ -16,7 +16,7 @@ from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any, cast
 
-from splitdns import wire
+from splitdns import follow, wire
 from splitdns.cache import Cache
 from splitdns.config import Config, Endpoint
 from splitdns.handlers import Outcome, Request, Response, build_chain
@@ -45,6 +45,7 @@ class Server:
         self.querylog = QueryLog(config.query_log)
         self.counts = Counts()
         self.metrics_server: MetricsServer | None = None
+        self._follow: asyncio.Future[None] | None = None
         self._clients: dict[str, str | None] = {}
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.Server] = []
@@ -63,6 +64,7 @@ class Server:
         upstreams or cache settings change). Listen addresses need a restart.
         """
         old = self.config
+        config = follow.carry_over(old, config)
         notes: list[str] = []
         if config.listen != old.listen:
             notes.append("listen addresses changed: restart splitdns to apply them")
@@ -128,6 +130,7 @@ class Server:
                 )
                 self._tcp.append(tcp)
                 self.bound.append(("udp+tcp", Endpoint(endpoint.host, port)))
+            self._follow = asyncio.ensure_future(follow.follow_forever(self))
             if self.config.metrics is not None:
                 self.metrics_server = MetricsServer(lambda: self)
                 await self.metrics_server.start(self.config.metrics.host, self.config.metrics.port)
@@ -143,6 +146,8 @@ class Server:
         in-flight queries can still be sent.
         """
         self.closing = True
+        if self._follow is not None:
+            self._follow.cancel()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         for tcp in self._tcp:

@@ -416,3 +416,37 @@ def test_metrics_endpoint_parses_and_counters_move(tmp_path: Path, upstream: Fak
     assert after[count] == 1
     with pytest.raises(OSError):  # stopped: the health endpoint is gone too
         urllib.request.urlopen(f"http://127.0.0.1:{mport}/healthz", timeout=2)
+
+
+def test_follow_switches_the_rewrite_when_the_ddns_name_moves(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    import dnslib
+
+    fake.add(
+        "home.example.test. 1 IN A 203.0.113.7",
+        "www.example.test. 1 IN A 203.0.113.7",
+        "new.example.test. 1 IN A 203.0.113.8",
+    )
+    text = (
+        f'upstreams: ["{fake.address}"]\n'
+        "views:\n  - name: lan\n    clients: [127.0.0.1/32]\n    rewrite:\n"
+        "      - {from: {follow: home.example.test}, to: 192.0.2.2}\n"
+    )
+    proc = SplitDNS(tmp_path, text)
+    try:
+        proc.wait_for("follow: home.example.test is now 203.0.113.7 (was unresolved)")
+        assert a_values(proc.query("www.example.test")) == ["192.0.2.2"]
+        assert a_values(proc.query("new.example.test")) == ["203.0.113.8"]
+        # The DDNS name moves: no restart, the rule follows within the name's TTL.
+        fake.records = [r for r in fake.records if str(r.rname) != "home.example.test."]
+        fake.records += dnslib.RR.fromZone("home.example.test. 1 IN A 203.0.113.8")
+        proc.wait_for("follow: home.example.test is now 203.0.113.8 (was 203.0.113.7)")
+        deadline = time.monotonic() + 5
+        while a_values(proc.query("new.example.test")) != ["192.0.2.2"]:
+            assert time.monotonic() < deadline, proc.output
+            time.sleep(0.1)
+        time.sleep(1.1)  # let www's 1 s TTL run out in the cache
+        assert a_values(proc.query("www.example.test")) == ["203.0.113.7"]
+    finally:
+        assert proc.stop() == 0

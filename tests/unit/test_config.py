@@ -100,6 +100,16 @@ GOOD_VIEW = "views:\n  - name: lan\n    clients: [192.168.1.0/24]\n"
             "t.yaml:2: cache.min_ttl: is above max_ttl (60)",
         ),
         ("workers: 0\n", "t.yaml:1: workers: must be between 1 and 64, not 0"),
+        (
+            GOOD_VIEW + "    rewrite:\n      - from: {follow: home.example.net}\n"
+            "        to: 192.168.1.0/29\n",
+            "t.yaml:6: views[0].rewrite[0].to: with 'follow', 'to' must be one IPv4 address",
+        ),
+        (
+            GOOD_VIEW
+            + "    rewrite:\n      - from: {folow: home.example.net}\n        to: 10.0.0.1\n",
+            "t.yaml:5: views[0].rewrite[0].from.folow: unknown key",
+        ),
     ],
 )
 def test_errors_name_file_line_and_key(snippet: str, expected: str) -> None:
@@ -192,6 +202,15 @@ def test_bad_listen_endpoints(text: str) -> None:
 def test_every_shipped_example_loads(path: Path) -> None:
     cfg = config.load(path)
     assert cfg.views, f"{path.name} should show at least one view"
+
+
+def test_follow_rule_is_inactive_until_resolved() -> None:
+    cfg = load(
+        GOOD_VIEW + "    rewrite:\n      - {from: {follow: Home.Example.NET}, to: 192.168.1.2}\n"
+    )
+    rule = cfg.views[0].rules[0]
+    assert (rule.follow, rule.active) == ("home.example.net", False)
+    assert str(rule) == "{follow: home.example.net} (not resolved yet) -> 192.168.1.2"
 
 
 def test_cache_settings() -> None:

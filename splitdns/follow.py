@@ -1,0 +1,107 @@
+"""Dynamic public addresses: `from: {follow: home.example.net}` tracks a DDNS name.
+
+The name is resolved through the configured upstreams and again when its TTL runs out (at
+least every second, at most every hour). A change is applied like a reload (the view's cached
+answers are dropped) and logged; until the first answer arrives the rule rewrites nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import struct
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from splitdns import wire
+from splitdns.config import Config
+from splitdns.upstream import UpstreamFailure, Upstreams
+
+if TYPE_CHECKING:
+    from splitdns.server import Server
+
+log = logging.getLogger(__name__)
+
+MIN_WAIT, MAX_WAIT, RETRY = 1.0, 3600.0, 10.0
+
+
+def followed(config: Config) -> set[str]:
+    return {r.follow for v in config.views for r in v.rules if r.follow}
+
+
+async def resolve_a(upstreams: Upstreams, name: str) -> tuple[ipaddress.IPv4Address, int]:
+    """The first A record for `name` (through CNAMEs) and its TTL."""
+    query = wire.parse_query(wire.make_query(name, wire.TYPE_A))
+    reply = await upstreams.resolve(query)
+    for record in reply.message.section(wire.ANSWER):
+        if record.rtype == wire.TYPE_A and record.rdlength == 4:
+            address = ipaddress.IPv4Address(
+                reply.data[record.rdata_offset : record.rdata_offset + 4]
+            )
+            ttl = struct.unpack_from("!I", reply.data, record.ttl_offset)[0]
+            return address, ttl
+    raise ValueError(f"{name} has no A record")
+
+
+def with_address(config: Config, name: str, address: ipaddress.IPv4Address) -> Config:
+    """The config with every rule following `name` pointed at `address`."""
+    source = ipaddress.ip_network(f"{address}/32")
+    views = tuple(
+        replace(
+            view,
+            rules=tuple(
+                replace(r, source=source, active=True) if r.follow == name else r
+                for r in view.rules
+            ),
+        )
+        for view in config.views
+    )
+    return replace(config, views=views)
+
+
+def carry_over(old: Config, new: Config) -> Config:
+    """Keep what followed names resolved to across a reload of the file."""
+    known = {
+        r.follow: r.source.network_address
+        for v in old.views
+        for r in v.rules
+        if r.follow and r.active
+    }
+    for name in followed(new):
+        if current(new, name) is not None:  # the new config already knows (a follow update)
+            continue
+        address = known.get(name)
+        if isinstance(address, ipaddress.IPv4Address):
+            new = with_address(new, name, address)
+    return new
+
+
+def current(config: Config, name: str) -> ipaddress.IPv4Address | None:
+    for view in config.views:
+        for rule in view.rules:
+            if rule.follow == name and rule.active:
+                address = rule.source.network_address
+                return address if isinstance(address, ipaddress.IPv4Address) else None
+    return None
+
+
+async def follow_forever(server: Server) -> None:
+    """Re-resolve followed names as their TTLs expire; runs until cancelled."""
+    while True:
+        wait = MAX_WAIT
+        for name in sorted(followed(server.config)):
+            try:
+                address, ttl = await resolve_a(server.upstreams, name)
+            except (UpstreamFailure, ValueError, wire.WireError) as exc:
+                previous = current(server.config, name)
+                state = f"keeping {previous}" if previous else "its rules rewrite nothing yet"
+                log.warning("follow: cannot resolve %s (%s); %s", name, exc, state)
+                wait = min(wait, RETRY)
+                continue
+            previous = current(server.config, name)
+            if previous != address:
+                server.reload(with_address(server.config, name, address))
+                log.info("follow: %s is now %s (was %s)", name, address, previous or "unresolved")
+            wait = min(wait, max(MIN_WAIT, float(ttl)))
+        await asyncio.sleep(wait if followed(server.config) else RETRY)
