@@ -86,6 +86,7 @@ class Rule:
     target: IPNetwork
     names: tuple[NamePattern, ...] = ()
     follow: str | None = None  # `from: {follow: NAME}`: source is NAME's current address
+    interface: str | None = None  # `from: {interface: IFACE}`: the interface's IPv4 address
     active: bool = True  # False until a followed name has been resolved once
 
     def map(self, address: IPAddress) -> IPAddress:
@@ -103,9 +104,10 @@ class Rule:
 
         only = f" for {', '.join(map(str, self.names))}" if self.names else ""
         source = show(self.source)
-        if self.follow:
+        if self.follow or self.interface:
             now = source if self.active else "not resolved yet"
-            source = f"{{follow: {self.follow}}} ({now})"
+            what = f"follow: {self.follow}" if self.follow else f"interface: {self.interface}"
+            source = f"{{{what}}} ({now})"
         return f"{source} -> {show(self.target)}{only}"
 
 
@@ -332,14 +334,22 @@ def _rule(node: Node, index: int) -> Rule:
             raise node.error(f"missing '{needed}'")
     target = _network(keys["to"])
     if isinstance(keys["from"].raw, yaml.MappingNode):
-        follow = keys["from"].mapping(frozenset({"follow"}))
-        if "follow" not in follow:
-            raise keys["from"].error("a dynamic 'from' needs 'follow: NAME'")
-        name = _name(follow["follow"].text(), follow["follow"], wildcard_ok=False).suffix
+        dynamic = keys["from"].mapping(frozenset({"follow", "interface"}))
+        if len(dynamic) != 1:
+            raise keys["from"].error(
+                "a dynamic 'from' needs one of 'follow: NAME', 'interface: IFACE'"
+            )
         if target.version != 4 or target.prefixlen != 32:
-            raise keys["to"].error("with 'follow', 'to' must be one IPv4 address")
+            raise keys["to"].error("with 'follow' or 'interface', 'to' must be one IPv4 address")
         placeholder = ipaddress.ip_network("0.0.0.0/32")
-        return Rule(index, placeholder, target, _rule_names(keys), follow=name, active=False)
+        names = _rule_names(keys)
+        if "interface" in dynamic:
+            iface = dynamic["interface"].text()
+            if not 0 < len(iface) <= 15 or "/" in iface or " " in iface:
+                raise dynamic["interface"].error(f"{iface!r} is not an interface name")
+            return Rule(index, placeholder, target, names, interface=iface, active=False)
+        name = _name(dynamic["follow"].text(), dynamic["follow"], wildcard_ok=False).suffix
+        return Rule(index, placeholder, target, names, follow=name, active=False)
     source = _network(keys["from"])
     if source.version != target.version:
         raise keys["to"].error(f"{target} is IPv{target.version} but 'from' is IPv{source.version}")
@@ -406,7 +416,11 @@ def _view(node: Node, earlier: list[View]) -> View:
     for i, item in enumerate(keys["rewrite"].items() if "rewrite" in keys else []):
         rule = _rule(item, i)
         for earlier_rule in rules:
-            same_from = (earlier_rule.source, earlier_rule.follow) == (rule.source, rule.follow)
+            same_from = (earlier_rule.source, earlier_rule.follow, earlier_rule.interface) == (
+                rule.source,
+                rule.follow,
+                rule.interface,
+            )
             if same_from and set(earlier_rule.names) == set(rule.names):
                 raise item.error(
                     f"same 'from' {rule.source} as rewrite[{earlier_rule.index}] for the same "

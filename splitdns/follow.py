@@ -1,21 +1,24 @@
-"""Dynamic public addresses: `from: {follow: home.example.net}` tracks a DDNS name.
+"""Dynamic public addresses: `from: {follow: NAME}` or `from: {interface: IFACE}`.
 
-The name is resolved through the configured upstreams and again when its TTL runs out (at
-least every second, at most every hour). A change is applied like a reload (the view's cached
-answers are dropped) and logged; until the first answer arrives the rule rewrites nothing.
+A followed name is resolved through the configured upstreams and again when its TTL runs out
+(at least every second, at most every hour); an interface's IPv4 address is read every
+INTERFACE_POLL seconds. A change is applied like a reload (the view's cached answers are
+dropped) and logged; until the first address is known the rule rewrites nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import logging
+import socket
 import struct
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from splitdns import wire
-from splitdns.config import Config
+from splitdns.config import Config, Rule
 from splitdns.upstream import UpstreamFailure, Upstreams
 
 if TYPE_CHECKING:
@@ -24,10 +27,31 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_WAIT, MAX_WAIT, RETRY = 1.0, 3600.0, 10.0
+INTERFACE_POLL = 10.0
+SIOCGIFADDR = 0x8915
+
+
+def source_key(rule: Rule) -> str | None:
+    """What a dynamic rule tracks: "dns:NAME" or "if:IFACE" (None for a literal `from`)."""
+    if rule.follow:
+        return f"dns:{rule.follow}"
+    if rule.interface:
+        return f"if:{rule.interface}"
+    return None
 
 
 def followed(config: Config) -> set[str]:
-    return {r.follow for v in config.views for r in v.rules if r.follow}
+    return {k for v in config.views for r in v.rules if (k := source_key(r)) is not None}
+
+
+def interface_address(name: str) -> ipaddress.IPv4Address:
+    """The interface's (first) IPv4 address, by ioctl: no subprocess, works as nobody."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            raw = fcntl.ioctl(sock.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+        except OSError as exc:
+            raise ValueError(f"interface {name}: {exc.strerror or exc}") from None
+    return ipaddress.IPv4Address(raw[20:24])
 
 
 async def resolve_a(upstreams: Upstreams, name: str) -> tuple[ipaddress.IPv4Address, int]:
@@ -44,14 +68,14 @@ async def resolve_a(upstreams: Upstreams, name: str) -> tuple[ipaddress.IPv4Addr
     raise ValueError(f"{name} has no A record")
 
 
-def with_address(config: Config, name: str, address: ipaddress.IPv4Address) -> Config:
-    """The config with every rule following `name` pointed at `address`."""
+def with_address(config: Config, key: str, address: ipaddress.IPv4Address) -> Config:
+    """The config with every rule tracking `key` pointed at `address`."""
     source = ipaddress.ip_network(f"{address}/32")
     views = tuple(
         replace(
             view,
             rules=tuple(
-                replace(r, source=source, active=True) if r.follow == name else r
+                replace(r, source=source, active=True) if source_key(r) == key else r
                 for r in view.rules
             ),
         )
@@ -63,10 +87,10 @@ def with_address(config: Config, name: str, address: ipaddress.IPv4Address) -> C
 def carry_over(old: Config, new: Config) -> Config:
     """Keep what followed names resolved to across a reload of the file."""
     known = {
-        r.follow: r.source.network_address
+        source_key(r): r.source.network_address
         for v in old.views
         for r in v.rules
-        if r.follow and r.active
+        if source_key(r) and r.active
     }
     for name in followed(new):
         if current(new, name) is not None:  # the new config already knows (a follow update)
@@ -77,10 +101,10 @@ def carry_over(old: Config, new: Config) -> Config:
     return new
 
 
-def current(config: Config, name: str) -> ipaddress.IPv4Address | None:
+def current(config: Config, key: str) -> ipaddress.IPv4Address | None:
     for view in config.views:
         for rule in view.rules:
-            if rule.follow == name and rule.active:
+            if source_key(rule) == key and rule.active:
                 address = rule.source.network_address
                 return address if isinstance(address, ipaddress.IPv4Address) else None
     return None
@@ -90,18 +114,22 @@ async def follow_forever(server: Server) -> None:
     """Re-resolve followed names as their TTLs expire; runs until cancelled."""
     while True:
         wait = MAX_WAIT
-        for name in sorted(followed(server.config)):
+        for key in sorted(followed(server.config)):
+            kind, _, name = key.partition(":")
             try:
-                address, ttl = await resolve_a(server.upstreams, name)
+                if kind == "dns":
+                    address, ttl = await resolve_a(server.upstreams, name)
+                else:
+                    address, ttl = interface_address(name), int(INTERFACE_POLL)
             except (UpstreamFailure, ValueError, wire.WireError) as exc:
-                previous = current(server.config, name)
+                previous = current(server.config, key)
                 state = f"keeping {previous}" if previous else "its rules rewrite nothing yet"
                 log.warning("follow: cannot resolve %s (%s); %s", name, exc, state)
                 wait = min(wait, RETRY)
                 continue
-            previous = current(server.config, name)
+            previous = current(server.config, key)
             if previous != address:
-                server.reload(with_address(server.config, name, address))
+                server.reload(with_address(server.config, key, address))
                 log.info("follow: %s is now %s (was %s)", name, address, previous or "unresolved")
             wait = min(wait, max(MIN_WAIT, float(ttl)))
         await asyncio.sleep(wait if followed(server.config) else RETRY)

@@ -450,3 +450,23 @@ def test_follow_switches_the_rewrite_when_the_ddns_name_moves(
         assert a_values(proc.query("www.example.test")) == ["203.0.113.7"]
     finally:
         assert proc.stop() == 0
+
+
+def test_interface_source_reads_the_interfaces_address(tmp_path: Path, fake: FakeUpstream) -> None:
+    from splitdns.follow import interface_address
+
+    assert str(interface_address("lo")) == "127.0.0.1"
+    with pytest.raises(ValueError, match="interface nosuchif0"):
+        interface_address("nosuchif0")
+    fake.add("www.example.test. 60 IN A 127.0.0.1")
+    text = (
+        f'upstreams: ["{fake.address}"]\n'
+        "views:\n  - name: lan\n    clients: [127.0.0.1/32]\n    rewrite:\n"
+        "      - {from: {interface: lo}, to: 192.0.2.2}\n"
+    )
+    proc = SplitDNS(tmp_path, text)
+    try:
+        proc.wait_for("follow: lo is now 127.0.0.1 (was unresolved)")
+        assert a_values(proc.query("www.example.test")) == ["192.0.2.2"]
+    finally:
+        assert proc.stop() == 0

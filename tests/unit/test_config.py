@@ -103,7 +103,8 @@ GOOD_VIEW = "views:\n  - name: lan\n    clients: [192.168.1.0/24]\n"
         (
             GOOD_VIEW + "    rewrite:\n      - from: {follow: home.example.net}\n"
             "        to: 192.168.1.0/29\n",
-            "t.yaml:6: views[0].rewrite[0].to: with 'follow', 'to' must be one IPv4 address",
+            "t.yaml:6: views[0].rewrite[0].to: with 'follow' or 'interface', 'to' must be one "
+            "IPv4 address",
         ),
         (
             GOOD_VIEW
