@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--type", default="A", dest="qtype", metavar="TYPE", help="query type")
     explain.add_argument("--upstream", action="append", metavar="HOST[:PORT]", help="override")
 
+    doctor = sub.add_parser("doctor", help="check a live setup, one verdict per line")
+    doctor.add_argument("--version", action="version", version=version)
+    doctor.add_argument("-c", "--config", metavar="FILE", required=True, help="zone mapping")
+    doctor.add_argument("--ddns", metavar="NAME", help="the DDNS name of the public address")
+    doctor.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
+
     health = sub.add_parser("health", help="ask a running server; exit 0 if it answers, else 1")
     health.add_argument("--version", action="version", version=version)
     health.add_argument("--server", default="127.0.0.1:5353", metavar="HOST:PORT")
@@ -108,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _nat(args.config, args.target, args.hairpin)
     if args.command == "explain":
         return _explain(args)
+    if args.command == "doctor":
+        return _doctor(args.config, args.ddns, args.timeout)
     if args.command == "health":
         return _health(args.server, args.timeout)
     if args.command == "lab":
@@ -201,6 +209,20 @@ def _explain(args: argparse.Namespace) -> int:
         return 2
     print("\n".join(lines))
     return 0
+
+
+def _doctor(path: str, ddns: str | None, timeout: float) -> int:
+    from splitdns.doctor import FAIL, diagnose
+
+    try:
+        config = configmod.load(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    verdicts = asyncio.run(diagnose(config, ddns, timeout))
+    for verdict in verdicts:
+        print(verdict)
+    return 1 if any(v.level == FAIL for v in verdicts) else 0
 
 
 def _health(server: str, timeout: float) -> int:
