@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +61,45 @@ def test_lab_command_prints_the_story() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("PASS") == 8 and "FAIL  " not in out.stdout
     assert "3b." in out.stdout and lab.CLIENT in out.stdout
+
+
+def test_doctor_tells_whether_the_router_hairpins(tmp_path: Path) -> None:
+    from splitdns import config, nat
+
+    with lab.Lab() as net:
+        text = lab.lab_config(net, lab.DEFAULT_FORWARDS, 53)
+        conf = tmp_path / "lab.yaml"
+        conf.write_text(text.replace('upstreams: ["198.51.100.53"]', 'upstreams: ["192.0.2.1"]'))
+        cfg = config.loads(text, "lab.yaml")
+        assert cfg.nat is not None
+        net.start_peer_server(80, 443)
+
+        def doctor() -> list[str]:
+            out = net.exec(
+                "client",
+                sys.executable,
+                "-m",
+                "splitdns",
+                "doctor",
+                "-c",
+                str(conf),
+                "--timeout",
+                "1",
+                check=False,
+                timeout=60,
+            )
+            return [line for line in out.splitlines() if "forward[" in line]
+
+        targets = config.rewrite_targets(cfg)
+        net.load_rules(nat.render(cfg.nat, "nftables", "none", targets, "lab"), "nftables")
+        without = doctor()
+        net.load_rules(nat.render(cfg.nat, "nftables", "all", targets, "lab"), "nftables")
+        with_rules = doctor()
+    assert without[0].startswith(
+        "warn  forward[0] tcp/80 -> 192.0.2.2: not reachable via 203.0.113.1:80"
+    )
+    assert "does not hairpin" in without[0]
+    assert with_rules[0].startswith(
+        "ok    forward[0] tcp/80 -> 192.0.2.2: reached via 203.0.113.1:80"
+    )
+    assert with_rules[1].startswith("ok    forward[1] tcp/8443 -> 192.0.2.2:443: reached")
