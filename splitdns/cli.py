@@ -139,7 +139,7 @@ def summary(config: Config) -> list[str]:
         lines.append("views: none (allowed clients get plain forwarding)")
     if config.nat is not None:
         lines.append(
-            f"nat: public {config.nat.public}, wan {config.nat.wan_interface}, "
+            f"nat: public {_public_text(config)}, wan {config.nat.wan_interface}, "
             f"lan {config.nat.lan_interface} ({', '.join(map(str, config.nat.lan))}), "
             f"{len(config.nat.forwards)} forward(s)"
         )
@@ -156,6 +156,17 @@ def summary(config: Config) -> list[str]:
         for pattern, addresses in view.hosts.wildcards:
             lines.append(f"  host {pattern} -> {', '.join(map(str, addresses))}")
     return lines
+
+
+def _public_text(config: Config) -> str:
+    nat = config.nat
+    if nat is None:
+        return "-"
+    if nat.public_follow:
+        return f"{{follow: {nat.public_follow}}}"
+    if nat.public_interface:
+        return f"{{interface: {nat.public_interface}}}"
+    return str(nat.public)
 
 
 def _check(path: str) -> int:
@@ -183,9 +194,18 @@ def _nat(path: str, target: str, hairpin: str) -> int:
     if config.nat is None:
         print(f"{path}: no 'nat:' section to render", file=sys.stderr)
         return 1
-    sys.stdout.write(
-        nat.render(config.nat, target, hairpin, configmod.rewrite_targets(config), path)
-    )
+    from splitdns.follow import resolved_nat
+    from splitdns.upstream import UpstreamFailure
+
+    try:
+        settings = asyncio.run(resolved_nat(config))
+    except (ValueError, UpstreamFailure) as exc:
+        print(f"{path}: nat.public {_public_text(config)}: {exc}", file=sys.stderr)
+        return 1
+    assert settings is not None
+    if settings.dynamic:
+        print(f"# nat.public {_public_text(config)} is {settings.public} now")
+    sys.stdout.write(nat.render(settings, target, hairpin, configmod.rewrite_targets(config), path))
     return 0
 
 

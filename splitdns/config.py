@@ -580,7 +580,7 @@ def cross_check(config: Config) -> list[str]:
                     f"views.{view.name}.rewrite[{rule.index}]: {rule.target.network_address} is "
                     "not the target of any nat forward"
                 )
-            if nat.public not in rule.source:
+            if not nat.dynamic and nat.public not in rule.source:
                 warnings.append(
                     f"views.{view.name}.rewrite[{rule.index}]: 'from' {rule.source} does not "
                     f"contain nat.public {nat.public}"

@@ -128,14 +128,18 @@ async def check_public(config: Config, ddns: str | None) -> list[Verdict]:
 
 
 async def check_hairpin(config: Config, timeout: float) -> list[Verdict]:
-    if config.nat is None:
+    try:
+        nat = await follow.resolved_nat(config)
+    except (ValueError, UpstreamFailure) as exc:
+        return [Verdict(FAIL, f"nat.public: no current address ({exc})")]
+    if nat is None:
         return []
     out = []
-    for fwd in config.nat.forwards:
+    for fwd in nat.forwards:
         if fwd.proto != "tcp":
             out.append(Verdict(WARN, f"{fwd.describe()}: UDP cannot be probed; skipped"))
             continue
-        target = (str(config.nat.public), fwd.ports.low)
+        target = (str(nat.public), fwd.ports.low)
         try:
             async with asyncio.timeout(timeout):
                 _, writer = await asyncio.open_connection(*target)

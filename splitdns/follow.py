@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from splitdns import wire
 from splitdns.config import Config, Rule
+from splitdns.nat.model import NatSettings
 from splitdns.upstream import UpstreamFailure, Upstreams
 
 if TYPE_CHECKING:
@@ -133,3 +134,19 @@ async def follow_forever(server: Server) -> None:
                 log.info("follow: %s is now %s (was %s)", name, address, previous or "unresolved")
             wait = min(wait, max(MIN_WAIT, float(ttl)))
         await asyncio.sleep(wait if followed(server.config) else RETRY)
+
+
+async def resolved_nat(config: Config) -> NatSettings | None:
+    """The `nat:` section with a dynamic `public` replaced by its current address.
+
+    Raises ValueError (or UpstreamFailure) when the address cannot be found.
+    """
+    nat = config.nat
+    if nat is None or not nat.dynamic:
+        return nat
+    if nat.public_follow:
+        ups = Upstreams(config.upstreams, config.timeout)
+        address, _ = await resolve_a(ups, nat.public_follow)
+    else:
+        address = interface_address(nat.public_interface or "")
+    return replace(nat, public=address)

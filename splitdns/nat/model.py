@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 
+import yaml
+
 from splitdns.configtree import Node
 
 PROTOCOLS = ("tcp", "udp")
@@ -61,6 +63,12 @@ class NatSettings:
     lan_interface: str
     lan: tuple[ipaddress.IPv4Network, ...]
     forwards: tuple[PortForward, ...]
+    public_follow: str | None = None  # `public: {follow: NAME}`: resolved when rules are made
+    public_interface: str | None = None  # `public: {interface: IFACE}`
+
+    @property
+    def dynamic(self) -> bool:
+        return bool(self.public_follow or self.public_interface)
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,18 @@ def parse_nat(node: Node) -> NatSettings:
     for needed in ("public", "lan", "forwards"):
         if needed not in keys:
             raise node.error(f"missing '{needed}'")
-    public = _ipv4(keys["public"])
+    follow_name = interface_name = None
+    if isinstance(keys["public"].raw, yaml.MappingNode):
+        dynamic = keys["public"].mapping(frozenset({"follow", "interface"}))
+        if len(dynamic) != 1:
+            raise keys["public"].error("needs an address, {follow: NAME} or {interface: IFACE}")
+        if "follow" in dynamic:
+            follow_name = dynamic["follow"].text().strip().lower().rstrip(".")
+        else:
+            interface_name = _interface(dynamic["interface"])
+        public = ipaddress.IPv4Address(0)
+    else:
+        public = _ipv4(keys["public"])
     wan = _interface(keys["wan_interface"]) if "wan_interface" in keys else "wan"
     lan_if = _interface(keys["lan_interface"]) if "lan_interface" in keys else "lan"
     lan: list[ipaddress.IPv4Network] = []
@@ -157,7 +176,9 @@ def parse_nat(node: Node) -> NatSettings:
             ):
                 raise fkeys["port"].error(f"overlaps {other.describe()}")
         forwards.append(forward)
-    return NatSettings(public, wan, lan_if, tuple(lan), tuple(forwards))
+    return NatSettings(
+        public, wan, lan_if, tuple(lan), tuple(forwards), follow_name, interface_name
+    )
 
 
 # --------------------------------------------------------------------------- rules

@@ -470,3 +470,32 @@ def test_interface_source_reads_the_interfaces_address(tmp_path: Path, fake: Fak
         assert a_values(proc.query("www.example.test")) == ["192.0.2.2"]
     finally:
         assert proc.stop() == 0
+
+
+@pytest.mark.parametrize("source", ["follow", "interface"])
+def test_nat_public_may_be_dynamic(tmp_path: Path, fake: FakeUpstream, source: str) -> None:
+    fake.add("home.example.test. 60 IN A 203.0.113.9")
+    public = "{follow: home.example.test}" if source == "follow" else "{interface: lo}"
+    expected = "203.0.113.9" if source == "follow" else "127.0.0.1"
+    conf = tmp_path / "nat.yaml"
+    conf.write_text(
+        f'upstreams: ["{fake.address}"]\n'
+        f"nat:\n  public: {public}\n  lan: [192.0.2.0/24]\n"
+        "  forwards: [{proto: tcp, port: 80, to: 192.0.2.2}]\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "splitdns", "nat", "-c", str(conf), "--target", "nftables"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"# nat.public {public} is {expected} now" in out.stdout
+    assert f"ip daddr {expected} tcp dport 80 dnat to 192.0.2.2" in out.stdout
+    check = subprocess.run(
+        [sys.executable, "-m", "splitdns", "check", "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert f"nat: public {public}" in check.stdout
