@@ -14,10 +14,8 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from splitdns.cache import CacheSettings
-from splitdns.configtree import ConfigError, Node, parse
+from splitdns.configtree import ConfigError, Node, dynamic_source, parse
 from splitdns.nat.model import NatSettings, parse_nat
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -333,23 +331,21 @@ def _rule(node: Node, index: int) -> Rule:
         if needed not in keys:
             raise node.error(f"missing '{needed}'")
     target = _network(keys["to"])
-    if isinstance(keys["from"].raw, yaml.MappingNode):
-        dynamic = keys["from"].mapping(frozenset({"follow", "interface"}))
-        if len(dynamic) != 1:
-            raise keys["from"].error(
-                "a dynamic 'from' needs one of 'follow: NAME', 'interface: IFACE'"
-            )
+    dynamic = dynamic_source(keys["from"])
+    if dynamic is not None:
         if target.version != 4 or target.prefixlen != 32:
             raise keys["to"].error("with 'follow' or 'interface', 'to' must be one IPv4 address")
+        kind, value = dynamic
         placeholder = ipaddress.ip_network("0.0.0.0/32")
-        names = _rule_names(keys)
-        if "interface" in dynamic:
-            iface = dynamic["interface"].text()
-            if not 0 < len(iface) <= 15 or "/" in iface or " " in iface:
-                raise dynamic["interface"].error(f"{iface!r} is not an interface name")
-            return Rule(index, placeholder, target, names, interface=iface, active=False)
-        name = _name(dynamic["follow"].text(), dynamic["follow"], wildcard_ok=False).suffix
-        return Rule(index, placeholder, target, names, follow=name, active=False)
+        return Rule(
+            index,
+            placeholder,
+            target,
+            _rule_names(keys),
+            follow=value if kind == "follow" else None,
+            interface=value if kind == "interface" else None,
+            active=False,
+        )
     source = _network(keys["from"])
     if source.version != target.version:
         raise keys["to"].error(f"{target} is IPv{target.version} but 'from' is IPv{source.version}")

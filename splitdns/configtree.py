@@ -147,6 +147,25 @@ class Node:
         return repr(_scalar_value(self.raw))
 
 
+def dynamic_source(node: Node) -> tuple[str, str] | None:
+    """`{follow: NAME}` -> ("follow", name) or `{interface: IFACE}` -> ("interface", iface);
+    None when the node is a plain value (a literal address)."""
+    if not isinstance(node.raw, yaml.MappingNode):
+        return None
+    keys = node.mapping(frozenset({"follow", "interface"}))
+    if len(keys) != 1:
+        raise node.error("a dynamic address needs one of 'follow: NAME', 'interface: IFACE'")
+    if "interface" in keys:
+        iface = keys["interface"].text()
+        if not 0 < len(iface) <= 15 or any(c in iface for c in " \"'/;\\"):
+            raise keys["interface"].error(f"{iface!r} is not an interface name")
+        return "interface", iface
+    name = keys["follow"].text().strip().lower().rstrip(".")
+    if not name or any(not 0 < len(label) <= 63 for label in name.split(".")):
+        raise keys["follow"].error(f"{name!r} is not a valid domain name")
+    return "follow", name
+
+
 def _scalar_value(node: yaml.Node) -> Any:
     """The typed value of a scalar node, by YAML's safe rules (ints, bools, strings...)."""
     if not isinstance(node, yaml.ScalarNode):

@@ -10,9 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 
-import yaml
-
-from splitdns.configtree import Node
+from splitdns.configtree import Node, dynamic_source
 
 PROTOCOLS = ("tcp", "udp")
 HAIRPIN_MODES = ("needed", "all", "none")
@@ -125,18 +123,10 @@ def parse_nat(node: Node) -> NatSettings:
     for needed in ("public", "lan", "forwards"):
         if needed not in keys:
             raise node.error(f"missing '{needed}'")
-    follow_name = interface_name = None
-    if isinstance(keys["public"].raw, yaml.MappingNode):
-        dynamic = keys["public"].mapping(frozenset({"follow", "interface"}))
-        if len(dynamic) != 1:
-            raise keys["public"].error("needs an address, {follow: NAME} or {interface: IFACE}")
-        if "follow" in dynamic:
-            follow_name = dynamic["follow"].text().strip().lower().rstrip(".")
-        else:
-            interface_name = _interface(dynamic["interface"])
-        public = ipaddress.IPv4Address(0)
-    else:
-        public = _ipv4(keys["public"])
+    dynamic = dynamic_source(keys["public"])
+    follow_name = dynamic[1] if dynamic and dynamic[0] == "follow" else None
+    interface_name = dynamic[1] if dynamic and dynamic[0] == "interface" else None
+    public = ipaddress.IPv4Address(0) if dynamic else _ipv4(keys["public"])
     wan = _interface(keys["wan_interface"]) if "wan_interface" in keys else "wan"
     lan_if = _interface(keys["lan_interface"]) if "lan_interface" in keys else "lan"
     lan: list[ipaddress.IPv4Network] = []
