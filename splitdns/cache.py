@@ -162,14 +162,23 @@ class Cache:
     def enabled(self) -> bool:
         return self.settings.size > 0
 
-    def get(self, key: Key, now: float) -> Entry | None:
-        """A fresh entry, counted as a hit, or None (counted as a miss)."""
+    def fresh(self, key: Key, now: float) -> Entry | None:
+        """A fresh entry, or None; counts nothing (the cache-hit fast path counts its answers,
+        and leaves everything else to `get` in the chain, so nothing is counted twice)."""
         entry = self._entries.get(key)
         if entry is not None and entry.expires > now:
             self._entries.move_to_end(key)
+            return entry
+        return None
+
+    def get(self, key: Key, now: float) -> Entry | None:
+        """A fresh entry, counted as a hit, or None (counted as a miss)."""
+        entry = self.fresh(key, now)
+        if entry is not None:
             self.stats.hits += 1
             return entry
         self.stats.misses += 1
+        entry = self._entries.get(key)
         if entry is not None and not self._may_serve_stale(entry, now):
             self._drop(key)
         return None
@@ -185,11 +194,18 @@ class Cache:
     def _may_serve_stale(self, entry: Entry, now: float) -> bool:
         return self.settings.serve_stale and now < entry.expires + self.settings.stale_max_age
 
+    def prefetch_due(self, entry: Entry, now: float) -> bool:
+        """In its last tenth of life and not yet being refreshed (entries of TTL >= 10 s)."""
+        return (
+            self.settings.prefetch
+            and not entry.prefetching
+            and entry.ttl >= 10
+            and entry.expires - now <= entry.ttl / 10
+        )
+
     def wants_prefetch(self, entry: Entry, now: float) -> bool:
         """Refresh an entry in its last tenth of life (at most once), so hits never miss."""
-        if not self.settings.prefetch or entry.prefetching or entry.ttl < 10:
-            return False
-        if entry.expires - now > entry.ttl / 10:
+        if not self.prefetch_due(entry, now):
             return False
         entry.prefetching = True
         self.stats.prefetches += 1

@@ -239,13 +239,10 @@ class Server:
             return None
         key = (view, data[12:name_end].lower(), data[name_end:qend], do, bool(flags & wire.CD))
         now = self.cache.clock()
-        entry = self.cache.get(key, now)
-        if entry is None or (
-            self.cache.settings.prefetch and self.cache.wants_prefetch(entry, now)
-        ):
-            if entry is not None:
-                entry.prefetching = False  # let the chain's cache link start the refresh
-            return None
+        entry = self.cache.fresh(key, now)
+        if entry is None or self.cache.prefetch_due(entry, now):
+            return None  # the chain's cache link counts it and starts any refresh
+        self.cache.stats.hits += 1
         answer = wire.assemble(msg_id, flags, data[12:qend], entry.aged(now), edns, do, limit)
         self.counts.query("udp", (data[name_end] << 8) | data[name_end + 1], "cached")
         if self.querylog.enabled:

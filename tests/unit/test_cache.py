@@ -305,3 +305,11 @@ def test_reload_keeps_entries_of_unchanged_views_only() -> None:
     assert len(ups.asked) == 3  # only the changed view asked again
     same = server.reload(changed)
     assert "0 cache entries of changed views dropped" in same
+
+
+def test_hits_and_misses_are_counted_once() -> None:
+    server, _, _ = make()
+    ask(server, query("www.example.test."))  # fast path declines, the chain misses
+    assert (server.cache.stats.hits, server.cache.stats.misses) == (0, 1)
+    ask(server, query("www.example.test."))  # answered on the fast path
+    assert (server.cache.stats.hits, server.cache.stats.misses) == (1, 1)
