@@ -418,6 +418,15 @@ def test_metrics_endpoint_parses_and_counters_move(tmp_path: Path, upstream: Fak
         urllib.request.urlopen(f"http://127.0.0.1:{mport}/healthz", timeout=2)
 
 
+def dynamic_rule(upstream: FakeUpstream, source: str) -> str:
+    """A LAN view (127.0.0.1) whose one rule rewrites a dynamic `from` to 192.0.2.2."""
+    return (
+        f'upstreams: ["{upstream.address}"]\n'
+        "views:\n  - name: lan\n    clients: [127.0.0.1/32]\n    rewrite:\n"
+        f"      - {{from: {source}, to: 192.0.2.2}}\n"
+    )
+
+
 def test_follow_switches_the_rewrite_when_the_ddns_name_moves(
     tmp_path: Path, fake: FakeUpstream
 ) -> None:
@@ -428,12 +437,7 @@ def test_follow_switches_the_rewrite_when_the_ddns_name_moves(
         "www.example.test. 1 IN A 203.0.113.7",
         "new.example.test. 1 IN A 203.0.113.8",
     )
-    text = (
-        f'upstreams: ["{fake.address}"]\n'
-        "views:\n  - name: lan\n    clients: [127.0.0.1/32]\n    rewrite:\n"
-        "      - {from: {follow: home.example.test}, to: 192.0.2.2}\n"
-    )
-    proc = SplitDNS(tmp_path, text)
+    proc = SplitDNS(tmp_path, dynamic_rule(fake, "{follow: home.example.test}"))
     try:
         proc.wait_for("follow: home.example.test is now 203.0.113.7 (was unresolved)")
         assert a_values(proc.query("www.example.test")) == ["192.0.2.2"]
@@ -459,12 +463,7 @@ def test_interface_source_reads_the_interfaces_address(tmp_path: Path, fake: Fak
     with pytest.raises(ValueError, match="interface nosuchif0"):
         interface_address("nosuchif0")
     fake.add("www.example.test. 60 IN A 127.0.0.1")
-    text = (
-        f'upstreams: ["{fake.address}"]\n'
-        "views:\n  - name: lan\n    clients: [127.0.0.1/32]\n    rewrite:\n"
-        "      - {from: {interface: lo}, to: 192.0.2.2}\n"
-    )
-    proc = SplitDNS(tmp_path, text)
+    proc = SplitDNS(tmp_path, dynamic_rule(fake, "{interface: lo}"))
     try:
         proc.wait_for("follow: lo is now 127.0.0.1 (was unresolved)")
         assert a_values(proc.query("www.example.test")) == ["192.0.2.2"]
