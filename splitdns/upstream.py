@@ -45,9 +45,6 @@ class UpstreamStats:
     """Counters other parts (metrics, tests) read; kept here so the hot path stays simple."""
 
     forged: int = 0
-    timeouts: int = 0
-    errors: int = 0
-    answered: int = 0
     # per upstream: error counts by kind, and latency histogram counts (see metrics.BUCKETS)
     errors_by: dict[tuple[str, str], int] = field(default_factory=dict)
     latency: dict[str, list[float]] = field(default_factory=dict)
@@ -209,12 +206,10 @@ class Upstreams:
             try:
                 reply = await transport.exchange(query, share)
             except TimeoutError:
-                self.stats.timeouts += 1
                 self.stats.failed(transport.name, "timeout")
                 problems.append(f"{transport.name}: timeout after {share * 1000:.0f} ms")
                 continue
             except (OSError, EOFError, asyncio.IncompleteReadError, struct.error) as exc:
-                self.stats.errors += 1
                 self.stats.failed(transport.name, "network")
                 problems.append(f"{transport.name}: {exc or type(exc).__name__}")
                 continue
@@ -226,6 +221,5 @@ class Upstreams:
                 )
                 problems.append(f"{transport.name}: rcode {rcode}")
                 continue
-            self.stats.answered += 1
             return reply
         raise UpstreamFailure("; ".join(problems) or "deadline passed")
