@@ -135,6 +135,15 @@ def summary(config: Config) -> list[str]:
         f"allow: {', '.join(map(str, config.allow))}",
         f"timeout: {config.timeout:g} s",
     ]
+    fwd = config.forwarding
+    for domain, specs in fwd.domains:
+        lines.append(f"upstreams for {domain}: {', '.join(map(str, specs))}")
+    if fwd.domains or fwd.strategy != "failover":
+        lines.append(f"upstream strategy: {fwd.strategy}")
+    lines.append(
+        "private reverse zones (RFC 6303): "
+        + ("answered locally" if fwd.local_reverse else "forwarded")
+    )
     if not config.views:
         lines.append("views: none (allowed clients get plain forwarding)")
     if config.nat is not None:
@@ -314,6 +323,8 @@ def _lab(path: str | None, rules: str) -> int:
 def startup_line(config: Config, server: Server, loop: str, user: str | None) -> str:
     listening = ", ".join(f"{ep} ({kind})" for kind, ep in server.bound)
     ups = ", ".join(map(str, config.upstreams)) or "NONE (every query gets SERVFAIL)"
+    if config.forwarding.domains:
+        ups += f" + {len(config.forwarding.domains)} domain routes"
     if config.source == configmod.EMBEDDED_SOURCE:
         what = "embedded default config: no rewrites until configured (splitdns serve -c FILE)"
     else:

@@ -17,6 +17,7 @@ from pathlib import Path
 from splitdns.cache import CacheSettings
 from splitdns.configtree import ConfigError, Node, dynamic_source, parse
 from splitdns.nat.model import NatSettings, parse_nat
+from splitdns.upstreamspec import Forwarding, UpstreamSpec, parse_upstream, upstreams_from_node
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -177,8 +178,9 @@ class Config:
 
     source: str
     listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 5353),)
-    upstreams: tuple[Endpoint, ...] = ()
+    upstreams: tuple[UpstreamSpec, ...] = ()  # the default list (see forwarding for domains)
     upstreams_origin: str = "config"
+    forwarding: Forwarding = field(default_factory=Forwarding)
     allow: tuple[IPNetwork, ...] = PRIVATE_RANGES
     views: tuple[View, ...] = ()
     timeout: float = DEFAULT_TIMEOUT
@@ -207,7 +209,7 @@ class Config:
         if upstreams:
             changed = replace(
                 changed,
-                upstreams=tuple(parse_endpoint(x, 53) for x in upstreams),
+                upstreams=tuple(parse_upstream(x) for x in upstreams),
                 upstreams_origin="command line",
             )
         return changed
@@ -492,8 +494,12 @@ def from_node(root: Node) -> Config:
             raise keys["listen"].error("must list at least one address")
         config = replace(config, listen=tuple(_endpoint(i, 53) for i in items))
     if "upstreams" in keys:
-        ups = tuple(_endpoint(i, 53) for i in keys["upstreams"].items(allow_scalar=True))
-        config = replace(config, upstreams=ups)
+        ups, forwarding = upstreams_from_node(keys["upstreams"])
+        config = replace(config, upstreams=ups, forwarding=forwarding)
+        if not ups and not forwarding.domains:
+            config = replace(
+                config, upstreams=resolv_conf_upstreams(), upstreams_origin=RESOLV_CONF
+            )
     else:
         config = replace(config, upstreams=resolv_conf_upstreams(), upstreams_origin=RESOLV_CONF)
     if "allow" in keys:
@@ -606,9 +612,9 @@ def load_default() -> Config:
     return loads(text, EMBEDDED_SOURCE)
 
 
-def resolv_conf_upstreams(path: str = RESOLV_CONF) -> tuple[Endpoint, ...]:
+def resolv_conf_upstreams(path: str = RESOLV_CONF) -> tuple[UpstreamSpec, ...]:
     """`nameserver` lines of resolv.conf (scoped link-local addresses are skipped)."""
-    found: list[Endpoint] = []
+    found: list[UpstreamSpec] = []
     try:
         lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -617,7 +623,7 @@ def resolv_conf_upstreams(path: str = RESOLV_CONF) -> tuple[Endpoint, ...]:
         parts = line.split()
         if len(parts) >= 2 and parts[0] == "nameserver" and "%" not in parts[1]:
             try:
-                found.append(Endpoint(str(ipaddress.ip_address(parts[1])), 53))
+                found.append(UpstreamSpec("dns", str(ipaddress.ip_address(parts[1])), 53))
             except ValueError:
                 continue
     return tuple(found)

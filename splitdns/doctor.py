@@ -15,12 +15,14 @@ import ipaddress
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from splitdns import follow, wire
 from splitdns.config import Config, Endpoint
-from splitdns.upstream import UpstreamFailure, Upstreams
+from splitdns.forwarder import Forwarder, every_upstream, only
+from splitdns.upstream import UpstreamFailure
+from splitdns.upstreamspec import UpstreamSpec
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -77,20 +79,23 @@ def check_listen(endpoint: Endpoint) -> Verdict:
     return Verdict(OK, f"listen {endpoint}: free")
 
 
-async def check_upstream(endpoint: Endpoint, timeout: float) -> Verdict:
+async def check_upstream(config: Config, spec: UpstreamSpec, timeout: float) -> Verdict:
     query = wire.parse_query(wire.make_query("", wire.TYPE_NS))
     began = time.monotonic()
+    forwarder = Forwarder(replace(only(config, spec), timeout=timeout))
     try:
-        reply = await Upstreams([endpoint], timeout).resolve(query)
+        reply = await forwarder.resolve(query)
     except UpstreamFailure as exc:
-        return Verdict(FAIL, f"upstream {endpoint}: no usable answer ({exc})")
+        return Verdict(FAIL, f"upstream {spec}: no usable answer ({exc})")
+    finally:
+        await forwarder.aclose()
     elapsed = (time.monotonic() - began) * 1000
-    return Verdict(OK, f"upstream {endpoint}: answered over {reply.transport} in {elapsed:.0f} ms")
+    return Verdict(OK, f"upstream {spec}: answered over {reply.transport} in {elapsed:.0f} ms")
 
 
 async def check_public(config: Config, ddns: str | None) -> list[Verdict]:
     out: list[Verdict] = []
-    ups = Upstreams(config.upstreams, config.timeout)
+    ups = Forwarder(config)
     current: ipaddress.IPv4Address | None = None
     if ddns:
         try:
@@ -160,8 +165,9 @@ async def check_hairpin(config: Config, timeout: float) -> list[Verdict]:
 
 async def diagnose(config: Config, ddns: str | None = None, timeout: float = 2.0) -> list[Verdict]:
     verdicts = [check_listen(e) for e in config.listen]
-    verdicts += await asyncio.gather(*(check_upstream(e, timeout) for e in config.upstreams))
-    if not config.upstreams:
+    upstreams = every_upstream(config)
+    verdicts += await asyncio.gather(*(check_upstream(config, s, timeout) for s in upstreams))
+    if not upstreams:
         verdicts.append(Verdict(FAIL, "upstreams: none configured"))
     verdicts += await check_public(config, ddns)
     verdicts += await check_hairpin(config, timeout)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from splitdns import localanswers, rewrite, wire
 from splitdns.config import Config
+from splitdns.forwarder import Forwarder
 from splitdns.server import Server
-from splitdns.upstream import UpstreamFailure, Upstreams
+from splitdns.upstream import UpstreamFailure
+from splitdns.upstreamspec import local_reverse_zone
 from splitdns.views import client_address, is_allowed, select_view
 
 
@@ -31,11 +33,19 @@ async def explain(config: Config, name: str, client: str, qtype: str) -> list[st
             out.append(f"hosts: answered locally from view {view.name}'s hosts (never forwarded)")
             out += [f"  {line}" for line in wire.answer_lines(local)]
             return out
+    zone = local_reverse_zone(config.forwarding, query.question.name)
+    if zone is not None:
+        out.append(f"reverse zone {zone}: private range, answered locally (RFC 6303) -> NXDOMAIN")
+        return out
+    forwarder = Forwarder(config)
+    out.append(f"route: {forwarder.describe(query.question.name)}")
     try:
-        reply = await Upstreams(config.upstreams, config.timeout).resolve(query)
+        reply = await forwarder.resolve(query)
     except UpstreamFailure as exc:
         out.append(f"upstream: all failed ({exc}) -> SERVFAIL")
         return out
+    finally:
+        await forwarder.aclose()
     bare, message = wire.strip_opt(reply.data, reply.message)
     out.append(f"upstream: {reply.upstream} answered over {reply.transport}:")
     out += [f"  {line}" for line in wire.answer_lines(bare)]

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 
 from splitdns import wire
 from splitdns.config import Config, Rule
+from splitdns.forwarder import Forwarder
 from splitdns.nat.model import NatSettings
-from splitdns.upstream import UpstreamFailure, Upstreams
+from splitdns.upstream import UpstreamFailure
 
 if TYPE_CHECKING:
     from splitdns.server import Server
@@ -55,7 +56,7 @@ def interface_address(name: str) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(raw[20:24])
 
 
-async def resolve_a(upstreams: Upstreams, name: str) -> tuple[ipaddress.IPv4Address, int]:
+async def resolve_a(upstreams: Forwarder, name: str) -> tuple[ipaddress.IPv4Address, int]:
     """The first A record for `name` (through CNAMEs) and its TTL."""
     query = wire.parse_query(wire.make_query(name, wire.TYPE_A))
     reply = await upstreams.resolve(query)
@@ -145,8 +146,11 @@ async def resolved_nat(config: Config) -> NatSettings | None:
     if nat is None or not nat.dynamic:
         return nat
     if nat.public_follow:
-        ups = Upstreams(config.upstreams, config.timeout)
-        address, _ = await resolve_a(ups, nat.public_follow)
+        ups = Forwarder(config)
+        try:
+            address, _ = await resolve_a(ups, nat.public_follow)
+        finally:
+            await ups.aclose()
     else:
         address = interface_address(nat.public_interface or "")
     return replace(nat, public=address)

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field, replace
 from splitdns import localanswers, rewrite, wire
 from splitdns.cache import Cache, make_key
 from splitdns.config import Config, IPAddress, View
-from splitdns.upstream import UpstreamFailure, Upstreams
+from splitdns.forwarder import Forwarder
+from splitdns.upstream import UpstreamFailure
+from splitdns.upstreamspec import Forwarding, local_reverse_zone
 from splitdns.views import is_allowed, select_view
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,24 @@ class LocalHosts:
             local = localanswers.answer(req.query, req.view)
             if local is not None:
                 return Response(local, Outcome.LOCAL)
+        return await self.next(req)
+
+
+class LocalReverse:
+    """Reverse lookups of private and special ranges (RFC 6303) are answered here, empty.
+
+    Sending them to a public resolver leaks the LAN's layout and gets nothing back; a
+    `upstreams.domains` entry (usually the router for its DHCP names) takes them over.
+    """
+
+    def __init__(self, forwarding: Forwarding, next_link: Handler) -> None:
+        self.forwarding = forwarding
+        self.next = next_link
+
+    async def __call__(self, req: Request) -> Response:
+        zone = local_reverse_zone(self.forwarding, req.query.question.name)
+        if zone is not None:
+            return Response(wire.make_empty_zone_answer(req.query, zone), Outcome.LOCAL)
         return await self.next(req)
 
 
@@ -279,7 +299,7 @@ class Coalesce:
 class Forward:
     """Ask the upstreams; any failure is SERVFAIL, never NXDOMAIN."""
 
-    def __init__(self, upstreams: Upstreams) -> None:
+    def __init__(self, upstreams: Forwarder) -> None:
         self.upstreams = upstreams
 
     async def __call__(self, req: Request) -> Response:
@@ -303,7 +323,7 @@ class Pipeline:
     coalesce: Coalesce
 
 
-def build_chain(config: Config, upstreams: Upstreams, cache: Cache | None = None) -> Pipeline:
+def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None) -> Pipeline:
     """The order of the links, outermost first (each reason is why it stands there)."""
     cache = cache or Cache(config.cache)
     handler: Handler = Forward(upstreams)  # last: only what nobody else answered leaves the LAN
@@ -312,6 +332,10 @@ def build_chain(config: Config, upstreams: Upstreams, cache: Cache | None = None
     drop_aaaa = DropShadowedAAAA(handler)  # above rewrite: it needs to know the A was rewritten
     handler = CacheLink(cache, drop_aaaa)  # stores final answers, after rewrite and AAAA policy
     drop_aaaa.a_lookup = handler  # its A lookup is answered from (and stored in) the cache
+    if config.forwarding.local_reverse:
+        handler = LocalReverse(
+            config.forwarding, handler
+        )  # private reverse zones never leave the LAN
     handler = LocalHosts(handler)  # before the cache: local data is never aged or stale
     if config.doh_canary:
         handler = DohCanary(handler)  # before the cache: a local policy answer, never stored

@@ -99,6 +99,24 @@ class SplitdnsCollector(Collector):
         for (upstream, kind), n in sorted(stats.errors_by.items()):
             errors.add_metric([upstream, kind], n)
         yield errors
+        answered = CounterMetricFamily(
+            "splitdns_upstream_answers", "Upstream replies used", labels=["upstream"]
+        )
+        for upstream, n in sorted(stats.answered.items()):
+            answered.add_metric([upstream], n)
+        yield answered
+        up = GaugeMetricFamily(
+            "splitdns_upstream_up", "1 in rotation, 0 resting after failures", labels=["upstream"]
+        )
+        srtt = GaugeMetricFamily(
+            "splitdns_upstream_srtt_seconds", "Smoothed round-trip time", labels=["upstream"]
+        )
+        for upstream, in_rotation, rtt in srv.upstreams.upstream_health():  # type: ignore[attr-defined]
+            up.add_metric([upstream], 1 if in_rotation else 0)
+            if rtt is not None:
+                srtt.add_metric([upstream], rtt)
+        yield up
+        yield srtt
         yield CounterMetricFamily(
             "splitdns_upstream_forged_replies",
             "Replies rejected (wrong source, ID or question)",

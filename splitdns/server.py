@@ -19,11 +19,11 @@ from typing import Any, cast
 from splitdns import follow, wire
 from splitdns.cache import Cache
 from splitdns.config import Config, Endpoint
+from splitdns.forwarder import Forwarder
 from splitdns.handlers import Outcome, Request, Response, build_chain
 from splitdns.metrics import Counts, MetricsServer
 from splitdns.querylog import QueryLog
 from splitdns.ratelimit import RateLimiter
-from splitdns.upstream import Upstreams
 from splitdns.views import client_address, is_allowed, select_view
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,9 @@ CLIENT_MEMO_SIZE = 4096  # client address -> (allowed, view) memo for the cache-
 class Server:
     """Owns the listeners, the in-flight tasks and the current handler chain."""
 
-    def __init__(self, config: Config, upstreams: Upstreams | None = None) -> None:
+    def __init__(self, config: Config, upstreams: Forwarder | None = None) -> None:
         self.config = config
-        self.upstreams = upstreams or Upstreams(config.upstreams, config.timeout)
+        self.upstreams = upstreams or Forwarder(config)
         self.pipeline = build_chain(config, self.upstreams)
         self.handler = self.pipeline.handler
         self.cache = self.pipeline.cache
@@ -53,6 +53,7 @@ class Server:
         self._tcp_writers: set[asyncio.StreamWriter] = set()
         self.bound: list[tuple[str, Endpoint]] = []
         self.closing = False
+        self._retiring: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ reload
 
@@ -71,8 +72,10 @@ class Server:
         config = replace(config, listen=old.listen, workers=old.workers)
         upstreams = self.upstreams
         cache = self.cache
-        if (config.upstreams, config.timeout) != (old.upstreams, old.timeout):
-            upstreams = Upstreams(config.upstreams, config.timeout, self.upstreams.stats)
+        old_upstreams = (old.upstreams, old.forwarding, old.timeout)
+        if (config.upstreams, config.forwarding, config.timeout) != old_upstreams:
+            upstreams = Forwarder(config, self.upstreams.stats, self.upstreams.health)
+            self._retire(self.upstreams)
             cache.clear()
             notes.append("upstreams changed: cache emptied")
         elif config.cache != old.cache:
@@ -167,6 +170,18 @@ class Server:
             await tcp.wait_closed()
         self._tcp.clear()
         self.querylog.close()
+        await self.upstreams.aclose()
+
+    def _retire(self, old: Forwarder) -> None:
+        """Close a replaced forwarder's connections once queries still using it are done."""
+
+        async def later() -> None:
+            await asyncio.sleep(self.config.timeout + 1)
+            await old.aclose()
+
+        task = asyncio.ensure_future(later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

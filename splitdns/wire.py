@@ -382,6 +382,28 @@ def make_answer(
     return bytes(out)
 
 
+#: RFC 6303 section 3: the SOA of a locally served empty zone.
+_EMPTY_ZONE_SOA = (
+    encode_name("localhost")
+    + encode_name("nobody.invalid")
+    + struct.pack("!5I", 1, 604800, 86400, 2419200, 10800)
+)
+
+
+def make_empty_zone_answer(query: Query, zone: str) -> bytes:
+    """NXDOMAIN below `zone`, NODATA at its apex (its SOA when asked), with the SOA for negative
+    caching: what an RFC 6303 locally served zone says."""
+    apex = query.question.name == zone
+    soa = encode_name(zone) + struct.pack("!HHIH", TYPE_SOA, CLASS_IN, 10800, len(_EMPTY_ZONE_SOA))
+    soa += _EMPTY_ZONE_SOA
+    answers = 1 if apex and query.question.qtype == TYPE_SOA else 0
+    rcode = NOERROR if apex else NXDOMAIN
+    head = HEADER.pack(
+        query.msg_id, _response_flags(query.flags, rcode, aa=True), 1, answers, 1 - answers, 0
+    )
+    return head + query.question.wire + soa
+
+
 def finalize(query: Query, bare: bytes, limit: int | None) -> bytes:
     """Turn a bare answer into the bytes sent to this client (see `assemble`)."""
     return assemble(

@@ -208,6 +208,7 @@ def test_explain_a_rewritten_name(nsd: NSD, tmp_path: Path) -> None:
     assert out.splitlines() == [
         "question: chain.example.test A from 127.0.0.1",
         "view: lan (clients 127.0.0.1/32)",
+        f"route: default upstreams (failover): 127.0.0.1:{nsd.port}",
         f"upstream: 127.0.0.1:{nsd.port} answered over udp:",
         "  rcode NOERROR",
         "  chain.example.test. 300 IN CNAME alias.example.test.",

@@ -1,0 +1,118 @@
+"""Classic DNS to one upstream: UDP with a fresh socket and ID per query, TCP on truncation.
+
+Each UDP exchange uses a fresh connected socket (the kernel picks a random source port) and a
+fresh random ID. A reply counts only if it comes from the upstream's address and port, carries
+our ID and repeats our question; anything else is counted as forged and ignored while the real
+answer is still awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+
+from splitdns import wire
+from splitdns.upstream import Reply, UpstreamStats
+from splitdns.upstreamspec import UpstreamSpec
+
+
+class _ReplyCatcher(asyncio.DatagramProtocol):
+    """Waits for the one datagram that is really our answer."""
+
+    def __init__(
+        self, source: tuple[str, int], msg_id: int, question: wire.Question, stats: UpstreamStats
+    ) -> None:
+        self.source = source
+        self.msg_id = msg_id
+        self.question = question
+        self.stats = stats
+        self.future: asyncio.Future[tuple[bytes, wire.Message]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        if self.future.done():
+            return
+        try:
+            same_source = addr[0] == self.source[0] and addr[1] == self.source[1]
+            message = wire.walk(data) if same_source else None
+        except wire.WireError:
+            message = None
+        if message is None or not wire.reply_matches(message, self.msg_id, self.question):
+            self.stats.forged += 1
+            return
+        self.future.set_result((data, message))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and friends: fail this upstream now instead of at the timeout.
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc or ConnectionError("socket closed"))
+
+
+class PlainDNS:
+    """Classic DNS to one upstream: UDP first, TCP when the answer is truncated."""
+
+    def __init__(self, spec: UpstreamSpec, stats: UpstreamStats) -> None:
+        self.endpoint = spec
+        self.name = str(spec)
+        self.stats = stats
+        self._address = (spec.host, spec.port)  # normalised the way the kernel prints it
+        self._family = socket.AF_INET6 if spec.family_v6 else socket.AF_INET
+
+    async def exchange(self, query: wire.Query, timeout: float) -> Reply:
+        deadline = time.monotonic() + timeout
+        reply = await self.udp(query, timeout)
+        if reply.message.flags & wire.TC:
+            reply = await self.tcp(query, max(0.05, deadline - time.monotonic()))
+        return reply
+
+    async def udp(self, query: wire.Query, timeout: float) -> Reply:
+        msg_id, packet = wire.make_upstream_query(query)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            # connect() binds a random ephemeral port and makes the kernel drop datagrams
+            # from other sources; the catcher checks the source again anyway.
+            sock.connect((self.endpoint.host, self.endpoint.port))
+        except OSError:
+            sock.close()
+            raise
+        catcher = _ReplyCatcher(self._address, msg_id, query.question, self.stats)
+        transport, _ = await loop.create_datagram_endpoint(lambda: catcher, sock=sock)
+        try:
+            transport.sendto(packet)
+            async with asyncio.timeout(timeout):
+                data, message = await catcher.future
+        finally:
+            transport.close()
+        return Reply(data, message, self.name, "udp")
+
+    async def tcp(self, query: wire.Query, timeout: float) -> Reply:
+        msg_id, packet = wire.make_upstream_query(query)
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(self.endpoint.host, self.endpoint.port)
+            try:
+                writer.write(struct.pack("!H", len(packet)) + packet)
+                while True:
+                    (length,) = struct.unpack("!H", await reader.readexactly(2))
+                    data = await reader.readexactly(length)
+                    try:
+                        message = wire.walk(data)
+                    except wire.WireError:
+                        self.stats.forged += 1
+                        continue
+                    if wire.reply_matches(message, msg_id, query.question):
+                        return Reply(data, message, self.name, "tcp")
+                    self.stats.forged += 1
+            finally:
+                writer.close()
+
+    async def aclose(self) -> None:
+        """Nothing is kept open between queries."""
