@@ -133,8 +133,10 @@ def _host_port(text: str, whole: str) -> tuple[str, int | None]:
 
 def _parse_tls(text: str) -> UpstreamSpec:
     rest = text[len("tls://") :]
-    rest, _, name = rest.partition("#")
+    rest, hash_sign, name = rest.partition("#")
     host, port = _host_port(rest, text)
+    if hash_sign and not name:
+        raise ValueError(f"{text!r}: nothing after '#' (the name the certificate must carry)")
     if name and not _valid_hostname(name) and not _is_address(name):
         raise ValueError(f"{text!r}: {name!r} is not a certificate name")
     return UpstreamSpec("tls", host, port or 853, tls_name=(name.lower() or host))

@@ -159,6 +159,18 @@ class FakeUpstream:
             time.sleep(action.delay)
         return action
 
+    def respond(self, data: bytes, transport: str, port: int) -> bytes | None:
+        """The reply bytes for one query over a stream transport (TLS, HTTPS), or None."""
+        try:
+            request = dnslib.DNSRecord.parse(data)
+        except Exception:
+            return None
+        action = self._take(request, transport, port)
+        if action is None:
+            return None
+        reply = self.answer(request, action, transport)
+        return bytes(reply.pack())
+
     def _serve_udp(self) -> None:
         while not self._stop.is_set():
             try:

@@ -171,3 +171,60 @@ class NSD(Process):
             except (TimeoutError, OSError, dns.exception.Timeout):
                 time.sleep(0.1)
         raise TimeoutError(f"nsd did not answer:\n{self.output}")
+
+
+class Unbound(Process):
+    """Unbound answering only its local data (the root is a static zone: nothing leaves the
+    machine) on 127.0.0.1: plain DNS on `port`, DNS over TLS on `tls_port` and DNS over HTTPS
+    (HTTP/2) on `https_port`, with the given key and certificate."""
+
+    def __init__(self, workdir: Path, records: list[str], key: Path, cert: Path) -> None:
+        binary = need("unbound", "unbound")
+        self.port, self.tls_port, self.https_port = free_port(), free_port(), free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        conf = workdir / "unbound.conf"
+        data = "".join(f'  local-data: "{record}"\n' for record in records)
+        conf.write_text(
+            "server:\n"
+            f"  interface: 127.0.0.1@{self.port}\n"
+            f"  interface: 127.0.0.1@{self.tls_port}\n"
+            f"  interface: 127.0.0.1@{self.https_port}\n"
+            f"  port: {self.port}\n"
+            f"  tls-port: {self.tls_port}\n"
+            f"  https-port: {self.https_port}\n"
+            f"  tls-service-key: {key}\n"
+            f"  tls-service-pem: {cert}\n"
+            "  do-ip6: no\n"
+            "  do-daemonize: no\n"
+            '  username: ""\n'
+            '  chroot: ""\n'
+            f'  directory: "{workdir}"\n'
+            f'  pidfile: "{workdir}/unbound.pid"\n'
+            "  use-syslog: no\n"
+            '  logfile: ""\n'
+            "  num-threads: 1\n"
+            '  module-config: "iterator"\n'
+            "  access-control: 127.0.0.0/8 allow\n"
+            '  local-zone: "." static\n' + data + "remote-control:\n  control-enable: no\n"
+        )
+        subprocess.run(
+            [need("unbound-checkconf", "unbound"), str(conf)],
+            check=True,
+            timeout=10,
+            capture_output=True,
+        )
+        super().__init__([binary, "-d", "-c", str(conf)])
+        self._wait_answering()
+
+    def _wait_answering(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        q = dns.message.make_query("example.test", "SOA")
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"unbound exited:\n{self.output}")
+            try:
+                dns.query.udp(q, "127.0.0.1", port=self.port, timeout=0.3)
+                return
+            except (TimeoutError, OSError, dns.exception.Timeout):
+                time.sleep(0.1)
+        raise TimeoutError(f"unbound did not answer:\n{self.output}")
