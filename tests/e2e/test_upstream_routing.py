@@ -3,6 +3,8 @@ reverse zones, DNS over TLS and over HTTPS (fakes with a CA made here), queried 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -74,6 +76,16 @@ upstreams:
         assert "+ 2 domain routes" in proc.startup
     finally:
         assert proc.stop() == 0, proc.output
+    config_file = next(tmp_path.glob("splitdns-*.yaml"))
+    explained = subprocess.run(
+        [sys.executable, "-m", "splitdns", "explain", "printer.lan", "-c", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert f"route: domain lan upstreams (failover): {router.address}" in explained
+    assert f"upstream: {router.address} answered over udp" in explained
+    assert "rewrite: printer.lan 203.0.113.1 -> 192.0.2.2" in explained
 
 
 def test_black_holed_first_upstream_costs_under_a_second_then_rests(
