@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import dns.message
 import dns.rcode
 import dns.rdata
+import dns.rdataclass
 import dns.rdatatype
 
 # dnspython imports record types on first use; after splitdns drops root it may no longer be
@@ -65,8 +66,6 @@ EDNS_PAYLOAD = 1232
 CLASSIC_UDP = 512
 #: Largest UDP answer splitdns sends, whatever a client claims.
 MAX_UDP = 4096
-
-MAX_POINTER_HOPS = 64
 
 
 class WireError(ValueError):
@@ -186,14 +185,14 @@ def _label_text(label: bytes) -> str:
 def read_name(data: bytes, offset: int) -> tuple[str, int]:
     """Decode a possibly compressed name at `offset`; returns (text, offset after the name).
 
-    Pointers must point backwards and are followed at most MAX_POINTER_HOPS times, so a
-    pointer loop is an error rather than a hang.
+    Every pointer must point before the name's start and before the previous pointer's target
+    (as dnspython and BIND require), so pointers strictly descend: no loop can form.
     """
     labels: list[str] = []
     end = -1
-    hops = 0
     wire_len = 1
     pos = offset
+    lowest = offset
     limit = len(data)
     while True:
         if pos >= limit:
@@ -209,10 +208,9 @@ def read_name(data: bytes, offset: int) -> tuple[str, int]:
             target = ((length & 0x3F) << 8) | data[pos + 1]
             if end < 0:
                 end = pos + 2
-            hops += 1
-            if hops > MAX_POINTER_HOPS or target >= pos:
-                raise WireError("compression pointer loop")
-            pos = target
+            if target >= lowest:
+                raise WireError("compression pointer does not point backwards")
+            pos = lowest = target
             continue
         if kind != 0:
             raise WireError("unsupported label type")
@@ -249,9 +247,13 @@ def _read_question(data: bytes, offset: int) -> tuple[Question, int]:
     return Question(name, qtype, qclass, bytes(data[offset : pos + 4])), pos + 4
 
 
-def _read_records(data: bytes, offset: int, counts: tuple[int, int, int]) -> list[Record]:
+def _read_records(
+    data: bytes, offset: int, counts: tuple[int, int, int], check_rdata: bool = False
+) -> tuple[list[Record], int]:
+    """The records after the question, and the offset where they end."""
     records: list[Record] = []
     pos = offset
+    opt_seen = False
     for section, count in zip((ANSWER, AUTHORITY, ADDITIONAL), counts, strict=True):
         for _ in range(count):
             start = pos
@@ -262,17 +264,72 @@ def _read_records(data: bytes, offset: int, counts: tuple[int, int, int]) -> lis
             rdata = pos + 10
             if rdata + rdlength > len(data):
                 raise WireError("record data runs past the end of the message")
+            if rtype == TYPE_OPT:
+                if opt_seen or section != ADDITIONAL or name != "":
+                    raise WireError("misplaced or repeated OPT record")
+                opt_seen = True
+            elif check_rdata:
+                _check_rdata(data, rtype, rclass, rdata, rdlength)
             records.append(
                 Record(
                     section, name, rtype, rclass, pos + 4, rdata, rdlength, start, rdata + rdlength
                 )
             )
             pos = rdata + rdlength
-    return records
+    return records, pos
+
+
+_NAME_RDATA = frozenset({TYPE_NS, TYPE_CNAME, TYPE_PTR, 39})  # 39: DNAME
+
+
+def _name_ends_at(data: bytes, offset: int, end: int) -> int:
+    after = read_name(data, offset)[1]
+    if after > end:
+        raise WireError("name runs past its record data")
+    return after
+
+
+def _check_rdata(data: bytes, rtype: int, rclass: int, rdata: int, rdlength: int) -> None:
+    """Record data must have its type's shape: splitdns passes answers on to clients, and a
+    malformed record in an answer breaks the client's parser, not ours.
+
+    The common types are checked here (cheap); the rest by dnspython's own rdata parser.
+    """
+    end = rdata + rdlength
+    if rclass == CLASS_IN and rtype in (TYPE_A, TYPE_AAAA):
+        if rdlength != (4 if rtype == TYPE_A else 16):
+            raise WireError(f"type {rtype} record data of {rdlength} octets")
+        return
+    if rtype in _NAME_RDATA:
+        ok = _name_ends_at(data, rdata, end) == end
+    elif rtype == TYPE_SOA:
+        ok = _name_ends_at(data, _name_ends_at(data, rdata, end), end) + 20 == end
+    elif rtype == 15 and rdlength > 2:  # MX
+        ok = _name_ends_at(data, rdata + 2, end) == end
+    elif rtype == 16:  # TXT: one or more <length><text> strings, exactly filling the data
+        pos = rdata
+        while pos < end:
+            pos += 1 + data[pos]
+        ok = pos == end and rdlength > 0
+    else:
+        try:
+            dns.rdata.from_wire(
+                dns.rdataclass.RdataClass.make(rclass),
+                dns.rdatatype.RdataType.make(rtype),
+                data,
+                rdata,
+                rdlength,
+            )
+        except Exception as exc:  # a third-party parser: whatever it raises means "malformed"
+            raise WireError(f"type {rtype} record data malformed: {exc}") from None
+        return
+    if not ok:
+        raise WireError(f"type {rtype} record data malformed")
 
 
 def walk(data: bytes) -> Message:
-    """Walk a whole message, keeping offsets; raises WireError on any inconsistency."""
+    """Walk a whole upstream message, keeping offsets; raises WireError on any inconsistency:
+    bad names, record data not shaped like its type, OPT out of place, trailing bytes."""
     if len(data) < HEADER_LEN:
         raise WireError("shorter than a DNS header")
     msg_id, flags, qd, an, ns, ar = HEADER.unpack_from(data)
@@ -281,7 +338,9 @@ def walk(data: bytes) -> Message:
     for _ in range(qd):
         q, pos = _read_question(data, pos)
         questions.append(q)
-    records = _read_records(data, pos, (an, ns, ar))
+    records, end = _read_records(data, pos, (an, ns, ar), check_rdata=True)
+    if end != len(data):
+        raise WireError(f"{len(data) - end} bytes after the last record")
     return Message(msg_id, flags, questions, records)
 
 
@@ -313,11 +372,9 @@ def parse_query(data: bytes) -> Query:
         do = False
         version = 0
         if an or ns or ar:
-            for record in _read_records(data, pos, (an, ns, ar)):
+            for record in _read_records(data, pos, (an, ns, ar))[0]:
                 if record.rtype != TYPE_OPT:
                     continue
-                if edns or record.section != ADDITIONAL or record.name != "":
-                    raise WireError("misplaced or repeated OPT record")
                 edns = True
                 payload = record.rclass
                 ext = struct.unpack_from("!I", data, record.ttl_offset)[0]

@@ -63,6 +63,13 @@ def still_serving(server: SplitDNS) -> None:
 Q = good_query()
 
 
+OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"  # root owner, 1232 bytes, no options
+
+
+def with_counts(data: bytes, an: int, ns: int, ar: int) -> bytes:
+    return data[:6] + struct.pack("!HHH", an, ns, ar) + data[12:]
+
+
 def opcode(data: bytes, op: int) -> bytes:
     return data[:2] + bytes([(data[2] & 0x87) | (op << 3)]) + data[3:]
 
@@ -85,6 +92,12 @@ def opcode(data: bytes, op: int) -> bytes:
         (Q[:-4] + b"\x00\xfc\x00\x01", "REFUSED"),  # AXFR over UDP
         (bytes(dns.message.make_query("x.", "A", use_edns=1).to_wire()), "BADVERS"),
         (bytes(range(256)) * 4, "FORMERR"),  # noise with a readable header
+        (with_counts(Q, 0, 0, 2) + OPT + OPT, "FORMERR"),  # two OPT records
+        (with_counts(Q, 1, 0, 0) + OPT, "FORMERR"),  # OPT in the answer section
+        (with_counts(Q, 0, 0, 1) + b"\x01x" + OPT, "FORMERR"),  # OPT with an owner name
+        (with_counts(Q, 0, 0, 1) + OPT[:-2] + b"\x00\x09\x00\x0a", "FORMERR"),  # rdlen too big
+        (Q[:-4] + b"\xff\x00\x00\x01", "NOERROR"),  # unknown type: forwarded as is
+        (Q[:-2] + b"\x00\x2a", "REFUSED"),  # unknown class
     ],
     ids=[
         "empty",
@@ -102,6 +115,12 @@ def opcode(data: bytes, op: int) -> bytes:
         "axfr",
         "edns1",
         "noise",
+        "opt-twice",
+        "opt-in-answer",
+        "opt-owner",
+        "opt-rdlen",
+        "type-65280",
+        "class-42",
     ],
 )
 def test_malformed_udp(server: SplitDNS, data: bytes, expect: str) -> None:

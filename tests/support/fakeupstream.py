@@ -159,6 +159,11 @@ class FakeUpstream:
             time.sleep(action.delay)
         return action
 
+    def send_from_upstream(self, data: bytes, port: int) -> None:
+        """A datagram from the upstream's own address and port (what a spoofer would forge)."""
+        with contextlib.suppress(OSError):
+            self._udp.sendto(data, (self.host, port))
+
     def respond(self, data: bytes, transport: str, port: int) -> bytes | None:
         """The reply bytes for one query over a stream transport (TLS, HTTPS), or None."""
         try:
