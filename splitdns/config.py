@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
+import yaml
+
 from splitdns.cache import CacheSettings
 from splitdns.configtree import ConfigError, Node, dynamic_source, parse
 from splitdns.nat.model import NatSettings, parse_nat
@@ -152,6 +154,15 @@ class View:
 
 
 @dataclass(frozen=True)
+class RebindingSettings:
+    """`rebinding_guard:` (off by default: many home setups publish private addresses on
+    purpose). See splitdns/rebinding.py for what it removes and what it leaves alone."""
+
+    enabled: bool = False
+    allow: tuple[str, ...] = ()  # domains whose public answers may hold private addresses
+
+
+@dataclass(frozen=True)
 class RateLimitSettings:
     """The `rate_limit:` section."""
 
@@ -194,6 +205,7 @@ class Config:
     query_log: QueryLogSettings = field(default_factory=QueryLogSettings)
     metrics: Endpoint | None = None
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    rebinding: RebindingSettings = field(default_factory=RebindingSettings)
 
     @property
     def rule_count(self) -> int:
@@ -308,6 +320,7 @@ TOP_KEYS = frozenset(
         "nat",
         "doh_canary",
         "rate_limit",
+        "rebinding_guard",
         "query_log",
         "metrics",
     }
@@ -485,6 +498,23 @@ def _rate_limit(node: Node) -> RateLimitSettings:
     return settings
 
 
+def _rebinding(node: Node) -> RebindingSettings:
+    """`rebinding_guard: true`, or a mapping with `enabled` and `allow` (domains)."""
+    if not isinstance(node.raw, yaml.MappingNode):
+        return RebindingSettings(enabled=node.boolean())
+    keys = node.mapping(frozenset({"enabled", "allow"}))
+    allow: list[str] = []
+    for item in keys["allow"].items(allow_scalar=True) if "allow" in keys else []:
+        domain = item.text().strip().lower().rstrip(".")
+        if not domain or " " in domain or domain.startswith("*"):
+            raise item.error(
+                f"{item.text()!r} is not a domain (write example.com, not *.example.com)"
+            )
+        allow.append(domain)
+    enabled = keys["enabled"].boolean() if "enabled" in keys else True
+    return RebindingSettings(enabled, tuple(allow))
+
+
 def from_node(root: Node) -> Config:
     keys = root.mapping(TOP_KEYS)
     config = Config(source=root.source)
@@ -531,6 +561,8 @@ def from_node(root: Node) -> Config:
         config = replace(config, nat=parse_nat(keys["nat"]))
     if "rate_limit" in keys:
         config = replace(config, rate_limit=_rate_limit(keys["rate_limit"]))
+    if "rebinding_guard" in keys:
+        config = replace(config, rebinding=_rebinding(keys["rebinding_guard"]))
     if "query_log" in keys:
         qkeys = keys["query_log"].mapping(frozenset({"enabled", "path", "hide_clients"}))
         log_settings = QueryLogSettings(

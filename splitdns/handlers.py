@@ -18,7 +18,8 @@ from splitdns import localanswers, rewrite, wire
 from splitdns.cache import Cache, make_key
 from splitdns.config import Config, IPAddress, View
 from splitdns.forwarder import Forwarder
-from splitdns.upstream import UpstreamFailure
+from splitdns.rebinding import Guard
+from splitdns.upstream import UpstreamFailure, UpstreamStats
 from splitdns.upstreamspec import Forwarding, local_reverse_zone
 from splitdns.views import is_allowed, select_view
 
@@ -314,6 +315,29 @@ class Forward:
         return Response(bare, Outcome.FORWARDED, upstream=reply.upstream, message=message)
 
 
+class GuardRebinding:
+    """`rebinding_guard`: private addresses never come from a public upstream's answer."""
+
+    def __init__(self, guard: Guard, stats: UpstreamStats, next_link: Handler) -> None:
+        self.guard = guard
+        self.stats = stats
+        self.next = next_link
+
+    async def __call__(self, req: Request) -> Response:
+        resp = await self.next(req)
+        name = req.query.question.name
+        if resp.outcome is not Outcome.FORWARDED or not self.guard.applies_to(name):
+            return resp
+        message = resp.message if resp.message is not None else wire.walk(resp.bare)
+        filtered = self.guard.filter(resp.bare, message)
+        if filtered is None:
+            return resp
+        cleaned, removed = filtered
+        self.stats.rebinding_removed += removed
+        log.info("rebinding guard: removed private addresses from the answer for %s", name)
+        return replace(resp, bare=cleaned, message=None, notes=[*resp.notes, "rebinding guard"])
+
+
 @dataclass(slots=True)
 class Pipeline:
     """The chain and the parts the server reaches into directly (the cache for fast hits)."""
@@ -327,6 +351,11 @@ def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None
     """The order of the links, outermost first (each reason is why it stands there)."""
     cache = cache or Cache(config.cache)
     handler: Handler = Forward(upstreams)  # last: only what nobody else answered leaves the LAN
+    guard = Guard(config)
+    if guard.enabled:
+        handler = GuardRebinding(
+            guard, upstreams.stats, handler
+        )  # on the raw upstream answer, before rewrites
     coalesce = Coalesce(handler)  # right above forward: one upstream query per question
     handler = Rewrite(coalesce)  # above the shared answer: each view rewrites its own copy
     drop_aaaa = DropShadowedAAAA(handler)  # above rewrite: it needs to know the A was rewritten

@@ -136,6 +136,11 @@ class SplitdnsCollector(Collector):
         ):
             yield CounterMetricFamily(f"splitdns_cache_{name}", f"Cache {name}", value=value)
         yield CounterMetricFamily(
+            "splitdns_rebinding_removed",
+            "Private addresses removed from public answers by the rebinding guard",
+            value=stats.rebinding_removed,
+        )
+        yield CounterMetricFamily(
             "splitdns_rate_limited",
             "Queries refused or dropped by rate limits",
             value=srv.limiter.limited,  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ import struct
 import time
 from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from splitdns import follow, wire
 from splitdns.cache import Cache
@@ -25,11 +25,20 @@ from splitdns.metrics import Counts, MetricsServer
 from splitdns.querylog import QueryLog
 from splitdns.ratelimit import RateLimiter
 from splitdns.views import client_address, is_allowed, select_view
+from splitdns.wildcardudp import WildcardUdp, enable_pktinfo, is_wildcard
 
 log = logging.getLogger(__name__)
 
 MAX_TCP_PIPELINE = 32  # answers in flight per TCP connection before reading pauses
 CLIENT_MEMO_SIZE = 4096  # client address -> (allowed, view) memo for the cache-hit path
+
+
+class DatagramSender(Protocol):
+    """Where a UDP answer goes: an asyncio transport, or a wildcard listener's reply path."""
+
+    def sendto(self, data: bytes, addr: Any) -> None: ...
+
+    def is_closing(self) -> bool: ...
 
 
 class Server:
@@ -47,7 +56,7 @@ class Server:
         self.metrics_server: MetricsServer | None = None
         self._follow: asyncio.Future[None] | None = None
         self._clients: dict[str, str | None] = {}
-        self._udp: list[asyncio.DatagramTransport] = []
+        self._udp: list[asyncio.DatagramTransport | WildcardUdp] = []
         self._tcp: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tcp_writers: set[asyncio.StreamWriter] = set()
@@ -114,15 +123,20 @@ class Server:
                         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                     if self.config.workers > 1:  # workers share the port; the kernel spreads load
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    if is_wildcard(endpoint.host):
+                        enable_pktinfo(sock)  # answer from the address each query came to
                     sock.bind((endpoint.host, endpoint.port))
                 except OSError:
                     sock.close()
                     raise
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: UdpProtocol(self), sock=sock
-                )
-                self._udp.append(transport)
                 port = sock.getsockname()[1]
+                if is_wildcard(endpoint.host):
+                    self._udp.append(WildcardUdp(sock, self.datagram))
+                else:
+                    transport, _ = await loop.create_datagram_endpoint(
+                        lambda: UdpProtocol(self), sock=sock
+                    )
+                    self._udp.append(transport)
                 tcp = await asyncio.start_server(
                     self._tcp_client,
                     endpoint.host,
@@ -281,8 +295,27 @@ class Server:
 
     # ------------------------------------------------------------------ UDP
 
+    def datagram(self, data: bytes, addr: tuple[Any, ...], transport: DatagramSender) -> None:
+        """One UDP query: rate limit, then a cache hit answered at once, else a task."""
+        if self.closing:
+            return
+        limited, refusal = self.over_limit(data, addr[0])
+        if limited:
+            if refusal is not None:
+                transport.sendto(refusal, addr)
+            return
+        try:
+            answer = self.fast_answer(data, addr[0])
+        except Exception:  # the fast path must never cost an answer: take the full path
+            log.exception("cache fast path failed; answering the slow way")
+            answer = None
+        if answer is not None:
+            transport.sendto(answer, addr)
+        else:
+            self.spawn(self.answer_udp(data, addr, transport))
+
     async def answer_udp(
-        self, data: bytes, addr: tuple[Any, ...], transport: asyncio.DatagramTransport
+        self, data: bytes, addr: tuple[Any, ...], transport: DatagramSender
     ) -> None:
         answer = await self.respond(data, addr[0], "udp")
         if answer is not None and not transport.is_closing():
@@ -355,22 +388,8 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        if self.transport is None or self.server.closing:
-            return
-        limited, refusal = self.server.over_limit(data, addr[0])
-        if limited:
-            if refusal is not None:
-                self.transport.sendto(refusal, addr)
-            return
-        try:
-            answer = self.server.fast_answer(data, addr[0])
-        except Exception:  # the fast path must never cost an answer: take the full path
-            log.exception("cache fast path failed; answering the slow way")
-            answer = None
-        if answer is not None:
-            self.transport.sendto(answer, addr)
-        else:
-            self.server.spawn(self.server.answer_udp(data, addr, self.transport))
+        if self.transport is not None:
+            self.server.datagram(data, addr, self.transport)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP socket error: %s", exc)

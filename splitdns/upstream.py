@@ -31,6 +31,7 @@ class UpstreamStats:
     """Counters other parts (metrics, tests) read; kept here so the hot path stays simple."""
 
     forged: int = 0
+    rebinding_removed: int = 0  # private addresses the rebinding guard took out of answers
     # per upstream: answers that were used (won the race)
     answered: dict[str, int] = field(default_factory=dict)
     # per upstream: error counts by kind, and latency histogram counts (see metrics.BUCKETS)

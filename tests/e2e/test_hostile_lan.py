@@ -388,3 +388,45 @@ def test_thousands_of_idle_tcp_connections_are_capped_and_cleaned_up(
         assert [str(rd) for rrset in answer.answer for rd in rrset] == ["192.0.2.2"]
     finally:
         assert proc_tcp.stop() == 0, proc_tcp.output
+
+
+# --------------------------------------------------------------------------- security defaults
+
+
+def test_rebinding_guard_removes_private_answers_but_not_the_lans_own(
+    tmp_path: Path, fakes: list[FakeUpstream]
+) -> None:
+    public = FakeUpstream().add(
+        "evil.example.test. 60 IN A 192.168.1.1",
+        "evil.example.test. 60 IN A 198.51.100.7",
+        "evil6.example.test. 60 IN AAAA fd00::1",
+        "only.example.test. 60 IN A 10.0.0.1",
+        "box.home.example.test. 60 IN A 192.168.1.20",
+        "www.example.test. 60 IN A 203.0.113.1",
+    )
+    router = FakeUpstream().add("printer.lan. 60 IN A 192.168.1.30")
+    fakes += [public.start(), router.start()]
+    mport = free_port()
+    proc = SplitDNS(
+        tmp_path,
+        f"""\
+upstreams:
+  default: ["{public.address}"]
+  domains:
+    lan: ["{router.address}"]
+rebinding_guard:
+  allow: [home.example.test]
+metrics: "127.0.0.1:{mport}"
+{REWRITE_VIEW}""",
+    )
+    try:
+        assert proc.dig("+short", "evil.example.test").split() == ["198.51.100.7"]
+        assert proc.dig("+short", "evil6.example.test", "AAAA").split() == []
+        only = proc.dig("only.example.test")
+        assert "status: NOERROR" in only and "ANSWER: 0" in only
+        assert proc.dig("+short", "box.home.example.test").split() == ["192.168.1.20"]
+        assert proc.dig("+short", "printer.lan").split() == ["192.168.1.30"]
+        assert proc.dig("+short", "www.example.test").split() == ["192.0.2.2"]  # our rewrite
+        assert metric(mport, "splitdns_rebinding_removed_total") == 3
+    finally:
+        assert proc.stop() == 0, proc.output

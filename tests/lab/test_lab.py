@@ -103,3 +103,41 @@ def test_doctor_tells_whether_the_router_hairpins(tmp_path: Path) -> None:
         "ok    forward[0] tcp/80 -> 192.0.2.2: reached via 203.0.113.1:80"
     )
     assert with_rules[1].startswith("ok    forward[1] tcp/8443 -> 192.0.2.2:443: reached")
+
+
+def test_never_an_open_resolver_even_on_all_addresses(tmp_path: Path) -> None:
+    """On the router, listening on 0.0.0.0: the LAN is served, a client on the internet side
+    gets REFUSED, and the process no longer runs as root. (The lab's LAN is a documentation
+    range, which the default `allow` of private ranges does not cover, so it is listed.)"""
+    conf = tmp_path / "open.yaml"
+    conf.write_text(
+        f'listen: ["0.0.0.0:5353"]\nallow: [{lab.LAN_NET}]\nupstreams: ["{lab.AUTH_DNS}"]\n'
+        "timeout: 1\n"
+    )
+    with lab.Lab() as net:
+        server = net.spawn("router", sys.executable, "-m", "splitdns", "serve", "-c", str(conf))
+
+        def dig(role: str, target: str) -> str:
+            return net.exec(
+                role,
+                "dig",
+                f"@{target}",
+                "-p",
+                "5353",
+                "+tries=1",
+                "+time=2",
+                "www.example.test",
+                check=False,
+            )
+
+        assert lab.wait_until(lambda: "status:" in dig("client", lab.ROUTER_LAN), timeout=15)
+        lan = dig("client", lab.ROUTER_LAN)
+        outside = dig("outside", lab.PUBLIC)
+        uid = next(
+            line.split()[1]
+            for line in Path(f"/proc/{server.pid}/status").read_text().splitlines()
+            if line.startswith("Uid:")
+        )
+    assert "status: REFUSED" not in lan  # the LAN may ask (SERVFAIL here: no upstream runs)
+    assert "status: REFUSED" in outside, outside
+    assert uid != "0"
