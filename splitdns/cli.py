@@ -36,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--version", action="version", version=version)
     serve.add_argument("-c", "--config", metavar="FILE", help="zone mapping (default: embedded)")
     serve.add_argument(
-        "--listen", action="append", metavar="HOST:PORT", help="listen here instead (repeatable)"
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help=f"listen here instead (repeatable; default: ${LISTEN_ENV}, comma-separated, if set)",
     )
     serve.add_argument(
         "--upstream",
@@ -86,7 +89,12 @@ def _parser() -> argparse.ArgumentParser:
 
     health = sub.add_parser("health", help="ask a running server; exit 0 if it answers, else 1")
     health.add_argument("--version", action="version", version=version)
-    health.add_argument("--server", default="127.0.0.1:5353", metavar="HOST:PORT")
+    health.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help=f"default: the first ${LISTEN_ENV} address (a wildcard asks loopback), else "
+        "127.0.0.1:5353",
+    )
     health.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
 
     lab = sub.add_parser("lab", help="build a namespace lab and run the hairpin story live (root)")
@@ -98,6 +106,22 @@ def _parser() -> argparse.ArgumentParser:
         "--rules", choices=["nftables", "iptables"], default="nftables", help="router rules"
     )
     return parser
+
+
+#: Listen addresses from the environment (containers, compose): `serve` and `health` agree.
+LISTEN_ENV = "SPLITDNS_LISTEN"
+
+
+def health_target(listen: str | None) -> str:
+    """Where `health` asks: the first listen address, with a wildcard replaced by loopback."""
+    first = (listen or "").split(",")[0].strip()
+    if not first:
+        return "127.0.0.1:5353"
+    if first.startswith("0.0.0.0:"):
+        return "127.0.0.1:" + first.split(":", 1)[1]
+    if first.startswith("[::]:"):
+        return "[::1]:" + first.rsplit(":", 1)[1]
+    return first
 
 
 def nat_targets() -> list[str]:
@@ -117,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "doctor":
         return _doctor(args.config, args.ddns, args.timeout)
     if args.command == "health":
-        return _health(args.server, args.timeout)
+        return _health(args.server or health_target(os.environ.get(LISTEN_ENV)), args.timeout)
+    if args.listen is None and os.environ.get(LISTEN_ENV):
+        args.listen = [a.strip() for a in os.environ[LISTEN_ENV].split(",") if a.strip()]
     if args.command == "lab":
         return _lab(args.config, args.rules)
     return _serve(args)

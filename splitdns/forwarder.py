@@ -87,7 +87,7 @@ class Forwarder:
             elif spec.scheme == "https":
                 known = DnsOverHttps(spec, self.stats, self.bootstrap, ca)
             else:
-                known = PlainDNS(spec, self.stats)
+                known = PlainDNS(spec, self.stats, self.forwarding.case_randomization)
             self._transports[spec] = known
         return known
 

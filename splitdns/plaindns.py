@@ -22,12 +22,18 @@ class _ReplyCatcher(asyncio.DatagramProtocol):
     """Waits for the one datagram that is really our answer."""
 
     def __init__(
-        self, source: tuple[str, int], msg_id: int, question: wire.Question, stats: UpstreamStats
+        self,
+        source: tuple[str, int],
+        msg_id: int,
+        question: wire.Question,
+        stats: UpstreamStats,
+        exact: bytes | None = None,
     ) -> None:
         self.source = source
         self.msg_id = msg_id
         self.question = question
         self.stats = stats
+        self.exact = exact  # with 0x20: the mixed-case question the reply must echo
         self.future: asyncio.Future[tuple[bytes, wire.Message]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -40,7 +46,11 @@ class _ReplyCatcher(asyncio.DatagramProtocol):
             message = wire.walk(data) if same_source else None
         except wire.WireError:
             message = None
-        if message is None or not wire.reply_matches(message, self.msg_id, self.question):
+        if (
+            message is None
+            or not wire.reply_matches(message, self.msg_id, self.question)
+            or (self.exact is not None and not wire.echoes_question(data, self.exact))
+        ):
             self.stats.forged += 1
             return
         self.future.set_result((data, message))
@@ -55,11 +65,23 @@ class _ReplyCatcher(asyncio.DatagramProtocol):
             self.future.set_exception(exc or ConnectionError("socket closed"))
 
 
+def restore_case(
+    data: bytes, message: wire.Message, query: wire.Query
+) -> tuple[bytes, wire.Message]:
+    """Put the client's spelling of the name back in the question (same length, same offsets),
+    so answer names compressed against it read as the client wrote them."""
+    question = query.question.wire
+    data = data[: wire.HEADER_LEN] + question + data[wire.HEADER_LEN + len(question) :]
+    message.questions = [query.question]
+    return data, message
+
+
 class PlainDNS:
     """Classic DNS to one upstream: UDP first, TCP when the answer is truncated."""
 
-    def __init__(self, spec: UpstreamSpec, stats: UpstreamStats) -> None:
+    def __init__(self, spec: UpstreamSpec, stats: UpstreamStats, mix_case: bool = False) -> None:
         self.endpoint = spec
+        self.mix_case = mix_case
         self.name = str(spec)
         self.stats = stats
         self._address = (spec.host, spec.port)  # normalised the way the kernel prints it
@@ -73,7 +95,8 @@ class PlainDNS:
         return reply
 
     async def udp(self, query: wire.Query, timeout: float) -> Reply:
-        msg_id, packet = wire.make_upstream_query(query)
+        msg_id, packet = wire.make_upstream_query(query, mix_case=self.mix_case)
+        exact = wire.sent_question(packet, query) if self.mix_case else None
         loop = asyncio.get_running_loop()
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
@@ -84,7 +107,7 @@ class PlainDNS:
         except OSError:
             sock.close()
             raise
-        catcher = _ReplyCatcher(self._address, msg_id, query.question, self.stats)
+        catcher = _ReplyCatcher(self._address, msg_id, query.question, self.stats, exact)
         transport, _ = await loop.create_datagram_endpoint(lambda: catcher, sock=sock)
         try:
             transport.sendto(packet)
@@ -92,10 +115,13 @@ class PlainDNS:
                 data, message = await catcher.future
         finally:
             transport.close()
+        if exact is not None:
+            data, message = restore_case(data, message, query)
         return Reply(data, message, self.name, "udp")
 
     async def tcp(self, query: wire.Query, timeout: float) -> Reply:
-        msg_id, packet = wire.make_upstream_query(query)
+        msg_id, packet = wire.make_upstream_query(query, mix_case=self.mix_case)
+        exact = wire.sent_question(packet, query) if self.mix_case else None
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(self.endpoint.host, self.endpoint.port)
             try:
@@ -108,9 +134,14 @@ class PlainDNS:
                     except wire.WireError:
                         self.stats.forged += 1
                         continue
-                    if wire.reply_matches(message, msg_id, query.question):
-                        return Reply(data, message, self.name, "tcp")
-                    self.stats.forged += 1
+                    if not wire.reply_matches(message, msg_id, query.question) or (
+                        exact is not None and not wire.echoes_question(data, exact)
+                    ):
+                        self.stats.forged += 1
+                        continue
+                    if exact is not None:
+                        data, message = restore_case(data, message, query)
+                    return Reply(data, message, self.name, "tcp")
             finally:
                 writer.close()
 

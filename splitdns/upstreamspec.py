@@ -66,6 +66,8 @@ class Forwarding:
     # unless a `domains` entry sends them somewhere (usually the router).
     local_reverse: bool = True
     parallel_width: int = 2
+    # draft-vixie-dnsext-dns0x20 on plain UDP/TCP upstreams (encrypted ones need no help)
+    case_randomization: bool = False
 
 
 def _is_address(host: str) -> bool:
@@ -194,7 +196,16 @@ LOCAL_REVERSE_ZONES: tuple[str, ...] = (
 # --------------------------------------------------------------------------- the config section
 
 UPSTREAM_KEYS = frozenset(
-    {"default", "domains", "strategy", "bootstrap", "ca_file", "local_reverse", "parallel_width"}
+    {
+        "default",
+        "domains",
+        "strategy",
+        "bootstrap",
+        "ca_file",
+        "local_reverse",
+        "parallel_width",
+        "case_randomization",
+    }
 )
 
 
@@ -244,6 +255,8 @@ def upstreams_from_node(node: Node) -> tuple[tuple[UpstreamSpec, ...], Forwardin
         forwarding = replace(forwarding, ca_file=keys["ca_file"].text())
     if "local_reverse" in keys:
         forwarding = replace(forwarding, local_reverse=keys["local_reverse"].boolean())
+    if "case_randomization" in keys:
+        forwarding = replace(forwarding, case_randomization=keys["case_randomization"].boolean())
     if "parallel_width" in keys:
         width = keys["parallel_width"].integer(minimum=2, maximum=8)
         forwarding = replace(forwarding, parallel_width=width)

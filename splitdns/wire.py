@@ -385,18 +385,45 @@ def parse_query(data: bytes) -> Query:
     return Query(msg_id, flags, question, edns, payload, do, version)
 
 
-def make_upstream_query(query: Query, msg_id: int | None = None) -> tuple[int, bytes]:
+def make_upstream_query(
+    query: Query, msg_id: int | None = None, mix_case: bool = False
+) -> tuple[int, bytes]:
     """The query splitdns sends upstream: a fresh random ID, RD/CD copied, EDNS with DO copied.
 
     splitdns always speaks EDNS upstream (so big answers come over UDP) and strips the reply's
-    OPT before answering, adding its own when the client used EDNS.
+    OPT before answering, adding its own when the client used EDNS. With `mix_case` the name's
+    letters get random case (draft-vixie-dnsext-dns0x20): a reply must echo it exactly, which
+    adds one bit per letter to what a spoofer has to guess.
     """
     if msg_id is None:
         msg_id = secrets.randbits(16)
     flags = query.flags & (RD | CD)
     head = HEADER.pack(msg_id, flags, 1, 0, 0, 1)
     opt = _opt_record(EDNS_PAYLOAD, query.do)
-    return msg_id, head + query.question.wire + opt
+    question = query.question.wire
+    if mix_case:
+        question = _mixed_case(question[:-4]) + question[-4:]
+    return msg_id, head + question + opt
+
+
+def _mixed_case(name_wire: bytes) -> bytes:
+    """Flip the case of each letter at random (labels' length octets are never letters)."""
+    bits = secrets.randbits(len(name_wire))
+    out = bytearray(name_wire)
+    for i, octet in enumerate(out):
+        if (0x41 <= octet <= 0x5A or 0x61 <= octet <= 0x7A) and (bits >> i) & 1:
+            out[i] = octet ^ 0x20
+    return bytes(out)
+
+
+def sent_question(packet: bytes, query: Query) -> bytes:
+    """The question bytes of a query made by make_upstream_query (with their case)."""
+    return packet[HEADER_LEN : HEADER_LEN + len(query.question.wire)]
+
+
+def echoes_question(data: bytes, question: bytes) -> bool:
+    """The reply repeats our question byte for byte (case included), right after the header."""
+    return data[HEADER_LEN : HEADER_LEN + len(question)] == question
 
 
 def _opt_record(payload: int, do: bool, ext_rcode: int = 0) -> bytes:

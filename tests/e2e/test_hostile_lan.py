@@ -13,15 +13,14 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import dns.message
 import dnslib
 import pytest
 
-from splitdns import wire
 from tests.support.fakeupstream import Action, FakeUpstream
+from tests.support.load import blast, rss_kib, sockets_of
 from tests.support.servers import NSD, SplitDNS, free_port
 
 REWRITE_VIEW = """\
@@ -42,80 +41,6 @@ def metric(port: int, name: str) -> float:
         for line in text.splitlines()
         if line.startswith(name) and not line.startswith("#")
     )
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def sockets_of(pid: int) -> int:
-    fds = Path(f"/proc/{pid}/fd")
-    count = 0
-    for fd in fds.iterdir():
-        try:
-            count += fd.readlink().name.startswith("socket:")
-        except OSError:
-            continue
-    return count
-
-
-@dataclass
-class Blast:
-    """What a bounded load run saw."""
-
-    sent: int = 0
-    rcodes: Counter[int] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
-    lost: int = 0
-    seconds: float = 0.0
-
-    @property
-    def answered(self) -> int:
-        return sum(self.rcodes.values())
-
-
-def blast(port: int, names: list[str], window: int = 32, seconds: float = 60.0) -> Blast:
-    """Queries for `names`, `window` outstanding at a time, bounded in count and time."""
-    out = Blast()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(1.0)
-    pending: dict[int, float] = {}
-    began = time.monotonic()
-    deadline = began + seconds
-    queue = iter(enumerate(names))
-    exhausted = False
-    try:
-        while (pending or not exhausted) and time.monotonic() < deadline:
-            while not exhausted and len(pending) < window:
-                item = next(queue, None)
-                if item is None:
-                    exhausted = True
-                    break
-                i, name = item
-                data = wire.make_query(name, wire.TYPE_A)
-                msg_id = i & 0xFFFF
-                sock.sendto(struct.pack("!H", msg_id) + data[2:], ("127.0.0.1", port))
-                pending[msg_id] = time.monotonic()
-                out.sent += 1
-            try:
-                data = sock.recv(4096)
-            except TimeoutError:
-                out.lost += len(pending)
-                pending.clear()
-                continue
-            sent_at = pending.pop(struct.unpack("!H", data[:2])[0], None)
-            if sent_at is not None:
-                out.rcodes[data[3] & 0xF] += 1
-                out.latencies.append(time.monotonic() - sent_at)
-    finally:
-        sock.close()
-    out.lost += len(pending)
-    out.seconds = time.monotonic() - began
-    return out
 
 
 @pytest.fixture
@@ -428,5 +353,29 @@ metrics: "127.0.0.1:{mport}"
         assert proc.dig("+short", "printer.lan").split() == ["192.168.1.30"]
         assert proc.dig("+short", "www.example.test").split() == ["192.0.2.2"]  # our rewrite
         assert metric(mport, "splitdns_rebinding_removed_total") == 3
+    finally:
+        assert proc.stop() == 0, proc.output
+
+
+def test_case_randomization_needs_the_echo(tmp_path: Path, fakes: list[FakeUpstream]) -> None:
+    upstream = FakeUpstream().add("www.example.test. 60 IN A 203.0.113.1").start()
+    fakes.append(upstream)
+    mport = free_port()
+    proc = SplitDNS(
+        tmp_path,
+        f'upstreams:\n  default: ["{upstream.address}"]\n  case_randomization: true\n'
+        f'timeout: 1\ncache:\n  size: 0\nmetrics: "127.0.0.1:{mport}"\n{REWRITE_VIEW}',
+    )
+    try:
+        for _ in range(4):
+            answer = proc.dig("www.example.test")
+            assert "www.example.test.\t" in answer and "192.0.2.2" in answer  # client's case
+        sent = [s.name for s in upstream.seen]
+        assert all(name.lower() == "www.example.test" for name in sent)
+        assert any(name != name.lower() for name in sent), sent  # mixed case went out
+        upstream.default = Action(lowercase_question=True)  # no echo of the case: refused
+        before = metric(mport, "splitdns_upstream_forged_replies_total")
+        assert proc.query("www.example.test").rcode() == 2  # SERVFAIL
+        assert metric(mport, "splitdns_upstream_forged_replies_total") > before
     finally:
         assert proc.stop() == 0, proc.output

@@ -30,6 +30,7 @@ class Action:
     truncate_udp: bool = False  # UDP reply has TC=1 and no records
     forged_first: bool = False  # send wrong-ID, wrong-question and wrong-port replies first
     garbage_first: bool = False  # send bytes that are not DNS first
+    lowercase_question: bool = False  # echo the question in lower case (breaks 0x20)
 
 
 @dataclass
@@ -106,6 +107,8 @@ class FakeUpstream:
 
     def answer(self, request: dnslib.DNSRecord, action: Action, transport: str) -> dnslib.DNSRecord:
         reply = request.reply(ra=1, aa=1)
+        if action.lowercase_question:
+            reply.q.qname = dnslib.DNSLabel(str(request.q.qname).lower())
         if action.rcode is not None:
             reply.header.rcode = action.rcode
             return reply

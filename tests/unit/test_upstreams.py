@@ -358,3 +358,17 @@ def test_parallel_sends_two_and_takes_the_first() -> None:
     assert name == "b" and took < 0.15
     assert (a.calls, b.calls, c.calls) == (1, 1, 0)
     assert a.cancelled == 1
+
+
+def test_mixed_case_keeps_the_name_and_changes_only_letters() -> None:
+    query = wire.parse_query(wire.make_query("a-1.www.example.test", wire.TYPE_A))
+    seen = set()
+    for _ in range(20):
+        _, packet = wire.make_upstream_query(query, mix_case=True)
+        sent = wire.sent_question(packet, query)
+        assert sent.lower() == query.question.wire.lower() and len(sent) == len(query.question.wire)
+        assert wire.echoes_question(packet, sent)
+        seen.add(sent)
+    assert len(seen) > 10  # 17 letters: random case each time
+    _, plain = wire.make_upstream_query(query)
+    assert wire.sent_question(plain, query) == query.question.wire

@@ -1,0 +1,35 @@
+"""The built wheel holds every module and data file of the source tree: an editable install
+hides a forgotten subpackage, a user's `pip install .` (and the container image) does not."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_contains_the_whole_package(tmp_path: Path) -> None:
+    # A clean copy: an egg-info left by an editable install would paper over the gap.
+    tree = tmp_path / "src"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tree / name)
+    shutil.copytree(ROOT / "splitdns", tree / "splitdns", ignore=shutil.ignore_patterns("*.pyc"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(tree)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("splitdns-*.whl")
+    packaged = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("splitdns/")}
+    source = {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / "splitdns").rglob("*")
+        if p.is_file() and p.suffix in (".py", ".yaml", ".typed") and "__pycache__" not in p.parts
+    }
+    assert source - packaged == set()
