@@ -142,8 +142,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _doctor(args.config, args.ddns, args.timeout)
     if args.command == "health":
         return _health(args.server or health_target(os.environ.get(LISTEN_ENV)), args.timeout)
-    if args.listen is None and os.environ.get(LISTEN_ENV):
-        args.listen = [a.strip() for a in os.environ[LISTEN_ENV].split(",") if a.strip()]
     if args.command == "lab":
         return _lab(args.config, args.rules)
     return _serve(args)
@@ -364,6 +362,8 @@ def startup_line(config: Config, server: Server, loop: str, user: str | None) ->
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.listen is None and os.environ.get(LISTEN_ENV):
+        args.listen = [a.strip() for a in os.environ[LISTEN_ENV].split(",") if a.strip()]
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

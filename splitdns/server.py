@@ -18,6 +18,7 @@ from typing import Any, Protocol, cast
 
 from splitdns import follow, wire
 from splitdns.cache import Cache
+from splitdns.clienttrap import ClientTrap
 from splitdns.config import Config, Endpoint
 from splitdns.forwarder import Forwarder
 from splitdns.handlers import Outcome, Request, Response, build_chain
@@ -30,6 +31,7 @@ from splitdns.wildcardudp import WildcardUdp, enable_pktinfo, is_wildcard
 log = logging.getLogger(__name__)
 
 MAX_TCP_PIPELINE = 32  # answers in flight per TCP connection before reading pauses
+CAP_WARNING_EVERY = 10.0  # seconds between "TCP connection limit" warnings
 CLIENT_MEMO_SIZE = 4096  # client address -> (allowed, view) memo for the cache-hit path
 
 
@@ -53,6 +55,9 @@ class Server:
         self.limiter = RateLimiter(config.rate_limit)
         self.querylog = QueryLog(config.query_log)
         self.counts = Counts()
+        self.trap = ClientTrap(bool(config.views))
+        self._refused_tcp = 0
+        self._tcp_warned = -CAP_WARNING_EVERY
         self.metrics_server: MetricsServer | None = None
         self._follow: asyncio.Future[None] | None = None
         self._clients: dict[str, str | None] = {}
@@ -299,6 +304,8 @@ class Server:
         """One UDP query: rate limit, then a cache hit answered at once, else a task."""
         if self.closing:
             return
+        if not self.trap.done:
+            self.trap.saw(addr[0])
         limited, refusal = self.over_limit(data, addr[0])
         if limited:
             if refusal is not None:
@@ -326,12 +333,21 @@ class Server:
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         if len(self._tcp_writers) >= self.config.tcp_max_connections or peer is None:
-            log.warning(
-                "TCP connection limit (%d) reached: closing new connection",
-                self.config.tcp_max_connections,
-            )
+            self._refused_tcp += 1
+            now = time.monotonic()
+            if now - self._tcp_warned >= CAP_WARNING_EVERY:  # a flood must not flood the log
+                self._tcp_warned = now
+                log.warning(
+                    "TCP connection limit (%d) reached: closed %d new connection(s) since the "
+                    "last warning",
+                    self.config.tcp_max_connections,
+                    self._refused_tcp,
+                )
+                self._refused_tcp = 0
             writer.close()
             return
+        if not self.trap.done:
+            self.trap.saw(peer[0])
         self._tcp_writers.add(writer)
         pending: set[asyncio.Task[Any]] = set()
         idle = self.config.tcp_idle_timeout

@@ -141,3 +141,61 @@ def test_never_an_open_resolver_even_on_all_addresses(tmp_path: Path) -> None:
     assert "status: REFUSED" not in lan  # the LAN may ask (SERVFAIL here: no upstream runs)
     assert "status: REFUSED" in outside, outside
     assert uid != "0"
+
+
+def test_queries_only_from_the_gateway_log_the_container_trap(tmp_path: Path) -> None:
+    """splitdns on a LAN host whose every query arrives from its default gateway (the picture
+    behind a docker bridge network with published ports): one warning says what to do."""
+    conf = tmp_path / "trap.yaml"
+    conf.write_text(
+        f'listen: ["{lab.SERVER}:5353"]\nallow: [{lab.LAN_NET}]\nupstreams: ["{lab.AUTH_DNS}"]\n'
+        f"timeout: 0.5\nviews:\n  - name: lan\n    clients: [{lab.LAN_NET}]\n"
+        '    hosts:\n      "*.example.test": 192.0.2.99\n'  # answered at once, locally
+    )
+    with lab.Lab() as net:
+        server = subprocess.Popen(
+            [
+                *("ip", "netns", "exec", net.ns("server"), sys.executable, "-m", "splitdns"),
+                *("serve", "-c", str(conf)),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            names = [f"n{i}.example.test" for i in range(210)]
+            assert lab.wait_until(
+                lambda: (
+                    "status:"
+                    in net.exec(
+                        "router",
+                        "dig",
+                        f"@{lab.SERVER}",
+                        "-p",
+                        "5353",
+                        "+tries=1",
+                        "+time=1",
+                        "ready.example.test",
+                        check=False,
+                    )
+                ),
+                timeout=15,
+            )
+            net.exec(
+                "router",
+                "dig",
+                f"@{lab.SERVER}",
+                "-p",
+                "5353",
+                "+tries=1",
+                "+time=1",
+                *names,
+                check=False,
+                timeout=120,
+            )
+        finally:
+            server.terminate()
+            output, _ = server.communicate(timeout=15)
+    warnings = [line for line in output.splitlines() if "views cannot tell clients apart" in line]
+    assert len(warnings) == 1, output
+    assert f"{lab.ROUTER_LAN}, this host's gateway" in warnings[0]

