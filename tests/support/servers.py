@@ -131,6 +131,13 @@ class NSD(Process):
     def __init__(self, workdir: Path, zones: dict[str, str]) -> None:
         binary = need("nsd", "nsd")
         self.port = free_port()
+        conf = self.write_config(workdir, zones, "127.0.0.1", self.port)
+        super().__init__([binary, "-d", "-c", str(conf)])
+        self._wait_answering(next(iter(zones)))
+
+    @staticmethod
+    def write_config(workdir: Path, zones: dict[str, str], address: str, port: int) -> Path:
+        """nsd.conf and zone files for a foreground NSD (also used inside test namespaces)."""
         workdir.mkdir(parents=True, exist_ok=True)
         zone_blocks = []
         for name, text in zones.items():
@@ -139,8 +146,8 @@ class NSD(Process):
         conf = workdir / "nsd.conf"
         conf.write_text(
             "server:\n"
-            f"  ip-address: 127.0.0.1@{self.port}\n"
-            f"  port: {self.port}\n"
+            f"  ip-address: {address}@{port}\n"
+            f"  port: {port}\n"
             '  username: ""\n'
             '  chroot: ""\n'
             f"  zonesdir: {workdir}\n"
@@ -156,8 +163,7 @@ class NSD(Process):
             "  control-enable: no\n" + "".join(zone_blocks)
         )
         subprocess.run([need("nsd-checkconf", "nsd"), str(conf)], check=True, timeout=10)
-        super().__init__([binary, "-d", "-c", str(conf)])
-        self._wait_answering(next(iter(zones)))
+        return conf
 
     def _wait_answering(self, zone: str, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
