@@ -168,6 +168,11 @@ def summary(config: Config) -> list[str]:
         "private reverse zones (RFC 6303): "
         + ("answered locally" if fwd.local_reverse else "forwarded")
     )
+    if fwd.case_randomization:
+        lines.append("case randomization (0x20) on plain upstreams: on")
+    if config.rebinding.enabled:
+        allowed = ", ".join(config.rebinding.allow) or "none beyond routed and owned names"
+        lines.append(f"rebinding guard: on (allowed domains: {allowed})")
     if not config.views:
         lines.append("views: none (allowed clients get plain forwarding)")
     if config.nat is not None:
