@@ -261,8 +261,9 @@ def parse_endpoint(text: str, default_port: int | None) -> Endpoint:
 
 
 def _endpoint(node: Node, default_port: int | None) -> Endpoint:
+    text = node.text()  # its own ConfigError already names the place
     try:
-        return parse_endpoint(node.text(), default_port)
+        return parse_endpoint(text, default_port)
     except ValueError as exc:
         raise node.error(str(exc)) from None
 

@@ -103,7 +103,11 @@ class Node:
     def scalar(self) -> Any:
         if not isinstance(self.raw, yaml.ScalarNode):
             raise self.error(f"must be a single value, not {self.kind()}")
-        return _scalar_value(self.raw)
+        try:
+            return _scalar_value(self.raw)
+        except _UNREADABLE as exc:
+            why = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else exc
+            raise self.error(f"cannot read {self.raw.value!r} ({self.raw.tag}): {why}") from None
 
     def text(self) -> str:
         value = self.scalar()
@@ -144,7 +148,10 @@ class Node:
             return "a mapping"
         if isinstance(self.raw, yaml.SequenceNode):
             return "a list"
-        return repr(_scalar_value(self.raw))
+        try:
+            return repr(_scalar_value(self.raw))
+        except _UNREADABLE:
+            return f"{self.raw.value!r} tagged {self.raw.tag}"
 
 
 def dynamic_source(node: Node) -> tuple[str, str] | None:
@@ -164,6 +171,11 @@ def dynamic_source(node: Node) -> tuple[str, str] | None:
     if not name or any(not 0 < len(label) <= 63 for label in name.split(".")):
         raise keys["follow"].error(f"{name!r} is not a valid domain name")
     return "follow", name
+
+
+# What constructing a scalar can raise: unknown tags (`!foo`), bad `!!binary`, and dates that
+# match YAML's timestamp pattern but do not exist (2026-13-45).
+_UNREADABLE = (yaml.YAMLError, ValueError, TypeError, OverflowError)
 
 
 def _scalar_value(node: yaml.Node) -> Any:

@@ -210,8 +210,9 @@ UPSTREAM_KEYS = frozenset(
 
 
 def _spec(node: Node) -> UpstreamSpec:
+    text = node.text()  # its own ConfigError already names the place
     try:
-        return parse_upstream(node.text())
+        return parse_upstream(text)
     except ValueError as exc:
         raise node.error(str(exc)) from None
 

@@ -208,8 +208,8 @@ def read_name(data: bytes, offset: int) -> tuple[str, int]:
             target = ((length & 0x3F) << 8) | data[pos + 1]
             if end < 0:
                 end = pos + 2
-            if target >= lowest:
-                raise WireError("compression pointer does not point backwards")
+            if target >= lowest or target < HEADER_LEN:
+                raise WireError("compression pointer does not point backwards into the body")
             pos = lowest = target
             continue
         if kind != 0:

@@ -131,8 +131,9 @@ def parse_nat(node: Node) -> NatSettings:
     lan_if = _interface(keys["lan_interface"]) if "lan_interface" in keys else "lan"
     lan: list[ipaddress.IPv4Network] = []
     for item in keys["lan"].items(allow_scalar=True):
+        text = item.text().strip()
         try:
-            lan.append(ipaddress.IPv4Network(item.text().strip()))
+            lan.append(ipaddress.IPv4Network(text))
         except ValueError:
             raise item.error(f"{item.text()!r} is not an IPv4 network") from None
     if not lan:

@@ -227,3 +227,17 @@ def test_embedded_default() -> None:
     cfg = config.load_default()
     assert cfg.listen == (Endpoint("127.0.0.1", 5353),)
     assert [v.name for v in cfg.views] == ["lan"] and cfg.rule_count == 0
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [  # found by tests/fuzz: YAML that PyYAML composes but cannot construct
+        ("!0\n", "t.yaml:1: (top): must be a mapping, not '' tagged !0"),
+        ("timeout: !foo 3\n", "t.yaml:1: timeout: cannot read '3' (!foo): could not determine"),
+        ("timeout: 2026-13-45\n", "t.yaml:1: timeout: cannot read '2026-13-45'"),
+        ("listen: !!binary xx\n", "t.yaml:1: listen: cannot read 'xx'"),
+        ("upstreams: [true]\n", "t.yaml:1: upstreams[0]: must be a string, not True"),
+    ],
+)
+def test_unconstructible_yaml_is_a_config_error(snippet: str, expected: str) -> None:
+    assert error_of(snippet).startswith(expected), error_of(snippet)
