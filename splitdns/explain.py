@@ -9,6 +9,7 @@ from __future__ import annotations
 from splitdns import localanswers, rewrite, wire
 from splitdns.config import Config
 from splitdns.forwarder import Forwarder
+from splitdns.rebinding import Guard
 from splitdns.server import Server
 from splitdns.upstream import UpstreamFailure
 from splitdns.upstreamspec import local_reverse_zone
@@ -49,6 +50,13 @@ async def explain(config: Config, name: str, client: str, qtype: str) -> list[st
     bare, message = wire.strip_opt(reply.data, reply.message)
     out.append(f"upstream: {reply.upstream} answered over {reply.transport}:")
     out += [f"  {line}" for line in wire.answer_lines(bare)]
+    guard = Guard(config)
+    if guard.applies_to(query.question.name):
+        filtered = guard.filter(bare, message)
+        if filtered is not None:
+            bare, removed = filtered
+            message = wire.walk(bare)
+            out.append(f"rebinding guard: removed {removed} private address(es) from that answer")
     result = rewrite.rewrite(bare, query.question.name, view, message)
     rules = {r.index: r for r in view.rules} if view is not None else {}
     if not result.changes:

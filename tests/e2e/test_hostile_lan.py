@@ -8,6 +8,8 @@ import random
 import resource
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -355,6 +357,15 @@ metrics: "127.0.0.1:{mport}"
         assert metric(mport, "splitdns_rebinding_removed_total") == 3
     finally:
         assert proc.stop() == 0, proc.output
+    config_file = str(next(tmp_path.glob("splitdns-*.yaml")))
+    explained = subprocess.run(
+        [sys.executable, "-m", "splitdns", "explain", "evil.example.test", "-c", config_file],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert "rebinding guard: removed 1 private address(es) from that answer" in explained
+    assert explained.rstrip().endswith("198.51.100.7"), explained
 
 
 def test_case_randomization_needs_the_echo(tmp_path: Path, fakes: list[FakeUpstream]) -> None:
