@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -319,3 +320,42 @@ def test_dns_over_https_falls_back_to_http1_and_reports_http_errors(
     finally:
         assert proc.stop() == 0, proc.output
         doh.stop()
+
+
+def test_dot_answers_out_of_order_and_survives_servers_closing_connections(
+    tmp_path: Path, fakes: list[FakeUpstream], ca: ThrowawayCA
+) -> None:
+    backend = fake_with(
+        "slow.example.test. 300 IN A 203.0.113.1",
+        *(f"q{i}.example.test. 300 IN A 203.0.113.1" for i in range(6)),
+    )
+    backend.actions["slow.example.test"] = Action(delay=0.6)
+    fakes.append(backend)
+    dot = FakeDoT(backend, ca.server_context("dot.example.test"))
+    proc = SplitDNS(
+        tmp_path,
+        f'upstreams:\n  default: ["tls://127.0.0.1:{dot.port}#dot.example.test"]\n'
+        f'  ca_file: "{ca.ca_file}"\ntimeout: 3\n{REWRITE_VIEW}',
+    )
+    try:
+        assert proc.dig("+short", "q0.example.test").split() == ["192.0.2.2"]  # connected
+        done: dict[str, float] = {}
+
+        def ask(name: str) -> None:
+            assert proc.dig("+short", name).split() == ["192.0.2.2"]
+            done[name] = time.monotonic()
+
+        slow = threading.Thread(target=ask, args=("slow.example.test",))
+        slow.start()
+        time.sleep(0.1)
+        ask("q1.example.test")  # pipelined behind the slow one, answered first
+        slow.join(5)
+        assert done["q1.example.test"] < done["slow.example.test"]
+        assert dot.connections == 1
+        dot.close_after_reply = True  # now the server hangs up after every answer
+        for i in range(2, 6):
+            assert proc.dig("+short", f"q{i}.example.test").split() == ["192.0.2.2"]
+        assert dot.connections == 4  # q2 on the first connection, then one each for q3-q5
+    finally:
+        assert proc.stop() == 0, proc.output
+        dot.stop()

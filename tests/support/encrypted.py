@@ -111,7 +111,11 @@ class _TlsListener:
 
 
 class FakeDoT(_TlsListener):
-    """DNS over TLS: RFC 7858 framing; queries on one connection are answered concurrently."""
+    """DNS over TLS: RFC 7858 framing; queries on one connection are answered concurrently.
+    `close_after_reply` makes it close each connection once it has answered (a server with a
+    very short idle timeout)."""
+
+    close_after_reply = False
 
     async def serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int
@@ -130,6 +134,9 @@ class FakeDoT(_TlsListener):
         reply = await self.answer(data, "tls", port)
         if reply is not None and not writer.is_closing():
             writer.write(struct.pack("!H", len(reply)) + reply)
+            if self.close_after_reply:
+                await writer.drain()
+                writer.close()
 
 
 class FakeDoH(_TlsListener):
