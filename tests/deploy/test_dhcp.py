@@ -9,7 +9,6 @@ The recipes are written for 192.168.1.0/24; the test serves them on the document
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.netns import TwoHosts, two_hosts
 from tests.support.servers import NSD
 from tests.support.tools import need
 
@@ -44,70 +44,11 @@ esac
 """
 
 
-def run(*argv: str, check: bool = True, timeout: float = 30) -> str:
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)}: {out.stdout}{out.stderr}")
-    return out.stdout + out.stderr
-
-
-class TwoHosts:
-    """A LAN of two namespaces joined by a veth pair: `srv` (192.0.2.53) and `cli` (no address
-    until DHCP gives one). Processes started here are stopped by PID; the namespaces go too."""
-
-    def __init__(self) -> None:
-        tag = os.getpid() % 100000
-        self.srv, self.cli = f"sdh{tag}-srv", f"sdh{tag}-cli"
-        self.srv_if, self.cli_if = f"dhs{tag}", f"dhc{tag}"
-        self.procs: list[subprocess.Popen[str]] = []
-        for ns in (self.srv, self.cli):
-            run("ip", "netns", "add", ns)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        run("ip", "link", "add", self.srv_if, "netns", self.srv, "type", "veth", "peer",
-            "name", self.cli_if, "netns", self.cli)  # fmt: skip
-        run("ip", "-n", self.srv, "addr", "add", f"{SPLITDNS_ADDRESS}/24", "dev", self.srv_if)
-        run("ip", "-n", self.srv, "link", "set", self.srv_if, "up")
-        run("ip", "-n", self.cli, "link", "set", self.cli_if, "up")
-
-    def spawn(self, ns: str, *argv: str, log: Path) -> subprocess.Popen[str]:
-        """Start a process in `ns`, its output going to `log` (read it when a step fails)."""
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", ns, *argv], stdout=out, stderr=subprocess.STDOUT, text=True
-            )
-        self.procs.append(proc)
-        return proc
-
-    def exec(self, ns: str, *argv: str, check: bool = True, timeout: float = 30) -> str:
-        return run("ip", "netns", "exec", ns, *argv, check=check, timeout=timeout)
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-        for ns in (self.srv, self.cli):
-            run("ip", "netns", "del", ns, check=False)
-
-
 @pytest.fixture
 def lan() -> Iterator[TwoHosts]:
-    if os.geteuid() != 0:
-        reason = "the DHCP test needs root for network namespaces"
-        if os.environ.get("SPLITDNS_REQUIRE_REAL") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    net = TwoHosts()
-    try:
+    for net in two_hosts("dh"):
+        net.address(net.srv, net.srv_if, f"{SPLITDNS_ADDRESS}/24")
         yield net
-    finally:
-        net.close()
-    left = run("ip", "netns", "list")
-    assert net.srv not in left and net.cli not in left
 
 
 def wait_for(probe: object, timeout: float = 15) -> None:
