@@ -359,3 +359,20 @@ def test_dot_answers_out_of_order_and_survives_servers_closing_connections(
     finally:
         assert proc.stop() == 0, proc.output
         dot.stop()
+
+
+def test_doh_with_the_wrong_certificate_name_is_refused(
+    tmp_path: Path, fakes: list[FakeUpstream], ca: ThrowawayCA
+) -> None:
+    backend = fake_with("www.example.test. 300 IN A 203.0.113.1")
+    fakes.append(backend)
+    doh = FakeDoH(backend, ca.server_context("other.example.test", alpn=["h2"]))
+    url = f"https://127.0.0.1:{doh.port}/dns-query"
+    proc = SplitDNS(tmp_path, f'upstreams:\n  default: ["{url}"]\n  ca_file: "{ca.ca_file}"\n')
+    try:
+        assert proc.query("www.example.test").rcode() == dns.rcode.SERVFAIL
+        assert url in proc.wait_for("certificate refused")
+        assert backend.seen == [] and doh.connections == 0
+    finally:
+        assert proc.stop() == 0, proc.output
+        doh.stop()
