@@ -37,11 +37,12 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
 
 
 @pytest.fixture(scope="module")
-def image(podman: Podman) -> str:
+def image(podman: Podman) -> Iterator[str]:
     podman.ensure_base_image()
     took = podman.build(IMAGE)
     print(f"\nimage built in {took:.1f} s")
-    return IMAGE
+    yield IMAGE
+    podman.run("rmi", "--force", IMAGE, check=False)  # the base image stays, as a cache
 
 
 @pytest.fixture(scope="module")

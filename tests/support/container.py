@@ -110,8 +110,10 @@ class Podman:
         if HOST_CA_BUNDLE.exists():  # pip in the build trusts what this host trusts
             volumes = ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
         began = time.monotonic()
+        self.run("rmi", "--force", tag, check=False)  # no dangling copies build up run after run
         self.run(
             "build",
+            "--layers=false",  # no intermediate images kept: the build stage leaves nothing
             "--format",
             "docker",
             "--network",
