@@ -51,5 +51,14 @@ def fake() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture
+def fakes() -> Iterator[list[FakeUpstream]]:
+    """Fake upstreams a test starts itself (append them): stopped afterwards."""
+    made: list[FakeUpstream] = []
+    yield made
+    for fake in made:
+        fake.stop()
+
+
+@pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path

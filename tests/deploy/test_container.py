@@ -13,22 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.configs import REWRITE_VIEW
 from tests.support.container import ROOT, Podman, venv_tool
 from tests.support.fakeupstream import FakeUpstream
 from tests.support.servers import free_port
 from tests.support.tools import need
 
 IMAGE = "localhost/splitdns:test"
-CONFIG = """\
-upstreams: ["{upstream}"]
-user: splitdns
-views:
-  - name: lan
-    clients: [127.0.0.1/32]
-    rewrite:
-      - from: 203.0.113.1
-        to: 192.0.2.2
-"""
+CONFIG = 'upstreams: ["{upstream}"]\nuser: splitdns\n' + REWRITE_VIEW
 
 
 @pytest.fixture(scope="module")

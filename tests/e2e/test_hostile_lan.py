@@ -21,18 +21,10 @@ import dns.message
 import dnslib
 import pytest
 
+from tests.support.configs import REWRITE_VIEW
 from tests.support.fakeupstream import Action, FakeUpstream
 from tests.support.load import blast, rss_kib, sockets_of
 from tests.support.servers import NSD, SplitDNS, free_port
-
-REWRITE_VIEW = """\
-views:
-  - name: lan
-    clients: [127.0.0.1/32]
-    rewrite:
-      - from: 203.0.113.1
-        to: 192.0.2.2
-"""
 
 
 def metric(port: int, name: str) -> float:
@@ -43,14 +35,6 @@ def metric(port: int, name: str) -> float:
         for line in text.splitlines()
         if line.startswith(name) and not line.startswith("#")
     )
-
-
-@pytest.fixture
-def fakes() -> Iterator[list[FakeUpstream]]:
-    made: list[FakeUpstream] = []
-    yield made
-    for fake in made:
-        fake.stop()
 
 
 # --------------------------------------------------------------------------- forged replies

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.configs import REWRITE_VIEW
 from tests.support.encrypted import ThrowawayCA
 from tests.support.fakeupstream import FakeUpstream
 from tests.support.servers import SplitDNS, Unbound
@@ -16,14 +17,6 @@ RECORDS = [
     "www.example.test. 300 IN A 203.0.113.1",
     "other.example.test. 300 IN A 198.51.100.7",
 ]
-REWRITE_VIEW = """\
-views:
-  - name: lan
-    clients: [127.0.0.1/32]
-    rewrite:
-      - from: 203.0.113.1
-        to: 192.0.2.2
-"""
 
 
 @pytest.fixture(scope="module")

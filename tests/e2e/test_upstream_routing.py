@@ -8,37 +8,20 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import dns.rcode
 import pytest
 
+from tests.support.configs import REWRITE_VIEW
 from tests.support.encrypted import FakeDoH, FakeDoT, ThrowawayCA
 from tests.support.fakeupstream import Action, FakeUpstream
 from tests.support.servers import SplitDNS, free_port
-
-REWRITE_VIEW = """\
-views:
-  - name: lan
-    clients: [127.0.0.1/32]
-    rewrite:
-      - from: 203.0.113.1
-        to: 192.0.2.2
-"""
 
 
 def fake_with(*lines: str, default: Action | None = None) -> FakeUpstream:
     fake = FakeUpstream(default=default or Action()).add(*lines)
     return fake.start()
-
-
-@pytest.fixture
-def fakes() -> Iterator[list[FakeUpstream]]:
-    made: list[FakeUpstream] = []
-    yield made
-    for fake in made:
-        fake.stop()
 
 
 def a_values(resp: object) -> list[str]:

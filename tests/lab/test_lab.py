@@ -163,36 +163,15 @@ def test_queries_only_from_the_gateway_log_the_container_trap(tmp_path: Path) ->
             text=True,
         )
         try:
-            names = [f"n{i}.example.test" for i in range(210)]
-            assert lab.wait_until(
-                lambda: (
-                    "status:"
-                    in net.exec(
-                        "router",
-                        "dig",
-                        f"@{lab.SERVER}",
-                        "-p",
-                        "5353",
-                        "+tries=1",
-                        "+time=1",
-                        "ready.example.test",
-                        check=False,
-                    )
-                ),
-                timeout=15,
-            )
-            net.exec(
-                "router",
-                "dig",
-                f"@{lab.SERVER}",
-                "-p",
-                "5353",
-                "+tries=1",
-                "+time=1",
-                *names,
-                check=False,
-                timeout=120,
-            )
+
+            def dig(*names: str) -> str:
+                return net.exec(
+                    "router", "dig", f"@{lab.SERVER}", "-p", "5353", "+tries=1", "+time=1",
+                    *names, check=False, timeout=120,
+                )  # fmt: skip
+
+            assert lab.wait_until(lambda: "status:" in dig("ready.example.test"), timeout=15)
+            dig(*(f"n{i}.example.test" for i in range(210)))
         finally:
             server.terminate()
             output, _ = server.communicate(timeout=15)

@@ -71,6 +71,20 @@ class Process:
             time.sleep(0.02)
         raise TimeoutError(f"no {text!r} within {timeout}s:\n{self.output}")
 
+    def wait_answering(self, port: int, zone: str, timeout: float = 15.0) -> None:
+        """Until the server answers `zone` SOA on 127.0.0.1:port (any answer will do)."""
+        deadline = time.monotonic() + timeout
+        q = dns.message.make_query(zone, "SOA")
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.argv[0]} exited:\n{self.output}")
+            try:
+                dns.query.udp(q, "127.0.0.1", port=port, timeout=0.3)
+                return
+            except (TimeoutError, OSError, dns.exception.Timeout):
+                time.sleep(0.1)
+        raise TimeoutError(f"{self.argv[0]} did not answer:\n{self.output}")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -133,7 +147,7 @@ class NSD(Process):
         self.port = free_port()
         conf = self.write_config(workdir, zones, "127.0.0.1", self.port)
         super().__init__([binary, "-d", "-c", str(conf)])
-        self._wait_answering(next(iter(zones)))
+        self.wait_answering(self.port, next(iter(zones)))
 
     @staticmethod
     def write_config(workdir: Path, zones: dict[str, str], address: str, port: int) -> Path:
@@ -164,19 +178,6 @@ class NSD(Process):
         )
         subprocess.run([need("nsd-checkconf", "nsd"), str(conf)], check=True, timeout=10)
         return conf
-
-    def _wait_answering(self, zone: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        q = dns.message.make_query(zone, "SOA")
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nsd exited:\n{self.output}")
-            try:
-                dns.query.udp(q, "127.0.0.1", port=self.port, timeout=0.3)
-                return
-            except (TimeoutError, OSError, dns.exception.Timeout):
-                time.sleep(0.1)
-        raise TimeoutError(f"nsd did not answer:\n{self.output}")
 
 
 class Unbound(Process):
@@ -220,17 +221,4 @@ class Unbound(Process):
             capture_output=True,
         )
         super().__init__([binary, "-d", "-c", str(conf)])
-        self._wait_answering()
-
-    def _wait_answering(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        q = dns.message.make_query("example.test", "SOA")
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"unbound exited:\n{self.output}")
-            try:
-                dns.query.udp(q, "127.0.0.1", port=self.port, timeout=0.3)
-                return
-            except (TimeoutError, OSError, dns.exception.Timeout):
-                time.sleep(0.1)
-        raise TimeoutError(f"unbound did not answer:\n{self.output}")
+        self.wait_answering(self.port, "example.test")
