@@ -237,7 +237,9 @@ class Server:
             return None
         limit = query.udp_limit() if transport == "udp" else 65535
         if query.opcode != 0:
-            return wire.finalize(query, wire.make_error(query, wire.NOTIMP), limit)
+            # Header only: other opcodes give the sections other meanings (UPDATE's zone
+            # section must be SOA), so echoing the question can make the answer unparsable.
+            return wire.make_header_error(query.msg_id, query.flags, wire.NOTIMP)
         if query.edns and query.edns_version > 0:
             return wire.make_badvers(query)
         started = time.monotonic()

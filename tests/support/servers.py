@@ -111,7 +111,11 @@ class SplitDNS(Process):
             argv += ["-c", str(path)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         super().__init__([*argv, *extra], env=env)
-        self.startup = self.wait_for("serving")
+        try:
+            self.startup = self.wait_for("serving")
+        except BaseException:
+            self.stop()  # a failed start must not leak the process or its pipe
+            raise
 
     def query(
         self,
