@@ -125,3 +125,51 @@ def test_reload_under_load(readable_dir: Path) -> None:
     assert len(results) > 100
     bad = [r for r in results if r not in ("192.0.2.2", "192.0.2.3", "192.0.2.4")]
     assert bad == [], f"{len(bad)} of {len(results)} queries failed: {bad[:5]}"
+
+
+def test_reload_switches_the_rebinding_guard_and_case_randomization(readable_dir: Path) -> None:
+    up = (
+        FakeUpstream()
+        .add("evil.example.test. 1 IN A 192.168.1.1", "evil.example.test. 1 IN A 198.51.100.7")
+        .start()
+    )
+    conf = readable_dir / "splitdns.yaml"
+    base = f'upstreams:\n  default: ["{up.address}"]\n'
+    write(conf, base + "cache:\n  size: 0\n")
+    port = free_port()
+    proc = Process(
+        [
+            sys.executable,
+            "-m",
+            "splitdns",
+            "serve",
+            "-c",
+            str(conf),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+
+    def addresses() -> list[str]:
+        q = dns.message.make_query("evil.example.test", "A")
+        r = dns.query.udp(q, "127.0.0.1", port=port, timeout=2)
+        return sorted(str(rd) for rrset in r.answer for rd in rrset)
+
+    try:
+        proc.wait_for("serving")
+        assert addresses() == ["192.168.1.1", "198.51.100.7"]
+        assert not any(s.name != s.name.lower() for s in up.seen)
+        write(conf, base + "  case_randomization: true\ncache:\n  size: 0\nrebinding_guard: true\n")
+        proc.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while addresses() != ["198.51.100.7"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert addresses() == ["198.51.100.7"]
+        up.seen.clear()
+        for _ in range(4):
+            addresses()
+        assert any(s.name != s.name.lower() for s in up.seen)  # 0x20 took effect too
+    finally:
+        assert proc.stop() == 0, proc.output
+        up.stop()
