@@ -57,6 +57,14 @@ def answer(port: int) -> str:
     return str(r.answer[0][0])
 
 
+def serve(conf: Path, port: int) -> Process:
+    """`splitdns serve` on the file, on 127.0.0.1:port (callers wait for "serving")."""
+    argv = [sys.executable, "-m", "splitdns", "serve", "-c", str(conf)]
+    return Process(
+        [*argv, "--listen", f"127.0.0.1:{port}"], env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
+
+
 def wait_answer(port: int, want: str, timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -71,19 +79,7 @@ def test_reload_under_load(readable_dir: Path) -> None:
     conf = readable_dir / "splitdns.yaml"
     write(conf, CONFIG.format(up=up.address, to="192.0.2.2"))
     port = free_port()
-    proc = Process(
-        [
-            sys.executable,
-            "-m",
-            "splitdns",
-            "serve",
-            "-c",
-            str(conf),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
+    proc = serve(conf, port)
     stop = threading.Event()
     results: list[str] = []
 
@@ -137,19 +133,7 @@ def test_reload_switches_the_rebinding_guard_and_case_randomization(readable_dir
     base = f'upstreams:\n  default: ["{up.address}"]\n'
     write(conf, base + "cache:\n  size: 0\n")
     port = free_port()
-    proc = Process(
-        [
-            sys.executable,
-            "-m",
-            "splitdns",
-            "serve",
-            "-c",
-            str(conf),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
+    proc = serve(conf, port)
 
     def addresses() -> list[str]:
         q = dns.message.make_query("evil.example.test", "A")
