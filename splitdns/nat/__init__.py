@@ -5,8 +5,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
+from splitdns.config.nat import NatSettings
 from splitdns.nat import iptables, nftables, routeros
-from splitdns.nat.model import HAIRPIN_MODES, NatRule, NatSettings, build_rules
+from splitdns.nat.model import HAIRPIN_MODES, NatRule, build_rules
 
 #: Renderers by target name: each a pure function of the rule list.
 TARGETS: dict[str, Callable[[list[NatRule], str], str]] = {

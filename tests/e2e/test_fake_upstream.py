@@ -457,7 +457,7 @@ def test_follow_switches_the_rewrite_when_the_ddns_name_moves(
 
 
 def test_interface_source_reads_the_interfaces_address(tmp_path: Path, fake: FakeUpstream) -> None:
-    from splitdns.follow import interface_address
+    from splitdns.serve.follow import interface_address
 
     assert str(interface_address("lo")) == "127.0.0.1"
     with pytest.raises(ValueError, match="interface nosuchif0"):

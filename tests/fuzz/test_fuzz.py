@@ -27,8 +27,9 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from splitdns import config, wire
-from splitdns.server import Server
+from splitdns import wire
+from splitdns.config import model as config
+from splitdns.serve.server import Server
 from tests.fuzz import seeds
 from tests.support.fakeupstream import FakeUpstream
 from tests.support.servers import NSD, SplitDNS

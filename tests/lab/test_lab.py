@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from splitdns import lab
+from splitdns.commands import lab
 from tests.support.tools import need
 
 
@@ -64,7 +64,8 @@ def test_lab_command_prints_the_story() -> None:
 
 
 def test_doctor_tells_whether_the_router_hairpins(tmp_path: Path) -> None:
-    from splitdns import config, nat
+    from splitdns import nat
+    from splitdns.config import model as config
 
     with lab.Lab() as net:
         text = lab.lab_config(net, lab.DEFAULT_FORWARDS, 53)

@@ -12,12 +12,13 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from splitdns import config, wire
-from splitdns.cache import Cache
-from splitdns.handlers import Outcome, Request
-from splitdns.server import Server
-from splitdns.upstream import Reply, UpstreamFailure
-from splitdns.views import client_address
+from splitdns import wire
+from splitdns.answer.cache import Cache
+from splitdns.answer.chain import Outcome, Request
+from splitdns.answer.views import client_address
+from splitdns.config import model as config
+from splitdns.serve.server import Server
+from splitdns.upstream.transport import Reply, UpstreamFailure
 
 CONFIG = """
 upstreams: [192.0.2.53]

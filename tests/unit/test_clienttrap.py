@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from splitdns.clienttrap import (
+from splitdns.serve.clienttrap import (
     MIN_QUERIES,
     WINDOW_QUERIES,
     WINDOW_SECONDS,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from splitdns import config
-from splitdns.config import ConfigError, Endpoint, parse_endpoint
+from splitdns.config import model as config
+from splitdns.config.model import ConfigError, Endpoint, parse_endpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 

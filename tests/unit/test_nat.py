@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from splitdns import config, nat
-from splitdns.configtree import ConfigError
+from splitdns import nat
+from splitdns.config import model as config
+from splitdns.config.tree import ConfigError
 from tests.support.tools import need
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from splitdns.config import RateLimitSettings
-from splitdns.ratelimit import RateLimiter
+from splitdns.answer.ratelimit import RateLimiter
+from splitdns.config.model import RateLimitSettings
 
 
 class Clock:

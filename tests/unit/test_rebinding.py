@@ -8,9 +8,10 @@ import dns.message
 import dns.rrset
 import pytest
 
-from splitdns import config, wire
-from splitdns.config import ConfigError
-from splitdns.rebinding import Guard, is_private
+from splitdns import wire
+from splitdns.answer.rebinding import Guard, is_private
+from splitdns.config import model as config
+from splitdns.config.model import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,9 @@ import dns.flags
 import dns.message
 import dns.rrset
 
-from splitdns import config, rewrite, wire
+from splitdns import wire
+from splitdns.answer import rewrite
+from splitdns.config import model as config
 
 
 def view(text: str) -> config.View:

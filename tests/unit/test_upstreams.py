@@ -9,13 +9,20 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from splitdns import config, wire
-from splitdns.config import ConfigError
-from splitdns.forwarder import Forwarder, every_upstream
-from splitdns.health import FIRST_BACKOFF, MAX_ATTEMPT, MIN_ATTEMPT, UNKNOWN_ATTEMPT, Health
-from splitdns.upstream import Reply, TransportError, UpstreamFailure, UpstreamStats
-from splitdns.upstreamgroup import EXPLORE_EVERY, UpstreamGroup
-from splitdns.upstreamspec import UpstreamSpec, local_reverse_zone, parse_upstream
+from splitdns import wire
+from splitdns.config import model as config
+from splitdns.config.model import ConfigError
+from splitdns.config.upstreams import UpstreamSpec, local_reverse_zone, parse_upstream
+from splitdns.upstream.forwarder import Forwarder, every_upstream
+from splitdns.upstream.group import EXPLORE_EVERY, UpstreamGroup
+from splitdns.upstream.health import (
+    FIRST_BACKOFF,
+    MAX_ATTEMPT,
+    MIN_ATTEMPT,
+    UNKNOWN_ATTEMPT,
+    Health,
+)
+from splitdns.upstream.transport import Reply, TransportError, UpstreamFailure, UpstreamStats
 
 # --------------------------------------------------------------------------- specs
 

@@ -9,8 +9,10 @@ import dns.message
 import dns.rcode
 import pytest
 
-from splitdns import config, localanswers, wire
-from splitdns.views import client_address, is_allowed, select_view
+from splitdns import wire
+from splitdns.answer import localanswers
+from splitdns.answer.views import client_address, is_allowed, select_view
+from splitdns.config import model as config
 
 
 def query_wire(name: str = "www.example.com.", rdtype: str = "A", **kw: object) -> bytes:

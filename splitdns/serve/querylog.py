@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from splitdns.config import QueryLogSettings
-from splitdns.rewrite import Change
+from splitdns.answer.rewrite import Change
+from splitdns.config.model import QueryLogSettings
 
 
 class QueryLog:

@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from splitdns import wire
-from splitdns.config import IPAddress, Rule, View
+from splitdns.config.model import IPAddress, Rule, View
 
 
 @dataclass(frozen=True, slots=True)

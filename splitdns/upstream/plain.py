@@ -14,8 +14,8 @@ import struct
 import time
 
 from splitdns import wire
-from splitdns.upstream import Reply, UpstreamStats
-from splitdns.upstreamspec import UpstreamSpec
+from splitdns.config.upstreams import UpstreamSpec
+from splitdns.upstream.transport import Reply, UpstreamStats
 
 
 class _ReplyCatcher(asyncio.DatagramProtocol):

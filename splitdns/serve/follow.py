@@ -14,17 +14,14 @@ import ipaddress
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 from splitdns import wire
-from splitdns.config import Config, Rule
-from splitdns.forwarder import Forwarder
-from splitdns.nat.model import NatSettings
-from splitdns.upstream import UpstreamFailure
-
-if TYPE_CHECKING:
-    from splitdns.server import Server
+from splitdns.config.model import Config, Rule
+from splitdns.config.nat import NatSettings
+from splitdns.upstream.forwarder import Forwarder
+from splitdns.upstream.transport import UpstreamFailure
 
 log = logging.getLogger(__name__)
 
@@ -112,29 +109,37 @@ def current(config: Config, key: str) -> ipaddress.IPv4Address | None:
     return None
 
 
-async def follow_forever(server: Server) -> None:
-    """Re-resolve followed names as their TTLs expire; runs until cancelled."""
+async def follow_forever(
+    config: Callable[[], Config],
+    upstreams: Callable[[], Forwarder],
+    apply: Callable[[Config], object],
+) -> None:
+    """Re-resolve followed names as their TTLs expire; runs until cancelled.
+
+    Handed the running config, the current upstreams and the server's reload (callbacks, so
+    this module needs nothing of the server), it applies each change like a reload.
+    """
     while True:
         wait = MAX_WAIT
-        for key in sorted(followed(server.config)):
+        for key in sorted(followed(config())):
             kind, _, name = key.partition(":")
             try:
                 if kind == "dns":
-                    address, ttl = await resolve_a(server.upstreams, name)
+                    address, ttl = await resolve_a(upstreams(), name)
                 else:
                     address, ttl = interface_address(name), int(INTERFACE_POLL)
             except (UpstreamFailure, ValueError, wire.WireError) as exc:
-                previous = current(server.config, key)
+                previous = current(config(), key)
                 state = f"keeping {previous}" if previous else "its rules rewrite nothing yet"
                 log.warning("follow: cannot resolve %s (%s); %s", name, exc, state)
                 wait = min(wait, RETRY)
                 continue
-            previous = current(server.config, key)
+            previous = current(config(), key)
             if previous != address:
-                server.reload(with_address(server.config, key, address))
+                apply(with_address(config(), key, address))
                 log.info("follow: %s is now %s (was %s)", name, address, previous or "unresolved")
             wait = min(wait, max(MIN_WAIT, float(ttl)))
-        await asyncio.sleep(wait if followed(server.config) else RETRY)
+        await asyncio.sleep(wait if followed(config()) else RETRY)
 
 
 async def resolved_nat(config: Config) -> NatSettings | None:

@@ -14,14 +14,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from splitdns import localanswers, rewrite, wire
-from splitdns.cache import Cache, make_key
-from splitdns.config import Config, IPAddress, View
-from splitdns.forwarder import Forwarder
-from splitdns.rebinding import Guard
-from splitdns.upstream import UpstreamFailure, UpstreamStats
-from splitdns.upstreamspec import Forwarding, local_reverse_zone
-from splitdns.views import is_allowed, select_view
+from splitdns import wire
+from splitdns.answer import localanswers, rewrite
+from splitdns.answer.cache import Cache, make_key
+from splitdns.answer.rebinding import Guard
+from splitdns.answer.views import is_allowed, select_view
+from splitdns.config.model import Config, IPAddress, View
+from splitdns.config.upstreams import Forwarding, local_reverse_zone
+from splitdns.upstream.forwarder import Forwarder
+from splitdns.upstream.transport import UpstreamFailure, UpstreamStats
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from splitdns import wire
-from splitdns.bootstrap import Bootstrap
-from splitdns.config import Config, resolv_conf_upstreams
-from splitdns.doh import DnsOverHttps
-from splitdns.dot import DnsOverTls
-from splitdns.health import Health
-from splitdns.plaindns import PlainDNS
-from splitdns.upstream import Reply, Transport, UpstreamStats
-from splitdns.upstreamgroup import UpstreamGroup
-from splitdns.upstreamspec import Forwarding, UpstreamSpec
+from splitdns.config.model import Config, resolv_conf_upstreams
+from splitdns.config.upstreams import Forwarding, UpstreamSpec
+from splitdns.upstream.bootstrap import Bootstrap
+from splitdns.upstream.doh import DnsOverHttps
+from splitdns.upstream.dot import DnsOverTls
+from splitdns.upstream.group import UpstreamGroup
+from splitdns.upstream.health import Health
+from splitdns.upstream.plain import PlainDNS
+from splitdns.upstream.transport import Reply, Transport, UpstreamStats
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 import httpcore
 
 from splitdns import wire
-from splitdns.bootstrap import Bootstrap
-from splitdns.dot import tls_context
-from splitdns.upstream import Reply, TransportError, UpstreamStats
-from splitdns.upstreamspec import UpstreamSpec
+from splitdns.config.upstreams import UpstreamSpec
+from splitdns.upstream.bootstrap import Bootstrap
+from splitdns.upstream.dot import tls_context
+from splitdns.upstream.transport import Reply, TransportError, UpstreamStats
 
 log = logging.getLogger(__name__)
 

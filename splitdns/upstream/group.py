@@ -21,8 +21,14 @@ import time
 from collections.abc import Sequence
 
 from splitdns import wire
-from splitdns.health import Health
-from splitdns.upstream import Reply, Transport, TransportError, UpstreamFailure, UpstreamStats
+from splitdns.upstream.health import Health
+from splitdns.upstream.transport import (
+    Reply,
+    Transport,
+    TransportError,
+    UpstreamFailure,
+    UpstreamStats,
+)
 
 log = logging.getLogger(__name__)
 

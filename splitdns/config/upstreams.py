@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from splitdns.configtree import Node
+from splitdns.config.tree import Node
 
 STRATEGIES = ("failover", "fastest", "parallel")
 DEFAULT_PORTS = {"dns": 53, "tls": 853, "https": 443}

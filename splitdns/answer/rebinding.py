@@ -17,8 +17,8 @@ import dns.message
 import dns.rrset
 
 from splitdns import wire
-from splitdns.config import Config
-from splitdns.upstreamspec import in_domain
+from splitdns.config.model import Config
+from splitdns.config.upstreams import in_domain
 
 PRIVATE_NETWORKS = tuple(
     ipaddress.ip_network(n)

@@ -16,6 +16,7 @@ Used by tests (tests/lab) and by `splitdns lab`. Needs root; always tears itself
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from splitdns.commands.loading import load_or_report
 
 PUBLIC = "203.0.113.1"
 ROUTER_LAN = "192.0.2.1"
@@ -281,8 +284,8 @@ def story(
 ) -> list[Step]:
     """Run the reference's flows with rules of `kind` (nftables | iptables); every step's
     verdict is reported through `say` as it happens."""
-    from splitdns import config as configmod
     from splitdns import nat
+    from splitdns.config import model as configmod
 
     steps: list[Step] = []
 
@@ -403,3 +406,33 @@ def story(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return steps
+
+
+def command(args: argparse.Namespace) -> int:
+    """`splitdns lab`: the story on a throwaway namespace network, one verdict per step."""
+    forwards: tuple[LabForward, ...] = DEFAULT_FORWARDS
+    if args.config:
+        config = load_or_report(args.config)
+        if config is None:
+            return 1
+        if config.nat is not None:
+            tcp = [f for f in config.nat.forwards if f.proto == "tcp" and f.ports.single]
+            if tcp and any(f.ports == f.target_ports for f in tcp):
+                forwards = tuple(LabForward(f.ports.low, f.target_ports.low) for f in tcp)
+        print(f"lab: TCP forwards from {args.config}, every target played by the lab's server")
+    print(
+        f"lab: outside {OUTSIDE} | router {PUBLIC} / {ROUTER_LAN} | "
+        f"server {SERVER} | client {CLIENT} | rules: {args.rules}"
+    )
+
+    def say(step: Step) -> None:
+        print(f"{'PASS' if step.ok else 'FAIL'}  {step.title}: {step.observed}", flush=True)
+
+    try:
+        with Lab() as net:
+            steps = story(net, args.rules, forwards, say)
+    except LabError as exc:
+        print(f"splitdns lab: {exc}", file=sys.stderr)
+        return 1
+    print("lab: torn down")
+    return 0 if all(s.ok for s in steps) else 1

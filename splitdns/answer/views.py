@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from splitdns.config import IPAddress, IPNetwork, View
+from splitdns.config.model import IPAddress, IPNetwork, View
 
 
 def client_address(host: str) -> IPAddress:

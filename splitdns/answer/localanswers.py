@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from splitdns import wire
-from splitdns.config import IPAddress, View
+from splitdns.config.model import IPAddress, View
 
 ANY = 255
 

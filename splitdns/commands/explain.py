@@ -6,14 +6,20 @@ then asks the real chain for the final answer, so what it prints is what a clien
 
 from __future__ import annotations
 
-from splitdns import localanswers, rewrite, wire
-from splitdns.config import Config
-from splitdns.forwarder import Forwarder
-from splitdns.rebinding import Guard
-from splitdns.server import Server
-from splitdns.upstream import UpstreamFailure
-from splitdns.upstreamspec import local_reverse_zone
-from splitdns.views import client_address, is_allowed, select_view
+import argparse
+import asyncio
+import sys
+
+from splitdns import wire
+from splitdns.answer import localanswers, rewrite
+from splitdns.answer.rebinding import Guard
+from splitdns.answer.views import client_address, is_allowed, select_view
+from splitdns.commands.loading import load_config
+from splitdns.config.model import Config, ConfigError
+from splitdns.config.upstreams import local_reverse_zone
+from splitdns.serve.server import Server
+from splitdns.upstream.forwarder import Forwarder
+from splitdns.upstream.transport import UpstreamFailure
 
 
 async def explain(config: Config, name: str, client: str, qtype: str) -> list[str]:
@@ -71,3 +77,17 @@ async def explain(config: Config, name: str, client: str, qtype: str) -> list[st
     out.append("final answer:")
     out += [f"  {line}" for line in wire.answer_lines(final or b"")]
     return out
+
+
+def command(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, None, args.upstream)
+        lines = asyncio.run(explain(config, args.name, args.client, args.qtype))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"splitdns explain: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0

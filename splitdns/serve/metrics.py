@@ -22,7 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from splitdns.upstream import LATENCY_BUCKETS
+from splitdns.upstream.transport import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import time
 from collections.abc import Sequence
 
 from splitdns import wire
-from splitdns.plaindns import PlainDNS
-from splitdns.upstream import UpstreamFailure, UpstreamStats
-from splitdns.upstreamgroup import UpstreamGroup
-from splitdns.upstreamspec import UpstreamSpec
+from splitdns.config.upstreams import UpstreamSpec
+from splitdns.upstream.group import UpstreamGroup
+from splitdns.upstream.plain import PlainDNS
+from splitdns.upstream.transport import UpstreamFailure, UpstreamStats
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from splitdns import wire
+from splitdns.config.model import CacheSettings
 
 #: (view name or "", lower-cased question name in wire form, type+class bytes, DO, CD)
 Key = tuple[str, bytes, bytes, bool, bool]
@@ -23,21 +24,6 @@ Key = tuple[str, bytes, bytes, bool, bool]
 STALE_TTL = 30  # RFC 8767 §4: TTL of an answer served stale
 ENTRY_OVERHEAD = 400  # bytes an entry costs beside its answer (objects, key, dict slot)
 _TTL = struct.Struct("!I")
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    """The `cache:` section of the zone mapping."""
-
-    size: int = 10000
-    max_bytes: int = 32 * 1024 * 1024
-    min_ttl: int = 0
-    max_ttl: int = 86400
-    negative_max_ttl: int = 3600
-    servfail_ttl: int = 5
-    serve_stale: bool = False
-    stale_max_age: int = 86400
-    prefetch: bool = False
 
 
 @dataclass(slots=True)

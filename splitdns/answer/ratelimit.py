@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from splitdns.config import RateLimitSettings
-from splitdns.views import client_address, is_allowed
+from splitdns.answer.views import client_address, is_allowed
+from splitdns.config.model import RateLimitSettings
 
 
 class RateLimiter:

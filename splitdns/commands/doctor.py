@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
 import os
@@ -18,11 +19,13 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from splitdns import follow, wire
-from splitdns.config import Config, Endpoint
-from splitdns.forwarder import Forwarder, every_upstream, only
-from splitdns.upstream import UpstreamFailure
-from splitdns.upstreamspec import UpstreamSpec
+from splitdns import wire
+from splitdns.commands.loading import load_or_report
+from splitdns.config.model import Config, Endpoint
+from splitdns.config.upstreams import UpstreamSpec
+from splitdns.serve import follow
+from splitdns.upstream.forwarder import Forwarder, every_upstream, only
+from splitdns.upstream.transport import UpstreamFailure
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -172,3 +175,13 @@ async def diagnose(config: Config, ddns: str | None = None, timeout: float = 2.0
     verdicts += await check_public(config, ddns)
     verdicts += await check_hairpin(config, timeout)
     return verdicts
+
+
+def command(args: argparse.Namespace) -> int:
+    config = load_or_report(args.config)
+    if config is None:
+        return 1
+    verdicts = asyncio.run(diagnose(config, args.ddns, args.timeout))
+    for verdict in verdicts:
+        print(verdict)
+    return 1 if any(v.level == FAIL for v in verdicts) else 0

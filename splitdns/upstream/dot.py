@@ -17,9 +17,9 @@ import ssl
 import struct
 
 from splitdns import wire
-from splitdns.bootstrap import Bootstrap
-from splitdns.upstream import Reply, TransportError, UpstreamStats
-from splitdns.upstreamspec import UpstreamSpec
+from splitdns.config.upstreams import UpstreamSpec
+from splitdns.upstream.bootstrap import Bootstrap
+from splitdns.upstream.transport import Reply, TransportError, UpstreamStats
 
 log = logging.getLogger(__name__)
 

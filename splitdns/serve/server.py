@@ -16,17 +16,18 @@ from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any, Protocol, cast
 
-from splitdns import follow, wire
-from splitdns.cache import Cache
-from splitdns.clienttrap import ClientTrap
-from splitdns.config import Config, Endpoint, IPAddress
-from splitdns.forwarder import Forwarder
-from splitdns.handlers import Outcome, Request, Response, build_chain
-from splitdns.metrics import Counts, MetricsServer
-from splitdns.querylog import QueryLog
-from splitdns.ratelimit import RateLimiter
-from splitdns.views import client_address, is_allowed, select_view
-from splitdns.wildcardudp import WildcardUdp, enable_pktinfo, is_wildcard
+from splitdns import wire
+from splitdns.answer.cache import Cache
+from splitdns.answer.chain import Outcome, Request, Response, build_chain
+from splitdns.answer.ratelimit import RateLimiter
+from splitdns.answer.views import client_address, is_allowed, select_view
+from splitdns.config.model import Config, Endpoint, IPAddress
+from splitdns.serve import follow
+from splitdns.serve.clienttrap import ClientTrap
+from splitdns.serve.metrics import Counts, MetricsServer
+from splitdns.serve.querylog import QueryLog
+from splitdns.serve.wildcardudp import WildcardUdp, enable_pktinfo, is_wildcard
+from splitdns.upstream.forwarder import Forwarder
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,9 @@ class Server:
                 )
                 self._tcp.append(tcp)
                 self.bound.append(("udp+tcp", Endpoint(endpoint.host, port)))
-            self._follow = asyncio.ensure_future(follow.follow_forever(self))
+            self._follow = asyncio.ensure_future(
+                follow.follow_forever(lambda: self.config, lambda: self.upstreams, self.reload)
+            )
             if self.config.metrics is not None:
                 self.metrics_server = MetricsServer(lambda: self)
                 await self.metrics_server.start(self.config.metrics.host, self.config.metrics.port)

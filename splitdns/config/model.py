@@ -16,10 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from splitdns.cache import CacheSettings
-from splitdns.configtree import ConfigError, Node, dynamic_source, parse
-from splitdns.nat.model import NatSettings, parse_nat
-from splitdns.upstreamspec import Forwarding, UpstreamSpec, parse_upstream, upstreams_from_node
+from splitdns.config.nat import NatSettings, parse_nat
+from splitdns.config.tree import ConfigError, Node, dynamic_source, parse
+from splitdns.config.upstreams import Forwarding, UpstreamSpec, parse_upstream, upstreams_from_node
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -151,6 +150,21 @@ class View:
 
     def matches(self, client: IPAddress) -> bool:
         return any(client in net for net in self.clients)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The `cache:` section of the zone mapping."""
+
+    size: int = 10000
+    max_bytes: int = 32 * 1024 * 1024
+    min_ttl: int = 0
+    max_ttl: int = 86400
+    negative_max_ttl: int = 3600
+    servfail_ttl: int = 5
+    serve_stale: bool = False
+    stale_max_age: int = 86400
+    prefetch: bool = False
 
 
 @dataclass(frozen=True)
@@ -641,7 +655,7 @@ def load(path: str | os.PathLike[str]) -> Config:
 
 def load_default() -> Config:
     """The embedded default: loopback:5353, resolv.conf upstreams, private ranges, no rewrites."""
-    text = resources.files("splitdns").joinpath("default.yaml").read_text(encoding="utf-8")
+    text = resources.files("splitdns.config").joinpath("default.yaml").read_text(encoding="utf-8")
     return loads(text, EMBEDDED_SOURCE)
 
 

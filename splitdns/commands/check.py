@@ -1,0 +1,78 @@
+"""`splitdns check`: validate a zone mapping and print what splitdns understood of it."""
+
+from __future__ import annotations
+
+import argparse
+
+from splitdns.commands.loading import load_or_report
+from splitdns.config import model as configmod
+from splitdns.config.model import Config
+
+
+def command(args: argparse.Namespace) -> int:
+    config = load_or_report(args.config)
+    if config is None:
+        return 1
+    print(f"{args.config}: OK")
+    for line in summary(config):
+        print(line)
+    for warning in configmod.cross_check(config):
+        print(f"warning: {warning}")
+    return 0
+
+
+def summary(config: Config) -> list[str]:
+    """What `check` prints: the config as splitdns understood it."""
+    lines = [
+        f"listen: {', '.join(map(str, config.listen))}",
+        f"upstreams ({config.upstreams_origin}): "
+        + (", ".join(map(str, config.upstreams)) or "none (every query will get SERVFAIL)"),
+        f"allow: {', '.join(map(str, config.allow))}",
+        f"timeout: {config.timeout:g} s",
+    ]
+    fwd = config.forwarding
+    for domain, specs in fwd.domains:
+        lines.append(f"upstreams for {domain}: {', '.join(map(str, specs))}")
+    if fwd.domains or fwd.strategy != "failover":
+        lines.append(f"upstream strategy: {fwd.strategy}")
+    lines.append(
+        "private reverse zones (RFC 6303): "
+        + ("answered locally" if fwd.local_reverse else "forwarded")
+    )
+    if fwd.case_randomization:
+        lines.append("case randomization (0x20) on plain upstreams: on")
+    if config.rebinding.enabled:
+        allowed = ", ".join(config.rebinding.allow) or "none beyond routed and owned names"
+        lines.append(f"rebinding guard: on (allowed domains: {allowed})")
+    if not config.views:
+        lines.append("views: none (allowed clients get plain forwarding)")
+    if config.nat is not None:
+        lines.append(
+            f"nat: public {public_text(config)}, wan {config.nat.wan_interface}, "
+            f"lan {config.nat.lan_interface} ({', '.join(map(str, config.nat.lan))}), "
+            f"{len(config.nat.forwards)} forward(s)"
+        )
+        lines += [f"  {fwd.describe()}" for fwd in config.nat.forwards]
+    for view in config.views:
+        lines.append(
+            f"view {view.name}: clients {', '.join(map(str, view.clients))}; "
+            f"{len(view.rules)} rewrite rule(s); {len(view.hosts)} host(s); aaaa {view.aaaa}"
+        )
+        for rule in view.rules:
+            lines.append(f"  rewrite[{rule.index}] {rule}")
+        for name, addresses in view.hosts.exact.items():
+            lines.append(f"  host {name} -> {', '.join(map(str, addresses))}")
+        for pattern, addresses in view.hosts.wildcards:
+            lines.append(f"  host {pattern} -> {', '.join(map(str, addresses))}")
+    return lines
+
+
+def public_text(config: Config) -> str:
+    nat = config.nat
+    if nat is None:
+        return "-"
+    if nat.public_follow:
+        return f"{{follow: {nat.public_follow}}}"
+    if nat.public_interface:
+        return f"{{interface: {nat.public_interface}}}"
+    return str(nat.public)

@@ -1,0 +1,179 @@
+"""`splitdns serve`: run the server in this process (or in `workers` forked ones) until signalled.
+
+The process around the Server: config overrides, loop choice, dropping root after binding,
+reload on SIGHUP and on file change, graceful drain on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+
+from splitdns import __version__
+from splitdns.commands.health import LISTEN_ENV
+from splitdns.commands.loading import load_config
+from splitdns.config import model as configmod
+from splitdns.config.model import Config, ConfigError
+from splitdns.serve.loops import loop_factory, loop_name
+from splitdns.serve.privileges import PrivilegeError, drop_root
+from splitdns.serve.server import Server
+
+log = logging.getLogger("splitdns")
+
+WATCH_INTERVAL = 1.0  # seconds between looks at the config file's mtime and size
+
+
+def command(args: argparse.Namespace) -> int:
+    if args.listen is None and os.environ.get(LISTEN_ENV):
+        args.listen = [a.strip() for a in os.environ[LISTEN_ENV].split(",") if a.strip()]
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(args.config, args.listen, args.upstream)
+        if args.workers is not None:
+            if not 1 <= args.workers <= 64:
+                raise ValueError(f"--workers {args.workers}: must be 1-64")
+            config = replace(config, workers=args.workers)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"splitdns: bad command-line value: {exc}", file=sys.stderr)
+        return 2
+    try:
+        factory = loop_factory(args.loop)
+    except ImportError:
+        print(f"splitdns: --loop {args.loop} is not installed", file=sys.stderr)
+        return 2
+
+    def reload() -> Config:
+        fresh = load_config(args.config, args.listen, args.upstream)
+        return replace(fresh, workers=config.workers)
+
+    if config.workers > 1:
+        return _supervise(config, factory, reload)
+    return _run_worker(config, factory, reload)
+
+
+def _run_worker(
+    config: Config, factory: Callable[[], asyncio.AbstractEventLoop], reload: Callable[[], Config]
+) -> int:
+    with asyncio.Runner(loop_factory=factory) as runner:
+        try:
+            return runner.run(_run(config, loop_name(factory), reload))
+        except (OSError, PrivilegeError) as exc:
+            print(f"splitdns: {exc}", file=sys.stderr)
+            return 1
+
+
+def _supervise(
+    config: Config, factory: Callable[[], asyncio.AbstractEventLoop], reload: Callable[[], Config]
+) -> int:
+    """Fork `workers` processes that share each port; pass signals on; exit when all have."""
+    children: list[int] = []
+    for _ in range(config.workers):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_run_worker(config, factory, reload))
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        code = os.waitstatus_to_exitcode(status)
+        worst = max(worst, code if code >= 0 else 128 - code)
+    return worst
+
+
+def _try_reload(server: Server, reload: Callable[[], Config], why: str) -> None:
+    """Load the file again; a bad file is logged with its precise error and changes nothing."""
+    try:
+        config = reload()
+    except (ConfigError, ValueError) as exc:
+        server.counts.reloads["rejected"] += 1
+        log.error("reload (%s) rejected, still serving the previous config: %s", why, exc)
+        return
+    server.counts.reloads["ok"] += 1
+    notes = server.reload(config)
+    log.info("reloaded (%s): %s", why, "; ".join(notes))
+
+
+async def _watch(server: Server, reload: Callable[[], Config]) -> None:
+    """Reload when the config file changes (mtime or size), polled: no inotify needed."""
+    path = server.config.source
+    if not os.path.exists(path):
+        return
+
+    def stamp() -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    seen = stamp()
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL)
+        now = stamp()
+        if now is not None and now != seen:
+            seen = now
+            _try_reload(server, reload, "file changed")
+
+
+async def _run(config: Config, loop: str, reload: Callable[[], Config]) -> int:
+    server = Server(config)
+    await server.start()
+    try:
+        user = drop_root(config.user)
+    except PrivilegeError:
+        await server.stop(0)
+        raise
+    if not config.upstreams:
+        log.warning("no upstream servers: pass --upstream or set `upstreams:`")
+    log.info("%s", startup_line(config, server, loop, user))
+    stopping = asyncio.Event()
+    running = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        running.add_signal_handler(sig, stopping.set)
+    running.add_signal_handler(signal.SIGHUP, _try_reload, server, reload, "SIGHUP")
+    watcher = asyncio.ensure_future(_watch(server, reload))
+    await stopping.wait()
+    watcher.cancel()
+    log.info("shutting down: draining in-flight queries")
+    await server.stop(drain=min(config.timeout + 0.5, 5.0))
+    log.info("stopped")
+    return 0
+
+
+def startup_line(config: Config, server: Server, loop: str, user: str | None) -> str:
+    listening = ", ".join(f"{ep} ({kind})" for kind, ep in server.bound)
+    ups = ", ".join(map(str, config.upstreams)) or "NONE (every query gets SERVFAIL)"
+    if config.forwarding.domains:
+        ups += f" + {len(config.forwarding.domains)} domain routes"
+    if config.source == configmod.EMBEDDED_SOURCE:
+        what = "embedded default config: no rewrites until configured (splitdns serve -c FILE)"
+    else:
+        views = ", ".join(f"{v.name} ({len(v.rules)} rules)" for v in config.views) or "none"
+        what = f"config {config.source}: views {views}"
+    who = f"; running as {user}" if user else ""
+    return (
+        f"splitdns {__version__} serving {listening}; upstreams {ups} (from "
+        f"{config.upstreams_origin}); {what}; loop {loop}{who}"
+    )
