@@ -236,7 +236,7 @@ def test_embedded_default_listens_on_5353_without_root() -> None:
         [
             sys.executable,
             "-c",
-            "from splitdns import config; c = config.load_default(); "
+            "from splitdns.config import model; c = model.load_default(); "
             "print(c.listen[0], len(c.views[0].rules), c.source)",
         ],
         capture_output=True,
