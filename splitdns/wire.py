@@ -54,6 +54,10 @@ TYPE_PTR = 12
 TYPE_AAAA = 28
 TYPE_OPT = 41
 TYPE_RRSIG = 46
+TYPE_SVCB = 64
+TYPE_HTTPS = 65
+TYPE_SIG = 24
+TYPE_TSIG = 250
 TYPE_IXFR = 251
 TYPE_AXFR = 252
 CLASS_IN = 1
@@ -106,6 +110,9 @@ class Query:
     payload: int = CLASSIC_UDP
     do: bool = False
     edns_version: int = 0
+    #: The whole client message when it carries a TSIG or SIG(0): relayed upstream unchanged
+    #: but for the ID (RFC 8945 §5.5), and its answer relayed back unchanged.
+    signed: bytes | None = None
 
     @property
     def rd(self) -> bool:
@@ -371,8 +378,13 @@ def parse_query(data: bytes) -> Query:
         payload = CLASSIC_UDP
         do = False
         version = 0
+        signed = None
         if an or ns or ar:
-            for record in _read_records(data, pos, (an, ns, ar))[0]:
+            records = _read_records(data, pos, (an, ns, ar))[0]
+            last = records[-1] if records else None
+            if last is not None and last.section == ADDITIONAL and _is_signature(data, last):
+                signed = data
+            for record in records:
                 if record.rtype != TYPE_OPT:
                     continue
                 edns = True
@@ -382,7 +394,15 @@ def parse_query(data: bytes) -> Query:
                 do = bool(ext & 0x8000)
     except WireError as exc:
         raise HeaderOnlyError(str(exc), msg_id, flags) from exc
-    return Query(msg_id, flags, question, edns, payload, do, version)
+    return Query(msg_id, flags, question, edns, payload, do, version, signed)
+
+
+def _is_signature(data: bytes, record: Record) -> bool:
+    """TSIG, or SIG(0) (a SIG record covering type 0), as the last additional record."""
+    if record.rtype == TYPE_TSIG:
+        return True
+    covered = data[record.rdata_offset : record.rdata_offset + 2]
+    return record.rtype == TYPE_SIG and record.rdlength >= 2 and covered == b"\x00\x00"
 
 
 def make_upstream_query(
@@ -397,6 +417,8 @@ def make_upstream_query(
     """
     if msg_id is None:
         msg_id = secrets.randbits(16)
+    if query.signed is not None:  # the signature covers every byte but the ID: relay as is
+        return msg_id, struct.pack("!H", msg_id) + query.signed[2:]
     flags = query.flags & (RD | CD)
     head = HEADER.pack(msg_id, flags, 1, 0, 0, 1)
     opt = _opt_record(EDNS_PAYLOAD, query.do)
@@ -449,8 +471,9 @@ def make_error(query: Query, rcode: int) -> bytes:
 
 
 def make_header_error(msg_id: int, flags: int, rcode: int) -> bytes:
-    """An answer for a query whose question could not be read (FORMERR, NOTIMP)."""
-    return HEADER.pack(msg_id, _response_flags(flags, rcode), 0, 0, 0, 0)
+    """An answer for a query whose question could not be read, or whose opcode splitdns does not
+    serve (FORMERR, NOTIMP): the header alone, the opcode echoed, RD/CD/AD/Z cleared."""
+    return HEADER.pack(msg_id, QR | RA | (flags & OPCODE_MASK) | (rcode & 0xF), 0, 0, 0, 0)
 
 
 def make_answer(
@@ -488,6 +511,31 @@ def make_empty_zone_answer(query: Query, zone: str) -> bytes:
     return head + query.question.wire + soa
 
 
+def make_nodata(query: Query, zone: str, ttl: int) -> bytes:
+    """NODATA with an SOA for `zone` whose TTL and MINIMUM are `ttl`, so that stubs and
+    downstream caches can cache the empty answer (RFC 2308 §5) instead of asking every time."""
+    rdata = encode_name("localhost") + encode_name("nobody.invalid")
+    rdata += struct.pack("!5I", 1, 604800, 86400, 2419200, ttl)
+    soa = encode_name(zone) + struct.pack("!HHIH", TYPE_SOA, CLASS_IN, ttl, len(rdata)) + rdata
+    head = HEADER.pack(query.msg_id, _response_flags(query.flags, NOERROR), 1, 0, 1, 0)
+    return head + query.question.wire + soa
+
+
+def as_forwarder(bare: bytes) -> bytes:
+    """A forwarded answer: RA set, AA cleared (splitdns is not the authority for it)."""
+    flags = ((bare[2] << 8) | bare[3] | RA) & ~AA
+    return bare[:2] + struct.pack("!H", flags) + bare[4:]
+
+
+def relayed(query: Query, reply: bytes, limit: int | None) -> bytes:
+    """An upstream's answer to a signed query, as it came but for the client's ID; too big for
+    the client's UDP limit: the header and question with TC, so it asks again over TCP."""
+    if limit is not None and len(reply) > limit:
+        _, flags, *_ = HEADER.unpack_from(reply)
+        return HEADER.pack(query.msg_id, flags | TC, 1, 0, 0, 0) + query.question.wire
+    return struct.pack("!H", query.msg_id) + reply[2:]
+
+
 def finalize(query: Query, bare: bytes, limit: int | None) -> bytes:
     """Turn a bare answer into the bytes sent to this client (see `assemble`)."""
     return assemble(
@@ -515,7 +563,7 @@ def assemble(
     question alone with TC=1 so the client retries over TCP. No parsing: this is the hot path.
     """
     _, flags, qd, an, ns, ar = HEADER.unpack_from(bare)
-    flags = (flags & ~RD) | (query_flags & RD)
+    flags = (flags & ~RD) | (query_flags & RD) | RA
     body = bare[HEADER_LEN + len(question) :] if qd == 1 else b""
     opt = (_OPT_DO if do else _OPT_PLAIN) if edns else b""
     if opt:

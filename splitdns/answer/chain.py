@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from splitdns import wire
-from splitdns.answer import localanswers, rewrite
+from splitdns.answer import localanswers, rewrite, svcb
 from splitdns.answer.cache import Cache, make_key
 from splitdns.answer.rebinding import Guard
 from splitdns.answer.views import is_allowed, select_view
@@ -59,6 +60,7 @@ class Response:
     notes: list[str] = field(default_factory=list)
     ttl_hint: int | None = None  # cache lifetime for answers without TTLs of their own
     rewritten: bool = False  # some address in it was rewritten (also when served from cache)
+    final: bool = False  # the client gets these bytes as they are, but for the ID (signed)
     message: wire.Message | None = None  # the walk of `bare`, when one is at hand
 
 
@@ -89,6 +91,30 @@ class RefuseUnsupported:
         if q.qclass != wire.CLASS_IN or q.qtype in (wire.TYPE_AXFR, wire.TYPE_IXFR):
             return Response(wire.make_error(req.query, wire.REFUSED), Outcome.REFUSED)
         return await self.next(req)
+
+
+class RelaySigned:
+    """TSIG- and SIG(0)-signed queries go upstream unchanged and their answers come back
+    unchanged (RFC 8945 §5.5: a forwarder without the key forwards the message as it is).
+
+    The signature covers every byte but the ID, so nothing may be rewritten, answered locally,
+    cached or shared with another query: the client verifies the upstream's signed answer.
+    """
+
+    def __init__(self, upstreams: Forwarder, next_link: Handler) -> None:
+        self.upstreams = upstreams
+        self.next = next_link
+
+    async def __call__(self, req: Request) -> Response:
+        if req.query.signed is None:
+            return await self.next(req)
+        try:
+            reply = await self.upstreams.resolve(req.query)
+        except UpstreamFailure as exc:
+            return Response(
+                wire.make_error(req.query, wire.SERVFAIL), Outcome.SERVFAIL, notes=[str(exc)]
+            )
+        return Response(reply.data, Outcome.FORWARDED, upstream=reply.upstream, final=True)
 
 
 class DohCanary:
@@ -150,33 +176,118 @@ class LocalReverse:
         return await self.next(req)
 
 
-class DropShadowedAAAA:
-    """`aaaa: drop`: no public IPv6 beside a rewritten IPv4 answer.
+class ShadowedAnswers:
+    """What a rewritten name's other answers may say: no public address beside the internal one.
 
-    A dual-stack client prefers AAAA, so a public IPv6 address would bypass the IPv4 rewrite.
-    The A lookup runs at the same time as the AAAA one, through the same chain below.
+    `aaaa: drop`: a dual-stack client prefers AAAA, so a public IPv6 address beside a rewritten
+    IPv4 answer would bypass the rewrite: AAAA gets NODATA, and public ipv6hint values leave
+    HTTPS/SVCB records. `https: drop`: HTTPS/SVCB questions for names whose A or AAAA the view
+    rewrites get NODATA (no hints, no ECH config pointing at a public front end). The A/AAAA
+    lookups run at the same time as the question itself, through the same chain below, and
+    every NODATA made here carries an SOA so stubs can cache it (RFC 2308 §5).
     """
 
     def __init__(self, next_link: Handler) -> None:
         self.next = next_link
-        # The A lookup goes through the cache when there is one (build_chain wires it).
-        self.a_lookup: Handler = next_link
+        # The A/AAAA lookups go through the cache when there is one (build_chain wires it).
+        self.lookup: Handler = next_link
 
     async def __call__(self, req: Request) -> Response:
         view = req.view
-        if (
-            view is None
-            or view.aaaa != "drop"
-            or req.query.question.qtype != wire.TYPE_AAAA
-            or not any(r.source.version == 4 for r in view.rules)
-        ):
+        qtype = req.query.question.qtype
+        if view is None or not view.rules:
             return await self.next(req)
-        a_req = Request(req.query.with_type(wire.TYPE_A), req.client, req.transport, view)
-        aaaa, a = await asyncio.gather(self.next(req), self.a_lookup(a_req))
+        v4 = any(r.source.version == 4 for r in view.rules)
+        v6 = any(r.source.version == 6 for r in view.rules)
+        if qtype == wire.TYPE_AAAA and view.aaaa == "drop" and v4:
+            return await self.drop_aaaa(req)
+        if qtype in svcb.TYPES and view.https == "drop":
+            return await self.drop_https(req, v4, v6)
+        if qtype in svcb.TYPES and view.https == "rewrite" and view.aaaa == "drop" and v4:
+            return await self.drop_v6_hints(req, view)
+        return await self.next(req)
+
+    def _sibling(self, req: Request, qtype: int) -> Awaitable[Response]:
+        query = req.query.with_type(qtype)
+        return self.lookup(Request(query, req.client, req.transport, req.view))
+
+    async def drop_aaaa(self, req: Request) -> Response:
+        aaaa, a = await asyncio.gather(self.next(req), self._sibling(req, wire.TYPE_A))
         if a.rewritten and not aaaa.rewritten and wire.rcode_of(aaaa.bare) == wire.NOERROR:
-            empty = wire.make_answer(req.query, [], aa=False)
-            return Response(empty, Outcome.FILTERED, a.changes, aaaa.upstream, ttl_hint=a.ttl_hint)
+            removed = _addresses(aaaa, wire.TYPE_AAAA)
+            changes = a.changes + tuple(
+                rewrite.Change(req.query.question.name, old, None, -1) for old in removed
+            )
+            return self.nodata(req, a, aaaa.upstream, changes)
         return aaaa
+
+    async def drop_https(self, req: Request, v4: bool, v6: bool) -> Response:
+        asks = [self.next(req)]
+        asks += [self._sibling(req, wire.TYPE_A)] if v4 else []
+        asks += [self._sibling(req, wire.TYPE_AAAA)] if v6 else []
+        answer, *addresses = await asyncio.gather(*asks)
+        rewritten = [r for r in (answer, *addresses) if r.rewritten]
+        if not rewritten or wire.rcode_of(answer.bare) != wire.NOERROR:
+            return answer
+        changes = tuple(c for r in rewritten for c in r.changes)
+        return self.nodata(req, rewritten[-1], answer.upstream, changes)
+
+    async def drop_v6_hints(self, req: Request, view: View) -> Response:
+        answer, a = await asyncio.gather(self.next(req), self._sibling(req, wire.TYPE_A))
+        if not a.rewritten or wire.rcode_of(answer.bare) != wire.NOERROR:
+            return answer
+        internal = [r.target for r in view.rules if r.target.version == 6]
+
+        def public(address: ipaddress.IPv6Address) -> bool:
+            return not any(address in net for net in internal)
+
+        data, removed, changed = svcb.remove_v6_hints(answer.bare, public)
+        if not removed:
+            return answer
+        if changed:
+            data = wire.remove_rrsigs(wire.set_flags(data, clear_bits=wire.AD), changed)
+        drops = tuple(rewrite.Change(name, old, None, -1, "ipv6hint") for name, old in removed)
+        return Response(
+            data,
+            Outcome.REWRITTEN,
+            answer.changes + drops,
+            answer.upstream,
+            rewritten=True,
+        )
+
+    def nodata(
+        self,
+        req: Request,
+        evidence: Response,
+        upstream: str | None,
+        changes: tuple[rewrite.Change, ...],
+    ) -> Response:
+        """NODATA with an SOA no longer-lived than the rewritten answer that caused it."""
+        ttl = evidence.ttl_hint if evidence.ttl_hint is not None else _smallest_ttl(evidence)
+        empty = wire.make_nodata(req.query, req.query.question.name, ttl)
+        return Response(empty, Outcome.FILTERED, changes, upstream, ttl_hint=ttl)
+
+
+def _smallest_ttl(resp: Response) -> int:
+    message = resp.message if resp.message is not None else wire.walk(resp.bare)
+    ttls = [
+        int.from_bytes(resp.bare[r.ttl_offset : r.ttl_offset + 4], "big")
+        for r in message.records
+        if r.section == wire.ANSWER
+    ]
+    return min(ttls, default=0)
+
+
+def _addresses(resp: Response, rtype: int) -> list[IPAddress]:
+    """The addresses of `rtype` records in a response's answer section."""
+    message = resp.message if resp.message is not None else wire.walk(resp.bare)
+    found: list[IPAddress] = []
+    for r in message.records:
+        if r.section == wire.ANSWER and r.rtype == rtype and r.rdlength in (4, 16):
+            found.append(
+                ipaddress.ip_address(resp.bare[r.rdata_offset : r.rdata_offset + r.rdlength])
+            )
+    return found
 
 
 class Rewrite:
@@ -242,7 +353,7 @@ class CacheLink:
             stale = self.cache.stale(key, now)
             if stale is not None:
                 return Response(stale.stale_copy(), Outcome.STALE, notes=resp.notes)
-        if resp.outcome in _CACHEABLE:
+        if resp.outcome in _CACHEABLE and req.query.rd:  # RD=0 answers are nobody else's
             entry = self.cache.put(
                 key, resp.bare, str(resp.outcome), now, resp.ttl_hint, resp.message
             )
@@ -263,18 +374,22 @@ _CACHEABLE = frozenset({Outcome.FORWARDED, Outcome.REWRITTEN, Outcome.FILTERED, 
 
 
 class Coalesce:
-    """Identical questions in flight share one upstream query (views do not matter here)."""
+    """Identical questions in flight share one upstream query (views do not matter here).
+
+    RD is part of "identical": a non-recursive question may be REFUSED where a recursive one
+    gets the answer, and must never hand that refusal to anyone else.
+    """
 
     MAX_INFLIGHT = 10000
 
     def __init__(self, next_link: Handler) -> None:
         self.next = next_link
-        self.inflight: dict[tuple[bytes, bytes, bool, bool], asyncio.Future[Response]] = {}
+        self.inflight: dict[tuple[bytes, bytes, bool, bool, bool], asyncio.Future[Response]] = {}
         self.coalesced = 0
 
     async def __call__(self, req: Request) -> Response:
         q = req.query
-        key = (q.question.wire[:-4].lower(), q.question.wire[-4:], q.do, q.cd)
+        key = (q.question.wire[:-4].lower(), q.question.wire[-4:], q.do, q.cd, q.rd)
         leader = self.inflight.get(key)
         if leader is not None:
             self.coalesced += 1
@@ -313,7 +428,9 @@ class Forward:
                 wire.make_error(req.query, wire.SERVFAIL), Outcome.SERVFAIL, notes=[str(exc)]
             )
         bare, message = wire.strip_opt(reply.data, reply.message)
-        return Response(bare, Outcome.FORWARDED, upstream=reply.upstream, message=message)
+        return Response(
+            wire.as_forwarder(bare), Outcome.FORWARDED, upstream=reply.upstream, message=message
+        )
 
 
 class GuardRebinding:
@@ -359,9 +476,9 @@ def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None
         )  # on the raw upstream answer, before rewrites
     coalesce = Coalesce(handler)  # right above forward: one upstream query per question
     handler = Rewrite(coalesce)  # above the shared answer: each view rewrites its own copy
-    drop_aaaa = DropShadowedAAAA(handler)  # above rewrite: it needs to know the A was rewritten
-    handler = CacheLink(cache, drop_aaaa)  # stores final answers, after rewrite and AAAA policy
-    drop_aaaa.a_lookup = handler  # its A lookup is answered from (and stored in) the cache
+    shadowed = ShadowedAnswers(handler)  # above rewrite: it needs to know the A was rewritten
+    handler = CacheLink(cache, shadowed)  # stores final answers, after rewrite and AAAA policy
+    shadowed.lookup = handler  # its A/AAAA lookups are answered from (and stored in) the cache
     if config.forwarding.local_reverse:
         handler = LocalReverse(
             config.forwarding, handler
@@ -370,6 +487,7 @@ def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None
     if config.doh_canary:
         handler = DohCanary(handler)  # before the cache: a local policy answer, never stored
     handler = SelectView(config, handler)  # everything below depends on the view
+    handler = RelaySigned(upstreams, handler)  # signed: nothing below may touch the bytes
     handler = RefuseUnsupported(handler)  # cheap protocol policy before any work
     handler = RefuseOutsiders(config, handler)  # first: outsiders get nothing but REFUSED
     return Pipeline(handler, cache, coalesce)

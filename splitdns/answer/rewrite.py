@@ -1,9 +1,10 @@
 """The rewrite: public addresses in upstream answers become internal ones for a view.
 
-Pure functions over wire bytes. Only the 4 or 16 address bytes of matching A/AAAA records
-change; owner names, TTLs, classes, order and every other record stay as the upstream sent
-them. RRSIGs covering a rewritten RRset are removed and AD is cleared, because the rewritten
-data no longer validates.
+Pure functions over wire bytes. Only the 4 or 16 address bytes of matching A/AAAA records,
+and of the ipv4hint/ipv6hint values of HTTPS/SVCB records (browsers may connect to a hint
+before the A/AAAA answer arrives), change; owner names, TTLs, classes, order and every other
+record and SvcParam stay as the upstream sent them. RRSIGs covering a rewritten RRset are
+removed and AD is cleared, because the rewritten data no longer validates.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from splitdns import wire
+from splitdns.answer import svcb
 from splitdns.config.model import IPAddress, Rule, View
 
 
@@ -21,8 +23,15 @@ class Change:
 
     name: str
     old: IPAddress
-    new: IPAddress
-    rule: int
+    new: IPAddress | None  # None: removed (a public ipv6hint beside a rewritten IPv4 answer)
+    rule: int  # the rule's index; -1 for a removal by the view's `aaaa: drop`
+    field: str = ""  # "" for an A/AAAA record, else "ipv4hint" or "ipv6hint"
+
+    def describe(self) -> str:
+        where = f"{self.name} {self.field}".rstrip()
+        if self.new is None:
+            return f"{where} {self.old} removed (aaaa: drop)"
+        return f"{where} {self.old} -> {self.new} by rewrite[{self.rule}]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +89,18 @@ def rewrite(
     patched: bytearray | None = None
     changes: list[Change] = []
     rewritten_sets: set[tuple[int, str, int]] = set()
+    hints = view.https != "keep"
     for record in message.records:
         if record.section == wire.AUTHORITY or record.rclass != wire.CLASS_IN:
+            continue
+        if record.rtype in svcb.TYPES:
+            if hints:
+                if chain is None:
+                    chain = chain_names(data, message, qname)
+                before = len(changes)
+                patched = _rewrite_hints(data, record, chain, rules, patched, changes)
+                if len(changes) > before:
+                    rewritten_sets.add((record.section, record.name, record.rtype))
             continue
         offset = record.rdata_offset
         address: IPAddress
@@ -113,6 +132,36 @@ def rewrite(
         return Rewritten(out, tuple(changes), rebuilt=False)
     out = wire.remove_rrsigs(out, rewritten_sets)
     return Rewritten(out, tuple(changes), rebuilt=True)
+
+
+def _rewrite_hints(
+    data: bytes,
+    record: wire.Record,
+    chain: set[str],
+    rules: tuple[Rule, ...],
+    patched: bytearray | None,
+    changes: list[Change],
+) -> bytearray | None:
+    """Patch the hint addresses of one HTTPS/SVCB record that a rule maps (same sizes, so in
+    place). Names a rule may match: the owner, the TargetName and, in the answer section, the
+    query's CNAME chain."""
+    target, found = svcb.target_and_hints(data, record)
+    names = {record.name} | ({target} if target else set())
+    if record.section == wire.ANSWER:
+        names |= chain
+    for hint in found:
+        rule = pick_rule(rules, hint.address, names)
+        if rule is None:
+            continue
+        new = rule.map(hint.address)
+        if patched is None:
+            patched = bytearray(data)
+        size = len(new.packed)
+        patched[hint.offset : hint.offset + size] = new.packed
+        changes.append(
+            Change(record.name, hint.address, new, rule.index, svcb.HINT_NAMES[hint.key])
+        )
+    return patched
 
 
 def covered_sets(data: bytes, message: wire.Message, rewritten: set[tuple[int, str, int]]) -> bool:

@@ -12,6 +12,7 @@ import sys
 
 from splitdns import wire
 from splitdns.answer import localanswers, rewrite
+from splitdns.answer.chain import Outcome, Request
 from splitdns.answer.rebinding import Guard
 from splitdns.answer.views import client_address, is_allowed, select_view
 from splitdns.commands.loading import load_config
@@ -68,14 +69,24 @@ async def explain(config: Config, name: str, client: str, qtype: str) -> list[st
     if not result.changes:
         out.append("rewrite: no rule matched: the answer passes unchanged")
     for change in result.changes:
-        out.append(
-            f"rewrite: {change.name} {change.old} -> {change.new} by rewrite[{change.rule}] "
-            f"({rules[change.rule]})"
-        )
+        out.append(f"rewrite: {change.describe()} ({rules[change.rule]})")
     server = Server(config)
-    final = await server.respond(data, str(address), "tcp")
+    request = Request(query, address, "tcp")
+    response = await server.handler(request)
+    policy = [c for c in response.changes if c not in result.changes]
+    if response.outcome is Outcome.FILTERED and view is not None:
+        why = "aaaa: drop" if query.question.qtype == wire.TYPE_AAAA else "https: drop"
+        rewritten = ", ".join(sorted({c.name for c in policy if c.new is not None})) or "it"
+        out.append(
+            f"{why}: the view rewrites {rewritten}, so this answer is NODATA (with an SOA, "
+            "so clients cache it)"
+        )
+        policy = [c for c in policy if c.new is None]
+    for change in policy:
+        out.append(f"{'aaaa: drop' if change.new is None else 'rewrite'}: {change.describe()}")
+    final = wire.finalize(query, response.bare, None)
     out.append("final answer:")
-    out += [f"  {line}" for line in wire.answer_lines(final or b"")]
+    out += [f"  {line}" for line in wire.answer_lines(final)]
     return out
 
 

@@ -147,6 +147,7 @@ class View:
     aaaa: str = "keep"
     hosts: Hosts = field(default_factory=Hosts)
     hosts_ttl: int = DEFAULT_HOSTS_TTL
+    https: str = "rewrite"  # rewrite | drop | keep: HTTPS/SVCB hints for rewritten names
 
     def matches(self, client: IPAddress) -> bool:
         return any(client in net for net in self.clients)
@@ -351,7 +352,7 @@ CACHE_INT_KEYS = {
     "stale_max_age": (0, 604800),
 }
 CACHE_BOOL_KEYS = frozenset({"serve_stale", "prefetch"})
-VIEW_KEYS = frozenset({"name", "clients", "rewrite", "aaaa", "hosts", "hosts_ttl"})
+VIEW_KEYS = frozenset({"name", "clients", "rewrite", "aaaa", "https", "hosts", "hosts_ttl"})
 RULE_KEYS = frozenset({"from", "to", "names"})
 
 
@@ -456,7 +457,8 @@ def _view(node: Node, earlier: list[View]) -> View:
     aaaa = keys["aaaa"].choice(("keep", "drop")) if "aaaa" in keys else "keep"
     hosts = _hosts(keys["hosts"]) if "hosts" in keys else Hosts()
     ttl = keys["hosts_ttl"].integer(minimum=0, maximum=604800) if "hosts_ttl" in keys else 300
-    return View(name, tuple(clients), tuple(rules), aaaa, hosts, ttl)
+    https = keys["https"].choice(("rewrite", "drop", "keep")) if "https" in keys else "rewrite"
+    return View(name, tuple(clients), tuple(rules), aaaa, hosts, ttl, https)
 
 
 def _inside(inner: IPNetwork, outer: IPNetwork) -> bool:

@@ -47,7 +47,7 @@ class Counts:
 
     def __init__(self) -> None:
         self.queries: Counter[tuple[str, str, str]] = Counter()
-        self.rewrites: Counter[tuple[str, int]] = Counter()
+        self.rewrites: Counter[tuple[str, int, str]] = Counter()
         self.reloads: Counter[str] = Counter()
 
     def query(self, transport: str, qtype: int, outcome: str) -> None:
@@ -71,11 +71,11 @@ class SplitdnsCollector(Collector):
         yield queries
         rewrites = CounterMetricFamily(
             "splitdns_rewrites",
-            "Addresses rewritten, by view and rule index",
-            labels=["view", "rule"],
+            "Addresses rewritten (or removed by aaaa: drop), by view, rule and where they sat",
+            labels=["view", "rule", "record"],
         )
-        for (view, rule), n in sorted(counts.rewrites.items()):
-            rewrites.add_metric([view, str(rule)], n)
+        for (view, rule, record), n in sorted(counts.rewrites.items()):
+            rewrites.add_metric([view, str(rule) if rule >= 0 else "aaaa_drop", record], n)
         yield rewrites
         reloads = CounterMetricFamily("splitdns_config_reloads", "Reloads", labels=["result"])
         for result in ("ok", "rejected"):

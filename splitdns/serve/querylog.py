@@ -50,7 +50,13 @@ class QueryLog:
             "view": view,
             "outcome": outcome,
             "rewritten": [
-                {"name": c.name, "from": str(c.old), "to": str(c.new), "rule": c.rule}
+                {
+                    "name": c.name,
+                    "from": str(c.old),
+                    "to": None if c.new is None else str(c.new),
+                    "rule": c.rule,
+                    **({"in": c.field} if c.field else {}),
+                }
                 for c in changes
             ],
             "upstream": upstream,

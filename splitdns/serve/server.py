@@ -257,7 +257,7 @@ class Server:
         view = request.view.name if request.view is not None else None
         self.counts.query(transport, query.question.qtype, str(response.outcome))
         for change in response.changes:
-            self.counts.rewrites[(view or "", change.rule)] += 1
+            self.counts.rewrites[(view or "", change.rule, change.field or "address")] += 1
         if self.querylog.enabled:
             self.querylog.record(
                 str(client),
@@ -269,6 +269,8 @@ class Server:
                 response.changes,
                 response.upstream,
             )
+        if response.final:
+            return wire.relayed(query, response.bare, limit)
         return wire.finalize(query, response.bare, limit)
 
     # ------------------------------------------------------------------ cache hits

@@ -115,7 +115,7 @@ class UpstreamGroup:
                 )
                 for task in done:
                     member, began, _ = running.pop(task)
-                    reply = self._settle(task, member, began, problems)
+                    reply = self._settle(task, member, began, problems, query.rd)
                     if reply is not None:
                         return reply
                     start(1)  # a failure frees its slot at once
@@ -138,9 +138,18 @@ class UpstreamGroup:
         raise UpstreamFailure("; ".join(problems) or "deadline passed")
 
     def _settle(
-        self, task: asyncio.Task[Reply], member: Member, began: float, problems: list[str]
+        self,
+        task: asyncio.Task[Reply],
+        member: Member,
+        began: float,
+        problems: list[str],
+        recursive: bool = True,
     ) -> Reply | None:
-        """Record how one exchange ended; the reply if it is usable."""
+        """Record how one exchange ended; the reply if it is usable.
+
+        A REFUSED to a non-recursive question (RD=0) is the upstream's honest answer, not a
+        fault: it is passed on and says nothing about the upstream's health.
+        """
         try:
             reply = task.result()
         except TimeoutError:
@@ -158,6 +167,8 @@ class UpstreamGroup:
         elapsed = time.monotonic() - began
         self.stats.observe(member.name, elapsed)
         rcode = reply.message.rcode
+        if rcode == wire.REFUSED and not recursive:
+            return reply
         if rcode in (wire.SERVFAIL, wire.REFUSED):
             self._failed(member, "servfail" if rcode == wire.SERVFAIL else "refused")
             problems.append(f"{member.name}: rcode {rcode}")

@@ -18,6 +18,8 @@ import dns.rcode
 import pytest
 
 from tests.support.fakeupstream import Action, FakeUpstream
+from tests.support.metrics import Samples
+from tests.support.metrics import scrape as scrape_metrics
 from tests.support.servers import SplitDNS, free_port
 
 LAN_VIEW = """\
@@ -380,20 +382,12 @@ def test_query_log_one_json_line_per_query(
 def test_metrics_endpoint_parses_and_counters_move(tmp_path: Path, upstream: FakeUpstream) -> None:
     import urllib.request
 
-    from prometheus_client.parser import text_string_to_metric_families
-
     mport = free_port()
     text = LAN_VIEW.format(upstreams=f'"{upstream.address}"', timeout=2, aaaa="keep")
     proc = SplitDNS(tmp_path, text + f'metrics: "127.0.0.1:{mport}"\n')
 
-    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as r:
-            body = r.read().decode()
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body)
-            for s in family.samples
-        }
+    def scrape() -> Samples:
+        return scrape_metrics(mport)
 
     try:
         before = scrape()
@@ -409,7 +403,10 @@ def test_metrics_endpoint_parses_and_counters_move(tmp_path: Path, upstream: Fak
     assert after[(q, (("outcome", "rewritten"), ("qtype", "A"), ("transport", "udp")))] == 1
     assert after[(q, (("outcome", "cached"), ("qtype", "A"), ("transport", "udp")))] == 1
     assert after[(q, (("outcome", "cached"), ("qtype", "A"), ("transport", "tcp")))] == 1
-    assert after[("splitdns_rewrites_total", (("rule", "0"), ("view", "lan")))] == 1
+    assert (
+        after[("splitdns_rewrites_total", (("record", "address"), ("rule", "0"), ("view", "lan")))]
+        == 1
+    )
     assert after[("splitdns_cache_entries", ())] == 1
     assert after[("splitdns_cache_hits_total", ())] == before[("splitdns_cache_hits_total", ())] + 2
     count = ("splitdns_upstream_seconds_count", (("upstream", upstream.address),))

@@ -200,3 +200,97 @@ def test_malformed_answer_raises_wire_error() -> None:
     except wire.WireError:
         return
     raise AssertionError("a truncated record must raise WireError")
+
+
+HTTPS_RDATA = '1 . alpn="h2,h3" ipv4hint="203.0.113.1" ipv6hint="2001:db8:ff::1" key65000="abc"'
+
+
+def test_https_hints_rewritten_with_the_rrsig_over_them_removed_and_ad_cleared() -> None:
+    sig = "HTTPS 13 3 300 20300101000000 20200101000000 12345 example.com. AAAA"
+    q = dns.message.make_query("www.example.com.", "HTTPS", want_dnssec=True)
+    r = dns.message.make_response(q)
+    r.flags |= dns.flags.AD
+    r.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "HTTPS", HTTPS_RDATA))
+    r.answer.append(dns.rrset.from_text("www.example.com.", 300, "IN", "RRSIG", sig))
+    r.use_edns(False)
+    result = rewrite.rewrite(bytes(r.to_wire()), "www.example.com", LAN)
+    out = parsed(result.data)
+    assert not out.flags & dns.flags.AD
+    assert [rrset.rdtype for rrset in out.answer] == [65]
+    # 2001:db8:ff::1 is outside every IPv6 rule: it stays (only `aaaa: drop` removes it).
+    assert out.answer[0][0].to_text() == (
+        '1 . alpn="h2,h3" ipv4hint="192.168.1.2" ipv6hint="2001:db8:ff::1" key65000="abc"'
+    )
+    assert [(c.field, str(c.old), str(c.new)) for c in result.changes] == [
+        ("ipv4hint", "203.0.113.1", "192.168.1.2")
+    ]
+
+
+def test_https_hints_of_a_v6_rule_and_names_through_the_target() -> None:
+    data = response(
+        "www.example.com",
+        ("an", "www.example.com.", 300, "HTTPS",
+         ['1 api.svc.example.com. ipv4hint="203.0.113.1" ipv6hint="2001:db8:1::5"']),
+        qtype="HTTPS",
+    )  # fmt: skip
+    out = parsed(rewrite.rewrite(data, "www.example.com", LAN).data)
+    # api.svc.example.com (the TargetName) matches the `*.svc.example.com` rule.
+    assert out.answer[0][0].to_text() == (
+        '1 api.svc.example.com. ipv4hint="192.168.1.4" ipv6hint="fd00:1::5"'
+    )
+
+
+def test_https_keep_leaves_hints_alone() -> None:
+    keep = view(
+        """
+views:
+  - name: lan
+    clients: [192.168.1.0/24]
+    https: keep
+    rewrite: [{from: 203.0.113.1, to: 192.168.1.2}]
+"""
+    )
+    data = response(
+        "www.example.com", ("an", "www.example.com.", 300, "HTTPS", [HTTPS_RDATA]), qtype="HTTPS"
+    )
+    assert rewrite.rewrite(data, "www.example.com", keep).data == data
+
+
+def test_removing_public_ipv6_hints_keeps_the_rest_and_mandatory_consistent() -> None:
+    from splitdns.answer import svcb
+
+    rdatas = [
+        HTTPS_RDATA,
+        '2 . mandatory="ipv6hint" ipv6hint="2001:db8:ff::2"',
+        '3 . ipv6hint="2001:db8:ff::3,fd00:1::3"',
+    ]
+    data = response(
+        "www.example.com", ("an", "www.example.com.", 300, "HTTPS", rdatas), qtype="HTTPS"
+    )
+    inside = ipaddress.ip_network("fd00:1::/64")
+    out, removed, changed = svcb.remove_v6_hints(data, lambda a: a not in inside)
+    assert sorted(str(a) for _, a in removed) == [
+        "2001:db8:ff::1",
+        "2001:db8:ff::2",
+        "2001:db8:ff::3",
+    ]
+    assert changed == {(wire.ANSWER, "www.example.com", 65)}
+    assert sorted(r.to_text() for r in parsed(out).answer[0]) == [
+        '1 . alpn="h2,h3" ipv4hint="203.0.113.1" key65000="abc"',
+        "2 .",
+        '3 . ipv6hint="fd00:1::3"',
+    ]
+
+
+def test_malformed_svc_params_are_refused_by_the_walk() -> None:
+    good = response(
+        "www.example.com", ("an", "www.example.com.", 300, "HTTPS", [HTTPS_RDATA]), qtype="HTTPS"
+    )
+    at = good.index(bytes([0, 4, 0, 4]))  # ipv4hint, length 4
+    bad = bytearray(good)
+    bad[at + 3] = 3  # a hint 3 octets long: the rest of the params are now misaligned
+    try:
+        wire.walk(bytes(bad))
+    except wire.WireError:
+        return
+    raise AssertionError("a malformed ipv4hint passed the walk")
