@@ -345,7 +345,10 @@ def test_fuzz_tcp_framing(tcp_server: SplitDNS, queries: list[bytes]) -> None:
 
 
 def config_texts() -> list[str]:
-    paths = [*sorted((ROOT / "zones").glob("*.yaml")), ROOT / "splitdns" / "config" / "default.yaml"]
+    paths = [
+        *sorted((ROOT / "zones").glob("*.yaml")),
+        ROOT / "splitdns" / "config" / "default.yaml",
+    ]
     return [p.read_text() for p in paths]
 
 
