@@ -189,11 +189,18 @@ def _label_text(label: bytes) -> str:
     return text
 
 
-def read_name(data: bytes, offset: int) -> tuple[str, int]:
+def read_name(
+    data: bytes, offset: int, starts: set[int] | None = None, compressed: bool = True
+) -> tuple[str, int]:
     """Decode a possibly compressed name at `offset`; returns (text, offset after the name).
 
     Every pointer must point before the name's start and before the previous pointer's target
     (as dnspython and BIND require), so pointers strictly descend: no loop can form.
+
+    With `starts` (the walk of a whole message) every pointer must land where an earlier name's
+    label began, and this name's own labels are added: a pointer into a TTL, a length or
+    address bytes would decode to another name as soon as splitdns rewrites or ages those bytes.
+    `compressed=False` refuses any pointer (fields RFC 3597 and RFC 6672 forbid compressing).
     """
     labels: list[str] = []
     end = -1
@@ -217,8 +224,16 @@ def read_name(data: bytes, offset: int) -> tuple[str, int]:
                 end = pos + 2
             if target >= lowest or target < HEADER_LEN:
                 raise WireError("compression pointer does not point backwards into the body")
+            if not compressed:
+                raise WireError("compression pointer in a name that may not be compressed")
+            if starts is not None:
+                if target not in starts:
+                    raise WireError("compression pointer does not land on an earlier name")
+                starts = None  # from here on the labels are an earlier name's: already known
             pos = lowest = target
             continue
+        if starts is not None:
+            starts.add(pos)
         if kind != 0:
             raise WireError("unsupported label type")
         wire_len += length + 1
@@ -228,6 +243,8 @@ def read_name(data: bytes, offset: int) -> tuple[str, int]:
             raise WireError("label runs past the end of the message")
         labels.append(_label_text(data[pos + 1 : pos + 1 + length]))
         pos += 1 + length
+    if starts is not None:
+        starts.add(pos - 1)  # the root label: a pointer may name the root by pointing here
     return ".".join(labels), (end if end >= 0 else pos)
 
 
@@ -246,8 +263,10 @@ def encode_name(name: str) -> bytes:
     return bytes(out)
 
 
-def _read_question(data: bytes, offset: int) -> tuple[Question, int]:
-    name, pos = read_name(data, offset)
+def _read_question(
+    data: bytes, offset: int, starts: set[int] | None = None
+) -> tuple[Question, int]:
+    name, pos = read_name(data, offset, starts)
     if pos + 4 > len(data):
         raise WireError("truncated question")
     qtype, qclass = struct.unpack_from("!HH", data, pos)
@@ -255,16 +274,23 @@ def _read_question(data: bytes, offset: int) -> tuple[Question, int]:
 
 
 def _read_records(
-    data: bytes, offset: int, counts: tuple[int, int, int], check_rdata: bool = False
+    data: bytes,
+    offset: int,
+    counts: tuple[int, int, int],
+    check_rdata: bool = False,
+    starts: set[int] | None = None,
 ) -> tuple[list[Record], int]:
-    """The records after the question, and the offset where they end."""
+    """The records after the question, and the offset where they end. With `check_rdata` (an
+    upstream reply) every record's data is checked against its type, OPT options and TSIG
+    placement too; `starts` holds the label starts compression pointers may land on."""
     records: list[Record] = []
     pos = offset
     opt_seen = False
+    total = sum(counts)
     for section, count in zip((ANSWER, AUTHORITY, ADDITIONAL), counts, strict=True):
         for _ in range(count):
             start = pos
-            name, pos = read_name(data, pos)
+            name, pos = read_name(data, pos, starts)
             if pos + 10 > len(data):
                 raise WireError("truncated record")
             rtype, rclass, _ttl, rdlength = RR_FIXED.unpack_from(data, pos)
@@ -275,8 +301,12 @@ def _read_records(
                 if opt_seen or section != ADDITIONAL or name != "":
                     raise WireError("misplaced or repeated OPT record")
                 opt_seen = True
+                if check_rdata:
+                    _check_options(data, rdata, rdata + rdlength)
             elif check_rdata:
-                _check_rdata(data, rtype, rclass, rdata, rdlength)
+                if rtype == TYPE_TSIG and not (len(records) == total - 1 and section == ADDITIONAL):
+                    raise WireError("TSIG that is not the last record")
+                _check_rdata(data, rtype, rclass, rdata, rdlength, starts)
             records.append(
                 Record(
                     section, name, rtype, rclass, pos + 4, rdata, rdlength, start, rdata + rdlength
@@ -286,21 +316,46 @@ def _read_records(
     return records, pos
 
 
-_NAME_RDATA = frozenset({TYPE_NS, TYPE_CNAME, TYPE_PTR, 39})  # 39: DNAME
+def _check_options(data: bytes, pos: int, end: int) -> None:
+    """EDNS options (code, length, value) must exactly fill the OPT record's data."""
+    while pos < end:
+        if pos + 4 > end:
+            raise WireError("truncated EDNS option")
+        pos += 4 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    if pos != end:
+        raise WireError("EDNS option runs past its OPT record")
 
 
-def _name_ends_at(data: bytes, offset: int, end: int) -> int:
-    after = read_name(data, offset)[1]
+#: Types whose data is one name that may be compressed (RFC 1035 §3.3); SOA and MX below.
+_NAME_RDATA = frozenset({TYPE_NS, TYPE_CNAME, TYPE_PTR})
+TYPE_DNAME = 39
+#: Types with names in their data that may not be compressed (RFC 3597 §4, RFC 6672 §2.5,
+#: RFC 9460 §2.2, RFC 4034 §3.1.7): parsed on their own, then re-encoded to the same length.
+_UNCOMPRESSED_NAMES = frozenset(
+    {17, 18, 21, 24, 26, 30, 33, 35, 36, TYPE_DNAME, 46, 47, 55, 64, 65, 249, 250}
+)
+
+
+def _name_ends_at(data: bytes, offset: int, end: int, starts: set[int] | None = None) -> int:
+    after = read_name(data, offset, starts)[1]
     if after > end:
         raise WireError("name runs past its record data")
     return after
 
 
-def _check_rdata(data: bytes, rtype: int, rclass: int, rdata: int, rdlength: int) -> None:
+def _check_rdata(
+    data: bytes,
+    rtype: int,
+    rclass: int,
+    rdata: int,
+    rdlength: int,
+    starts: set[int] | None = None,
+) -> None:
     """Record data must have its type's shape: splitdns passes answers on to clients, and a
     malformed record in an answer breaks the client's parser, not ours.
 
-    The common types are checked here (cheap); the rest by dnspython's own rdata parser.
+    The common types are checked here (cheap); the rest by dnspython's own rdata parser, given
+    the record data alone, so that no compression pointer can reach outside it.
     """
     end = rdata + rdlength
     if rclass == CLASS_IN and rtype in (TYPE_A, TYPE_AAAA):
@@ -308,27 +363,31 @@ def _check_rdata(data: bytes, rtype: int, rclass: int, rdata: int, rdlength: int
             raise WireError(f"type {rtype} record data of {rdlength} octets")
         return
     if rtype in _NAME_RDATA:
-        ok = _name_ends_at(data, rdata, end) == end
+        ok = _name_ends_at(data, rdata, end, starts) == end
     elif rtype == TYPE_SOA:
-        ok = _name_ends_at(data, _name_ends_at(data, rdata, end), end) + 20 == end
+        ok = _name_ends_at(data, _name_ends_at(data, rdata, end, starts), end, starts) + 20 == end
     elif rtype == 15 and rdlength > 2:  # MX
-        ok = _name_ends_at(data, rdata + 2, end) == end
+        ok = _name_ends_at(data, rdata + 2, end, starts) == end
     elif rtype == 16:  # TXT: one or more <length><text> strings, exactly filling the data
         pos = rdata
         while pos < end:
             pos += 1 + data[pos]
         ok = pos == end and rdlength > 0
     else:
+        own = data[rdata:end]
         try:
-            dns.rdata.from_wire(
+            parsed = dns.rdata.from_wire(
                 dns.rdataclass.RdataClass.make(rclass),
                 dns.rdatatype.RdataType.make(rtype),
-                data,
-                rdata,
+                own,
+                0,
                 rdlength,
             )
+            again = parsed.to_wire() if rtype in _UNCOMPRESSED_NAMES else own
         except Exception as exc:  # a third-party parser: whatever it raises means "malformed"
             raise WireError(f"type {rtype} record data malformed: {exc}") from None
+        if again is None or len(again) != rdlength:
+            raise WireError(f"type {rtype} record data holds a compressed name")
         return
     if not ok:
         raise WireError(f"type {rtype} record data malformed")
@@ -336,16 +395,21 @@ def _check_rdata(data: bytes, rtype: int, rclass: int, rdata: int, rdlength: int
 
 def walk(data: bytes) -> Message:
     """Walk a whole upstream message, keeping offsets; raises WireError on any inconsistency:
-    bad names, record data not shaped like its type, OPT out of place, trailing bytes."""
+    bad names, compression pointers anywhere but onto an earlier name's labels, record data not
+    shaped like its type, OPT or TSIG out of place, an opcode other than QUERY, trailing bytes.
+    What passes can be rewritten, cached and aged in place without changing any name."""
     if len(data) < HEADER_LEN:
         raise WireError("shorter than a DNS header")
     msg_id, flags, qd, an, ns, ar = HEADER.unpack_from(data)
+    if flags & OPCODE_MASK:
+        raise WireError(f"opcode {(flags & OPCODE_MASK) >> 11}: only QUERY replies are taken")
     pos = HEADER_LEN
     questions = []
+    starts: set[int] = set()
     for _ in range(qd):
-        q, pos = _read_question(data, pos)
+        q, pos = _read_question(data, pos, starts)
         questions.append(q)
-    records, end = _read_records(data, pos, (an, ns, ar), check_rdata=True)
+    records, end = _read_records(data, pos, (an, ns, ar), check_rdata=True, starts=starts)
     if end != len(data):
         raise WireError(f"{len(data) - end} bytes after the last record")
     return Message(msg_id, flags, questions, records)
@@ -521,6 +585,18 @@ def make_nodata(query: Query, zone: str, ttl: int) -> bytes:
     return head + query.question.wire + soa
 
 
+def zero_negative_ttls(data: bytes, message: Message) -> bytes:
+    """RFC 2181 §8: a TTL with its top bit set means 0 (not 68 years); written as 0 so that
+    neither the cache nor a client reads it as huge."""
+    high = [r.ttl_offset for r in message.records if data[r.ttl_offset] & 0x80]
+    if not high:
+        return data
+    out = bytearray(data)
+    for offset in high:
+        out[offset : offset + 4] = bytes(4)
+    return bytes(out)
+
+
 def as_forwarder(bare: bytes) -> bytes:
     """A forwarded answer: RA set, AA cleared (splitdns is not the authority for it)."""
     flags = ((bare[2] << 8) | bare[3] | RA) & ~AA
@@ -642,9 +718,12 @@ def strip_opt(data: bytes, message: Message) -> tuple[bytes, Message]:
         records = [r for r in message.records if r.rtype != TYPE_OPT]
         return stripped, Message(msg_id, flags, message.questions, records)
     # OPT in the middle of the additional section: rare; let dnspython rebuild the message.
-    parsed = dns.message.from_wire(data, ignore_trailing=True)
-    parsed.use_edns(False)
-    rebuilt = bytes(parsed.to_wire())
+    try:
+        parsed = dns.message.from_wire(data, ignore_trailing=True)
+        parsed.use_edns(False)
+        rebuilt = bytes(parsed.to_wire())
+    except Exception as exc:  # a third-party parser: whatever it raises means "malformed"
+        raise WireError(f"cannot rebuild without its OPT record: {exc}") from None
     return rebuilt, walk(rebuilt)
 
 
@@ -675,10 +754,18 @@ def rcode_of(data: bytes) -> int:
     return data[3] & 0xF
 
 
-def reply_matches(reply: Message, msg_id: int, question: Question) -> bool:
-    """An upstream reply counts only if it is a response with our ID and our exact question."""
+def reply_matches(reply: Message, msg_id: int, query: Query) -> bool:
+    """An upstream reply counts only if it is a response with our ID and our exact question,
+    and carries a transaction signature only when our query did (a TSIG or SIG(0) in the
+    answer to an unsigned query makes clients reject the whole answer)."""
     if reply.msg_id != msg_id or not reply.flags & QR or len(reply.questions) != 1:
         return False
+    if query.signed is None and any(
+        r.rtype == TYPE_TSIG or (r.rtype == TYPE_SIG and r.section == ADDITIONAL)
+        for r in reply.records
+    ):
+        return False
+    question = query.question
     got = reply.questions[0]
     return (got.name, got.qtype, got.qclass) == (question.name, question.qtype, question.qclass)
 

@@ -84,6 +84,12 @@ class Entry:
         return bytes(buf)
 
 
+def _ttl(data: bytes, offset: int) -> int:
+    """A TTL as RFC 2181 §8 reads it: with the top bit set it means 0."""
+    ttl: int = _TTL.unpack_from(data, offset)[0]
+    return 0 if ttl & 0x80000000 else ttl
+
+
 def make_key(view: str, question: wire.Question, do: bool, cd: bool) -> Key:
     wire_q = question.wire
     return (view, wire_q[:-4].lower(), wire_q[-4:], do, cd)
@@ -108,7 +114,7 @@ def answer_ttl(
     if rcode not in (wire.NOERROR, wire.NXDOMAIN):
         return 0, ()
     records = [r for r in message.records if r.rtype != wire.TYPE_OPT]
-    ttls = [(r.ttl_offset, _TTL.unpack_from(data, r.ttl_offset)[0]) for r in records]
+    ttls = [(r.ttl_offset, _ttl(data, r.ttl_offset)) for r in records]
     answers = [r for r in records if r.section == wire.ANSWER]
     if rcode == wire.NOERROR and answers:
         ttl = min(t for _, t in ttls)
@@ -123,8 +129,8 @@ def answer_ttl(
     _, pos = wire.read_name(data, pos)
     if pos + 20 > soa.rdata_offset + soa.rdlength:
         return 0, ()
-    minimum = _TTL.unpack_from(data, pos + 16)[0]
-    soa_ttl = _TTL.unpack_from(data, soa.ttl_offset)[0]
+    minimum = _ttl(data, pos + 16)
+    soa_ttl = _ttl(data, soa.ttl_offset)
     ttl = min(soa_ttl, minimum, settings.negative_max_ttl)
     return ttl, tuple((off, min(t, ttl)) for off, t in ttls)
 

@@ -428,9 +428,8 @@ class Forward:
                 wire.make_error(req.query, wire.SERVFAIL), Outcome.SERVFAIL, notes=[str(exc)]
             )
         bare, message = wire.strip_opt(reply.data, reply.message)
-        return Response(
-            wire.as_forwarder(bare), Outcome.FORWARDED, upstream=reply.upstream, message=message
-        )
+        bare = wire.as_forwarder(wire.zero_negative_ttls(bare, message))
+        return Response(bare, Outcome.FORWARDED, upstream=reply.upstream, message=message)
 
 
 class GuardRebinding:

@@ -114,7 +114,7 @@ class DnsOverHttps:
         except wire.WireError:
             self.stats.forged += 1
             raise TransportError("http", "reply is not a DNS message") from None
-        if not wire.reply_matches(message, 0, query.question):
+        if not wire.reply_matches(message, 0, query):
             self.stats.forged += 1
             raise TransportError("http", "reply does not answer our question")
         version = response.extensions.get("http_version", b"HTTP/1.1")

@@ -43,9 +43,7 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self.stats = stats
-        self.waiting: dict[
-            int, tuple[asyncio.Future[tuple[bytes, wire.Message]], wire.Question]
-        ] = {}
+        self.waiting: dict[int, tuple[asyncio.Future[tuple[bytes, wire.Message]], wire.Query]] = {}
         self.closed = False
         self.used = False
         self.task = asyncio.ensure_future(self._read_replies())
@@ -58,7 +56,7 @@ class _Connection:
         future: asyncio.Future[tuple[bytes, wire.Message]] = (
             asyncio.get_running_loop().create_future()
         )
-        self.waiting[msg_id] = (future, query.question)
+        self.waiting[msg_id] = (future, query)
         self.used = True
         try:
             self.writer.write(struct.pack("!H", len(packet)) + packet)

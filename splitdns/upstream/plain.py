@@ -25,13 +25,13 @@ class _ReplyCatcher(asyncio.DatagramProtocol):
         self,
         source: tuple[str, int],
         msg_id: int,
-        question: wire.Question,
+        query: wire.Query,
         stats: UpstreamStats,
         exact: bytes | None = None,
     ) -> None:
         self.source = source
         self.msg_id = msg_id
-        self.question = question
+        self.query = query
         self.stats = stats
         self.exact = exact  # with 0x20: the mixed-case question the reply must echo
         self.future: asyncio.Future[tuple[bytes, wire.Message]] = (
@@ -48,7 +48,7 @@ class _ReplyCatcher(asyncio.DatagramProtocol):
             message = None
         if (
             message is None
-            or not wire.reply_matches(message, self.msg_id, self.question)
+            or not wire.reply_matches(message, self.msg_id, self.query)
             or (self.exact is not None and not wire.echoes_question(data, self.exact))
         ):
             self.stats.forged += 1
@@ -107,7 +107,7 @@ class PlainDNS:
         except OSError:
             sock.close()
             raise
-        catcher = _ReplyCatcher(self._address, msg_id, query.question, self.stats, exact)
+        catcher = _ReplyCatcher(self._address, msg_id, query, self.stats, exact)
         transport, _ = await loop.create_datagram_endpoint(lambda: catcher, sock=sock)
         try:
             transport.sendto(packet)
@@ -134,7 +134,7 @@ class PlainDNS:
                     except wire.WireError:
                         self.stats.forged += 1
                         continue
-                    if not wire.reply_matches(message, msg_id, query.question) or (
+                    if not wire.reply_matches(message, msg_id, query) or (
                         exact is not None and not wire.echoes_question(data, exact)
                     ):
                         self.stats.forged += 1

@@ -128,10 +128,10 @@ def test_reply_matching() -> None:
     msg_id, packet = wire.make_upstream_query(q)
     reply = dns.message.make_response(dns.message.from_wire(packet))
     walked = wire.walk(bytes(reply.to_wire()))
-    assert wire.reply_matches(walked, msg_id, q.question)
-    assert not wire.reply_matches(walked, msg_id ^ 1, q.question)
+    assert wire.reply_matches(walked, msg_id, q)
+    assert not wire.reply_matches(walked, msg_id ^ 1, q)
     other = wire.parse_query(query_wire("other.example.com."))
-    assert not wire.reply_matches(walked, msg_id, other.question)
+    assert not wire.reply_matches(walked, msg_id, other)
 
 
 # --------------------------------------------------------------------------- local answers

@@ -1,0 +1,166 @@
+"""Coverage-guided fuzzing with atheris (libFuzzer), three harnesses.
+
+    .venv/bin/python -m tests.fuzz.coverage query|reply|differential [libFuzzer flags] [DIR...]
+
+- query: client bytes -> wire.peek / wire.parse_query; peek may only accept what the parser
+  accepts, and must agree with it on the ID and the question's end.
+- reply: upstream reply bytes -> walk -> strip OPT -> forwarder flags -> rewrite for a LAN view
+  -> cache store -> aged hit (0 s and 1000 s later) -> the bytes a client gets. Those bytes
+  must parse with dnspython, say the same at every age but for TTLs, and hold no address a rule
+  rewrites (in A, AAAA, ipv4hint, ipv6hint) in the answer or additional section.
+- differential: whatever wire.walk accepts, dnspython parses, with the same records.
+
+A failure raises and libFuzzer writes the input as crash-*; keep it in tests/fuzz/corpus/
+as a regression (replayed by test_fuzz.py). tests/fuzz/test_coverage_guided.py runs each
+harness briefly in CI; tests/fuzz/README.md has the long run's figures.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from collections.abc import Callable
+
+import atheris
+
+with atheris.instrument_imports():
+    import dns.message
+    import dns.name
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+
+    from splitdns import wire
+    from splitdns.answer import rewrite
+    from splitdns.answer.cache import Cache
+    from splitdns.answer.svcb import TYPES as SVCB_TYPES
+    from splitdns.config import model as config
+
+LAN_TEXT = """
+views:
+  - name: lan
+    clients: [192.0.2.0/24]
+    rewrite:
+      - {from: 203.0.113.0/24, to: 192.0.2.0/24}
+      - {from: "2001:db8:1::/64", to: "fd00:1::/64"}
+"""
+LAN = config.loads(LAN_TEXT, "fuzz.yaml").views[0]
+PUBLIC = [ipaddress.ip_network("203.0.113.0/24"), ipaddress.ip_network("2001:db8:1::/64")]
+
+
+def fuzz_query(data: bytes) -> None:
+    peeked = wire.peek(data)
+    try:
+        query = wire.parse_query(data)
+    except wire.WireError:
+        assert peeked is None, "peek accepted what the parser refuses"
+        return
+    if peeked is not None:
+        msg_id, _flags, _name_end, qend, *_ = peeked
+        assert msg_id == query.msg_id
+        assert qend == 12 + len(query.question.wire)
+
+
+def _public_left(message: dns.message.Message) -> list[str]:
+    left = []
+    for rrset in [*message.answer, *message.additional]:
+        for rdata in rrset:
+            if rrset.rdclass != dns.rdataclass.IN:
+                continue
+            if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+                addresses = [ipaddress.ip_address(rdata.address)]
+            elif int(rrset.rdtype) in SVCB_TYPES:
+                addresses = [
+                    ipaddress.ip_address(a)
+                    for key, param in rdata.params.items()
+                    if int(key) in (4, 6)
+                    for a in param.addresses
+                ]
+            else:
+                continue
+            left += [str(a) for a in addresses if any(a in net for net in PUBLIC)]
+    return left
+
+
+def _shape(message: dns.message.Message) -> list[tuple[str, int, int, list[str]]]:
+    return [
+        (r.name.to_text().lower(), int(r.rdtype), int(r.rdclass), sorted(x.to_text() for x in r))
+        for section in (message.answer, message.authority, message.additional)
+        for r in section
+    ]
+
+
+def fuzz_reply(data: bytes) -> None:
+    try:
+        message = wire.walk(data)
+    except wire.WireError:
+        return
+    if len(message.questions) != 1:
+        return
+    question = message.questions[0]
+    try:
+        query = wire.parse_query(wire.make_query(question.name, question.qtype))
+    except (wire.WireError, ValueError):
+        return  # a name make_query cannot spell (it takes text): not a reply we could match
+    if not wire.reply_matches(message, message.msg_id, query):
+        return
+    bare, walked = wire.strip_opt(data, message)
+    bare = wire.as_forwarder(bare)
+    result = rewrite.rewrite(bare, question.name, LAN, walked)
+    cache = Cache(config.CacheSettings())
+    key = ("lan", question.wire[:-4].lower(), question.wire[-4:], False, False)
+    entry = cache.put(key, result.data, "rewritten", 0.0)
+    outs = [result.data] if entry is None else [entry.aged(0.0), entry.aged(1000.0)]
+    shapes = []
+    for out in outs:
+        final = wire.finalize(query, out, None)
+        parsed = dns.message.from_wire(final)  # raises: a client could not read it
+        left = _public_left(parsed)
+        assert not left, f"public address left for the LAN view: {left}"
+        shapes.append([(n, t, c, d) for n, t, c, d in _shape(parsed)])
+    if len(shapes) == 2:  # aging changes TTLs and nothing else
+        assert shapes[0] == shapes[1], "the answer changed as its cache entry aged"
+
+
+def fuzz_differential(data: bytes) -> None:
+    try:
+        message = wire.walk(data)
+    except wire.WireError:
+        return
+    parsed = dns.message.from_wire(data)
+    ours = set()
+    for record in message.records:
+        if record.rtype in (wire.TYPE_OPT, wire.TYPE_TSIG):
+            continue
+        rdata = dns.rdata.from_wire(
+            record.rclass, record.rtype, data, record.rdata_offset, record.rdlength
+        )
+        owner = dns.name.from_wire(data, record.start)[0].to_text(omit_final_dot=True).lower()
+        ours.add((record.section, owner, record.rtype, record.rclass, rdata.to_text()))
+    theirs = {
+        (section, r.name.to_text(omit_final_dot=True).lower(), int(r.rdtype), int(r.rdclass),
+         rdata.to_text())
+        for section, rrsets in ((1, parsed.answer), (2, parsed.authority), (3, parsed.additional))
+        for r in rrsets
+        for rdata in r
+    }  # fmt: skip
+    assert ours == theirs, f"walk {sorted(ours - theirs)} vs dnspython {sorted(theirs - ours)}"
+
+
+HARNESSES: dict[str, Callable[[bytes], None]] = {
+    "query": fuzz_query,
+    "reply": fuzz_reply,
+    "differential": fuzz_differential,
+}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[1] not in HARNESSES:
+        raise SystemExit(f"usage: python -m tests.fuzz.coverage {'|'.join(HARNESSES)} [flags]")
+    harness = HARNESSES[argv[1]]
+    atheris.Setup([argv[0], *argv[2:]], harness)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
