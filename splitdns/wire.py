@@ -304,8 +304,9 @@ def _read_records(
                 if check_rdata:
                     _check_options(data, rdata, rdata + rdlength)
             elif check_rdata:
-                if rtype == TYPE_TSIG and not (len(records) == total - 1 and section == ADDITIONAL):
-                    raise WireError("TSIG that is not the last record")
+                last = len(records) == total - 1 and section == ADDITIONAL
+                if rtype == TYPE_TSIG and not (last and rclass == 255):
+                    raise WireError("TSIG that is not the last record, or not of class ANY")
                 _check_rdata(data, rtype, rclass, rdata, rdlength, starts)
             records.append(
                 Record(
