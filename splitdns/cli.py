@@ -92,8 +92,11 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--server",
         metavar="HOST:PORT",
-        help=f"default: the first ${LISTEN_ENV} address (a wildcard asks loopback), else "
-        "127.0.0.1:5353",
+        help=f"a host name or address (default: the first address of -c FILE, else of "
+        f"${LISTEN_ENV}; a wildcard asks loopback; else 127.0.0.1:5353)",
+    )
+    health.add_argument(
+        "-c", "--config", metavar="FILE", help="ask the first listen address of this file"
     )
     health.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
 

@@ -751,6 +751,11 @@ def set_flags(data: bytes, set_bits: int = 0, clear_bits: int = 0) -> bytes:
     return data[:2] + struct.pack("!H", flags) + data[4:]
 
 
+def rcode_name(rcode: int) -> str:
+    """NOERROR, SERVFAIL, REFUSED...: what dig prints, never a bare number."""
+    return str(dns.rcode.to_text(dns.rcode.Rcode.make(rcode)))
+
+
 def rcode_of(data: bytes) -> int:
     return data[3] & 0xF
 

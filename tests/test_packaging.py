@@ -19,12 +19,16 @@ def test_wheel_contains_the_whole_package(tmp_path: Path) -> None:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, tree / name)
     shutil.copytree(ROOT / "splitdns", tree / "splitdns", ignore=shutil.ignore_patterns("*.pyc"))
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(tree)],
         check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    # No build warnings for a user to wonder about (setuptools' license-table deprecation was one).
+    said = (built.stdout + built.stderr).splitlines()
+    assert not [line for line in said if "eprecat" in line or "BuildBackendWarning" in line], said
     (wheel,) = tmp_path.glob("splitdns-*.whl")
     packaged = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("splitdns/")}
     source = {

@@ -6,6 +6,8 @@
   DDNS name given with --ddns)
 - each NAT forward: does this host reach the service through the public address, i.e. does
   the router hairpin at all?
+- each rewritten name doctor can name: is its zone DNSSEC-signed (validators downstream of
+  splitdns would reject the rewritten answers)?
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import os
 import socket
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
+
+import dns.message
+import dns.rdatatype
 
 from splitdns import wire
 from splitdns.commands.loading import load_or_report
 from splitdns.config.model import Config, Endpoint
 from splitdns.config.upstreams import UpstreamSpec
 from splitdns.serve import follow
+from splitdns.serve.ports import RESOLVED_FIX, command_line, is_splitdns, port_owner
 from splitdns.upstream.forwarder import Forwarder, every_upstream, only
 from splitdns.upstream.transport import UpstreamFailure
 
@@ -39,31 +44,21 @@ class Verdict:
         return f"{self.level:4}  {self.message}"
 
 
-def port_owner(endpoint: Endpoint) -> str | None:
-    """The process holding a UDP port, from /proc (None if unknown)."""
-    hex_port = f"{endpoint.port:04X}"
-    inodes: set[str] = set()
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 9 and fields[1].endswith(":" + hex_port):
-                inodes.add(fields[9])
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:[") and target[8:-1] in inodes:
-                    return f"{Path(f'/proc/{pid}/comm').read_text().strip()} (pid {pid})"
-        except OSError:
-            continue
-    return None
+def serves_file(pid: int, path: str) -> bool:
+    """Whether the process is a `splitdns serve -c` of this very file."""
+    argv = command_line(pid)
+    for flag in ("-c", "--config"):
+        if flag in argv[:-1]:
+            given = argv[argv.index(flag) + 1]
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                cwd = os.getcwd()
+            return os.path.realpath(os.path.join(cwd, given)) == os.path.realpath(path)
+    return False
 
 
-def check_listen(endpoint: Endpoint) -> Verdict:
+def check_listen(endpoint: Endpoint, config_path: str = "") -> Verdict:
     family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         try:
@@ -71,29 +66,60 @@ def check_listen(endpoint: Endpoint) -> Verdict:
         except PermissionError:
             return Verdict(WARN, f"listen {endpoint}: needs root or CAP_NET_BIND_SERVICE")
         except OSError as exc:
-            owner = port_owner(endpoint) or "another process"
-            hint = ""
-            if owner.startswith("systemd-resolve"):
-                hint = (
-                    ": set DNSStubListener=no in /etc/systemd/resolved.conf and restart "
-                    "systemd-resolved (or listen on the LAN address only)"
+            owner = port_owner(endpoint.port)
+            if owner is None:
+                return Verdict(
+                    FAIL, f"listen {endpoint}: taken by another process ({exc.strerror})"
                 )
-            return Verdict(FAIL, f"listen {endpoint}: taken by {owner} ({exc.strerror}){hint}")
+            name, pid = owner
+            if is_splitdns(pid) and config_path and serves_file(pid, config_path):
+                return Verdict(
+                    OK, f"listen {endpoint}: served by splitdns (pid {pid}) with this file"
+                )
+            if is_splitdns(pid):
+                return Verdict(
+                    WARN, f"listen {endpoint}: taken by splitdns (pid {pid}) with another config"
+                )
+            hint = f": {RESOLVED_FIX}" if name.startswith("systemd-resolve") else ""
+            return Verdict(
+                FAIL, f"listen {endpoint}: taken by {name} (pid {pid}) ({exc.strerror}){hint}"
+            )
     return Verdict(OK, f"listen {endpoint}: free")
 
 
+def probe_name(config: Config, spec: UpstreamSpec) -> str:
+    """A name the upstream should answer: the first domain routed to it, else the root."""
+    for domain, specs in config.forwarding.domains:
+        if spec in specs and spec not in config.upstreams:
+            return domain
+    return ""
+
+
 async def check_upstream(config: Config, spec: UpstreamSpec, timeout: float) -> Verdict:
-    query = wire.parse_query(wire.make_query("", wire.TYPE_NS))
+    name = probe_name(config, spec)
+    qtype = wire.TYPE_SOA if name else wire.TYPE_NS
+    shown = f"{name or '.'} {'SOA' if name else 'NS'}"
+    query = wire.parse_query(wire.make_query(name, qtype))
     began = time.monotonic()
     forwarder = Forwarder(replace(only(config, spec), timeout=timeout))
     try:
         reply = await forwarder.resolve(query)
     except UpstreamFailure as exc:
-        return Verdict(FAIL, f"upstream {spec}: no usable answer ({exc})")
+        if "REFUSED" in str(exc) and "timeout" not in str(exc):
+            return Verdict(
+                WARN if not name else OK,
+                f"upstream {spec}: answers, but REFUSED {shown} (a server for its own domains "
+                "only? route only those to it with upstreams.domains)",
+            )
+        return Verdict(FAIL, f"upstream {spec}: no usable answer to {shown} ({exc})")
     finally:
         await forwarder.aclose()
     elapsed = (time.monotonic() - began) * 1000
-    return Verdict(OK, f"upstream {spec}: answered over {reply.transport} in {elapsed:.0f} ms")
+    rcode = wire.rcode_name(reply.message.rcode)
+    return Verdict(
+        OK,
+        f"upstream {spec}: answered {shown} ({rcode}) over {reply.transport} in {elapsed:.0f} ms",
+    )
 
 
 async def check_public(config: Config, ddns: str | None) -> list[Verdict]:
@@ -166,14 +192,69 @@ async def check_hairpin(config: Config, timeout: float) -> list[Verdict]:
     return out
 
 
+def rewritten_names(config: Config, ddns: str | None) -> dict[str, str]:
+    """Names splitdns rewrites that doctor can name: each rule's `names` (a wildcard's suffix
+    stands for its zone), followed DDNS names and --ddns, with where each comes from."""
+    names: dict[str, str] = {}
+    for view in config.views:
+        for rule in view.rules:
+            where = f"views.{view.name}.rewrite[{rule.index}]"
+            for pattern in rule.names:
+                names.setdefault(pattern.suffix, where)
+            if rule.follow:
+                names.setdefault(rule.follow, where)
+    if ddns:
+        names.setdefault(ddns, "--ddns")
+    return names
+
+
+async def check_signed(config: Config, ddns: str | None, timeout: float) -> list[Verdict]:
+    """Rewritten names in DNSSEC-signed zones: their answers lose the signatures, so a
+    validating resolver downstream of splitdns turns them into SERVFAIL."""
+    out: list[Verdict] = []
+    forwarder = Forwarder(replace(config, timeout=timeout))
+    try:
+        for name, where in rewritten_names(config, ddns).items():
+            asked = dns.message.make_query(name, "A", want_dnssec=True)
+            query = wire.parse_query(asked.to_wire())
+            try:
+                reply = await forwarder.resolve(query)
+            except UpstreamFailure:
+                continue  # the upstream check above already says so
+            signers = sorted(
+                {
+                    rdata.signer.to_text(omit_final_dot=True)
+                    for rrset in dns.message.from_wire(reply.data).answer
+                    if rrset.rdtype == dns.rdatatype.RRSIG
+                    for rdata in rrset
+                }
+            )
+            if signers:
+                zones = ", ".join(signers)
+                out.append(
+                    Verdict(
+                        WARN,
+                        f"{where}: {name} is in the DNSSEC-signed zone {zones}: splitdns removes "
+                        "the signatures of its rewritten answers, so a validating resolver "
+                        "downstream of splitdns answers SERVFAIL for it. Validate upstream of "
+                        "splitdns instead, or mark it insecure there (unbound: "
+                        f'domain-insecure: "{signers[0]}")',
+                    )
+                )
+    finally:
+        await forwarder.aclose()
+    return out
+
+
 async def diagnose(config: Config, ddns: str | None = None, timeout: float = 2.0) -> list[Verdict]:
-    verdicts = [check_listen(e) for e in config.listen]
+    verdicts = [check_listen(e, config.source) for e in config.listen]
     upstreams = every_upstream(config)
     verdicts += await asyncio.gather(*(check_upstream(config, s, timeout) for s in upstreams))
     if not upstreams:
         verdicts.append(Verdict(FAIL, "upstreams: none configured"))
     verdicts += await check_public(config, ddns)
     verdicts += await check_hairpin(config, timeout)
+    verdicts += await check_signed(config, ddns, timeout)
     return verdicts
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 
 from splitdns import wire
+from splitdns.commands.loading import load_or_report
 from splitdns.config.model import parse_endpoint
 
 #: Listen addresses from the environment (containers, compose): `serve` and `health` agree.
@@ -28,31 +29,57 @@ def health_target(listen: str | None) -> str:
 
 
 def command(args: argparse.Namespace) -> int:
-    server = args.server or health_target(os.environ.get(LISTEN_ENV))
+    if args.server:
+        server = args.server
+    elif args.config:
+        config = load_or_report(args.config)
+        if config is None:
+            return 2
+        server = health_target(str(config.listen[0]))
+    else:
+        server = health_target(os.environ.get(LISTEN_ENV))
     return probe(server, args.timeout)
+
+
+def resolve(server: str) -> tuple[int, tuple[str, int], str]:
+    """(family, socket address, text) for `HOST:PORT`, `[V6]:PORT`, an address, or a host name
+    (looked up with the system resolver: `localhost:5353`); the port defaults to 53."""
+    try:
+        endpoint = parse_endpoint(server, 53)
+    except ValueError:
+        host, _, port_text = server.rpartition(":") if ":" in server else (server, "", "53")
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{server!r} is not HOST:PORT") from None
+        try:
+            found = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_DGRAM)
+        except socket.gaierror as exc:
+            raise ValueError(f"{host}: {exc.strerror}") from None
+        family, _, _, _, address = found[0]
+        return family, (str(address[0]), int(address[1])), server
+    family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
+    return family, (endpoint.host, endpoint.port), str(endpoint)
 
 
 def probe(server: str, timeout: float) -> int:
     """Ask `server` a CH-class question it answers itself: 0 if it answers, 1 if not."""
     try:
-        endpoint = parse_endpoint(server, 53)
+        family, address, shown = resolve(server)
     except ValueError as exc:
         print(f"splitdns health: {exc}", file=sys.stderr)
         return 2
-    family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
     msg_id, query = wire.make_probe()
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         try:
-            sock.connect((endpoint.host, endpoint.port))
+            sock.connect(address)
             sock.send(query)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if wire.is_answer_to(sock.recv(4096), msg_id):
-                    print(f"healthy: {endpoint} answered")
+                    print(f"healthy: {shown} answered")
                     return 0
         except OSError as exc:
-            print(f"unhealthy: {endpoint}: {exc or 'no answer'}")
+            print(f"unhealthy: {shown}: {exc or 'no answer'}")
             return 1
-    print(f"unhealthy: {endpoint}: no answer within {timeout:g} s")
+    print(f"unhealthy: {shown}: no answer within {timeout:g} s")
     return 1

@@ -53,7 +53,7 @@ PEER_SERVER = textwrap.dedent(
     """
 )
 
-#: Connect, print what the server says, or "FAIL: reason" within a short timeout.
+#: Connect, print what the server says, or "no connection: reason" within a short timeout.
 DIAL = textwrap.dedent(
     """
     import socket, sys
@@ -61,7 +61,7 @@ DIAL = textwrap.dedent(
         c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
         c.settimeout(2); print(c.recv(100).decode())
     except OSError as e:
-        print("FAIL:", e)
+        print("no connection:", e)
     """
 )
 
@@ -201,7 +201,7 @@ class Lab:
         raise LabError("the LAN server did not start listening")
 
     def dial(self, role: str, host: str, port: int) -> str:
-        """What the server reports as our address, or 'FAIL: ...'."""
+        """What the server reports as our address, or 'no connection: ...'."""
         return self.exec(role, sys.executable, "-c", DIAL, host, str(port), timeout=15).strip()
 
     def load_rules(self, text: str, kind: str) -> None:
@@ -235,7 +235,15 @@ def wait_until(probe: Callable[[], bool], timeout: float = 10) -> bool:
 class Step:
     title: str
     observed: str
-    ok: bool
+    ok: bool  # the step behaved as the story says it should
+    breaks: bool = False  # the story says it should break (the hairpin problem, shown live)
+
+    @property
+    def verdict(self) -> str:
+        """Three words that cannot be misread: ok, ok (breaks as expected), FAIL."""
+        if not self.ok:
+            return "FAIL"
+        return "ok (breaks as expected)" if self.breaks else "ok"
 
 
 @dataclass(frozen=True)
@@ -289,8 +297,8 @@ def story(
 
     steps: list[Step] = []
 
-    def record(title: str, observed: str, ok: bool) -> None:
-        steps.append(Step(title, observed, ok))
+    def record(title: str, observed: str, ok: bool, breaks: bool = False) -> None:
+        steps.append(Step(title, observed, ok, breaks))
         say(steps[-1])
 
     dns_port = 53
@@ -318,7 +326,8 @@ def story(
         f"2a. LAN client {CLIENT} -> {PUBLIC}:{plain.port} without hairpin rules (the "
         "server answers the client directly; the client drops it)",
         seen,
-        seen.startswith("FAIL"),
+        seen.startswith("no connection"),
+        breaks=True,
     )
     lab.load_rules(render("all"), kind)
     seen = lab.dial("client", PUBLIC, plain.port)
@@ -395,7 +404,8 @@ def story(
                 f"4a. port-translated forward {fwd.port} -> {fwd.inner}: the rewritten address "
                 f"{SERVER}:{fwd.port} does not serve it (check warns)",
                 seen,
-                seen.startswith("FAIL"),
+                seen.startswith("no connection"),
+                breaks=True,
             )
             seen = lab.dial("client", PUBLIC, fwd.port)
             record(
@@ -415,18 +425,30 @@ def command(args: argparse.Namespace) -> int:
         config = load_or_report(args.config)
         if config is None:
             return 1
-        if config.nat is not None:
-            tcp = [f for f in config.nat.forwards if f.proto == "tcp" and f.ports.single]
-            if tcp and any(f.ports == f.target_ports for f in tcp):
-                forwards = tuple(LabForward(f.ports.low, f.target_ports.low) for f in tcp)
-        print(f"lab: TCP forwards from {args.config}, every target played by the lab's server")
+        tcp = (
+            [f for f in config.nat.forwards if f.proto == "tcp" and f.ports.single]
+            if (config.nat is not None)
+            else []
+        )
+        defaults = ", ".join(f"{f.port} -> {f.inner}" for f in DEFAULT_FORWARDS)
+        if config.nat is None:
+            print(f"lab: {args.config} has no nat: section; using the lab's forwards {defaults}")
+        elif not any(f.ports == f.target_ports for f in tcp):
+            print(
+                f"lab: {args.config} has no single-port TCP forward to the same port; using "
+                f"the lab's forwards {defaults}"
+            )
+        else:
+            forwards = tuple(LabForward(f.ports.low, f.target_ports.low) for f in tcp)
+            used = ", ".join(f"{f.port} -> {f.inner}" for f in forwards)
+            print(f"lab: TCP forwards {used} from {args.config}, played by the lab's server")
     print(
         f"lab: outside {OUTSIDE} | router {PUBLIC} / {ROUTER_LAN} | "
         f"server {SERVER} | client {CLIENT} | rules: {args.rules}"
     )
 
     def say(step: Step) -> None:
-        print(f"{'PASS' if step.ok else 'FAIL'}  {step.title}: {step.observed}", flush=True)
+        print(f"{step.verdict:23}  {step.title}: {step.observed}", flush=True)
 
     try:
         with Lab() as net:

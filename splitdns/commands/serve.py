@@ -27,6 +27,8 @@ from splitdns.serve.server import Server
 
 log = logging.getLogger("splitdns")
 
+#: The user to become after binding when the config names none (the image sets `splitdns`).
+USER_ENV = "SPLITDNS_USER"
 WATCH_INTERVAL = 1.0  # seconds between looks at the config file's mtime and size
 
 
@@ -141,7 +143,7 @@ async def _run(config: Config, loop: str, reload: Callable[[], Config]) -> int:
     server = Server(config)
     await server.start()
     try:
-        user = drop_root(config.user)
+        user = drop_root(config.user or os.environ.get(USER_ENV) or "nobody")
     except PrivilegeError:
         await server.stop(0)
         raise

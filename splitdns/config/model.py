@@ -212,7 +212,7 @@ class Config:
     timeout: float = DEFAULT_TIMEOUT
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 512
-    user: str = "nobody"
+    user: str | None = None  # None: $SPLITDNS_USER (the image sets splitdns), else nobody
     cache: CacheSettings = field(default_factory=CacheSettings)
     workers: int = 1
     nat: NatSettings | None = None

@@ -7,6 +7,7 @@ strictness, and is the only place that knows about PyYAML nodes.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,16 +18,18 @@ import yaml
 class ConfigError(ValueError):
     """A config problem, printed as `FILE:LINE: key.path: message`."""
 
-    def __init__(self, source: str, line: int, path: str, message: str) -> None:
+    def __init__(self, source: str, line: int, path: str, message: str, excerpt: str = "") -> None:
         self.source = source
         self.line = line
         self.path = path
         self.message = message
+        self.excerpt = excerpt  # the offending line with a caret under the mistake
         super().__init__(str(self))
 
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line else self.source
-        return f"{where}: {self.path or '(top)'}: {self.message}"
+        head = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        return f"{head}\n{self.excerpt}" if self.excerpt else head
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,10 @@ class Node:
         for key, key_node, child in self._pairs():
             if key not in allowed:
                 known = ", ".join(sorted(allowed))
+                close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+                guess = f"did you mean '{close[0]}'? " if close else ""
                 raise Node(key_node, self.source, child.path).error(
-                    f"unknown key (known keys: {known})"
+                    f"unknown key: {guess}(known keys: {known})"
                 )
             out[key] = child
         return out
@@ -78,6 +83,10 @@ class Node:
         if self.is_null():
             return
         if not isinstance(self.raw, yaml.MappingNode):
+            if not self.path:
+                raise self.error(
+                    f"the file must be a mapping of settings (key: value), not {self.kind()}"
+                )
             raise self.error(f"must be a mapping, not {self.kind()}")
         seen: set[str] = set()
         for key_node, value_node in self.raw.value:
@@ -185,14 +194,73 @@ def _scalar_value(node: yaml.Node) -> Any:
     return yaml.SafeLoader("").construct_object(node, deep=True)
 
 
+#: PyYAML's problems in plain words, and whether the mistake sits at the context mark (the
+#: line where the parser started the construct it could not finish) rather than where it gave up.
+PLAIN_WORDS: tuple[tuple[str, str, bool], ...] = (
+    ("expected <block end>", "this line is indented differently from the lines above it", False),
+    ("could not find expected ':'", "a key without its ':' (or an unclosed quote)", True),
+    ("mapping values are not allowed here", "a ':' where YAML does not expect one (indent "
+     "the line under its key, or quote a value that holds ': ')", False),
+    ("found character '\\t'", "a tab: YAML indents with spaces only", False),
+    ("found unexpected end of stream", "the file ends inside a quote or a bracket", True),
+    ("expected ',' or ']'", "a [list] that is not closed, or a missing ','", True),
+    ("expected ',' or '}'", "a {mapping} that is not closed, or a missing ','", True),
+    ("expected the node content", "a value is missing (the file ends inside a [list] or "
+     "{mapping}?)", False),
+    ("found undefined alias", "a '*' that is not an alias: quote the value", False),
+    ("expected alphabetic or numeric character", "a '*' or '&' that YAML reads as an alias or "
+     "anchor: quote the value (\"*.example.com\")", False),
+)  # fmt: skip
+
+
+def _excerpt(text: str, line: int, column: int) -> str:
+    lines = text.splitlines()
+    if not 1 <= line <= len(lines):
+        return ""
+    gutter = f"  {line} | "
+    return f"{gutter}{lines[line - 1]}\n{' ' * (len(gutter) + column)}^"
+
+
+def syntax_error(text: str, source: str, exc: yaml.MarkedYAMLError) -> ConfigError:
+    """A YAML syntax error in plain words, on the line of the mistake, with that line shown."""
+    problem = str(exc.problem or exc)
+    words, at_context = next(
+        ((plain, ctx) for known, plain, ctx in PLAIN_WORDS if problem.startswith(known)),
+        (problem, False),
+    )
+    mark = (exc.context_mark if at_context else None) or exc.problem_mark or exc.context_mark
+    if mark is None:
+        return ConfigError(source, 0, "", f"YAML syntax: {words}")
+    line, column = mark.line + 1, mark.column
+    if problem.startswith("mapping values are not allowed here"):
+        above = _key_without_colon_above(text, line)
+        if above is not None:
+            line, column = above
+            words = "this line has no ':' after its key (`- name: lan`, not `- name lan`)"
+    message = f"YAML syntax: {words}" + (f" (YAML says: {problem})" if words != problem else "")
+    return ConfigError(source, line, "", message, _excerpt(text, line, column))
+
+
+def _key_without_colon_above(text: str, line: int) -> tuple[int, int] | None:
+    """(line, column) of the nearest non-blank line above `line` when it holds no ':' at all:
+    PyYAML reports a missing ':' one line late, at the next key."""
+    lines = text.splitlines()
+    for number in range(line - 1, 0, -1):
+        content = lines[number - 1]
+        if not content.strip() or content.strip().startswith("#"):
+            continue
+        if ":" in content:
+            return None
+        return number, len(content) - len(content.lstrip(" -"))
+    return None
+
+
 def parse(text: str, source: str) -> Node:
     """Compose YAML text into a located node; syntax errors become ConfigError."""
     try:
         raw = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        raise ConfigError(source, line, "", f"YAML syntax: {exc.problem or exc}") from exc
+        raise syntax_error(text, source, exc) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(source, 0, "", f"YAML: {exc}") from exc
     if raw is None:

@@ -25,6 +25,7 @@ from splitdns.config.model import Config, Endpoint, IPAddress
 from splitdns.serve import follow
 from splitdns.serve.clienttrap import ClientTrap
 from splitdns.serve.metrics import Counts, MetricsServer
+from splitdns.serve.ports import bind_problem
 from splitdns.serve.querylog import QueryLog
 from splitdns.serve.wildcardudp import WildcardUdp, enable_pktinfo, is_wildcard
 from splitdns.upstream.forwarder import Forwarder
@@ -133,9 +134,9 @@ class Server:
                     if is_wildcard(endpoint.host):
                         enable_pktinfo(sock)  # answer from the address each query came to
                     sock.bind((endpoint.host, endpoint.port))
-                except OSError:
+                except OSError as exc:
                     sock.close()
-                    raise
+                    raise bind_problem(endpoint, "udp", exc) from None
                 port = sock.getsockname()[1]
                 if is_wildcard(endpoint.host):
                     self._udp.append(WildcardUdp(sock, self.datagram))
@@ -144,14 +145,17 @@ class Server:
                         lambda: UdpProtocol(self), sock=sock
                     )
                     self._udp.append(transport)
-                tcp = await asyncio.start_server(
-                    self._tcp_client,
-                    endpoint.host,
-                    port or endpoint.port,
-                    reuse_address=True,
-                    reuse_port=self.config.workers > 1,
-                    backlog=256,
-                )
+                try:
+                    tcp = await asyncio.start_server(
+                        self._tcp_client,
+                        endpoint.host,
+                        port or endpoint.port,
+                        reuse_address=True,
+                        reuse_port=self.config.workers > 1,
+                        backlog=256,
+                    )
+                except OSError as exc:
+                    raise bind_problem(Endpoint(endpoint.host, port), "tcp", exc) from None
                 self._tcp.append(tcp)
                 self.bound.append(("udp+tcp", Endpoint(endpoint.host, port)))
             self._follow = asyncio.ensure_future(
@@ -159,7 +163,11 @@ class Server:
             )
             if self.config.metrics is not None:
                 self.metrics_server = MetricsServer(lambda: self)
-                await self.metrics_server.start(self.config.metrics.host, self.config.metrics.port)
+                metrics = self.config.metrics
+                try:
+                    await self.metrics_server.start(metrics.host, metrics.port)
+                except OSError as exc:
+                    raise bind_problem(metrics, "metrics, HTTP", exc) from None
                 self.bound.append(("metrics", self.config.metrics))
         except OSError:
             await self.stop(0)

@@ -171,7 +171,7 @@ class UpstreamGroup:
             return reply
         if rcode in (wire.SERVFAIL, wire.REFUSED):
             self._failed(member, "servfail" if rcode == wire.SERVFAIL else "refused")
-            problems.append(f"{member.name}: rcode {rcode}")
+            problems.append(f"{member.name}: {wire.rcode_name(rcode)}")
             return None
         member.health.succeeded(elapsed)
         self._log_changes(member)

@@ -20,7 +20,7 @@ from tests.support.servers import free_port
 from tests.support.tools import need
 
 IMAGE = "localhost/splitdns:test"
-CONFIG = 'upstreams: ["{upstream}"]\nuser: splitdns\n' + REWRITE_VIEW
+CONFIG = 'upstreams: ["{upstream}"]\n' + REWRITE_VIEW  # no user: the image's SPLITDNS_USER
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,32 @@ def test_serve_reports_a_port_in_use() -> None:
         port = taken.getsockname()[1]
         out = run("serve", "--listen", f"127.0.0.1:{port}", "--upstream", "127.0.0.1:9")
     assert out.returncode == 1
-    assert "Address already in use" in out.stderr
+    pid = __import__("os").getpid()
+    assert out.stderr.strip() == (
+        f"splitdns: cannot listen on 127.0.0.1:{port} (udp): Address already in use; the port "
+        f"is taken by {Path(f'/proc/{pid}/comm').read_text().strip()} (pid {pid}); stop it, or "
+        "pass --listen with another address or port"
+    )
+
+
+def test_serve_on_a_privileged_port_without_root_says_what_to_do() -> None:
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv (util-linux) to start splitdns as nobody")
+    out = subprocess.run(
+        ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups",
+         sys.executable, "-m", "splitdns", "serve", "--listen", "127.0.0.1:53"],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        "splitdns: cannot listen on 127.0.0.1:53 (udp): Permission denied; ports below 1024 "
+        "need root (splitdns binds, then becomes `user`) or CAP_NET_BIND_SERVICE (the systemd "
+        "unit and the container grant it); or pass --listen 127.0.0.1:5353 for an unprivileged "
+        "port"
+    )
 
 
 @pytest.mark.parametrize("sub", [[], ["serve"], ["check"]])

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.fakeupstream import FakeUpstream
+from tests.support.fakeupstream import Action, FakeUpstream
 from tests.support.servers import free_port
 
 
@@ -54,8 +54,8 @@ def test_doctor_verdicts(tmp_path: Path, fake: FakeUpstream) -> None:
     assert out.returncode == 1, out.stdout + out.stderr
     assert lines[0].startswith(f"FAIL  listen 127.0.0.1:{busy}: taken by ")
     assert "(pid " in lines[0]
-    assert lines[1].startswith(f"ok    upstream {fake.address}: answered over udp in ")
-    assert lines[2].startswith(f"FAIL  upstream 127.0.0.1:{dead}: no usable answer")
+    assert lines[1].startswith(f"ok    upstream {fake.address}: answered . NS (NXDOMAIN) over udp")
+    assert lines[2].startswith(f"FAIL  upstream 127.0.0.1:{dead}: no usable answer to . NS")
     assert lines[3] == "ok    public address: home.example.test is 203.0.113.9"
     assert lines[4].startswith(
         "FAIL  views.lan.rewrite[0]: 'from' 203.0.113.1/32 no longer holds the public address "
@@ -65,3 +65,85 @@ def test_doctor_verdicts(tmp_path: Path, fake: FakeUpstream) -> None:
     assert lines[6].startswith(f"warn  forward[1] tcp/{closed_port} -> 192.0.2.2: not reachable")
     assert "does not hairpin" in lines[6]
     assert lines[7] == "warn  forward[2] udp/27015 -> 192.0.2.9: UDP cannot be probed; skipped"
+
+
+def test_doctor_on_a_healthy_setup_with_a_domain_only_upstream(tmp_path: Path, fakes: list) -> None:
+    """The running splitdns holding its own port is fine; an authoritative upstream that
+    refuses `. NS` but answers its domain is fine; rcodes by name."""
+    from tests.support.servers import SplitDNS
+
+    general = FakeUpstream().add("www.example.test. 60 IN A 203.0.113.1").start()
+    authority = FakeUpstream().add("router.lan. 60 IN SOA ns hostmaster 1 2 3 4 5").start()
+    authority.default = Action(rcode=5)  # refuses what is not its own
+    authority.actions["router.lan"] = Action()
+    fakes += [general, authority]
+    text = (
+        f'upstreams:\n  default: ["{general.address}"]\n'
+        f'  domains:\n    router.lan: ["{authority.address}"]\ntimeout: 1\n'
+    )
+    proc = SplitDNS(tmp_path, text)
+    conf = next(tmp_path.glob("splitdns-*.yaml"))
+    conf.write_text(f'listen: ["127.0.0.1:{proc.port}"]\n' + text)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "splitdns", "doctor", "-c", str(conf), "--timeout", "1"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        proc.stop()
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert lines[0].startswith(f"ok    listen 127.0.0.1:{proc.port}: served by splitdns (pid ")
+    assert lines[0].endswith("with this file")
+    assert lines[1].startswith(f"ok    upstream {general.address}: answered . NS (NXDOMAIN)")
+    assert lines[2].startswith(f"ok    upstream {authority.address}: answered router.lan SOA")
+
+
+SIGNED_ZONE = """\
+$ORIGIN example.test.
+$TTL 300
+@    SOA ns1 hostmaster 1 3600 600 86400 60
+@    NS  ns1
+ns1  A   198.51.100.53
+www  A   203.0.113.1
+"""
+
+
+def test_doctor_warns_about_rewritten_names_of_a_signed_zone(tmp_path: Path) -> None:
+    """A zone signed with ldns-signzone, served by NSD: doctor names the zone whose rewritten
+    answers a validating resolver downstream would reject; an unsigned zone gets no warning."""
+    from tests.support.servers import NSD
+    from tests.support.tools import need
+
+    keygen, signzone = need("ldns-keygen", "ldnsutils"), need("ldns-signzone", "ldnsutils")
+    zone = tmp_path / "example.test.zone"
+    zone.write_text(SIGNED_ZONE)
+    key = subprocess.run(
+        [keygen, "-a", "ECDSAP256SHA256", "-k", "example.test"],
+        cwd=tmp_path, capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()  # fmt: skip
+    subprocess.run([signzone, "-n", str(zone), key], cwd=tmp_path, check=True, timeout=30)
+    signed = (tmp_path / "example.test.zone.signed").read_text()
+    nsd = NSD(tmp_path / "nsd", {"example.test": signed, "plain.test": SIGNED_ZONE.replace(
+        "example.test.", "plain.test.")})  # fmt: skip
+    try:
+        conf = tmp_path / "doctor.yaml"
+        conf.write_text(
+            f'listen: ["127.0.0.1:{free_port()}"]\nupstreams: ["127.0.0.1:{nsd.port}"]\n'
+            "views:\n  - name: lan\n    clients: [192.0.2.0/24]\n    rewrite:\n"
+            "      - {from: 203.0.113.1, to: 192.0.2.2, names: [www.example.test]}\n"
+            "      - {from: 203.0.113.1, to: 192.0.2.3, names: [www.plain.test]}\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-m", "splitdns", "doctor", "-c", str(conf), "--timeout", "2"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        nsd.stop()
+    signed_lines = [line for line in out.stdout.splitlines() if "DNSSEC" in line]
+    assert signed_lines == [
+        "warn  views.lan.rewrite[0]: www.example.test is in the DNSSEC-signed zone example.test: "
+        "splitdns removes the signatures of its rewritten answers, so a validating resolver "
+        "downstream of splitdns answers SERVFAIL for it. Validate upstream of splitdns instead, "
+        'or mark it insecure there (unbound: domain-insecure: "example.test")'
+    ], out.stdout + out.stderr

@@ -288,30 +288,27 @@ def test_workers_share_the_port_and_stop_together(upstream: FakeUpstream, tmp_pa
 
 
 def test_health_reports_a_running_and_a_stopped_server(
-    server: SplitDNS, upstream: FakeUpstream
+    server: SplitDNS, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    def health(port: int) -> subprocess.CompletedProcess[str]:
+    def health(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "splitdns",
-                "health",
-                "--server",
-                f"127.0.0.1:{port}",
-                "--timeout",
-                "1",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
+            [sys.executable, "-m", "splitdns", "health", *args, "--timeout", "1"],
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
 
-    ok = health(server.port)
+    ok = health("--server", f"127.0.0.1:{server.port}")
     assert ok.returncode == 0 and "healthy" in ok.stdout
     assert upstream.seen == []  # the probe never leaves the server
-    stopped = health(free_port())
+    stopped = health("--server", f"127.0.0.1:{free_port()}")
     assert stopped.returncode == 1 and "unhealthy" in stopped.stdout
+    # A host name, and the first listen address of a config file.
+    named = health("--server", f"localhost:{server.port}")
+    assert named.returncode == 0, named.stdout + named.stderr
+    assert named.stdout.strip() == f"healthy: localhost:{server.port} answered"
+    conf = tmp_path / "health.yaml"
+    conf.write_text(f'listen: ["127.0.0.1:{server.port}"]\n')
+    by_file = health("-c", str(conf))
+    assert by_file.returncode == 0 and f"127.0.0.1:{server.port} answered" in by_file.stdout
 
 
 def test_doh_canary_is_nxdomain_locally(server: SplitDNS, upstream: FakeUpstream) -> None:

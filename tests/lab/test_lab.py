@@ -42,25 +42,37 @@ def test_the_four_flows(kind: str) -> None:
     assert not failed, "\n".join(failed)
     # The figures behind each verdict, pinned explicitly:
     assert steps["1"].observed == lab.OUTSIDE  # the server sees the real outside client
-    assert steps["2a"].observed.startswith("FAIL")  # the reference's broken flow really breaks
+    assert steps["2a"].observed.startswith(
+        "no connection"
+    )  # the reference's broken flow really breaks
     assert steps["2b"].observed == lab.ROUTER_LAN  # hairpin works but hides the client
     assert steps["3a"].observed == lab.SERVER  # splitdns rewrote the public answer
     assert steps["3b"].observed == lab.CLIENT  # and the server sees the real LAN client
     assert steps["3c"].observed == lab.PUBLIC  # outside still gets the public address
-    assert steps["4a"].observed.startswith("FAIL")  # the rewrite alone cannot serve 8443->443
+    assert steps["4a"].observed.startswith(
+        "no connection"
+    )  # the rewrite alone cannot serve 8443->443
     assert steps["4b"].observed == lab.ROUTER_LAN  # the `needed` hairpin rule does
 
 
 def test_lab_command_prints_the_story() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "splitdns", "lab", "--rules", "nftables"],
+        [sys.executable, "-m", "splitdns", "lab", "--rules", "nftables", "-c", "zones/home.yaml"],
         capture_output=True,
         text=True,
         timeout=240,
+        cwd=Path(__file__).parents[2],
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count("PASS") == 8 and "FAIL  " not in out.stdout
+    lines = out.stdout.splitlines()
+    assert sum(line.startswith("ok (breaks as expected)") for line in lines) == 2, out.stdout
+    assert sum(line.startswith("ok  ") for line in lines) == 6, out.stdout
+    assert not any(line.startswith("FAIL") or "PASS" in line for line in lines), out.stdout
     assert "3b." in out.stdout and lab.CLIENT in out.stdout
+    assert (
+        "lab: zones/home.yaml has no nat: section; using the lab's forwards 80 -> 80, 8443 -> 443"
+        in out.stdout
+    )
 
 
 def test_doctor_tells_whether_the_router_hairpins(tmp_path: Path) -> None:

@@ -62,11 +62,11 @@ class Podman:
     def image_exists(self, name: str) -> bool:
         return self.run("image", "exists", name, check=False).returncode == 0
 
-    def ensure_base_image(self) -> None:
-        """Debian bookworm with Python 3.11 and venv, imported into podman (~130 MB, ~35 s);
-        kept in podman's storage, so later runs reuse it. Skips (with the reason) where no
-        Debian mirror is reachable."""
-        if self.image_exists(BASE_IMAGE):
+    def ensure_base_image(self, image: str = BASE_IMAGE, extra: tuple[str, ...] = ()) -> None:
+        """Debian bookworm with Python 3.11 and venv (plus `extra` packages), imported into
+        podman as `image` (~130 MB, ~35 s); kept in podman's storage, so later runs reuse it.
+        Skips (with the reason) where no Debian mirror is reachable."""
+        if self.image_exists(image):
             return
         mmdebstrap = need("mmdebstrap", "mmdebstrap")
         sources = str(DEBIAN_SOURCES) if DEBIAN_SOURCES.exists() else "http://deb.debian.org/debian"
@@ -74,7 +74,7 @@ class Podman:
             [
                 mmdebstrap,
                 "--variant=minbase",
-                "--include=python3,python3-venv,ca-certificates",
+                "--include=" + ",".join(("python3", "python3-venv", "ca-certificates", *extra)),
                 "--aptopt=Acquire::Check-Valid-Until false",
                 "--dpkgopt=path-exclude=/usr/share/man/*",
                 "--dpkgopt=path-exclude=/usr/share/doc/*",
@@ -90,7 +90,7 @@ class Podman:
         )
         assert build.stdout is not None
         imported = subprocess.run(
-            [self.binary, "import", "-", BASE_IMAGE],
+            [self.binary, "import", "-", image],
             stdin=build.stdout,
             capture_output=True,
             env=self.env,

@@ -30,7 +30,7 @@ GOOD_VIEW = "views:\n  - name: lan\n    clients: [192.168.1.0/24]\n"
     ("snippet", "expected"),
     [
         ("listen: [1.2.3]\n", "t.yaml:1: listen[0]: '1.2.3' is not an IP address"),
-        ("listne: []\n", "t.yaml:1: listne: unknown key (known keys:"),
+        ("listne: []\n", "t.yaml:1: listne: unknown key: did you mean 'listen'? (known keys:"),
         ("timeout: fast\n", "t.yaml:1: timeout: must be a number, not 'fast'"),
         ("timeout: 0\n", "t.yaml:1: timeout: must be between 0.1 and 60, not 0"),
         (
@@ -40,7 +40,7 @@ GOOD_VIEW = "views:\n  - name: lan\n    clients: [192.168.1.0/24]\n"
         ("allow: [192.168.1.1/24]\n", "t.yaml:1: allow[0]: '192.168.1.1/24' has host bits set"),
         ("views: {}\n", "t.yaml:1: views: must be a list, not a mapping"),
         ("timeout: 1\ntimeout: 2\n", "t.yaml:2: timeout: duplicate key"),
-        ("listen: [\n", "t.yaml:2: (top): YAML syntax"),
+        ("listen: [\n", "t.yaml:2: YAML syntax: a value is missing"),
         (
             GOOD_VIEW + "    rewrite:\n      - from: 203.0.113.1\n        to: 192.168.1.300\n",
             "t.yaml:6: views[0].rewrite[0].to: '192.168.1.300' is not an address or network",
@@ -94,7 +94,7 @@ GOOD_VIEW = "views:\n  - name: lan\n    clients: [192.168.1.0/24]\n"
         ),
         (GOOD_VIEW + "    hosts_ttl: -1\n", "t.yaml:4: views[0].hosts_ttl: must be between 0"),
         ("tcp_max_connections: true\n", "t.yaml:1: tcp_max_connections: must be a whole number"),
-        ("- a\n- b\n", "t.yaml:1: (top): must be a mapping, not a list"),
+        ("- a\n- b\n", "t.yaml:1: the file must be a mapping of settings (key: value), not a list"),
         ("cache:\n  size: -1\n", "t.yaml:2: cache.size: must be between 0 and 10000000, not -1"),
         ("cache:\n  sise: 10\n", "t.yaml:2: cache.sise: unknown key"),
         ("cache:\n  serve_stale: 1\n", "t.yaml:2: cache.serve_stale: must be true or false"),
@@ -232,7 +232,7 @@ def test_embedded_default() -> None:
 @pytest.mark.parametrize(
     ("snippet", "expected"),
     [  # found by tests/fuzz: YAML that PyYAML composes but cannot construct
-        ("!0\n", "t.yaml:1: (top): must be a mapping, not '' tagged !0"),
+        ("!0\n", "t.yaml:1: the file must be a mapping of settings (key: value), not '' tagged !0"),
         ("timeout: !foo 3\n", "t.yaml:1: timeout: cannot read '3' (!foo): could not determine"),
         ("timeout: 2026-13-45\n", "t.yaml:1: timeout: cannot read '2026-13-45'"),
         ("listen: !!binary xx\n", "t.yaml:1: listen: cannot read 'xx'"),
@@ -241,3 +241,44 @@ def test_embedded_default() -> None:
 )
 def test_unconstructible_yaml_is_a_config_error(snippet: str, expected: str) -> None:
     assert error_of(snippet).startswith(expected), error_of(snippet)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            GOOD_VIEW + "     rewrite: []\n",
+            "t.yaml:4: YAML syntax: this line is indented differently from the lines above it "
+            "(YAML says: expected <block end>, but found '<block mapping start>')\n"
+            "  4 |      rewrite: []\n"
+            "           ^",
+        ),
+        (
+            "views:\n  - name lan\n    clients: []\n",
+            "t.yaml:2: YAML syntax: this line has no ':' after its key (`- name: lan`, not "
+            "`- name lan`) (YAML says: mapping values are not allowed here)\n"
+            "  2 |   - name lan\n"
+            "          ^",
+        ),
+        (
+            "views:\n\t- name: x\n",
+            "t.yaml:2: YAML syntax: a tab: YAML indents with spaces only",
+        ),
+        (
+            "hosts:\n  *.lab: 1.2.3.4\n",
+            "t.yaml:2: YAML syntax: a '*' or '&' that YAML reads as an alias or anchor: quote the "
+            'value ("*.example.com")',
+        ),
+        (
+            "upstreams: [9.9.9.9\ntimeout: 3\n",
+            "t.yaml:1: YAML syntax: a [list] that is not closed, or a missing ','",
+        ),
+        (
+            GOOD_VIEW + "    rewrites: []\n",
+            "t.yaml:4: views[0].rewrites: unknown key: did you mean 'rewrite'? (known keys: "
+            "aaaa, clients, hosts, hosts_ttl, https, name, rewrite)",
+        ),
+    ],
+)
+def test_yaml_mistakes_in_plain_words_on_the_line_of_the_mistake(text: str, expected: str) -> None:
+    assert error_of(text).startswith(expected), error_of(text)
