@@ -100,6 +100,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
 
+    profile = sub.add_parser(
+        "profile", help="print an Apple .mobileconfig that points iOS/macOS at splitdns"
+    )
+    profile.add_argument("--version", action="version", version=version)
+    which = profile.add_mutually_exclusive_group(required=True)
+    which.add_argument("--doh", metavar="URL", help="https://NAME/dns-query (DNS over HTTPS)")
+    which.add_argument("--dot", metavar="NAME", help="the server name (DNS over TLS, port 853)")
+    profile.add_argument(
+        "--address", action="append", metavar="IP", help="the server's address (repeatable)"
+    )
+    profile.add_argument("--name", default="splitdns", help="the name the device shows")
+
     lab = sub.add_parser("lab", help="build a namespace lab and run the hairpin story live (root)")
     lab.add_argument("--version", action="version", version=version)
     lab.add_argument(

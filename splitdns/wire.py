@@ -64,6 +64,9 @@ CLASS_IN = 1
 
 ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
 
+OPTION_PADDING = 12  # RFC 7830
+PADDING_BLOCK = 468  # RFC 8467 §4.1: responses are padded to a multiple of this
+
 #: The UDP payload size splitdns advertises and uses upstream (DNS flag day 2020).
 EDNS_PAYLOAD = 1232
 #: Classic DNS limit for clients that send no EDNS.
@@ -113,6 +116,7 @@ class Query:
     #: The whole client message when it carries a TSIG or SIG(0): relayed upstream unchanged
     #: but for the ID (RFC 8945 §5.5), and its answer relayed back unchanged.
     signed: bytes | None = None
+    padded: bool = False  # the query carried EDNS padding (RFC 7830): pad the answer too
 
     @property
     def rd(self) -> bool:
@@ -444,6 +448,7 @@ def parse_query(data: bytes) -> Query:
         do = False
         version = 0
         signed = None
+        padded = False
         if an or ns or ar:
             records = _read_records(data, pos, (an, ns, ar))[0]
             last = records[-1] if records else None
@@ -457,9 +462,31 @@ def parse_query(data: bytes) -> Query:
                 ext = struct.unpack_from("!I", data, record.ttl_offset)[0]
                 version = (ext >> 16) & 0xFF
                 do = bool(ext & 0x8000)
+                padded = _has_option(data, record, OPTION_PADDING)
     except WireError as exc:
         raise HeaderOnlyError(str(exc), msg_id, flags) from exc
-    return Query(msg_id, flags, question, edns, payload, do, version, signed)
+    return Query(msg_id, flags, question, edns, payload, do, version, signed, padded)
+
+
+def _has_option(data: bytes, opt: Record, code: int) -> bool:
+    pos, end = opt.rdata_offset, opt.rdata_offset + opt.rdlength
+    while pos + 4 <= end:
+        if int.from_bytes(data[pos : pos + 2], "big") == code:
+            return True
+        pos += 4 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return False
+
+
+def pad(answer: bytes, block: int = PADDING_BLOCK) -> bytes:
+    """RFC 8467 §4.1: pad an answer over an encrypted transport to a multiple of 468 octets,
+    with a padding option in the OPT record splitdns put last (unchanged if there is none)."""
+    if len(answer) < HEADER_LEN + 11 or answer[-11] != 0 or answer[-10:-8] != b"\x00\x29":
+        return answer
+    if answer[-2:] != b"\x00\x00":
+        return answer
+    size = (-(len(answer) + 4)) % block
+    option = struct.pack("!HH", OPTION_PADDING, size) + bytes(size)
+    return answer[:-2] + struct.pack("!H", len(option)) + option
 
 
 def _is_signature(data: bytes, record: Record) -> bool:

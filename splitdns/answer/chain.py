@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from splitdns import wire
-from splitdns.answer import localanswers, rewrite, svcb
+from splitdns.answer import ddr, localanswers, rewrite, svcb
 from splitdns.answer.cache import Cache, make_key
 from splitdns.answer.rebinding import Guard
 from splitdns.answer.views import is_allowed, select_view
@@ -115,6 +115,21 @@ class RelaySigned:
                 wire.make_error(req.query, wire.SERVFAIL), Outcome.SERVFAIL, notes=[str(exc)]
             )
         return Response(reply.data, Outcome.FORWARDED, upstream=reply.upstream, final=True)
+
+
+class DesignatedResolvers:
+    """`_dns.resolver.arpa` SVCB (DDR) answered here: splitdns's own encrypted endpoints, never
+    an upstream's (see answer/ddr.py)."""
+
+    def __init__(self, config: Config, next_link: Handler) -> None:
+        self.config = config
+        self.next = next_link
+
+    async def __call__(self, req: Request) -> Response:
+        local = ddr.answer(req.query, self.config)
+        if local is not None:
+            return Response(local, Outcome.LOCAL)
+        return await self.next(req)
 
 
 class DohCanary:
@@ -485,6 +500,7 @@ def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None
     handler = LocalHosts(handler)  # before the cache: local data is never aged or stale
     if config.doh_canary:
         handler = DohCanary(handler)  # before the cache: a local policy answer, never stored
+    handler = DesignatedResolvers(config, handler)  # before any forwarding: never upstream's
     handler = SelectView(config, handler)  # everything below depends on the view
     handler = RelaySigned(upstreams, handler)  # signed: nothing below may touch the bytes
     handler = RefuseUnsupported(handler)  # cheap protocol policy before any work

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from splitdns.commands.loading import load_or_report
 from splitdns.config import model as configmod
 from splitdns.config.model import Config
+from splitdns.serve import certs
 
 
 def command(args: argparse.Namespace) -> int:
     config = load_or_report(args.config)
     if config is None:
+        return 1
+    problem = certificate_problem(config)
+    if problem is not None:
+        print(f"{args.config}: tls: {problem}", file=sys.stderr)
         return 1
     print(f"{args.config}: OK")
     for line in summary(config):
@@ -19,6 +25,37 @@ def command(args: argparse.Namespace) -> int:
     for warning in configmod.cross_check(config):
         print(f"warning: {warning}")
     return 0
+
+
+def certificate_problem(config: Config) -> str | None:
+    """A missing, unreadable or mismatched certificate/key pair, in words (None if fine or
+    not needed; a self-signed pair not made yet is fine: serve makes it)."""
+    if not config.encrypted:
+        return None
+    files = certs.files_for(config)
+    if files.self_signed and not files.cert.exists():
+        return None
+    try:
+        certs.check(files)
+    except certs.CertificateError as exc:
+        return str(exc)
+    return None
+
+
+def tls_lines(config: Config) -> list[str]:
+    if not config.encrypted:
+        return []
+    lines = [f"encrypted: {', '.join(map(str, config.encrypted))}"]
+    files = certs.files_for(config)
+    if files.self_signed and not files.cert.exists():
+        lines.append(f"certificate: self-signed, made at first start in {files.cert}")
+    else:
+        made = "self-signed " if files.self_signed else ""
+        lines.append(f"certificate: {made}{files.cert} (key {files.key})")
+        lines.append(f"pin-sha256: {certs.pin(files)}  (kdig +tls-pin=..., Android/iOS pinning)")
+    if config.resolver_name:
+        lines.append(f"resolver name: {config.resolver_name} (DDR: _dns.{config.resolver_name})")
+    return lines
 
 
 def summary(config: Config) -> list[str]:
@@ -29,6 +66,7 @@ def summary(config: Config) -> list[str]:
         + (", ".join(map(str, config.upstreams)) or "none (every query will get SERVFAIL)"),
         f"allow: {', '.join(map(str, config.allow))}",
         f"timeout: {config.timeout:g} s",
+        *tls_lines(config),
     ]
     fwd = config.forwarding
     for domain, specs in fwd.domains:

@@ -18,7 +18,8 @@ LISTEN_ENV = "SPLITDNS_LISTEN"
 
 def health_target(listen: str | None) -> str:
     """Where `health` asks: the first listen address, with a wildcard replaced by loopback."""
-    first = (listen or "").split(",")[0].strip()
+    plain = [a.strip() for a in (listen or "").split(",") if "://" not in a]
+    first = plain[0] if plain else ""
     if not first:
         return "127.0.0.1:5353"
     if first.startswith("0.0.0.0:"):

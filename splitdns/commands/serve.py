@@ -21,14 +21,13 @@ from splitdns.commands.health import LISTEN_ENV
 from splitdns.commands.loading import load_config
 from splitdns.config import model as configmod
 from splitdns.config.model import Config, ConfigError
+from splitdns.serve.certs import CertificateError
 from splitdns.serve.loops import loop_factory, loop_name
-from splitdns.serve.privileges import PrivilegeError, drop_root
+from splitdns.serve.privileges import PrivilegeError, drop_root, service_user
 from splitdns.serve.server import Server
 
 log = logging.getLogger("splitdns")
 
-#: The user to become after binding when the config names none (the image sets `splitdns`).
-USER_ENV = "SPLITDNS_USER"
 WATCH_INTERVAL = 1.0  # seconds between looks at the config file's mtime and size
 
 
@@ -73,7 +72,7 @@ def _run_worker(
     with asyncio.Runner(loop_factory=factory) as runner:
         try:
             return runner.run(_run(config, loop_name(factory), reload))
-        except (OSError, PrivilegeError) as exc:
+        except (OSError, PrivilegeError, CertificateError) as exc:
             print(f"splitdns: {exc}", file=sys.stderr)
             return 1
 
@@ -143,7 +142,7 @@ async def _run(config: Config, loop: str, reload: Callable[[], Config]) -> int:
     server = Server(config)
     await server.start()
     try:
-        user = drop_root(config.user or os.environ.get(USER_ENV) or "nobody")
+        user = drop_root(service_user(config.user))
     except PrivilegeError:
         await server.stop(0)
         raise
@@ -175,7 +174,12 @@ def startup_line(config: Config, server: Server, loop: str, user: str | None) ->
         views = ", ".join(f"{v.name} ({len(v.rules)} rules)" for v in config.views) or "none"
         what = f"config {config.source}: views {views}"
     who = f"; running as {user}" if user else ""
+    tls = ""
+    if server.encrypted.files is not None:
+        files = server.encrypted.files
+        made = "self-signed " if files.self_signed else ""
+        tls = f"; {made}certificate {files.cert} pin-sha256 {server.encrypted.pin}"
     return (
         f"splitdns {__version__} serving {listening}; upstreams {ups} (from "
-        f"{config.upstreams_origin}); {what}; loop {loop}{who}"
+        f"{config.upstreams_origin}); {what}; loop {loop}{who}{tls}"
     )

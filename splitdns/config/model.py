@@ -16,6 +16,12 @@ from pathlib import Path
 
 import yaml
 
+from splitdns.config.encrypted import (
+    EncryptedListener,
+    TlsSettings,
+    is_encrypted,
+    split_url,
+)
 from splitdns.config.nat import NatSettings, parse_nat
 from splitdns.config.tree import ConfigError, Node, dynamic_source, parse
 from splitdns.config.upstreams import Forwarding, UpstreamSpec, parse_upstream, upstreams_from_node
@@ -221,6 +227,10 @@ class Config:
     metrics: Endpoint | None = None
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     rebinding: RebindingSettings = field(default_factory=RebindingSettings)
+    encrypted: tuple[EncryptedListener, ...] = ()  # tls:// and https:// listen addresses
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    state_dir: str | None = None  # None: default_state_dir() when a certificate must be made
+    resolver_name: str | None = None  # for DDR (_dns.NAME) and the certificate's name
 
     @property
     def rule_count(self) -> int:
@@ -232,7 +242,8 @@ class Config:
         """Command-line flags win over the file."""
         changed = self
         if listen:
-            changed = replace(changed, listen=tuple(parse_endpoint(x, None) for x in listen))
+            plain, encrypted = parse_listen(listen)
+            changed = replace(changed, listen=plain, encrypted=encrypted)
         if upstreams:
             changed = replace(
                 changed,
@@ -273,6 +284,15 @@ def parse_endpoint(text: str, default_port: int | None) -> Endpoint:
     else:
         port = default_port
     return Endpoint(str(address), port)
+
+
+def parse_listen(
+    texts: list[str], default_port: int | None = None
+) -> tuple[tuple[Endpoint, ...], tuple[EncryptedListener, ...]]:
+    """Plain `HOST:PORT` listen addresses and `tls://` / `https://` ones, apart."""
+    plain = tuple(parse_endpoint(t, default_port) for t in texts if not is_encrypted(t))
+    encrypted = tuple(split_url(t, parse_endpoint) for t in texts if is_encrypted(t))
+    return plain, encrypted
 
 
 def _endpoint(node: Node, default_port: int | None) -> Endpoint:
@@ -339,6 +359,9 @@ TOP_KEYS = frozenset(
         "rebinding_guard",
         "query_log",
         "metrics",
+        "tls",
+        "state_dir",
+        "resolver_name",
     }
 )
 RATE_KEYS = frozenset({"qps", "burst", "exempt", "action", "table_size", "enabled"})
@@ -539,7 +562,16 @@ def from_node(root: Node) -> Config:
         items = keys["listen"].items(allow_scalar=True)
         if not items:
             raise keys["listen"].error("must list at least one address")
-        config = replace(config, listen=tuple(_endpoint(i, 53) for i in items))
+        plain, encrypted = [], []
+        for item in items:
+            if is_encrypted(item.text()):
+                try:
+                    encrypted.append(split_url(item.text(), parse_endpoint))
+                except ValueError as exc:
+                    raise item.error(str(exc)) from None
+            else:
+                plain.append(_endpoint(item, 53))
+        config = replace(config, listen=tuple(plain), encrypted=tuple(encrypted))
     if "upstreams" in keys:
         ups, forwarding = upstreams_from_node(keys["upstreams"])
         config = replace(config, upstreams=ups, forwarding=forwarding)
@@ -592,6 +624,24 @@ def from_node(root: Node) -> Config:
         config = replace(config, metrics=_endpoint(keys["metrics"], None))
     if "doh_canary" in keys:
         config = replace(config, doh_canary=keys["doh_canary"].boolean())
+    if "tls" in keys:
+        tkeys = keys["tls"].mapping(frozenset({"cert", "key"}))
+        if ("cert" in tkeys) != ("key" in tkeys):
+            raise keys["tls"].error("give both 'cert' and 'key' (or neither: self-signed)")
+        if tkeys:
+            config = replace(config, tls=TlsSettings(tkeys["cert"].text(), tkeys["key"].text()))
+    if "state_dir" in keys:
+        config = replace(config, state_dir=keys["state_dir"].text())
+    if "resolver_name" in keys:
+        node = keys["resolver_name"]
+        config = replace(
+            config,
+            resolver_name=_name(node.text().lower().rstrip("."), node, wildcard_ok=False).suffix,
+        )
+    if config.encrypted and any(a.kind == b.kind and (a.host, a.port) == (b.host, b.port)
+                                for i, a in enumerate(config.encrypted)
+                                for b in config.encrypted[i + 1 :]):  # fmt: skip
+        raise keys["listen"].error("the same encrypted address is listed twice")
     return config
 
 

@@ -31,3 +31,12 @@ def drop_root(user: str) -> str | None:
     if os.geteuid() == 0:  # pragma: no cover - the kernel refused silently
         raise PrivilegeError("still root after setuid")
     return user
+
+
+#: The user to become after binding when the config names none (the image sets `splitdns`).
+USER_ENV = "SPLITDNS_USER"
+
+
+def service_user(user: str | None) -> str:
+    """The config's `user:`, else $SPLITDNS_USER, else nobody."""
+    return user or os.environ.get(USER_ENV) or "nobody"

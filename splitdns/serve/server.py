@@ -23,14 +23,19 @@ from splitdns.answer.ratelimit import RateLimiter
 from splitdns.answer.views import client_address, is_allowed, select_view
 from splitdns.config.model import Config, Endpoint, IPAddress
 from splitdns.serve import follow
+from splitdns.serve.certs import CertificateError
 from splitdns.serve.clienttrap import ClientTrap
+from splitdns.serve.encrypted import EncryptedListeners
 from splitdns.serve.metrics import Counts, MetricsServer
 from splitdns.serve.ports import bind_problem
+from splitdns.serve.privileges import service_user
 from splitdns.serve.querylog import QueryLog
 from splitdns.serve.wildcardudp import WildcardUdp, enable_pktinfo, is_wildcard
 from splitdns.upstream.forwarder import Forwarder
 
 log = logging.getLogger(__name__)
+
+ENCRYPTED = frozenset({"dot", "doh"})  # transports whose answers are padded (RFC 8467)
 
 MAX_TCP_PIPELINE = 32  # answers in flight per TCP connection before reading pauses
 CAP_WARNING_EVERY = 10.0  # seconds between "TCP connection limit" warnings
@@ -62,13 +67,14 @@ class Server:
         self._tcp_warned = -CAP_WARNING_EVERY
         self.metrics_server: MetricsServer | None = None
         self._follow: asyncio.Future[None] | None = None
+        self.encrypted = EncryptedListeners(self, service_user(config.user))
         self._clients: dict[str, str | None] = {}
         self._addresses: dict[str, IPAddress] = {}
         self._udp: list[asyncio.DatagramTransport | WildcardUdp] = []
         self._tcp: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tcp_writers: set[asyncio.StreamWriter] = set()
-        self.bound: list[tuple[str, Endpoint]] = []
+        self.bound: list[tuple[str, Endpoint | str]] = []
         self.closing = False
         self._retiring: set[asyncio.Task[None]] = set()
 
@@ -147,7 +153,7 @@ class Server:
                     self._udp.append(transport)
                 try:
                     tcp = await asyncio.start_server(
-                        self._tcp_client,
+                        self.tcp_client,
                         endpoint.host,
                         port or endpoint.port,
                         reuse_address=True,
@@ -158,6 +164,8 @@ class Server:
                     raise bind_problem(Endpoint(endpoint.host, port), "tcp", exc) from None
                 self._tcp.append(tcp)
                 self.bound.append(("udp+tcp", Endpoint(endpoint.host, port)))
+            for kind, shown in await self.encrypted.start():
+                self.bound.append((kind, shown))
             self._follow = asyncio.ensure_future(
                 follow.follow_forever(lambda: self.config, lambda: self.upstreams, self.reload)
             )
@@ -169,7 +177,7 @@ class Server:
                 except OSError as exc:
                     raise bind_problem(metrics, "metrics, HTTP", exc) from None
                 self.bound.append(("metrics", self.config.metrics))
-        except OSError:
+        except (OSError, CertificateError):
             await self.stop(0)
             raise
 
@@ -184,6 +192,7 @@ class Server:
             self._follow.cancel()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
+        await self.encrypted.stop()
         for tcp in self._tcp:
             tcp.close()
         if self._tasks and drain > 0:
@@ -279,7 +288,10 @@ class Server:
             )
         if response.final:
             return wire.relayed(query, response.bare, limit)
-        return wire.finalize(query, response.bare, limit)
+        answer = wire.finalize(query, response.bare, limit)
+        if query.padded and transport in ENCRYPTED:
+            return wire.pad(answer)
+        return answer
 
     # ------------------------------------------------------------------ cache hits
 
@@ -355,7 +367,11 @@ class Server:
 
     # ------------------------------------------------------------------ TCP (RFC 7766)
 
-    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def tcp_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: str = "tcp"
+    ) -> None:
+        """One TCP (or, behind TLS, DoT) connection: RFC 7766 framing, pipelined queries
+        answered as they complete, a deadline per message, a cap on connections."""
         peer = writer.get_extra_info("peername")
         if len(self._tcp_writers) >= self.config.tcp_max_connections or peer is None:
             self._refused_tcp += 1
@@ -387,7 +403,7 @@ class Server:
                         data = await reader.readexactly(length)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     break
-                task = self.spawn(self._tcp_answer(data, peer[0], writer))
+                task = self.spawn(self._tcp_answer(data, peer[0], writer, transport))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 if len(pending) >= MAX_TCP_PIPELINE:
@@ -406,14 +422,18 @@ class Server:
             return True, None
         return True, wire.refuse_raw(data)
 
-    async def _tcp_answer(self, data: bytes, host: str, writer: asyncio.StreamWriter) -> None:
+    async def _tcp_answer(
+        self, data: bytes, host: str, writer: asyncio.StreamWriter, transport: str = "tcp"
+    ) -> None:
         limited, refusal = self.over_limit(data, host)
-        answer = refusal if limited else await self.respond(data, host, "tcp")
+        answer = refusal if limited else await self.respond(data, host, transport)
         if answer is not None and not writer.is_closing():
             writer.write(struct.pack("!H", len(answer)) + answer)
             try:
-                await writer.drain()
-            except ConnectionError:
+                # A client that never reads is cut off, not waited for.
+                async with asyncio.timeout(self.config.tcp_idle_timeout):
+                    await writer.drain()
+            except (ConnectionError, TimeoutError):
                 writer.close()
 
 

@@ -20,18 +20,14 @@ import pytest
 from tests.support.netns import TwoHosts, two_hosts
 from tests.support.servers import NSD
 from tests.support.tools import need
+from tests.support.zones import example_zone
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "deploy" / "dhcp"
 SPLITDNS_ADDRESS = "192.0.2.53"
-ZONE = """\
-$ORIGIN example.test.
-$TTL 300
-@   SOA ns1 hostmaster 1 3600 600 86400 60
-@   NS  ns1
-ns1 A   198.51.100.53
-www A   203.0.113.1
-"""
+ZONE = example_zone(
+    "www A   203.0.113.1",
+)
 UDHCPC_SCRIPT = """#!/bin/sh
 # udhcpc calls this with "bound" once it has a lease: record what it got, take the address.
 case "$1" in

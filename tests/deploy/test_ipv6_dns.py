@@ -20,19 +20,15 @@ import pytest
 from tests.support.netns import TwoHosts, two_hosts
 from tests.support.servers import NSD
 from tests.support.tools import need
+from tests.support.zones import example_zone
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "deploy" / "dhcp"
 SPLITDNS_V6 = "fd00:1::53"
-ZONE = """\
-$ORIGIN example.test.
-$TTL 300
-@   SOA ns1 hostmaster 1 3600 600 86400 60
-@   NS  ns1
-ns1 A   198.51.100.53
-www A   203.0.113.1
-www AAAA 2001:db8:1::80
-"""
+ZONE = example_zone(
+    "www A   203.0.113.1",
+    "www AAAA 2001:db8:1::80",
+)
 
 
 @pytest.fixture

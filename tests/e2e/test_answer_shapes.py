@@ -28,28 +28,24 @@ import pytest
 from tests.support.metrics import scrape, total
 from tests.support.servers import NSD, Process, SplitDNS, free_port
 from tests.support.tools import need
+from tests.support.zones import example_zone
 
-ZONE = """\
-$ORIGIN example.test.
-$TTL 300
-@       SOA  ns1 hostmaster 1 3600 600 86400 60
-@       NS   ns1
-ns1     A    198.51.100.53
-www     A    203.0.113.1
-www     AAAA 2001:db8:ff::1
-www     HTTPS 1 . alpn=h2,h3 ipv4hint=203.0.113.1 ipv6hint=2001:db8:ff::1 key65000=abc
-chain   CNAME www
-svc     HTTPS 1 pool.example.test. alpn=h2 port=8443 ipv4hint=203.0.113.7
-pool    A    203.0.113.7
-alias   HTTPS 0 www.example.test.
-net     HTTPS 1 . ipv4hint=203.0.113.5,203.0.113.6
-_8443._https.api SVCB 1 api.example.test. ipv4hint=203.0.113.1
-api     A    203.0.113.1
-other   HTTPS 1 . ipv4hint=198.51.100.7
-other   A    198.51.100.7
-fresh1  A    203.0.113.1
-fresh2  A    203.0.113.1
-"""
+ZONE = example_zone(
+    "www     A    203.0.113.1",
+    "www     AAAA 2001:db8:ff::1",
+    "www     HTTPS 1 . alpn=h2,h3 ipv4hint=203.0.113.1 ipv6hint=2001:db8:ff::1 key65000=abc",
+    "chain   CNAME www",
+    "svc     HTTPS 1 pool.example.test. alpn=h2 port=8443 ipv4hint=203.0.113.7",
+    "pool    A    203.0.113.7",
+    "alias   HTTPS 0 www.example.test.",
+    "net     HTTPS 1 . ipv4hint=203.0.113.5,203.0.113.6",
+    "_8443._https.api SVCB 1 api.example.test. ipv4hint=203.0.113.1",
+    "api     A    203.0.113.1",
+    "other   HTTPS 1 . ipv4hint=198.51.100.7",
+    "other   A    198.51.100.7",
+    "fresh1  A    203.0.113.1",
+    "fresh2  A    203.0.113.1",
+)
 
 TSIG_NAME = "splitdns-test-key."
 TSIG_SECRET = base64.b64encode(b"a shared secret of thirty-two by").decode()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tests.support.fakeupstream import Action, FakeUpstream
 from tests.support.servers import free_port
+from tests.support.zones import example_zone
 
 
 def test_doctor_verdicts(tmp_path: Path, fake: FakeUpstream) -> None:
@@ -99,14 +100,9 @@ def test_doctor_on_a_healthy_setup_with_a_domain_only_upstream(tmp_path: Path, f
     assert lines[2].startswith(f"ok    upstream {authority.address}: answered router.lan SOA")
 
 
-SIGNED_ZONE = """\
-$ORIGIN example.test.
-$TTL 300
-@    SOA ns1 hostmaster 1 3600 600 86400 60
-@    NS  ns1
-ns1  A   198.51.100.53
-www  A   203.0.113.1
-"""
+SIGNED_ZONE = example_zone(
+    "www  A   203.0.113.1",
+)
 
 
 def test_doctor_warns_about_rewritten_names_of_a_signed_zone(tmp_path: Path) -> None:

@@ -132,7 +132,7 @@ class Podman:
 
     def remove(self, *names: str) -> None:
         for name in names:
-            self.run("rm", "--force", "--ignore", name, check=False, timeout=60)
+            self.run("rm", "--force", "--ignore", "--volumes", name, check=False, timeout=60)
 
 
 def venv_tool(name: str, package: str) -> str:

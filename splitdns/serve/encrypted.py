@@ -1,0 +1,121 @@
+"""The encrypted listeners of one server: DNS over TLS and DNS over HTTPS, their certificate,
+its reload, and the pin users need for a self-signed one.
+
+DoT is the RFC 7766 TCP service behind TLS (many pipelined queries per connection, answered
+out of order as they complete, the same idle timeout and connection cap); DoH is hypercorn
+with the DohApp. Both answer through Server.respond, so views, allow, rate limits, the query
+log and metrics are the same as for plain DNS, decided by the real client address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+import ssl
+from typing import Protocol
+
+from splitdns.config.encrypted import EncryptedListener
+from splitdns.config.model import Config, Endpoint
+from splitdns.serve import certs
+from splitdns.serve.doh import DohApp, DohListener
+from splitdns.serve.ports import bind_problem
+
+
+class Serving(Protocol):
+    """What the listeners need of the server (it hands itself in)."""
+
+    config: Config
+
+    async def tcp_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: str = "tcp"
+    ) -> None: ...
+
+    def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]: ...
+
+    async def respond(self, data: bytes, host: str, transport: str) -> bytes | None: ...
+
+
+log = logging.getLogger(__name__)
+
+CERT_POLL = 1.0  # seconds between looks at the certificate files
+
+
+def _bind(listener: EncryptedListener) -> socket.socket:
+    family = socket.AF_INET6 if listener.family_v6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((listener.host, listener.port))
+    except OSError as exc:
+        sock.close()
+        kind = "DNS over TLS" if listener.kind == "dot" else "DNS over HTTPS"
+        raise bind_problem(Endpoint(listener.host, listener.port), kind, exc) from None
+    return sock
+
+
+class EncryptedListeners:
+    def __init__(self, server: Serving, user: str | None = None) -> None:
+        self.server = server
+        self.user = user  # who splitdns becomes after binding: the made key goes to them
+        self.files: certs.CertFiles | None = None
+        self.pin = ""
+        self.reloader: certs.Reloader | None = None
+        self._dot: list[asyncio.Server] = []
+        self._doh: list[DohListener] = []
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self) -> list[tuple[str, str]]:
+        """Bind every tls:// and https:// address; returns (kind, address) as bound."""
+        config = self.server.config
+        if not config.encrypted:
+            return []
+        self.files = certs.ensure(config, self.user)
+        self.pin = certs.pin(self.files)
+        dot_context = certs.server_context(self.files, ["dot"])
+        doh_context = certs.server_context(self.files, ["h2", "http/1.1"])
+        doh_context.options |= ssl.OP_NO_COMPRESSION  # RFC 7540 §9.2.1
+        self.reloader = certs.Reloader(self.files, [dot_context, doh_context])
+        bound: list[tuple[str, str]] = []
+        idle = config.tcp_idle_timeout
+        for listener in config.encrypted:
+            sock = _bind(listener)
+            port = sock.getsockname()[1]
+            shown = EncryptedListener(listener.kind, listener.host, port, listener.path)
+            if listener.kind == "dot":
+                server = await asyncio.start_server(
+                    functools.partial(self.server.tcp_client, transport="dot"),
+                    sock=sock,
+                    ssl=dot_context,
+                    ssl_handshake_timeout=idle,
+                    backlog=256,
+                )
+                self._dot.append(server)
+            else:
+                app = DohApp(self.server, listener.path)
+                self._doh.append(DohListener(app, sock, doh_context, idle))
+            bound.append((listener.kind, str(shown)))
+        if not self.files.self_signed:  # a made certificate is never renewed behind our back
+            self._watch = asyncio.ensure_future(self._watch_certificate())
+        return bound
+
+    async def _watch_certificate(self) -> None:
+        while True:
+            await asyncio.sleep(CERT_POLL)
+            if self.reloader is not None and self.reloader.poll() and self.files is not None:
+                self.pin = certs.pin(self.files)
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        for server in self._dot:
+            server.close()
+        for doh in self._doh:
+            await doh.close()
+        for server in self._dot:
+            await server.wait_closed()
+        self._dot.clear()
+        self._doh.clear()
