@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--version", action="version", version=version)
     doctor.add_argument("-c", "--config", metavar="FILE", required=True, help="zone mapping")
     doctor.add_argument("--ddns", metavar="NAME", help="the DDNS name of the public address")
+    doctor.add_argument(
+        "--peer", metavar="HOST:PORT", help="a second splitdns for the same LAN: compare answers"
+    )
     doctor.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
 
     health = sub.add_parser("health", help="ask a running server; exit 0 if it answers, else 1")

@@ -8,6 +8,7 @@ message must be rebuilt (removing RRSIGs after a rewrite, an OPT record in an od
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import struct
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ CLASS_IN = 1
 ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
 
 OPTION_PADDING = 12  # RFC 7830
+OPTION_CLIENT_SUBNET = 8  # RFC 7871
 PADDING_BLOCK = 468  # RFC 8467 §4.1: responses are padded to a multiple of this
 
 #: The UDP payload size splitdns advertises and uses upstream (DNS flag day 2020).
@@ -117,6 +119,8 @@ class Query:
     #: but for the ID (RFC 8945 §5.5), and its answer relayed back unchanged.
     signed: bytes | None = None
     padded: bool = False  # the query carried EDNS padding (RFC 7830): pad the answer too
+    #: EDNS Client Subnet (RFC 7871): (family, source prefix length, address octets as sent)
+    ecs: tuple[int, int, bytes] | None = None
 
     @property
     def rd(self) -> bool:
@@ -449,6 +453,7 @@ def parse_query(data: bytes) -> Query:
         version = 0
         signed = None
         padded = False
+        ecs = None
         if an or ns or ar:
             records = _read_records(data, pos, (an, ns, ar))[0]
             last = records[-1] if records else None
@@ -463,9 +468,32 @@ def parse_query(data: bytes) -> Query:
                 version = (ext >> 16) & 0xFF
                 do = bool(ext & 0x8000)
                 padded = _has_option(data, record, OPTION_PADDING)
+                ecs = _client_subnet(data, record)
     except WireError as exc:
         raise HeaderOnlyError(str(exc), msg_id, flags) from exc
-    return Query(msg_id, flags, question, edns, payload, do, version, signed, padded)
+    return Query(msg_id, flags, question, edns, payload, do, version, signed, padded, ecs)
+
+
+def _client_subnet(data: bytes, opt: Record) -> tuple[int, int, bytes] | None:
+    """The ECS option's family, source prefix length and address octets, if present."""
+    pos, end = opt.rdata_offset, opt.rdata_offset + opt.rdlength
+    while pos + 4 <= end:
+        code, length = struct.unpack_from("!HH", data, pos)
+        if code == OPTION_CLIENT_SUBNET and length >= 4 and pos + 4 + length <= end:
+            family, source, _scope = struct.unpack_from("!HBB", data, pos + 4)
+            return family, source, bytes(data[pos + 8 : pos + 4 + length])
+        pos += 4 + length
+    return None
+
+
+def ecs_client(ecs: tuple[int, int, bytes]) -> str | None:
+    """The single address a full-length ECS option names (/32, /128), else None."""
+    family, source, octets = ecs
+    if family == 1 and source == 32 and len(octets) == 4:
+        return str(ipaddress.IPv4Address(octets))
+    if family == 2 and source == 128 and len(octets) == 16:
+        return str(ipaddress.IPv6Address(octets))
+    return None
 
 
 def _has_option(data: bytes, opt: Record, code: int) -> bool:

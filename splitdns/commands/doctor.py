@@ -20,12 +20,13 @@ import socket
 import time
 from dataclasses import dataclass, replace
 
+import dns.exception
 import dns.message
 import dns.rdatatype
 
 from splitdns import wire
 from splitdns.commands.loading import load_or_report
-from splitdns.config.model import Config, Endpoint
+from splitdns.config.model import Config, Endpoint, parse_endpoint
 from splitdns.config.upstreams import UpstreamSpec
 from splitdns.serve import follow
 from splitdns.serve.ports import RESOLVED_FIX, command_line, is_splitdns, port_owner
@@ -246,7 +247,66 @@ async def check_signed(config: Config, ddns: str | None, timeout: float) -> list
     return out
 
 
-async def diagnose(config: Config, ddns: str | None = None, timeout: float = 2.0) -> list[Verdict]:
+def _ask(server: Endpoint, name: str, timeout: float) -> tuple[str, ...] | str:
+    """The sorted A/AAAA answers a server gives this host for `name`, or what went wrong."""
+    family = socket.AF_INET6 if server.family_v6 else socket.AF_INET
+    query = wire.make_query(name, wire.TYPE_A)
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((server.host, server.port))
+            sock.send(query)
+            reply = dns.message.from_wire(sock.recv(65535))
+        except (OSError, dns.exception.DNSException) as exc:
+            return f"no answer ({exc or type(exc).__name__})"
+    if reply.rcode() != 0:
+        return wire.rcode_name(reply.rcode())
+    return tuple(sorted(r.to_text() for rrset in reply.answer if rrset.rdtype == 1 for r in rrset))
+
+
+async def check_peer(config: Config, peer: str, ddns: str | None, timeout: float) -> list[Verdict]:
+    """Two resolvers for one LAN must say the same: ask both, as this host, for each name the
+    rules name (run doctor on a LAN host, so both put it in the same view)."""
+    try:
+        other = parse_endpoint(peer, 53)
+    except ValueError as exc:
+        return [Verdict(FAIL, f"peer {peer}: {exc}")]
+    if not config.listen:
+        return [Verdict(FAIL, "peer: this config has no plain listen address to compare")]
+    mine = config.listen[0]
+    if mine.host in ("0.0.0.0", "::"):
+        mine = Endpoint("127.0.0.1" if mine.host == "0.0.0.0" else "::1", mine.port)
+    names = sorted(rewritten_names(config, ddns))
+    if not names:
+        return [
+            Verdict(WARN, f"peer {other}: no rule names a host to compare (use names: or --ddns)")
+        ]
+    out = []
+    for name in names:
+        here = await asyncio.to_thread(_ask, mine, name, timeout)
+        there = await asyncio.to_thread(_ask, other, name, timeout)
+        if here == there:
+            out.append(Verdict(OK, f"peer {other}: {name} -> {_shown(here)} on both"))
+        else:
+            out.append(
+                Verdict(
+                    FAIL,
+                    f"peer {other}: {name} -> {_shown(here)} here ({mine}) but {_shown(there)} "
+                    "there: the two resolvers disagree (same mapping on both? reloaded?)",
+                )
+            )
+    return out
+
+
+def _shown(answer: tuple[str, ...] | str) -> str:
+    if isinstance(answer, str):
+        return answer
+    return ", ".join(answer) or "NODATA"
+
+
+async def diagnose(
+    config: Config, ddns: str | None = None, timeout: float = 2.0, peer: str | None = None
+) -> list[Verdict]:
     verdicts = [check_listen(e, config.source) for e in config.listen]
     upstreams = every_upstream(config)
     verdicts += await asyncio.gather(*(check_upstream(config, s, timeout) for s in upstreams))
@@ -255,6 +315,8 @@ async def diagnose(config: Config, ddns: str | None = None, timeout: float = 2.0
     verdicts += await check_public(config, ddns)
     verdicts += await check_hairpin(config, timeout)
     verdicts += await check_signed(config, ddns, timeout)
+    if peer:
+        verdicts += await check_peer(config, peer, ddns, timeout)
     return verdicts
 
 
@@ -262,7 +324,7 @@ def command(args: argparse.Namespace) -> int:
     config = load_or_report(args.config)
     if config is None:
         return 1
-    verdicts = asyncio.run(diagnose(config, args.ddns, args.timeout))
+    verdicts = asyncio.run(diagnose(config, args.ddns, args.timeout, args.peer))
     for verdict in verdicts:
         print(verdict)
     return 1 if any(v.level == FAIL for v in verdicts) else 0

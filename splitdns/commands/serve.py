@@ -122,12 +122,14 @@ async def _watch(server: Server, reload: Callable[[], Config]) -> None:
     if not os.path.exists(path):
         return
 
-    def stamp() -> tuple[int, int] | None:
+    def stamp() -> tuple[int, int, int] | None:
+        # stat follows symlinks: a Kubernetes ConfigMap update swaps the `..data` link to a
+        # new directory, so the inode changes even when size and time would not
         try:
             st = os.stat(path)
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     seen = stamp()
     while True:

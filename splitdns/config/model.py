@@ -231,6 +231,8 @@ class Config:
     tls: TlsSettings = field(default_factory=TlsSettings)
     state_dir: str | None = None  # None: default_state_dir() when a certificate must be made
     resolver_name: str | None = None  # for DDR (_dns.NAME) and the certificate's name
+    trusted_proxies: tuple[IPNetwork, ...] = ()  # PROXY v2 senders whose header names the client
+    trusted_ecs: tuple[IPNetwork, ...] = ()  # senders whose /32 or /128 ECS names the client
 
     @property
     def rule_count(self) -> int:
@@ -362,6 +364,8 @@ TOP_KEYS = frozenset(
         "tls",
         "state_dir",
         "resolver_name",
+        "trusted_proxies",
+        "trusted_ecs",
     }
 )
 RATE_KEYS = frozenset({"qps", "burst", "exempt", "action", "table_size", "enabled"})
@@ -632,6 +636,12 @@ def from_node(root: Node) -> Config:
             config = replace(config, tls=TlsSettings(tkeys["cert"].text(), tkeys["key"].text()))
     if "state_dir" in keys:
         config = replace(config, state_dir=keys["state_dir"].text())
+    if "trusted_proxies" in keys:
+        proxies = tuple(_network(i) for i in keys["trusted_proxies"].items(allow_scalar=True))
+        config = replace(config, trusted_proxies=proxies)
+    if "trusted_ecs" in keys:
+        senders = tuple(_network(i) for i in keys["trusted_ecs"].items(allow_scalar=True))
+        config = replace(config, trusted_ecs=senders)
     if "resolver_name" in keys:
         node = keys["resolver_name"]
         config = replace(

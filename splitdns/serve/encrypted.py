@@ -17,9 +17,10 @@ import ssl
 from typing import Protocol
 
 from splitdns.config.encrypted import EncryptedListener
-from splitdns.config.model import Config, Endpoint
-from splitdns.serve import certs
+from splitdns.config.model import Config, Endpoint, IPNetwork
+from splitdns.serve import certs, proxyv2
 from splitdns.serve.doh import DohApp, DohListener
+from splitdns.serve.metrics import Counts
 from splitdns.serve.ports import bind_problem
 
 
@@ -29,10 +30,18 @@ class Serving(Protocol):
     config: Config
 
     async def tcp_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: str = "tcp"
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        transport: str = "tcp",
+        client: str | None = None,
     ) -> None: ...
 
     def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]: ...
+
+    def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool: ...
+
+    counts: Counts
 
     async def respond(self, data: bytes, host: str, transport: str) -> bytes | None: ...
 
@@ -67,6 +76,9 @@ class EncryptedListeners:
         self._dot: list[asyncio.Server] = []
         self._doh: list[DohListener] = []
         self._watch: asyncio.Task[None] | None = None
+        self._accepting: list[asyncio.Task[None]] = []
+        self._sockets: list[socket.socket] = []
+        self._proxied: set[asyncio.Task[None]] = set()
 
     async def start(self) -> list[tuple[str, str]]:
         """Bind every tls:// and https:// address; returns (kind, address) as bound."""
@@ -85,7 +97,13 @@ class EncryptedListeners:
             sock = _bind(listener)
             port = sock.getsockname()[1]
             shown = EncryptedListener(listener.kind, listener.host, port, listener.path)
-            if listener.kind == "dot":
+            if listener.kind == "dot" and config.trusted_proxies:
+                # a PROXY header comes before the TLS handshake: accept, read it, then TLS
+                sock.listen(256)
+                sock.setblocking(False)
+                self._accepting.append(asyncio.ensure_future(self._accept(sock, dot_context)))
+                self._sockets.append(sock)
+            elif listener.kind == "dot":
                 server = await asyncio.start_server(
                     functools.partial(self.server.tcp_client, transport="dot"),
                     sock=sock,
@@ -102,6 +120,57 @@ class EncryptedListeners:
             self._watch = asyncio.ensure_future(self._watch_certificate())
         return bound
 
+    async def _accept(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except OSError:
+                await asyncio.sleep(0.1)  # out of descriptors: let connections finish
+                continue
+            task = asyncio.ensure_future(self._proxied_dot(conn, addr[0], context))
+            self._proxied.add(task)
+            task.add_done_callback(self._proxied.discard)
+
+    async def _proxied_dot(self, conn: socket.socket, host: str, context: ssl.SSLContext) -> None:
+        """DoT on a listener with trusted proxies: a trusted sender's PROXY header is read off
+        the socket exactly (recv never takes more than asked, so the TLS handshake stays in the
+        kernel's buffer), then the connection is handed to asyncio's TLS."""
+        loop = asyncio.get_running_loop()
+        config = self.server.config
+        conn.setblocking(False)
+        if self.server.trusted(host, config.trusted_proxies):
+            try:
+                async with asyncio.timeout(config.tcp_idle_timeout):
+                    fixed = await _recv_exactly(loop, conn, proxyv2.FIXED)
+                    total = proxyv2.header_length(fixed)
+                    rest = await _recv_exactly(loop, conn, total - proxyv2.FIXED)
+                header = proxyv2.parse(fixed + rest)
+            except proxyv2.ProxyError:
+                self.server.counts.proxy["malformed"] += 1
+                conn.close()
+                return
+            except (TimeoutError, OSError, EOFError):
+                self.server.counts.proxy["missing"] += 1
+                conn.close()
+                return
+            if header.local or header.source is None:
+                self.server.counts.proxy["local"] += 1
+            else:
+                self.server.counts.proxy["ok"] += 1
+                host = header.source
+        reader = asyncio.StreamReader(limit=2**16)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, conn, ssl=context, ssl_handshake_timeout=config.tcp_idle_timeout
+            )
+        except (TimeoutError, OSError, ssl.SSLError):
+            conn.close()
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        await self.server.tcp_client(reader, writer, transport="dot", client=host)
+
     async def _watch_certificate(self) -> None:
         while True:
             await asyncio.sleep(CERT_POLL)
@@ -113,9 +182,23 @@ class EncryptedListeners:
             self._watch.cancel()
         for server in self._dot:
             server.close()
+        for task in [*self._accepting, *self._proxied]:
+            task.cancel()
+        for sock in self._sockets:
+            sock.close()
         for doh in self._doh:
             await doh.close()
         for server in self._dot:
             await server.wait_closed()
         self._dot.clear()
         self._doh.clear()
+
+
+async def _recv_exactly(loop: asyncio.AbstractEventLoop, conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await loop.sock_recv(conn, size - len(data))
+        if not chunk:
+            raise EOFError("closed before the PROXY header was complete")
+        data += chunk
+    return data

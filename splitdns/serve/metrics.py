@@ -49,9 +49,18 @@ class Counts:
         self.queries: Counter[tuple[str, str, str]] = Counter()
         self.rewrites: Counter[tuple[str, int, str]] = Counter()
         self.reloads: Counter[str] = Counter()
+        self.proxy: Counter[str] = Counter()  # PROXY v2 headers: ok, local, missing, ...
+        self.ecs: Counter[str] = Counter()  # ECS as the client: used, absent, ambiguous
 
     def query(self, transport: str, qtype: int, outcome: str) -> None:
         self.queries[(transport, QTYPES.get(qtype, "other"), outcome)] += 1
+
+
+def _by_result(name: str, documentation: str, counter: Counter[str]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=["result"])
+    for result, n in sorted(counter.items()):
+        family.add_metric([result], n)
+    return family
 
 
 class SplitdnsCollector(Collector):
@@ -77,6 +86,18 @@ class SplitdnsCollector(Collector):
         for (view, rule, record), n in sorted(counts.rewrites.items()):
             rewrites.add_metric([view, str(rule) if rule >= 0 else "aaaa_drop", record], n)
         yield rewrites
+        yield _by_result(
+            "splitdns_proxy_headers",
+            "PROXY v2 headers: ok, local (the proxy itself), missing or malformed from a trusted "
+            "proxy, untrusted (a header from anyone else); all but ok/local are dropped",
+            counts.proxy,
+        )
+        yield _by_result(
+            "splitdns_ecs_clients",
+            "Queries from trusted_ecs senders: used (a /32 or /128 named the client), absent "
+            "(the sender is the client), ambiguous (a shorter prefix: REFUSED)",
+            counts.ecs,
+        )
         reloads = CounterMetricFamily("splitdns_config_reloads", "Reloads", labels=["result"])
         for result in ("ok", "rejected"):
             reloads.add_metric([result], counts.reloads[result])

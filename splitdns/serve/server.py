@@ -21,8 +21,8 @@ from splitdns.answer.cache import Cache
 from splitdns.answer.chain import Outcome, Request, Response, build_chain
 from splitdns.answer.ratelimit import RateLimiter
 from splitdns.answer.views import client_address, is_allowed, select_view
-from splitdns.config.model import Config, Endpoint, IPAddress
-from splitdns.serve import follow
+from splitdns.config.model import Config, Endpoint, IPAddress, IPNetwork
+from splitdns.serve import follow, proxyv2
 from splitdns.serve.certs import CertificateError
 from splitdns.serve.clienttrap import ClientTrap
 from splitdns.serve.encrypted import EncryptedListeners
@@ -69,6 +69,7 @@ class Server:
         self._follow: asyncio.Future[None] | None = None
         self.encrypted = EncryptedListeners(self, service_user(config.user))
         self._clients: dict[str, str | None] = {}
+        self._trust: dict[tuple[str, tuple[IPNetwork, ...]], bool] = {}
         self._addresses: dict[str, IPAddress] = {}
         self._udp: list[asyncio.DatagramTransport | WildcardUdp] = []
         self._tcp: list[asyncio.Server] = []
@@ -121,6 +122,7 @@ class Server:
             self.querylog.close()
             self.querylog = QueryLog(config.query_log)
         self._clients = {}
+        self._trust = {}
         return notes
 
     # ------------------------------------------------------------------ lifecycle
@@ -256,6 +258,19 @@ class Server:
             log.debug("dropped from %s: %s", client, exc)
             return None
         limit = query.udp_limit() if transport == "udp" else 65535
+        if self.config.trusted_ecs and self.trusted(host, self.config.trusted_ecs):
+            if query.ecs is None:
+                self.counts.ecs["absent"] += 1  # the sender asks for itself
+            else:
+                named = wire.ecs_client(query.ecs)
+                if named is None:  # a subnet names no one client: no view can be chosen
+                    self.counts.ecs["ambiguous"] += 1
+                    return wire.finalize(query, wire.make_error(query, wire.REFUSED), limit)
+                self.counts.ecs["used"] += 1
+                host, client = named, self.address_of(named)
+            limited, refusal = self.over_limit(data, host)
+            if limited:
+                return refusal
         if query.opcode != 0:
             # Header only: other opcodes give the sections other meanings (UPDATE's zone
             # section must be SOA), so echoing the question can make the answer unparsable.
@@ -341,37 +356,81 @@ class Server:
         """One UDP query: rate limit, then a cache hit answered at once, else a task."""
         if self.closing:
             return
+        host = addr[0]
+        if self.config.trusted_proxies or data[:4] == b"\r\n\r\n":
+            unwrapped = self.unwrap_proxy(data, host)
+            if unwrapped is None:
+                return
+            data, host = unwrapped
+        if self.config.trusted_ecs and self.trusted(host, self.config.trusted_ecs):
+            # the client is named inside the query: limits and the cache wait for the parse
+            self.spawn(self.answer_udp(data, host, addr, transport))
+            return
         if not self.trap.done:
-            self.trap.saw(addr[0])
-        limited, refusal = self.over_limit(data, addr[0])
+            self.trap.saw(host)
+        limited, refusal = self.over_limit(data, host)
         if limited:
             if refusal is not None:
                 transport.sendto(refusal, addr)
             return
         try:
-            answer = self.fast_answer(data, addr[0])
+            answer = self.fast_answer(data, host)
         except Exception:  # the fast path must never cost an answer: take the full path
             log.exception("cache fast path failed; answering the slow way")
             answer = None
         if answer is not None:
             transport.sendto(answer, addr)
         else:
-            self.spawn(self.answer_udp(data, addr, transport))
+            self.spawn(self.answer_udp(data, host, addr, transport))
+
+    def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool:
+        key = (host, networks)
+        known = self._trust.get(key)
+        if known is None:
+            if len(self._trust) >= CLIENT_MEMO_SIZE:
+                self._trust.clear()
+            known = self._trust[key] = is_allowed(networks, self.address_of(host))
+        return known
+
+    def unwrap_proxy(self, data: bytes, host: str) -> tuple[bytes, str] | None:
+        """(payload, client) of a datagram from a trusted proxy; None drops it (counted)."""
+        if not self.trusted(host, self.config.trusted_proxies):
+            if proxyv2.starts_with_header(data):
+                self.counts.proxy["untrusted"] += 1
+                return None
+            return data, host
+        try:
+            header = proxyv2.parse(data)
+        except proxyv2.ProxyError as exc:
+            kind = "malformed" if proxyv2.starts_with_header(data) else "missing"
+            self.counts.proxy[kind] += 1
+            log.debug("PROXY header from %s %s: %s", host, kind, exc)
+            return None
+        if header.local or header.source is None:
+            self.counts.proxy["local"] += 1
+            return data[header.length :], host
+        self.counts.proxy["ok"] += 1
+        return data[header.length :], header.source
 
     async def answer_udp(
-        self, data: bytes, addr: tuple[Any, ...], transport: DatagramSender
+        self, data: bytes, host: str, addr: tuple[Any, ...], transport: DatagramSender
     ) -> None:
-        answer = await self.respond(data, addr[0], "udp")
+        answer = await self.respond(data, host, "udp")
         if answer is not None and not transport.is_closing():
             transport.sendto(answer, addr)
 
     # ------------------------------------------------------------------ TCP (RFC 7766)
 
     async def tcp_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: str = "tcp"
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        transport: str = "tcp",
+        client: str | None = None,
     ) -> None:
         """One TCP (or, behind TLS, DoT) connection: RFC 7766 framing, pipelined queries
-        answered as they complete, a deadline per message, a cap on connections."""
+        answered as they complete, a deadline per message, a cap on connections. `client` is
+        the address a PROXY header already named (DoT reads it before the TLS handshake)."""
         peer = writer.get_extra_info("peername")
         if len(self._tcp_writers) >= self.config.tcp_max_connections or peer is None:
             self._refused_tcp += 1
@@ -387,8 +446,16 @@ class Server:
                 self._refused_tcp = 0
             writer.close()
             return
+        host = client or peer[0]
+        trusted = self.config.trusted_proxies and self.trusted(host, self.config.trusted_proxies)
+        if client is None and trusted:
+            named = await self._stream_proxy_header(reader, host)
+            if named is None:
+                writer.close()
+                return
+            host = named
         if not self.trap.done:
-            self.trap.saw(peer[0])
+            self.trap.saw(host)
         self._tcp_writers.add(writer)
         pending: set[asyncio.Task[Any]] = set()
         idle = self.config.tcp_idle_timeout
@@ -400,10 +467,17 @@ class Server:
                         (length,) = struct.unpack("!H", await reader.readexactly(2))
                         if length == 0:
                             break
-                        data = await reader.readexactly(length)
+                        if length == 0x0D0A:  # "\r\n": perhaps a PROXY header, not a length
+                            head = await reader.readexactly(10)
+                            if head == proxyv2.SIGNATURE[2:]:
+                                self.counts.proxy["untrusted"] += 1  # from anyone else: closed
+                                break
+                            data = head + await reader.readexactly(length - 10)
+                        else:
+                            data = await reader.readexactly(length)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     break
-                task = self.spawn(self._tcp_answer(data, peer[0], writer, transport))
+                task = self.spawn(self._tcp_answer(data, host, writer, transport))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 if len(pending) >= MAX_TCP_PIPELINE:
@@ -413,6 +487,26 @@ class Server:
         finally:
             self._tcp_writers.discard(writer)
             writer.close()
+
+    async def _stream_proxy_header(self, reader: asyncio.StreamReader, host: str) -> str | None:
+        """The client a trusted proxy's connection speaks for (its own address for LOCAL);
+        None (counted) when the header is missing, malformed or slow."""
+        try:
+            async with asyncio.timeout(self.config.tcp_idle_timeout):
+                fixed = await reader.readexactly(proxyv2.FIXED)
+                total = proxyv2.header_length(fixed)
+                header = proxyv2.parse(fixed + await reader.readexactly(total - proxyv2.FIXED))
+        except proxyv2.ProxyError:
+            self.counts.proxy["malformed"] += 1
+            return None
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            self.counts.proxy["missing"] += 1
+            return None
+        if header.local or header.source is None:
+            self.counts.proxy["local"] += 1
+            return host
+        self.counts.proxy["ok"] += 1
+        return header.source
 
     def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]:
         """(limited, what to send instead): REFUSED or nothing, per `rate_limit.action`."""

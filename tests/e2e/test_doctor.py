@@ -143,3 +143,45 @@ def test_doctor_warns_about_rewritten_names_of_a_signed_zone(tmp_path: Path) -> 
         "downstream of splitdns answers SERVFAIL for it. Validate upstream of splitdns instead, "
         'or mark it insecure there (unbound: domain-insecure: "example.test")'
     ], out.stdout + out.stderr
+
+
+def test_doctor_compares_two_resolvers_for_the_rules_names(tmp_path: Path) -> None:
+    """Two splitdns for one LAN (DHCP hands out both): the same mapping answers the same; a
+    peer left on an old mapping is caught, naming both answers."""
+    from tests.support.servers import SplitDNS
+
+    fake = FakeUpstream().add("www.example.test. 60 IN A 203.0.113.1").start()
+    mapping = (
+        f'upstreams: ["{fake.address}"]\nviews:\n  - name: lan\n    clients: [127.0.0.0/8]\n'
+        "    rewrite:\n      - {{from: 203.0.113.1, to: {to}, names: [www.example.test]}}\n"
+    )
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    first = SplitDNS(tmp_path / "a", mapping.format(to="192.0.2.2"))
+    same = SplitDNS(tmp_path / "b", mapping.format(to="192.0.2.2"))
+    stale = SplitDNS(tmp_path / "c", mapping.format(to="192.0.2.9"))
+    conf = tmp_path / "doctor.yaml"
+    conf.write_text(f'listen: ["127.0.0.1:{first.port}"]\n' + mapping.format(to="192.0.2.2"))
+
+    def doctor(peer: int) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-m", "splitdns", "doctor", "-c", str(conf), "--timeout", "1",
+             "--peer", f"127.0.0.1:{peer}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        return [line for line in out.stdout.splitlines() if " peer " in line]
+
+    try:
+        assert doctor(same.port) == [
+            f"ok    peer 127.0.0.1:{same.port}: www.example.test -> 192.0.2.2 on both"
+        ]
+        assert doctor(stale.port) == [
+            f"FAIL  peer 127.0.0.1:{stale.port}: www.example.test -> 192.0.2.2 here "
+            f"(127.0.0.1:{first.port}) but 192.0.2.9 there: the two resolvers disagree (same "
+            "mapping on both? reloaded?)"
+        ]
+    finally:
+        for proc in (first, same, stale):
+            proc.stop()
+        fake.stop()

@@ -157,3 +157,44 @@ def test_reload_switches_the_rebinding_guard_and_case_randomization(readable_dir
     finally:
         assert proc.stop() == 0, proc.output
         up.stop()
+
+
+def test_a_configmap_style_symlink_swap_is_reloaded_within_2_s(readable_dir: Path) -> None:
+    """Kubernetes mounts a ConfigMap as FILE -> ..data/FILE, ..data -> ..TIMESTAMP/, and
+    updates it by writing a new ..TIMESTAMP/ and renaming a new ..data link over the old one.
+    The same size, perhaps the same second: the watcher still sees it (the inode changes)."""
+    up = FakeUpstream().add("www.example.test. 1 IN A 203.0.113.1").start()
+
+    def version(name: str, to: str) -> None:
+        folder = readable_dir / name
+        folder.mkdir()
+        folder.chmod(0o755)
+        write(folder / "splitdns.yaml", CONFIG.format(up=up.address, to=to))
+
+    version("..2026_11_30_00_00_01.1", "192.0.2.2")
+    (readable_dir / "..data").symlink_to("..2026_11_30_00_00_01.1")
+    conf = readable_dir / "splitdns.yaml"
+    conf.symlink_to("..data/splitdns.yaml")
+    port = free_port()
+    proc = serve(conf, port)
+    try:
+        proc.wait_for("serving")
+        assert answer(port) == "192.0.2.2"
+        version("..2026_11_30_00_00_02.2", "192.0.2.3")  # same length as the first
+        (readable_dir / "..data_tmp").symlink_to("..2026_11_30_00_00_02.2")
+        began = time.monotonic()
+        os.replace(readable_dir / "..data_tmp", readable_dir / "..data")
+        assert wait_answer(port, "192.0.2.3", timeout=5)
+        took = time.monotonic() - began
+        print(f"\nConfigMap-style swap reloaded in {took:.2f} s")
+        assert took < 2.0
+    finally:
+        assert proc.stop() == 0, proc.output
+        up.stop()
+        for child in sorted(readable_dir.iterdir(), reverse=True):
+            if child.is_dir() and not child.is_symlink():
+                for inner in child.iterdir():
+                    inner.unlink()
+                child.rmdir()
+            else:
+                child.unlink()

@@ -465,3 +465,39 @@ def test_fuzz_doh_request_path(
         dns.message.from_wire(payload)
         assert (b"content-type", b"application/dns-message") in headers
     assert not errors.messages, errors.messages
+
+
+# --------------------------------------------------------------------------- PROXY v2
+
+
+@st.composite
+def proxy_inputs(draw: st.DrawFn) -> bytes:
+    """Real headers (v4, v6, LOCAL, with TLVs), mutated, cut short, or junk after the signature."""
+    from splitdns.serve import proxyv2
+
+    v6 = draw(st.booleans())
+    source = "2001:db8::1" if v6 else "192.0.2.1"
+    tlvs = draw(st.binary(max_size=20))
+    header = proxyv2.build(source, 1, "2001:db8::2" if v6 else "192.0.2.2", 53,
+                           stream=draw(st.booleans()), tlvs=tlvs,
+                           local=draw(st.booleans()))  # fmt: skip
+    data = bytearray(header + draw(st.binary(max_size=30)))
+    for _ in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(0, len(data) - 1))
+        data[at] = draw(st.sampled_from([0x00, 0x01, 0x0F, 0x10, 0x21, 0x22, 0xFF]))
+    cut = draw(st.integers(0, len(data)))
+    return bytes(data[:cut]) if draw(st.booleans()) else bytes(data)
+
+
+@budget(2000)
+@given(data=proxy_inputs())
+def test_fuzz_proxy_header_parser(data: bytes) -> None:
+    """Whatever follows the signature: a Header whose length fits the input, or ProxyError."""
+    from splitdns.serve import proxyv2
+
+    try:
+        header = proxyv2.parse(data)
+    except proxyv2.ProxyError:
+        return
+    assert proxyv2.FIXED <= header.length <= len(data)
+    assert header.local or header.source is not None

@@ -1,0 +1,207 @@
+"""The real client behind a hop: PROXY v2 from trusted proxies (UDP and TCP), and a full-length
+EDNS Client Subnet from trusted blockers (dnsmasq with --add-subnet in front, as Pi-hole does).
+
+Views by client: 127.0.0.2 `a` (www -> 192.0.2.2), 127.0.0.3 `b` (www -> 192.0.2.3), anyone
+else allowed gets the public 203.0.113.1. The proxy is 127.0.0.10, the blocker 127.0.0.20.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.edns
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from splitdns.serve.proxyv2 import build
+from tests.support.metrics import scrape, total
+from tests.support.servers import NSD, SplitDNS, free_port
+from tests.support.tools import need
+
+VIEWS = """\
+upstreams: ["127.0.0.1:{nsd}"]
+allow: [127.0.0.0/8, "2001:db8::/32"]
+trusted_proxies: [127.0.0.10/32]
+trusted_ecs: [127.0.0.20/32]
+metrics: "127.0.0.1:{metrics}"
+query_log: {{path: "{log}"}}
+views:
+  - name: a
+    clients: [127.0.0.2/32, "2001:db8::2/128"]
+    rewrite: [{{from: 203.0.113.1, to: 192.0.2.2}}]
+  - name: b
+    clients: [127.0.0.3/32]
+    rewrite: [{{from: 203.0.113.1, to: 192.0.2.3}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def split(nsd: NSD, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SplitDNS]:
+    work = tmp_path_factory.mktemp("client-address")
+    metrics = free_port()
+    proc = SplitDNS(work, VIEWS.format(nsd=nsd.port, metrics=metrics, log=work / "query.log"))
+    proc.metrics_port = metrics  # type: ignore[attr-defined]
+    proc.log_path = work / "query.log"  # type: ignore[attr-defined]
+    yield proc
+    assert proc.stop() == 0, proc.output
+
+
+def ask_udp(split: SplitDNS, payload: bytes, source: str) -> dns.message.Message | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.settimeout(1.5)
+        sock.sendto(payload, ("127.0.0.1", split.port))
+        try:
+            return dns.message.from_wire(sock.recv(4096))
+        except TimeoutError:
+            return None
+
+
+def query(name: str = "www.example.test") -> bytes:
+    return dns.message.make_query(name, "A").to_wire()
+
+
+def exchange(sock: socket.socket) -> dns.message.Message:
+    """One query over a stream (TCP or TLS), RFC 7766 framing."""
+    wire = query()
+    sock.sendall(struct.pack("!H", len(wire)) + wire)
+    (length,) = struct.unpack("!H", sock.recv(2))
+    data = b""
+    while len(data) < length:
+        data += sock.recv(length - len(data))
+    return dns.message.from_wire(data)
+
+
+def answer_of(msg: dns.message.Message | None) -> list[str]:
+    assert msg is not None, "no answer"
+    return [r.to_text() for rrset in msg.answer for r in rrset]
+
+
+def proxy_count(split: SplitDNS, result: str) -> float:
+    return total(scrape(split.metrics_port), "splitdns_proxy_headers_total", result=result)  # type: ignore[attr-defined]
+
+
+def test_udp_proxy_header_names_the_client(split: SplitDNS) -> None:
+    cases = [("127.0.0.2", "192.0.2.2"), ("127.0.0.3", "192.0.2.3"),
+             ("127.0.0.9", "203.0.113.1"), ("2001:db8::2", "192.0.2.2")]  # fmt: skip
+    for client, expected in cases:
+        dest = "::1" if ":" in client else "127.0.0.1"
+        header = build(client, 4000, dest, 53, stream=False)
+        assert answer_of(ask_udp(split, header + query(), "127.0.0.10")) == [expected], client
+    lines = [json.loads(x) for x in split.log_path.read_text().splitlines()]  # type: ignore[attr-defined]
+    assert {e["client"] for e in lines} >= {"127.0.0.2", "127.0.0.3", "2001:db8::2"}
+    assert "127.0.0.10" not in {e["client"] for e in lines}
+
+
+def test_headers_only_from_trusted_proxies_and_only_with_one(split: SplitDNS) -> None:
+    before = {k: proxy_count(split, k) for k in ("untrusted", "missing", "malformed", "local")}
+    header = build("127.0.0.2", 4000, "127.0.0.1", 53, stream=False)
+    assert ask_udp(split, header + query(), "127.0.0.11") is None  # untrusted sender: dropped
+    assert ask_udp(split, query(), "127.0.0.10") is None  # the proxy without a header: dropped
+    assert ask_udp(split, header[:20], "127.0.0.10") is None  # truncated header: dropped
+    local = build("127.0.0.1", 0, "127.0.0.1", 53, stream=False, local=True)
+    assert answer_of(ask_udp(split, local + query(), "127.0.0.10")) == ["203.0.113.1"]
+    after = {k: proxy_count(split, k) for k in before}
+    assert {k: after[k] - before[k] for k in before} == {
+        "untrusted": 1, "missing": 1, "malformed": 1, "local": 1,
+    }  # fmt: skip
+
+
+def test_tcp_proxy_header_once_per_connection(split: SplitDNS) -> None:
+    with socket.create_connection(("127.0.0.1", split.port), source_address=("127.0.0.10", 0),
+                                  timeout=5) as sock:  # fmt: skip
+        sock.sendall(build("127.0.0.3", 5000, "127.0.0.1", 53, stream=True))
+        for _ in range(2):  # two queries on the connection, both for 127.0.0.3
+            assert answer_of(exchange(sock)) == ["192.0.2.3"]
+    with socket.create_connection(("127.0.0.1", split.port), source_address=("127.0.0.11", 0),
+                                  timeout=5) as sock:  # fmt: skip
+        sock.sendall(build("127.0.0.3", 5000, "127.0.0.1", 53, stream=True))
+        assert sock.recv(100) == b""  # an untrusted sender's header: the connection is closed
+
+
+def ecs_query(address: str, prefix: int) -> bytes:
+    option = dns.edns.ECSOption(address, prefix)
+    return dns.message.make_query("www.example.test", "A", use_edns=0, options=[option]).to_wire()
+
+
+def test_full_length_ecs_from_a_trusted_sender_names_the_client(split: SplitDNS) -> None:
+    assert answer_of(ask_udp(split, ecs_query("127.0.0.2", 32), "127.0.0.20")) == ["192.0.2.2"]
+    assert answer_of(ask_udp(split, ecs_query("127.0.0.3", 32), "127.0.0.20")) == ["192.0.2.3"]
+    shorter = ask_udp(split, ecs_query("127.0.0.0", 24), "127.0.0.20")
+    assert shorter is not None and shorter.rcode() == dns.rcode.REFUSED
+    # ECS from anyone else is ignored: the sender is the client.
+    assert answer_of(ask_udp(split, ecs_query("127.0.0.2", 32), "127.0.0.9")) == ["203.0.113.1"]
+    assert answer_of(ask_udp(split, query(), "127.0.0.20")) == ["203.0.113.1"]
+
+
+def test_dnsmasq_with_add_subnet_in_front(split: SplitDNS, tmp_path: Path) -> None:
+    """Pi-hole's shape: dnsmasq is the LAN's DNS (here with no cache: a cache in front of
+    splitdns would hand one view's answer to everyone) and forwards to splitdns with the
+    client in ECS; two clients in two views get their own answers through it."""
+    dnsmasq = need("dnsmasq", "dnsmasq-base")
+    dig = need("dig", "bind9-dnsutils")
+    port = free_port("127.0.0.20")
+    proc = subprocess.Popen(
+        [dnsmasq, "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+         f"--port={port}", "--listen-address=127.0.0.20", "--bind-interfaces",
+         "--cache-size=0", "--add-subnet=32,128", f"--server=127.0.0.1#{split.port}@127.0.0.20",
+         f"--pid-file={tmp_path / 'dnsmasq.pid'}", "--user=root"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+
+        def through(source: str) -> list[str]:
+            out = subprocess.run(
+                [dig, "@127.0.0.20", "-p", str(port), "-b", source, "+short", "+tries=1",
+                 "+time=2", "www.example.test"],
+                capture_output=True, text=True, timeout=20,
+            )  # fmt: skip
+            return out.stdout.split()
+
+        deadline = time.monotonic() + 10
+        while not through("127.0.0.2") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert through("127.0.0.2") == ["192.0.2.2"]
+        assert through("127.0.0.3") == ["192.0.2.3"]
+        assert through("127.0.0.4") == ["203.0.113.1"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def test_dot_behind_a_proxy_names_the_client(nsd: NSD, tmp_path: Path) -> None:
+    """A PROXY header before the TLS handshake (as dnsdist sends it to a DoT backend) names the
+    client for a trusted proxy; other clients speak TLS straight away."""
+    import ssl
+
+    dot = free_port()
+    text = VIEWS.format(nsd=nsd.port, metrics=free_port(), log=tmp_path / "q.log")
+    proc = SplitDNS(tmp_path, text + f"state_dir: {tmp_path / 'state'}\n",
+                    "--listen", f"tls://127.0.0.1:{dot}")  # fmt: skip
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+
+    def ask(source: str, header: bytes) -> list[str]:
+        with socket.create_connection(("127.0.0.1", dot), source_address=(source, 0),
+                                      timeout=5) as raw:  # fmt: skip
+            raw.sendall(header)
+            with context.wrap_socket(raw) as tls:
+                return answer_of(exchange(tls))
+
+    try:
+        header = build("127.0.0.3", 5000, "127.0.0.1", dot, stream=True)
+        assert ask("127.0.0.10", header) == ["192.0.2.3"]
+        assert ask("127.0.0.2", b"") == ["192.0.2.2"]  # not a proxy: TLS at once, its own view
+    finally:
+        assert proc.stop() == 0, proc.output
