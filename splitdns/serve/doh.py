@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
 from splitdns import wire
+from splitdns.config.model import Config, IPNetwork
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,10 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Answerer(Protocol):
+    config: Config
+
+    def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool: ...
+
     def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]: ...
 
     async def respond(self, data: bytes, host: str, transport: str) -> bytes | None: ...
@@ -113,13 +119,32 @@ class DohApp:
                     break
         else:
             return 405, [*text, (b"allow", b"GET, POST")], b"GET or POST\n"
-        client = scope.get("client") or ("0.0.0.0", 0)
-        limited, refusal = self.server.over_limit(data, client[0])
-        answer = refusal if limited else await self.server.respond(data, client[0], "doh")
+        host = self.client_of(scope)
+        if host is None:
+            return 400, text, b"a trusted proxy must name the client (X-Forwarded-For)\n"
+        limited, refusal = self.server.over_limit(data, host)
+        answer = refusal if limited else await self.server.respond(data, host, "doh")
         if answer is None:
             return 400, text, b"not a DNS query\n"
         cache = f"max-age={max_age(answer)}".encode()
         return 200, [(b"content-type", MEDIA_TYPE), (b"cache-control", cache)], answer
+
+    def client_of(self, scope: Scope) -> str | None:
+        """The peer, or, from a `trusted_proxies` HTTP reverse proxy (nginx, Caddy, Traefik,
+        haproxy in HTTP mode), the address it puts last in X-Forwarded-For: the one it saw.
+        None: a trusted proxy named no client (refused, never answered as the proxy)."""
+        peer = (scope.get("client") or ("0.0.0.0", 0))[0]
+        proxies = self.server.config.trusted_proxies
+        if not proxies or not self.server.trusted(peer, proxies):
+            return str(peer)
+        forwarded = [v for k, v in scope.get("headers", []) if k == b"x-forwarded-for"]
+        if not forwarded:
+            return None
+        last = forwarded[-1].decode("latin-1").split(",")[-1].strip()
+        try:
+            return str(ipaddress.ip_address(last.strip("[]")))
+        except ValueError:
+            return None
 
 
 class _Config(HypercornConfig):

@@ -19,6 +19,7 @@ import dns.message
 import dns.query
 import pytest
 
+from tests.support.encrypted import ThrowawayCA
 from tests.support.servers import NSD, Process, SplitDNS, free_port
 from tests.support.tools import need
 from tests.support.zones import example_zone
@@ -54,6 +55,17 @@ class Pair:
         conf = conf.replace("192.168.1.53:53", f"127.0.0.20:{self.port}")
         conf = conf.replace("127.0.0.21:53", f"127.0.0.21:{self.ports['a']}")
         conf = conf.replace("127.0.0.22:53", f"127.0.0.22:{self.ports['b']}")
+        # the recipe's commented DoT/DoH lines, switched on with a certificate made here
+        ca = ThrowawayCA(tmp)
+        key, cert = ca.write_cert(tmp, "dns.home.test", "127.0.0.20")
+        self.dot, self.doh = free_port("127.0.0.20"), free_port("127.0.0.20")
+        conf = conf.replace("-- addTLSLocal(", "addTLSLocal(").replace(
+            "-- addDOHLocal(", "addDOHLocal("
+        )
+        conf = conf.replace("192.168.1.53:853", f"127.0.0.20:{self.dot}")
+        conf = conf.replace("192.168.1.53:443", f"127.0.0.20:{self.doh}")
+        conf = conf.replace("/etc/dnsdist/fullchain.pem", str(cert))
+        conf = conf.replace("/etc/dnsdist/privkey.pem", str(key))
         (tmp / "dnsdist.conf").write_text(conf)
         dnsdist = need("dnsdist", "dnsdist")
         subprocess.run([dnsdist, "--check-config", "-C", str(tmp / "dnsdist.conf")], check=True,
@@ -99,6 +111,19 @@ def test_views_see_the_real_client_through_dnsdist(pair: Pair) -> None:
         if json.loads(line)["name"] == "www.example.test"
     }
     assert clients == {"127.0.0.2", "127.0.0.3"}  # never dnsdist's own address
+
+
+def test_dot_and_doh_terminated_by_dnsdist_keep_the_client(pair: Pair) -> None:
+    kdig = need("kdig", "knot-dnsutils")
+    time.sleep(2)  # both backends up
+    for flag, port in (("+tls", pair.dot), ("+https", pair.doh)):
+        for source, expected in (("127.0.0.2", "192.0.2.2"), ("127.0.0.3", "203.0.113.1")):
+            out = subprocess.run(
+                [kdig, "@127.0.0.20", "-p", str(port), "-b", source, flag, "+short",
+                 "+timeout=5", "+retry=0", "www.example.test"],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert out.stdout.split() == [expected], (flag, source, out.stdout + out.stderr)
 
 
 def test_one_splitdns_killed_under_load(pair: Pair) -> None:

@@ -205,3 +205,35 @@ def test_dot_behind_a_proxy_names_the_client(nsd: NSD, tmp_path: Path) -> None:
         assert ask("127.0.0.2", b"") == ["192.0.2.2"]  # not a proxy: TLS at once, its own view
     finally:
         assert proc.stop() == 0, proc.output
+
+
+def test_doh_behind_a_trusted_http_proxy_takes_x_forwarded_for(nsd: NSD, tmp_path: Path) -> None:
+    """An HTTP reverse proxy (nginx, Caddy, Traefik) in front of the DoH listener names the
+    client in X-Forwarded-For; only a trusted_proxies peer may, and must."""
+    import base64
+    import ssl
+
+    import httpcore
+
+    doh = free_port()
+    text = VIEWS.format(nsd=nsd.port, metrics=free_port(), log=tmp_path / "q.log")
+    proc = SplitDNS(tmp_path, text + f"state_dir: {tmp_path / 'state'}\n",
+                    "--listen", f"https://127.0.0.1:{doh}/dns-query")  # fmt: skip
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    encoded = base64.urlsafe_b64encode(query()).rstrip(b"=").decode()
+
+    def get(source: str, forwarded: str | None) -> tuple[int, list[str]]:
+        headers = [("x-forwarded-for", forwarded)] if forwarded else []
+        with httpcore.ConnectionPool(ssl_context=context, local_address=source) as pool:
+            r = pool.request("GET", f"https://127.0.0.1:{doh}/dns-query?dns={encoded}",
+                             headers=headers)  # fmt: skip
+        return r.status, answer_of(dns.message.from_wire(r.content)) if r.status == 200 else []
+
+    try:
+        assert get("127.0.0.10", "198.51.100.7, 127.0.0.3") == (200, ["192.0.2.3"])
+        assert get("127.0.0.10", None)[0] == 400  # a trusted proxy must name the client
+        assert get("127.0.0.2", "127.0.0.3") == (200, ["192.0.2.2"])  # anyone else: ignored
+    finally:
+        assert proc.stop() == 0, proc.output
