@@ -219,3 +219,22 @@ views:
     assert pick("10.0.0.1") is None
     assert is_allowed(cfg.allow, client_address("10.0.0.1"))
     assert not is_allowed(cfg.allow, client_address("198.51.100.1"))
+
+
+def test_query_ids_come_from_a_batch_that_forked_workers_do_not_share() -> None:
+    import os
+
+    first = wire.random_id()
+    assert wire._ids, "a batch is kept after the first ID"
+    assert 0 <= first < 65536
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a worker after `--workers N` forks
+        os.write(write, str(len(wire._ids)).encode())
+        os._exit(0)
+    os.close(write)
+    left_in_child = int(os.read(read, 16))
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert left_in_child == 0  # it draws a batch of its own
+    assert len({wire.random_id() for _ in range(1000)}) > 950  # and IDs are spread
