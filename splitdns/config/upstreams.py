@@ -68,6 +68,8 @@ class Forwarding:
     parallel_width: int = 2
     # draft-vixie-dnsext-dns0x20 on plain UDP/TCP upstreams (encrypted ones need no help)
     case_randomization: bool = False
+    # long-lived connected UDP sockets per plain upstream (0: a fresh random port per query)
+    socket_pool: int = 0
 
 
 def _is_address(host: str) -> bool:
@@ -205,6 +207,7 @@ UPSTREAM_KEYS = frozenset(
         "local_reverse",
         "parallel_width",
         "case_randomization",
+        "socket_pool",
     }
 )
 
@@ -261,4 +264,7 @@ def upstreams_from_node(node: Node) -> tuple[tuple[UpstreamSpec, ...], Forwardin
     if "parallel_width" in keys:
         width = keys["parallel_width"].integer(minimum=2, maximum=8)
         forwarding = replace(forwarding, parallel_width=width)
+    if "socket_pool" in keys:
+        pool = keys["socket_pool"].integer(minimum=0, maximum=1024)
+        forwarding = replace(forwarding, socket_pool=pool)
     return default, forwarding

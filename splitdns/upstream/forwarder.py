@@ -87,7 +87,12 @@ class Forwarder:
             elif spec.scheme == "https":
                 known = DnsOverHttps(spec, self.stats, self.bootstrap, ca)
             else:
-                known = PlainDNS(spec, self.stats, self.forwarding.case_randomization)
+                known = PlainDNS(
+                    spec,
+                    self.stats,
+                    self.forwarding.case_randomization,
+                    self.forwarding.socket_pool,
+                )
             self._transports[spec] = known
         return known
 

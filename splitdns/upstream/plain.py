@@ -15,6 +15,7 @@ import time
 
 from splitdns import wire
 from splitdns.config.upstreams import UpstreamSpec
+from splitdns.upstream.socketpool import SocketPool
 from splitdns.upstream.transport import Reply, UpstreamStats
 
 
@@ -93,13 +94,16 @@ def restore_case(
 class PlainDNS:
     """Classic DNS to one upstream: UDP first, TCP when the answer is truncated."""
 
-    def __init__(self, spec: UpstreamSpec, stats: UpstreamStats, mix_case: bool = False) -> None:
+    def __init__(
+        self, spec: UpstreamSpec, stats: UpstreamStats, mix_case: bool = False, pool: int = 0
+    ) -> None:
         self.endpoint = spec
         self.mix_case = mix_case
         self.name = str(spec)
         self.stats = stats
         self._address = (spec.host, spec.port)  # normalised the way the kernel prints it
         self._family = socket.AF_INET6 if spec.family_v6 else socket.AF_INET
+        self.pool = SocketPool(self._address, self._family, pool, stats) if pool else None
 
     async def exchange(self, query: wire.Query, timeout: float) -> Reply:
         deadline = time.monotonic() + timeout
@@ -109,6 +113,11 @@ class PlainDNS:
         return reply
 
     async def udp(self, query: wire.Query, timeout: float) -> Reply:
+        if self.pool is not None:
+            data, message, exact = await self.pool.exchange(query, timeout, self.mix_case)
+            if exact is not None:
+                data, message = restore_case(data, message, query)
+            return Reply(data, message, self.name, "udp")
         msg_id, packet = wire.make_upstream_query(query, mix_case=self.mix_case)
         exact = wire.sent_question(packet, query) if self.mix_case else None
         loop = asyncio.get_running_loop()
@@ -164,4 +173,6 @@ class PlainDNS:
                 writer.close()
 
     async def aclose(self) -> None:
-        """Nothing is kept open between queries."""
+        """The socket pool, when there is one; otherwise nothing is kept between queries."""
+        if self.pool is not None:
+            self.pool.close()

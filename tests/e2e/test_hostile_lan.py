@@ -40,16 +40,16 @@ def metric(port: int, name: str) -> float:
 # --------------------------------------------------------------------------- forged replies
 
 
+@pytest.mark.parametrize("pool", [0, 8], ids=["fresh port per query", "socket_pool 8"])
 def test_forged_reply_flood_is_counted_and_never_accepted(
-    tmp_path: Path, fakes: list[FakeUpstream]
+    tmp_path: Path, fakes: list[FakeUpstream], pool: int
 ) -> None:
     upstream = FakeUpstream().add("flood.example.test. 300 IN A 203.0.113.1").start()
     fakes.append(upstream)
     upstream.actions["flood.example.test"] = Action(delay=1.0)
     mport = free_port()
-    proc = SplitDNS(
-        tmp_path, f'upstreams: ["{upstream.address}"]\nmetrics: "127.0.0.1:{mport}"\n{REWRITE_VIEW}'
-    )
+    ups = f'upstreams:\n  default: ["{upstream.address}"]\n  socket_pool: {pool}\n'
+    proc = SplitDNS(tmp_path, f'{ups}metrics: "127.0.0.1:{mport}"\n{REWRITE_VIEW}')
     try:
         result: dict[str, dns.message.Message] = {}
         asker = threading.Thread(

@@ -379,3 +379,43 @@ def test_mixed_case_keeps_the_name_and_changes_only_letters() -> None:
     assert len(seen) > 10  # 17 letters: random case each time
     _, plain = wire.make_upstream_query(query)
     assert wire.sent_question(plain, query) == query.question.wire
+
+
+def test_socket_pool_reuses_ports_and_rotates_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pooled sockets keep their ports for ROTATE_AFTER queries, then new ports replace them;
+    every answer still arrives; the pool closes with the transport."""
+    import asyncio
+
+    from splitdns.config.upstreams import UpstreamSpec
+    from splitdns.upstream import socketpool
+    from splitdns.upstream.plain import PlainDNS
+    from splitdns.upstream.transport import UpstreamStats
+    from tests.support.fakeupstream import FakeUpstream
+
+    monkeypatch.setattr(socketpool, "ROTATE_AFTER", 10)
+    fake = FakeUpstream().add("p.example.test. 60 IN A 203.0.113.1").start()
+    try:
+        spec = UpstreamSpec("dns", "127.0.0.1", fake.port)
+        transport = PlainDNS(spec, UpstreamStats(), pool=2)
+
+        async def run() -> None:
+            for _ in range(40):
+                query = wire.parse_query(wire.make_query("p.example.test", wire.TYPE_A))
+                reply = await transport.exchange(query, 2.0)
+                assert reply.message.rcode == wire.NOERROR
+            await transport.aclose()
+
+        asyncio.run(run())
+    finally:
+        fake.stop()
+    ports = [seen.source_port for seen in fake.seen]
+    assert len(ports) == 40
+    assert len(set(ports[:5])) <= 2  # two sockets serve the first queries
+    assert 4 <= len(set(ports)) <= 12  # rotated after every 10 queries a socket served
+
+
+def test_socket_pool_setting() -> None:
+    cfg = config.loads("upstreams:\n  default: [192.0.2.1]\n  socket_pool: 64\n", "t.yaml")
+    assert cfg.forwarding.socket_pool == 64
+    with pytest.raises(config.ConfigError, match="socket_pool"):
+        config.loads("upstreams:\n  default: [192.0.2.1]\n  socket_pool: -1\n", "t.yaml")

@@ -1,0 +1,129 @@
+"""`upstreams.socket_pool: N`: plain UDP to an upstream over N long-lived connected sockets.
+
+The default (no pool) opens a fresh socket on a random port for every query: a spoofer must
+guess the 16-bit ID and the port (about 2^31 tries with Linux's ephemeral range). A pooled
+socket keeps its port for ROTATE_AFTER queries, so the port stops being a secret to someone
+who can see or probe it; what remains is the ID (and the question's case with 0x20), against
+one query in flight per ID. It is faster (no socket per query), and the README gives the
+arithmetic so users can choose. Replies are matched on ID, source address and port (the
+socket is connected) and the exact question; everything else is counted as forged and
+ignored, and the real answer is still awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+
+from splitdns import wire
+from splitdns.upstream.transport import UpstreamStats
+
+#: (the query, its question as sent with 0x20 or None, the future its reply settles)
+Waiter = tuple[wire.Query, bytes | None, "asyncio.Future[tuple[bytes, wire.Message]]"]
+
+ROTATE_AFTER = 10_000  # queries a pooled socket (and its port) serves before it is replaced
+
+
+class _Pooled:
+    """One connected socket, its reader callback, and the queries waiting on it."""
+
+    def __init__(self, address: tuple[str, int], family: int, stats: UpstreamStats) -> None:
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.connect(address)
+        self.stats = stats
+        self.used = 0
+        self.retiring = False
+        self.waiting: dict[
+            int, tuple[wire.Query, bytes | None, asyncio.Future[tuple[bytes, wire.Message]]]
+        ] = {}
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # ICMP unreachable: fails what waits, the socket stays
+                for _, _, future in list(self.waiting.values()):
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            message = wire.walk(data)
+        except wire.WireError:
+            self.stats.forged += 1
+            return
+        waiter = self.waiting.get(message.msg_id)
+        if waiter is None:
+            self.stats.forged += 1
+            return
+        query, exact, future = waiter
+        if not wire.reply_matches(message, message.msg_id, query) or (
+            exact is not None and not wire.echoes_question(data, exact)
+        ):
+            self.stats.forged += 1
+            return
+        if not future.done():
+            future.set_result((data, message))
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+class SocketPool:
+    """N pooled sockets to one upstream; each query takes one at random and a free ID on it."""
+
+    def __init__(
+        self, address: tuple[str, int], family: int, size: int, stats: UpstreamStats
+    ) -> None:
+        self.address = address
+        self.family = family
+        self.size = size
+        self.stats = stats
+        self.sockets: list[_Pooled] = []
+        self._rng = random.SystemRandom()
+
+    def _pick(self) -> _Pooled:
+        while len(self.sockets) < self.size:
+            self.sockets.append(_Pooled(self.address, self.family, self.stats))
+        index = self._rng.randrange(len(self.sockets))
+        chosen = self.sockets[index]
+        chosen.used += 1
+        if chosen.used >= ROTATE_AFTER:  # a new port; the old socket closes once drained
+            chosen.retiring = True
+            self.sockets[index] = _Pooled(self.address, self.family, self.stats)
+        return chosen
+
+    async def exchange(
+        self, query: wire.Query, timeout: float, mix_case: bool
+    ) -> tuple[bytes, wire.Message, bytes | None]:
+        pooled = self._pick()
+        msg_id = wire.random_id()
+        while msg_id in pooled.waiting:
+            msg_id = wire.random_id()
+        msg_id, packet = wire.make_upstream_query(query, msg_id, mix_case=mix_case)
+        exact = wire.sent_question(packet, query) if mix_case else None
+        future: asyncio.Future[tuple[bytes, wire.Message]] = pooled.loop.create_future()
+        pooled.waiting[msg_id] = (query, exact, future)
+        try:
+            pooled.sock.send(packet)
+            async with asyncio.timeout(timeout):
+                data, message = await future
+        finally:
+            del pooled.waiting[msg_id]
+            if pooled.retiring and not pooled.waiting:
+                pooled.close()
+        return data, message, exact
+
+    def close(self) -> None:
+        for pooled in self.sockets:
+            pooled.close()
+        self.sockets.clear()
