@@ -19,7 +19,7 @@ import struct
 from splitdns import wire
 from splitdns.config.upstreams import UpstreamSpec
 from splitdns.upstream.bootstrap import Bootstrap
-from splitdns.upstream.transport import Reply, TransportError, UpstreamStats
+from splitdns.upstream.transport import Reply, TransportError, UpstreamStats, Waiter, deliver
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self.stats = stats
-        self.waiting: dict[int, tuple[asyncio.Future[tuple[bytes, wire.Message]], wire.Query]] = {}
+        self.waiting: dict[int, Waiter] = {}
         self.closed = False
         self.used = False
         self.task = asyncio.ensure_future(self._read_replies())
@@ -56,7 +56,7 @@ class _Connection:
         future: asyncio.Future[tuple[bytes, wire.Message]] = (
             asyncio.get_running_loop().create_future()
         )
-        self.waiting[msg_id] = (future, query)
+        self.waiting[msg_id] = (query, None, future)
         self.used = True
         try:
             self.writer.write(struct.pack("!H", len(packet)) + packet)
@@ -79,22 +79,12 @@ class _Connection:
         finally:
             self.closed = True
             self.writer.close()
-            for future, _ in self.waiting.values():
+            for _, _, future in self.waiting.values():
                 if not future.done():
                     future.set_exception(error)
 
     def _deliver(self, data: bytes) -> None:
-        try:
-            message = wire.walk(data)
-        except wire.WireError:
-            self.stats.forged += 1
-            return
-        waiter = self.waiting.get(message.msg_id)
-        if waiter is None or not wire.reply_matches(message, message.msg_id, waiter[1]):
-            self.stats.forged += 1
-            return
-        if not waiter[0].done():
-            waiter[0].set_result((data, message))
+        deliver(data, self.waiting, self.stats)
 
     async def aclose(self) -> None:
         self.task.cancel()

@@ -17,10 +17,7 @@ import random
 import socket
 
 from splitdns import wire
-from splitdns.upstream.transport import UpstreamStats
-
-#: (the query, its question as sent with 0x20 or None, the future its reply settles)
-Waiter = tuple[wire.Query, bytes | None, "asyncio.Future[tuple[bytes, wire.Message]]"]
+from splitdns.upstream.transport import UpstreamStats, deliver
 
 ROTATE_AFTER = 10_000  # queries a pooled socket (and its port) serves before it is replaced
 
@@ -55,23 +52,7 @@ class _Pooled:
             self._deliver(data)
 
     def _deliver(self, data: bytes) -> None:
-        try:
-            message = wire.walk(data)
-        except wire.WireError:
-            self.stats.forged += 1
-            return
-        waiter = self.waiting.get(message.msg_id)
-        if waiter is None:
-            self.stats.forged += 1
-            return
-        query, exact, future = waiter
-        if not wire.reply_matches(message, message.msg_id, query) or (
-            exact is not None and not wire.echoes_question(data, exact)
-        ):
-            self.stats.forged += 1
-            return
-        if not future.done():
-            future.set_result((data, message))
+        deliver(data, self.waiting, self.stats)
 
     def close(self) -> None:
         self.loop.remove_reader(self.sock.fileno())

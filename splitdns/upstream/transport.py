@@ -6,6 +6,7 @@ question) before handing a Reply up; the group (upstreamgroup) picks which upstr
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -81,3 +82,31 @@ class Transport(Protocol):
     async def aclose(self) -> None:
         """Close reused connections (on reload and shutdown)."""
         ...
+
+
+#: A query waiting on a shared connection: the query, its question as sent with 0x20 (or
+#: None), and the future its reply settles.
+Waiter = tuple[wire.Query, bytes | None, "asyncio.Future[tuple[bytes, wire.Message]]"]
+
+
+def deliver(data: bytes, waiting: dict[int, Waiter], stats: UpstreamStats) -> None:
+    """Hand a reply to the query waiting for its ID on a shared connection (DoT, the socket
+    pool) if it really answers that query: our question, our case with 0x20, no signature we
+    did not ask for. Anything else is counted as forged and dropped."""
+    try:
+        message = wire.walk(data)
+    except wire.WireError:
+        stats.forged += 1
+        return
+    waiter = waiting.get(message.msg_id)
+    if waiter is None:
+        stats.forged += 1
+        return
+    query, exact, future = waiter
+    if not wire.reply_matches(message, message.msg_id, query) or (
+        exact is not None and not wire.echoes_question(data, exact)
+    ):
+        stats.forged += 1
+        return
+    if not future.done():
+        future.set_result((data, message))
