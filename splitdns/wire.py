@@ -468,23 +468,27 @@ def parse_query(data: bytes) -> Query:
                 ext = struct.unpack_from("!I", data, record.ttl_offset)[0]
                 version = (ext >> 16) & 0xFF
                 do = bool(ext & 0x8000)
-                padded = _has_option(data, record, OPTION_PADDING)
-                ecs = _client_subnet(data, record)
+                padded, ecs = _client_options(data, record)
     except WireError as exc:
         raise HeaderOnlyError(str(exc), msg_id, flags) from exc
     return Query(msg_id, flags, question, edns, payload, do, version, signed, padded, ecs)
 
 
-def _client_subnet(data: bytes, opt: Record) -> tuple[int, int, bytes] | None:
-    """The ECS option's family, source prefix length and address octets, if present."""
+def _client_options(data: bytes, opt: Record) -> tuple[bool, tuple[int, int, bytes] | None]:
+    """One pass over a client's EDNS options: whether it padded (RFC 7830), and its Client
+    Subnet's family, source prefix length and address octets (the first well-formed one)."""
+    padded = False
+    ecs = None
     pos, end = opt.rdata_offset, opt.rdata_offset + opt.rdlength
     while pos + 4 <= end:
         code, length = struct.unpack_from("!HH", data, pos)
-        if code == OPTION_CLIENT_SUBNET and length >= 4 and pos + 4 + length <= end:
+        if code == OPTION_PADDING:
+            padded = True
+        elif code == OPTION_CLIENT_SUBNET and ecs is None and 4 <= length <= end - pos - 4:
             family, source, _scope = struct.unpack_from("!HBB", data, pos + 4)
-            return family, source, bytes(data[pos + 8 : pos + 4 + length])
+            ecs = (family, source, bytes(data[pos + 8 : pos + 4 + length]))
         pos += 4 + length
-    return None
+    return padded, ecs
 
 
 def ecs_client(ecs: tuple[int, int, bytes]) -> str | None:
@@ -495,15 +499,6 @@ def ecs_client(ecs: tuple[int, int, bytes]) -> str | None:
     if family == 2 and source == 128 and len(octets) == 16:
         return str(ipaddress.IPv6Address(octets))
     return None
-
-
-def _has_option(data: bytes, opt: Record, code: int) -> bool:
-    pos, end = opt.rdata_offset, opt.rdata_offset + opt.rdlength
-    while pos + 4 <= end:
-        if int.from_bytes(data[pos : pos + 2], "big") == code:
-            return True
-        pos += 4 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-    return False
 
 
 def pad(answer: bytes, block: int = PADDING_BLOCK) -> bytes:
