@@ -14,13 +14,13 @@ import functools
 import logging
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from splitdns.config.encrypted import EncryptedListener
 from splitdns.config.model import Config, Endpoint, IPNetwork
-from splitdns.serve import certs, proxyv2
+from splitdns.serve import certs
 from splitdns.serve.doh import DohApp, DohListener
-from splitdns.serve.metrics import Counts
 from splitdns.serve.ports import bind_problem
 
 
@@ -41,7 +41,9 @@ class Serving(Protocol):
 
     def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool: ...
 
-    counts: Counts
+    async def read_proxy_header(
+        self, read_exactly: Callable[[int], Awaitable[bytes]], host: str
+    ) -> str | None: ...
 
     async def respond(self, data: bytes, host: str, transport: str) -> bytes | None: ...
 
@@ -140,25 +142,13 @@ class EncryptedListeners:
         config = self.server.config
         conn.setblocking(False)
         if self.server.trusted(host, config.trusted_proxies):
-            try:
-                async with asyncio.timeout(config.tcp_idle_timeout):
-                    fixed = await _recv_exactly(loop, conn, proxyv2.FIXED)
-                    total = proxyv2.header_length(fixed)
-                    rest = await _recv_exactly(loop, conn, total - proxyv2.FIXED)
-                header = proxyv2.parse(fixed + rest)
-            except proxyv2.ProxyError:
-                self.server.counts.proxy["malformed"] += 1
+            named = await self.server.read_proxy_header(
+                functools.partial(_recv_exactly, loop, conn), host
+            )
+            if named is None:
                 conn.close()
                 return
-            except (TimeoutError, OSError, EOFError):
-                self.server.counts.proxy["missing"] += 1
-                conn.close()
-                return
-            if header.local or header.source is None:
-                self.server.counts.proxy["local"] += 1
-            else:
-                self.server.counts.proxy["ok"] += 1
-                host = header.source
+            host = named
         reader = asyncio.StreamReader(limit=2**16)
         protocol = asyncio.StreamReaderProtocol(reader)
         try:

@@ -12,7 +12,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any, Protocol, cast
 
@@ -406,11 +406,15 @@ class Server:
             self.counts.proxy[kind] += 1
             log.debug("PROXY header from %s %s: %s", host, kind, exc)
             return None
+        return data[header.length :], self.proxied_client(header, host)
+
+    def proxied_client(self, header: proxyv2.Header, host: str) -> str:
+        """The client a valid header names (counted); LOCAL: the proxy speaks for itself."""
         if header.local or header.source is None:
             self.counts.proxy["local"] += 1
-            return data[header.length :], host
+            return host
         self.counts.proxy["ok"] += 1
-        return data[header.length :], header.source
+        return header.source
 
     async def answer_udp(
         self, data: bytes, host: str, addr: tuple[Any, ...], transport: DatagramSender
@@ -449,7 +453,7 @@ class Server:
         host = client or peer[0]
         trusted = self.config.trusted_proxies and self.trusted(host, self.config.trusted_proxies)
         if client is None and trusted:
-            named = await self._stream_proxy_header(reader, host)
+            named = await self.read_proxy_header(reader.readexactly, host)
             if named is None:
                 writer.close()
                 return
@@ -488,25 +492,24 @@ class Server:
             self._tcp_writers.discard(writer)
             writer.close()
 
-    async def _stream_proxy_header(self, reader: asyncio.StreamReader, host: str) -> str | None:
-        """The client a trusted proxy's connection speaks for (its own address for LOCAL);
+    async def read_proxy_header(
+        self, read_exactly: Callable[[int], Awaitable[bytes]], host: str
+    ) -> str | None:
+        """The client a trusted proxy's stream speaks for (its own address for LOCAL), read
+        with `read_exactly` (a StreamReader's, or exact reads off a raw socket before TLS);
         None (counted) when the header is missing, malformed or slow."""
         try:
             async with asyncio.timeout(self.config.tcp_idle_timeout):
-                fixed = await reader.readexactly(proxyv2.FIXED)
+                fixed = await read_exactly(proxyv2.FIXED)
                 total = proxyv2.header_length(fixed)
-                header = proxyv2.parse(fixed + await reader.readexactly(total - proxyv2.FIXED))
+                header = proxyv2.parse(fixed + await read_exactly(total - proxyv2.FIXED))
         except proxyv2.ProxyError:
             self.counts.proxy["malformed"] += 1
             return None
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+        except (TimeoutError, EOFError, OSError):  # incl. IncompleteReadError, ConnectionError
             self.counts.proxy["missing"] += 1
             return None
-        if header.local or header.source is None:
-            self.counts.proxy["local"] += 1
-            return host
-        self.counts.proxy["ok"] += 1
-        return header.source
+        return self.proxied_client(header, host)
 
     def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]:
         """(limited, what to send instead): REFUSED or nothing, per `rate_limit.action`."""
