@@ -9,26 +9,22 @@ import pytest
 
 from tests.support.fakeupstream import FakeUpstream
 from tests.support.servers import NSD
+from tests.support.zones import example_zone
 
-TEST_ZONE = """\
-$ORIGIN example.test.
-$TTL 300
-@       SOA  ns1 hostmaster 1 3600 600 86400 60
-@       NS   ns1
-ns1     A    198.51.100.53
-@       A    203.0.113.1
-www     A    203.0.113.1
-alias   CNAME www
-chain   CNAME alias
-mail    A    203.0.113.1
-host5   A    203.0.113.5
-outside A    198.51.100.7
-two     A    203.0.113.1
-two     A    198.51.100.9
-v6      AAAA 2001:db8:1::10
-dual    A    203.0.113.1
-dual    AAAA 2001:db8:ffff::1
-"""
+TEST_ZONE = example_zone(
+    "@       A    203.0.113.1",
+    "www     A    203.0.113.1",
+    "alias   CNAME www",
+    "chain   CNAME alias",
+    "mail    A    203.0.113.1",
+    "host5   A    203.0.113.5",
+    "outside A    198.51.100.7",
+    "two     A    203.0.113.1",
+    "two     A    198.51.100.9",
+    "v6      AAAA 2001:db8:1::10",
+    "dual    A    203.0.113.1",
+    "dual    AAAA 2001:db8:ffff::1",
+)
 
 
 def big_zone_lines() -> str:
