@@ -15,69 +15,8 @@ import time
 
 from splitdns import wire
 from splitdns.config.upstreams import UpstreamSpec
-from splitdns.upstream.socketpool import SocketPool
-from splitdns.upstream.transport import Reply, UpstreamStats
-
-
-class _ReplyCatcher(asyncio.DatagramProtocol):
-    """Waits for the one datagram that is really our answer."""
-
-    def __init__(
-        self,
-        source: tuple[str, int],
-        msg_id: int,
-        query: wire.Query,
-        stats: UpstreamStats,
-        exact: bytes | None = None,
-    ) -> None:
-        self.source = source
-        self.msg_id = msg_id
-        self.query = query
-        self.stats = stats
-        self.exact = exact  # with 0x20: the mixed-case question the reply must echo
-        self.future: asyncio.Future[tuple[bytes, wire.Message]] = (
-            asyncio.get_running_loop().create_future()
-        )
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        if self.future.done():
-            return
-        try:
-            same_source = addr[0] == self.source[0] and addr[1] == self.source[1]
-            message = wire.walk(data) if same_source else None
-        except wire.WireError:
-            message = None
-        if (
-            message is None
-            or not wire.reply_matches(message, self.msg_id, self.query)
-            or (self.exact is not None and not wire.echoes_question(data, self.exact))
-        ):
-            self.stats.forged += 1
-            return
-        self.future.set_result((data, message))
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable and friends: fail this upstream now instead of at the timeout.
-        if not self.future.done():
-            self.future.set_exception(exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc or ConnectionError("socket closed"))
-
-
-def _drain(sock: socket.socket, catcher: _ReplyCatcher) -> None:
-    """Every datagram waiting on the connected socket goes to the catcher (forgeries are
-    counted and ignored there); a socket error (ICMP unreachable) fails the exchange now."""
-    while not catcher.future.done():
-        try:
-            data = sock.recv(65535)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            catcher.error_received(exc)
-            return
-        catcher.datagram_received(data, catcher.source)
+from splitdns.upstream.socketpool import SocketPool, drain
+from splitdns.upstream.transport import Reply, UpstreamStats, Waiter
 
 
 def restore_case(
@@ -132,13 +71,14 @@ class PlainDNS:
             raise
         # A bare socket with a reader callback: no transport object per query (the miss
         # path's socket setup and teardown was 14 us of its 174 us).
-        catcher = _ReplyCatcher(self._address, msg_id, query, self.stats, exact)
+        future: asyncio.Future[tuple[bytes, wire.Message]] = loop.create_future()
+        waiting: dict[int, Waiter] = {msg_id: (query, exact, future)}
         fd = sock.fileno()
-        loop.add_reader(fd, _drain, sock, catcher)
+        loop.add_reader(fd, drain, sock, waiting, self.stats)
         try:
             sock.send(packet)
             async with asyncio.timeout(timeout):
-                data, message = await catcher.future
+                data, message = await future
         finally:
             loop.remove_reader(fd)
             sock.close()

@@ -17,9 +17,26 @@ import random
 import socket
 
 from splitdns import wire
-from splitdns.upstream.transport import UpstreamStats, deliver
+from splitdns.upstream.transport import UpstreamStats, Waiter, deliver
 
 ROTATE_AFTER = 10_000  # queries a pooled socket (and its port) serves before it is replaced
+
+
+def drain(sock: socket.socket, waiting: dict[int, Waiter], stats: UpstreamStats) -> None:
+    """Every datagram waiting on a connected socket goes to the query it answers (forgeries
+    are counted and dropped); a socket error (ICMP unreachable) fails what waits on it now.
+    A fresh per-query socket is the one-query case of a pooled one."""
+    while True:
+        try:
+            data = sock.recv(65535)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            for _, _, future in list(waiting.values()):
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        deliver(data, waiting, stats)
 
 
 class _Pooled:
@@ -32,27 +49,9 @@ class _Pooled:
         self.stats = stats
         self.used = 0
         self.retiring = False
-        self.waiting: dict[
-            int, tuple[wire.Query, bytes | None, asyncio.Future[tuple[bytes, wire.Message]]]
-        ] = {}
+        self.waiting: dict[int, Waiter] = {}
         self.loop = asyncio.get_running_loop()
-        self.loop.add_reader(self.sock.fileno(), self._readable)
-
-    def _readable(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65535)
-            except BlockingIOError:
-                return
-            except OSError as exc:  # ICMP unreachable: fails what waits, the socket stays
-                for _, _, future in list(self.waiting.values()):
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-            self._deliver(data)
-
-    def _deliver(self, data: bytes) -> None:
-        deliver(data, self.waiting, self.stats)
+        self.loop.add_reader(self.sock.fileno(), drain, self.sock, self.waiting, stats)
 
     def close(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
