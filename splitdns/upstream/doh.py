@@ -21,7 +21,14 @@ from splitdns import wire
 from splitdns.config.upstreams import UpstreamSpec
 from splitdns.upstream.bootstrap import Bootstrap
 from splitdns.upstream.dot import tls_context
-from splitdns.upstream.transport import Reply, TransportError, UpstreamStats
+from splitdns.upstream.transport import (
+    Attempt,
+    OnDone,
+    Reply,
+    TransportError,
+    UpstreamStats,
+    begin_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +83,9 @@ class DnsOverHttps:
             keepalive_expiry=KEEPALIVE,
             network_backend=_BootstrappedBackend(bootstrap),
         )
+
+    def begin(self, query: wire.Query, timeout: float, on_done: OnDone) -> Attempt:
+        return begin_task(self.exchange(query, timeout), on_done)
 
     async def exchange(self, query: wire.Query, timeout: float) -> Reply:
         _, packet = wire.make_upstream_query(query, 0)

@@ -19,7 +19,16 @@ import struct
 from splitdns import wire
 from splitdns.config.upstreams import UpstreamSpec
 from splitdns.upstream.bootstrap import Bootstrap
-from splitdns.upstream.transport import Reply, TransportError, UpstreamStats, Waiter, deliver
+from splitdns.upstream.transport import (
+    Attempt,
+    OnDone,
+    Reply,
+    TransportError,
+    UpstreamStats,
+    Waiter,
+    begin_task,
+    deliver,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +114,9 @@ class DnsOverTls:
         self.context = tls_context(ca_file)
         self._conn: _Connection | None = None
         self._connecting: asyncio.Lock | None = None
+
+    def begin(self, query: wire.Query, timeout: float, on_done: OnDone) -> Attempt:
+        return begin_task(self.exchange(query, timeout), on_done)
 
     async def exchange(self, query: wire.Query, timeout: float) -> Reply:
         async with asyncio.timeout(timeout):

@@ -15,6 +15,7 @@ asks the first `parallel_width` at once and takes the first usable reply.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 import time
@@ -23,6 +24,8 @@ from collections.abc import Sequence
 from splitdns import wire
 from splitdns.upstream.health import Health
 from splitdns.upstream.transport import (
+    Attempt,
+    OnDone,
     Reply,
     Transport,
     TransportError,
@@ -82,64 +85,33 @@ class UpstreamGroup:
         down.sort(key=lambda m: m.health.down_until or 0.0)
         return up + down
 
+    def ask(self, query: wire.Query, on_done: OnDone) -> Resolution:
+        """Start resolving `query`; `on_done` hears the first usable reply, or UpstreamFailure
+        no later than the deadline. Plain calls and callbacks: no task, one timer."""
+        return Resolution(self, query, on_done)
+
     async def resolve(self, query: wire.Query) -> Reply:
         """The first usable reply; UpstreamFailure when none arrives before the deadline."""
-        if not self.members:
-            raise UpstreamFailure("no upstream servers configured")
-        self._start_due_probes()
-        deadline = time.monotonic() + self.timeout
-        waiting = self.order()
-        if any(m.health.up for m in waiting):
-            # Out-of-rotation upstreams are a last resort only when none is healthy.
-            waiting = [m for m in waiting if m.health.up]
-        running: dict[asyncio.Task[Reply], tuple[Member, float, float]] = {}
-        problems: list[str] = []
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
 
-        def start(count: int) -> None:
-            for _ in range(min(count, len(waiting))):
-                member = waiting.pop(0)
-                began = time.monotonic()
-                remaining = deadline - began
-                task = asyncio.ensure_future(member.transport.exchange(query, remaining))
-                hedge_at = began + min(member.health.attempt_timeout(), remaining)
-                running[task] = (member, began, hedge_at)
+        def settle(reply: Reply | None, exc: BaseException | None) -> None:
+            if future.done():
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            elif reply is not None:
+                future.set_result(reply)
 
-        start(self.width)
+        resolution = self.ask(query, settle)
         try:
-            while running:
-                now = time.monotonic()
-                next_hedge = min(h for _, _, h in running.values()) if waiting else deadline
-                wake = min(deadline, max(next_hedge, now))
-                done, _ = await asyncio.wait(
-                    running, timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED
-                )
-                for task in done:
-                    member, began, _ = running.pop(task)
-                    reply = self._settle(task, member, began, problems, query.rd)
-                    if reply is not None:
-                        return reply
-                    start(1)  # a failure frees its slot at once
-                now = time.monotonic()
-                if now >= deadline:
-                    break
-                if waiting and not done and now >= next_hedge:
-                    # Hedge: the slowest-to-answer keeps its chance, the next one is asked too.
-                    for task, (member, began, hedge_at) in list(running.items()):
-                        if hedge_at <= now:
-                            running[task] = (member, began, deadline)
-                    start(1)
+            return await future
         finally:
-            for task, (member, began, hedge_at) in running.items():
-                task.cancel()
-                # Still silent after its attempt time while another won (or time ran out).
-                if time.monotonic() >= hedge_at or hedge_at == deadline:
-                    self._failed(member, "timeout")
-                    problems.append(f"{member.name}: no reply in {time.monotonic() - began:.2f} s")
-        raise UpstreamFailure("; ".join(problems) or "deadline passed")
+            resolution.abandon()  # a no-op once settled; frees everything if we were cancelled
 
     def _settle(
         self,
-        task: asyncio.Task[Reply],
+        reply: Reply | None,
+        error: BaseException | None,
         member: Member,
         began: float,
         problems: list[str],
@@ -148,21 +120,21 @@ class UpstreamGroup:
         """Record how one exchange ended; the reply if it is usable.
 
         A REFUSED to a non-recursive question (RD=0) is the upstream's honest answer, not a
-        fault: it is passed on and says nothing about the upstream's health.
+        fault: it is passed on and says nothing about the upstream's health. An error of no
+        known kind is raised again: it is a bug, for the server's error boundary to log.
         """
-        try:
-            reply = task.result()
-        except TimeoutError:
-            self._failed(member, "timeout")
-            problems.append(f"{member.name}: timeout")
-            return None
-        except TransportError as exc:
-            self._failed(member, exc.kind)
-            problems.append(f"{member.name}: {exc}")
-            return None
-        except (OSError, EOFError, asyncio.IncompleteReadError, struct.error) as exc:
-            self._failed(member, "network")
-            problems.append(f"{member.name}: {exc or type(exc).__name__}")
+        if error is not None or reply is None:
+            if isinstance(error, TimeoutError):
+                self._failed(member, "timeout")
+                problems.append(f"{member.name}: timeout")
+            elif isinstance(error, TransportError):
+                self._failed(member, error.kind)
+                problems.append(f"{member.name}: {error}")
+            elif isinstance(error, OSError | EOFError | struct.error):
+                self._failed(member, "network")
+                problems.append(f"{member.name}: {error or type(error).__name__}")
+            else:
+                raise error or RuntimeError("an exchange ended with neither reply nor error")
             return None
         elapsed = time.monotonic() - began
         self.stats.observe(member.name, elapsed)
@@ -215,3 +187,159 @@ class UpstreamGroup:
     def cancel_probes(self) -> None:
         for task in list(self._probes):
             task.cancel()
+
+
+class _Running:
+    """One upstream asked for one question: when it was asked, when it is due to be hedged."""
+
+    __slots__ = ("attempt", "began", "hedge_at", "member")
+
+    def __init__(self, member: Member, began: float, hedge_at: float) -> None:
+        self.member = member
+        self.began = began
+        self.hedge_at = hedge_at
+        self.attempt: Attempt | None = None
+
+
+class Resolution:
+    """One question's way through a group, driven by callbacks and one timer.
+
+    Attempts report to `_answered`; the timer wakes at the next hedge or at the deadline.
+    The first usable reply ends it; so does the deadline, or running out of upstreams. Either
+    way `on_done` is called exactly once (unless the asker abandons it first).
+    """
+
+    __slots__ = (
+        "deadline",
+        "finished",
+        "group",
+        "on_done",
+        "problems",
+        "query",
+        "running",
+        "timer",
+        "waiting",
+    )
+
+    def __init__(self, group: UpstreamGroup, query: wire.Query, on_done: OnDone) -> None:
+        self.group = group
+        self.query = query
+        self.on_done = on_done
+        self.running: list[_Running] = []
+        self.problems: list[str] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.finished = False
+        if not group.members:
+            self.waiting: list[Member] = []
+            self.deadline = time.monotonic()
+            self._later(UpstreamFailure("no upstream servers configured"))
+            return
+        group._start_due_probes()
+        self.deadline = time.monotonic() + group.timeout
+        waiting = group.order()
+        if len(waiting) > 1 and any(m.health.up for m in waiting):
+            # Out-of-rotation upstreams are a last resort only when none is healthy.
+            waiting = [m for m in waiting if m.health.up]
+        self.waiting = waiting
+        self._start(group.width)
+        if not self.running:  # every one failed at once
+            self._later(UpstreamFailure("; ".join(self.problems) or "no upstream could be asked"))
+            return
+        self._next_wake()
+
+    def _later(self, failure: UpstreamFailure) -> None:
+        """Fail from a loop callback, never from inside ask() (callers expect that)."""
+        self.finished = True
+        asyncio.get_running_loop().call_soon(self.on_done, None, failure)
+
+    def _start(self, count: int) -> None:
+        while count > 0 and self.waiting:
+            member = self.waiting.pop(0)
+            began = time.monotonic()
+            remaining = self.deadline - began
+            running = _Running(
+                member, began, began + min(member.health.attempt_timeout(), remaining)
+            )
+            try:
+                running.attempt = member.transport.begin(
+                    self.query, remaining, functools.partial(self._answered, running)
+                )
+            except OSError as exc:  # no socket, no route: this one failed at once
+                self.group._settle(None, exc, member, began, self.problems)
+                continue
+            self.running.append(running)
+            count -= 1
+
+    def _answered(
+        self, running: _Running, reply: Reply | None, error: BaseException | None
+    ) -> None:
+        if self.finished:
+            return
+        self.running.remove(running)
+        try:
+            usable = self.group._settle(
+                reply, error, running.member, running.began, self.problems, self.query.rd
+            )
+        except Exception as exc:  # an unknown failure: the asker's error boundary logs it
+            self._finish(None, exc)
+            return
+        if usable is not None:
+            self._finish(usable, None)
+            return
+        self._start(1)  # a failure frees its slot at once
+        if not self.running:
+            self._finish(None, None)
+            return
+        self._next_wake()
+
+    def _next_wake(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        wake = self.deadline
+        if self.waiting and self.running:
+            wake = min(wake, min(r.hedge_at for r in self.running))
+        delay = max(0.0, wake - time.monotonic())
+        self.timer = asyncio.get_running_loop().call_later(delay, self._wake)
+
+    def _wake(self) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        now = time.monotonic()
+        if now >= self.deadline:
+            self._finish(None, None)
+            return
+        if self.waiting and any(r.hedge_at <= now for r in self.running):
+            # Hedge: the slowest-to-answer keeps its chance, the next one is asked too.
+            for r in self.running:
+                if r.hedge_at <= now:
+                    r.hedge_at = self.deadline
+            self._start(1)
+        self._next_wake()
+
+    def _finish(self, reply: Reply | None, error: BaseException | None) -> None:
+        """The end: a reply, a bug's exception, or (neither) UpstreamFailure naming why."""
+        self._stop_all(count_timeouts=True)
+        if error is None and reply is None:
+            error = UpstreamFailure("; ".join(self.problems) or "deadline passed")
+        self.on_done(reply, error)
+
+    def _stop_all(self, count_timeouts: bool) -> None:
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        now = time.monotonic()
+        for r in self.running:
+            if r.attempt is not None:
+                r.attempt.cancel()
+            # Still silent after its attempt time while another won (or time ran out).
+            if count_timeouts and (now >= r.hedge_at or r.hedge_at == self.deadline):
+                self.group._failed(r.member, "timeout")
+                self.problems.append(f"{r.member.name}: no reply in {now - r.began:.2f} s")
+        self.running.clear()
+
+    def abandon(self) -> None:
+        """The asker stopped listening (cancelled): free sockets and the timer, blame no one."""
+        if not self.finished:
+            self._stop_all(count_timeouts=False)

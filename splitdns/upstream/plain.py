@@ -15,8 +15,16 @@ import time
 
 from splitdns import wire
 from splitdns.config.upstreams import UpstreamSpec
-from splitdns.upstream.socketpool import SocketPool, drain
-from splitdns.upstream.transport import Reply, UpstreamStats, Waiter
+from splitdns.upstream.socketpool import Pooled, SocketPool, drain
+from splitdns.upstream.transport import (
+    Attempt,
+    OnDone,
+    Reply,
+    UpstreamStats,
+    Waiter,
+    begin_task,
+    exchange_via,
+)
 
 
 def restore_case(
@@ -40,51 +48,17 @@ class PlainDNS:
         self.mix_case = mix_case
         self.name = str(spec)
         self.stats = stats
-        self._address = (spec.host, spec.port)  # normalised the way the kernel prints it
-        self._family = socket.AF_INET6 if spec.family_v6 else socket.AF_INET
-        self.pool = SocketPool(self._address, self._family, pool, stats) if pool else None
+        self.address = (spec.host, spec.port)  # normalised the way the kernel prints it
+        self.family = socket.AF_INET6 if spec.family_v6 else socket.AF_INET
+        self.pool = SocketPool(self.address, self.family, pool, stats) if pool else None
+
+    def begin(self, query: wire.Query, timeout: float, on_done: OnDone) -> Attempt:
+        """A UDP exchange settled by the socket's reader callback (no task, future or timer:
+        the group's deadline ends it); a truncated reply continues over TCP."""
+        return _UdpAttempt(self, query, timeout, on_done)
 
     async def exchange(self, query: wire.Query, timeout: float) -> Reply:
-        deadline = time.monotonic() + timeout
-        reply = await self.udp(query, timeout)
-        if reply.message.flags & wire.TC:
-            reply = await self.tcp(query, max(0.05, deadline - time.monotonic()))
-        return reply
-
-    async def udp(self, query: wire.Query, timeout: float) -> Reply:
-        if self.pool is not None:
-            data, message, exact = await self.pool.exchange(query, timeout, self.mix_case)
-            if exact is not None:
-                data, message = restore_case(data, message, query)
-            return Reply(data, message, self.name, "udp")
-        msg_id, packet = wire.make_upstream_query(query, mix_case=self.mix_case)
-        exact = wire.sent_question(packet, query) if self.mix_case else None
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(self._family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            # connect() binds a random ephemeral port and makes the kernel drop datagrams
-            # from other sources (and report ICMP errors on this socket).
-            sock.connect((self.endpoint.host, self.endpoint.port))
-        except OSError:
-            sock.close()
-            raise
-        # A bare socket with a reader callback: no transport object per query (the miss
-        # path's socket setup and teardown was 14 us of its 174 us).
-        future: asyncio.Future[tuple[bytes, wire.Message]] = loop.create_future()
-        waiting: dict[int, Waiter] = {msg_id: (query, exact, future)}
-        fd = sock.fileno()
-        loop.add_reader(fd, drain, sock, waiting, self.stats)
-        try:
-            sock.send(packet)
-            async with asyncio.timeout(timeout):
-                data, message = await future
-        finally:
-            loop.remove_reader(fd)
-            sock.close()
-        if exact is not None:
-            data, message = restore_case(data, message, query)
-        return Reply(data, message, self.name, "udp")
+        return await exchange_via(self, query, timeout)
 
     async def tcp(self, query: wire.Query, timeout: float) -> Reply:
         msg_id, packet = wire.make_upstream_query(query, mix_case=self.mix_case)
@@ -116,3 +90,102 @@ class PlainDNS:
         """The socket pool, when there is one; otherwise nothing is kept between queries."""
         if self.pool is not None:
             self.pool.close()
+
+
+class _UdpAttempt:
+    """One UDP question in flight, on a fresh connected socket or a pooled one.
+
+    It is its own reply sink: the reader callback (`drain`) hands it a matched reply, and it
+    tells `on_done`. One object per query, where a coroutine, a task, a future and a timeout
+    used to be (the group's one timer covers the deadline).
+    """
+
+    __slots__ = (
+        "deadline",
+        "exact",
+        "finished",
+        "msg_id",
+        "on_done",
+        "owner",
+        "pooled",
+        "query",
+        "sock",
+        "tcp",
+    )
+
+    def __init__(self, owner: PlainDNS, query: wire.Query, timeout: float, on_done: OnDone):
+        self.owner = owner
+        self.query = query
+        self.on_done = on_done
+        self.deadline = time.monotonic() + timeout
+        self.finished = False
+        self.tcp: Attempt | None = None
+        loop = asyncio.get_running_loop()
+        pool = owner.pool
+        self.sock: socket.socket | None = None
+        self.pooled: Pooled | None = None
+        if pool is not None:
+            self.pooled, msg_id = pool.checkout()
+            self.msg_id, packet = wire.make_upstream_query(query, msg_id, owner.mix_case)
+            self.exact = wire.sent_question(packet, query) if owner.mix_case else None
+            self.pooled.waiting[msg_id] = (query, self.exact, self)
+            try:
+                self.pooled.sock.send(packet)
+            except OSError:
+                self.cancel()
+                raise
+            return
+        self.msg_id, packet = wire.make_upstream_query(query, mix_case=owner.mix_case)
+        self.exact = wire.sent_question(packet, query) if owner.mix_case else None
+        self.sock = sock = socket.socket(owner.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            # connect() binds a random ephemeral port and makes the kernel drop datagrams
+            # from other sources (and report ICMP errors on this socket).
+            sock.connect(owner.address)
+            waiting: dict[int, Waiter] = {self.msg_id: (query, self.exact, self)}
+            loop.add_reader(sock.fileno(), drain, sock, waiting, owner.stats)
+            sock.send(packet)
+        except OSError:
+            self.cancel()
+            raise
+
+    def done(self) -> bool:
+        return self.finished or self.tcp is not None
+
+    def set_result(self, result: tuple[bytes, wire.Message], /) -> None:
+        if self.done():
+            return
+        self._release()
+        data, message = result
+        if message.flags & wire.TC:
+            remaining = max(0.05, self.deadline - time.monotonic())
+            self.tcp = begin_task(self.owner.tcp(self.query, remaining), self.on_done)
+            return
+        self.finished = True
+        if self.exact is not None:
+            data, message = restore_case(data, message, self.query)
+        self.on_done(Reply(data, message, self.owner.name, "udp"), None)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        if not self.done():
+            self._release()
+            self.finished = True
+            self.on_done(None, exception)
+
+    def cancel(self) -> None:
+        """Stop listening: the socket (or pooled ID) is freed and on_done is never called."""
+        if self.tcp is not None:
+            self.tcp.cancel()
+        elif not self.finished:
+            self._release()
+        self.finished = True
+
+    def _release(self) -> None:
+        if self.pooled is not None:
+            SocketPool.release(self.pooled, self.msg_id)
+            self.pooled = None
+        elif self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None

@@ -26,7 +26,7 @@ def drain(sock: socket.socket, waiting: dict[int, Waiter], stats: UpstreamStats)
     """Every datagram waiting on a connected socket goes to the query it answers (forgeries
     are counted and dropped); a socket error (ICMP unreachable) fails what waits on it now.
     A fresh per-query socket is the one-query case of a pooled one."""
-    while True:
+    while sock.fileno() >= 0:  # a delivery may have closed it (a per-query socket's end)
         try:
             data = sock.recv(65535)
         except BlockingIOError:
@@ -39,7 +39,7 @@ def drain(sock: socket.socket, waiting: dict[int, Waiter], stats: UpstreamStats)
         deliver(data, waiting, stats)
 
 
-class _Pooled:
+class Pooled:
     """One connected socket, its reader callback, and the queries waiting on it."""
 
     def __init__(self, address: tuple[str, int], family: int, stats: UpstreamStats) -> None:
@@ -68,40 +68,34 @@ class SocketPool:
         self.family = family
         self.size = size
         self.stats = stats
-        self.sockets: list[_Pooled] = []
+        self.sockets: list[Pooled] = []
         self._rng = random.SystemRandom()
 
-    def _pick(self) -> _Pooled:
+    def _pick(self) -> Pooled:
         while len(self.sockets) < self.size:
-            self.sockets.append(_Pooled(self.address, self.family, self.stats))
+            self.sockets.append(Pooled(self.address, self.family, self.stats))
         index = self._rng.randrange(len(self.sockets))
         chosen = self.sockets[index]
         chosen.used += 1
         if chosen.used >= ROTATE_AFTER:  # a new port; the old socket closes once drained
             chosen.retiring = True
-            self.sockets[index] = _Pooled(self.address, self.family, self.stats)
+            self.sockets[index] = Pooled(self.address, self.family, self.stats)
         return chosen
 
-    async def exchange(
-        self, query: wire.Query, timeout: float, mix_case: bool
-    ) -> tuple[bytes, wire.Message, bytes | None]:
+    def checkout(self) -> tuple[Pooled, int]:
+        """A pooled socket and an ID free on it; the caller registers its waiter under the ID
+        and gives both back with `release`."""
         pooled = self._pick()
         msg_id = wire.random_id()
         while msg_id in pooled.waiting:
             msg_id = wire.random_id()
-        msg_id, packet = wire.make_upstream_query(query, msg_id, mix_case=mix_case)
-        exact = wire.sent_question(packet, query) if mix_case else None
-        future: asyncio.Future[tuple[bytes, wire.Message]] = pooled.loop.create_future()
-        pooled.waiting[msg_id] = (query, exact, future)
-        try:
-            pooled.sock.send(packet)
-            async with asyncio.timeout(timeout):
-                data, message = await future
-        finally:
-            del pooled.waiting[msg_id]
-            if pooled.retiring and not pooled.waiting:
-                pooled.close()
-        return data, message, exact
+        return pooled, msg_id
+
+    @staticmethod
+    def release(pooled: Pooled, msg_id: int) -> None:
+        del pooled.waiting[msg_id]
+        if pooled.retiring and not pooled.waiting:
+            pooled.close()
 
     def close(self) -> None:
         for pooled in self.sockets:

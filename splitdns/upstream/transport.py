@@ -7,8 +7,9 @@ question) before handing a Reply up; the group (upstreamgroup) picks which upstr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from splitdns import wire
 
@@ -70,10 +71,26 @@ class TransportError(OSError):
         self.kind = kind
 
 
+#: How an exchange ends: exactly one of (reply, None) or (None, the exception), called once,
+#: never from inside `begin` itself (always from a later loop callback).
+OnDone = Callable[[Reply | None, BaseException | None], None]
+
+
+class Attempt(Protocol):
+    """An exchange in flight; cancelling it frees its socket (or task) and silences `on_done`."""
+
+    def cancel(self) -> Any: ...
+
+
 class Transport(Protocol):
     """One way of asking one upstream: plain DNS, DNS over TLS or DNS over HTTPS."""
 
     name: str
+
+    def begin(self, query: wire.Query, timeout: float, on_done: OnDone) -> Attempt:
+        """Start an exchange whose end `on_done` hears; no task needed (plain UDP has none).
+        May raise OSError at once (no socket, no route): nothing was started then."""
+        ...
 
     async def exchange(self, query: wire.Query, timeout: float) -> Reply:
         """A validated reply within `timeout`, or an exception (TimeoutError, OSError...)."""
@@ -84,9 +101,56 @@ class Transport(Protocol):
         ...
 
 
-#: A query waiting on a shared connection: the query, its question as sent with 0x20 (or
-#: None), and the future its reply settles.
-Waiter = tuple[wire.Query, bytes | None, "asyncio.Future[tuple[bytes, wire.Message]]"]
+def begin_task(exchange: Coroutine[Any, Any, Reply], on_done: OnDone) -> Attempt:
+    """`begin` for transports written as coroutines (DoT, DoH): a task reporting to on_done."""
+    task = asyncio.ensure_future(exchange)
+
+    def report(task: asyncio.Task[Reply]) -> None:
+        if task.cancelled():
+            return  # cancelled by its owner, who no longer listens
+        exc = task.exception()
+        if exc is not None:
+            on_done(None, exc)
+        else:
+            on_done(task.result(), None)
+
+    task.add_done_callback(report)
+    return task
+
+
+async def exchange_via(transport: Transport, query: wire.Query, timeout: float) -> Reply:
+    """`exchange` for transports whose native form is `begin` (one implementation of both)."""
+    future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+    def settle(reply: Reply | None, exc: BaseException | None) -> None:
+        if future.done():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        elif reply is not None:
+            future.set_result(reply)
+
+    attempt = transport.begin(query, timeout, settle)
+    try:
+        async with asyncio.timeout(timeout):
+            return await future
+    finally:
+        attempt.cancel()
+
+
+class Sink(Protocol):
+    """Where a matched reply goes: an asyncio.Future, or an object settling without one."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: tuple[bytes, wire.Message], /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+#: A query waiting on a connection: the query, its question as sent with 0x20 (or None), and
+#: the sink its reply settles.
+Waiter = tuple[wire.Query, bytes | None, Sink]
 
 
 def deliver(data: bytes, waiting: dict[int, Waiter], stats: UpstreamStats) -> None:

@@ -22,7 +22,15 @@ from splitdns.upstream.health import (
     UNKNOWN_ATTEMPT,
     Health,
 )
-from splitdns.upstream.transport import Reply, TransportError, UpstreamFailure, UpstreamStats
+from splitdns.upstream.transport import (
+    Attempt,
+    OnDone,
+    Reply,
+    TransportError,
+    UpstreamFailure,
+    UpstreamStats,
+    begin_task,
+)
 
 # --------------------------------------------------------------------------- specs
 
@@ -268,6 +276,9 @@ class Scripted:
     calls: int = 0
     cancelled: int = 0
     log: list[float] = field(default_factory=list)
+
+    def begin(self, query: wire.Query, timeout: float, on_done: OnDone) -> Attempt:
+        return begin_task(self.exchange(query, timeout), on_done)
 
     async def exchange(self, query: wire.Query, timeout: float) -> Reply:
         self.calls += 1
