@@ -1,19 +1,24 @@
 """The handler chain: every query walks these links in one direction.
 
-Each link is a small object with `async __call__(request) -> Response` that either answers or
-calls the next link and looks at what comes back. `build_chain` is the one place that orders
-them, with the reason for each position. Responses are *bare* messages (no OPT, any ID); the
-server finalises them for the client (ID, question case, EDNS, truncation).
+Each link either answers (`before`) or lets the query pass and then looks at what comes back
+(`after`). `build_chain` is the one place that orders them, with the reason for each position.
+The chain runs two ways over the same links: awaited (`await pipeline.handler(request)`, for
+TCP, DoT, DoH and tools) and flat (`pipeline.walk(request, done)`, for UDP): plain calls down,
+one callback from the upstream, plain calls back up. No coroutine, task or future per query,
+which was half of a miss's CPU. Responses are *bare* messages (no OPT, any ID); the server
+finalises them for the client (ID, question case, EDNS, truncation).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from splitdns import wire
 from splitdns.answer import ddr, localanswers, rewrite, svcb
@@ -23,7 +28,7 @@ from splitdns.answer.views import is_allowed, select_view
 from splitdns.config.model import Config, IPAddress, View
 from splitdns.config.upstreams import Forwarding, local_reverse_zone
 from splitdns.upstream.forwarder import Forwarder
-from splitdns.upstream.transport import UpstreamFailure, UpstreamStats
+from splitdns.upstream.transport import OnDone, Reply, UpstreamFailure, UpstreamStats
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,8 @@ class Request:
     client: IPAddress
     transport: str
     view: View | None = None
+    started: float = 0.0  # time.monotonic() when it arrived, for the query log
+    leader: asyncio.Future[Response] | None = None  # set while it leads identical questions
 
 
 @dataclass(slots=True)
@@ -66,34 +73,69 @@ class Response:
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+#: What `before` returns when this query needs the awaited form of the link (it waits for
+#: more than one answer): the flat walk then awaits the link itself, in a task.
+TAKE_CHAIN = Response(b"", Outcome.SERVFAIL)
 
-class RefuseOutsiders:
+CLIENT_MEMO_SIZE = 4096  # per-address decisions remembered (a LAN has few clients)
+
+
+class Link:
+    """One step of the chain; see the module docstring for the two ways it runs."""
+
+    next: Handler
+
+    def before(self, req: Request) -> Response | None:
+        """An answer ends the way down (links above still see it in `after`); None passes."""
+        return None
+
+    def after(self, req: Request, resp: Response) -> Response:
+        """What comes back up from the links below, changed or not."""
+        return resp
+
+    def abort(self, req: Request, exc: BaseException) -> None:
+        """Something below failed unexpectedly: undo what `before` registered."""
+
+    async def __call__(self, req: Request) -> Response:
+        resp = self.before(req)
+        if resp is not None:
+            return resp
+        return self.after(req, await self.next(req))
+
+
+class RefuseOutsiders(Link):
     """Clients outside `allow` get REFUSED: splitdns is never an open resolver."""
 
     def __init__(self, config: Config, next_link: Handler) -> None:
         self.allow = config.allow
         self.next = next_link
+        self._allowed: dict[IPAddress, bool] = {}  # is_allowed per client, decided once
 
-    async def __call__(self, req: Request) -> Response:
-        if not is_allowed(self.allow, req.client):
+    def before(self, req: Request) -> Response | None:
+        allowed = self._allowed.get(req.client)
+        if allowed is None:
+            if len(self._allowed) >= CLIENT_MEMO_SIZE:
+                self._allowed.clear()
+            allowed = self._allowed[req.client] = is_allowed(self.allow, req.client)
+        if not allowed:
             return Response(wire.make_error(req.query, wire.REFUSED), Outcome.REFUSED)
-        return await self.next(req)
+        return None
 
 
-class RefuseUnsupported:
+class RefuseUnsupported(Link):
     """Zone transfers and non-IN classes are not a forwarder's business (and CH leaks versions)."""
 
     def __init__(self, next_link: Handler) -> None:
         self.next = next_link
 
-    async def __call__(self, req: Request) -> Response:
+    def before(self, req: Request) -> Response | None:
         q = req.query.question
         if q.qclass != wire.CLASS_IN or q.qtype in (wire.TYPE_AXFR, wire.TYPE_IXFR):
             return Response(wire.make_error(req.query, wire.REFUSED), Outcome.REFUSED)
-        return await self.next(req)
+        return None
 
 
-class RelaySigned:
+class RelaySigned(Link):
     """TSIG- and SIG(0)-signed queries go upstream unchanged and their answers come back
     unchanged (RFC 8945 §5.5: a forwarder without the key forwards the message as it is).
 
@@ -104,6 +146,9 @@ class RelaySigned:
     def __init__(self, upstreams: Forwarder, next_link: Handler) -> None:
         self.upstreams = upstreams
         self.next = next_link
+
+    def before(self, req: Request) -> Response | None:
+        return None if req.query.signed is None else TAKE_CHAIN
 
     async def __call__(self, req: Request) -> Response:
         if req.query.signed is None:
@@ -117,7 +162,7 @@ class RelaySigned:
         return Response(reply.data, Outcome.FORWARDED, upstream=reply.upstream, final=True)
 
 
-class DesignatedResolvers:
+class DesignatedResolvers(Link):
     """`_dns.resolver.arpa` SVCB (DDR) answered here: splitdns's own encrypted endpoints, never
     an upstream's (see answer/ddr.py)."""
 
@@ -125,14 +170,12 @@ class DesignatedResolvers:
         self.config = config
         self.next = next_link
 
-    async def __call__(self, req: Request) -> Response:
+    def before(self, req: Request) -> Response | None:
         local = ddr.answer(req.query, self.config)
-        if local is not None:
-            return Response(local, Outcome.LOCAL)
-        return await self.next(req)
+        return Response(local, Outcome.LOCAL) if local is not None else None
 
 
-class DohCanary:
+class DohCanary(Link):
     """`use-application-dns.net` gets NXDOMAIN, so Firefox keeps using this resolver (and its
     rewrites) instead of switching to DNS over HTTPS on its own."""
 
@@ -141,39 +184,46 @@ class DohCanary:
     def __init__(self, next_link: Handler) -> None:
         self.next = next_link
 
-    async def __call__(self, req: Request) -> Response:
+    def before(self, req: Request) -> Response | None:
         if req.query.question.name == self.NAME:
             return Response(wire.make_error(req.query, wire.NXDOMAIN), Outcome.LOCAL)
-        return await self.next(req)
+        return None
 
 
-class SelectView:
+class SelectView(Link):
     """Pick the client's view once, so every later link sees the same one."""
 
     def __init__(self, config: Config, next_link: Handler) -> None:
         self.views = config.views
         self.next = next_link
+        self._views: dict[IPAddress, View | None] = {}  # select_view per client, decided once
 
-    async def __call__(self, req: Request) -> Response:
-        req.view = select_view(self.views, req.client)
-        return await self.next(req)
+    def before(self, req: Request) -> Response | None:
+        client = req.client
+        if client in self._views:
+            req.view = self._views[client]
+        else:
+            if len(self._views) >= CLIENT_MEMO_SIZE:
+                self._views.clear()
+            req.view = self._views[client] = select_view(self.views, client)
+        return None
 
 
-class LocalHosts:
+class LocalHosts(Link):
     """A view's `hosts` answer locally and authoritatively, and are never forwarded."""
 
     def __init__(self, next_link: Handler) -> None:
         self.next = next_link
 
-    async def __call__(self, req: Request) -> Response:
+    def before(self, req: Request) -> Response | None:
         if req.view is not None:
             local = localanswers.answer(req.query, req.view)
             if local is not None:
                 return Response(local, Outcome.LOCAL)
-        return await self.next(req)
+        return None
 
 
-class LocalReverse:
+class LocalReverse(Link):
     """Reverse lookups of private and special ranges (RFC 6303) are answered here, empty.
 
     Sending them to a public resolver leaks the LAN's layout and gets nothing back; a
@@ -184,14 +234,14 @@ class LocalReverse:
         self.forwarding = forwarding
         self.next = next_link
 
-    async def __call__(self, req: Request) -> Response:
+    def before(self, req: Request) -> Response | None:
         zone = local_reverse_zone(self.forwarding, req.query.question.name)
         if zone is not None:
             return Response(wire.make_empty_zone_answer(req.query, zone), Outcome.LOCAL)
-        return await self.next(req)
+        return None
 
 
-class ShadowedAnswers:
+class ShadowedAnswers(Link):
     """What a rewritten name's other answers may say: no public address beside the internal one.
 
     `aaaa: drop`: a dual-stack client prefers AAAA, so a public IPv6 address beside a rewritten
@@ -207,20 +257,28 @@ class ShadowedAnswers:
         # The A/AAAA lookups go through the cache when there is one (build_chain wires it).
         self.lookup: Handler = next_link
 
-    async def __call__(self, req: Request) -> Response:
+    def before(self, req: Request) -> Response | None:
+        return None if self.policy(req) is None else TAKE_CHAIN
+
+    def policy(self, req: Request) -> Callable[[], Awaitable[Response]] | None:
+        """The policy this question falls under, if any (each asks more than one question)."""
         view = req.view
         qtype = req.query.question.qtype
-        if view is None or not view.rules:
-            return await self.next(req)
+        if view is None or not view.rules or qtype not in _SHADOWING:
+            return None
         v4 = any(r.source.version == 4 for r in view.rules)
         v6 = any(r.source.version == 6 for r in view.rules)
         if qtype == wire.TYPE_AAAA and view.aaaa == "drop" and v4:
-            return await self.drop_aaaa(req)
+            return functools.partial(self.drop_aaaa, req)
         if qtype in svcb.TYPES and view.https == "drop":
-            return await self.drop_https(req, v4, v6)
+            return functools.partial(self.drop_https, req, v4, v6)
         if qtype in svcb.TYPES and view.https == "rewrite" and view.aaaa == "drop" and v4:
-            return await self.drop_v6_hints(req, view)
-        return await self.next(req)
+            return functools.partial(self.drop_v6_hints, req, view)
+        return None
+
+    async def __call__(self, req: Request) -> Response:
+        policy = self.policy(req)
+        return await (policy() if policy is not None else self.next(req))
 
     def _sibling(self, req: Request, qtype: int) -> Awaitable[Response]:
         query = req.query.with_type(qtype)
@@ -283,6 +341,9 @@ class ShadowedAnswers:
         return Response(empty, Outcome.FILTERED, changes, upstream, ttl_hint=ttl)
 
 
+_SHADOWING = frozenset({wire.TYPE_AAAA, *svcb.TYPES})
+
+
 def _smallest_ttl(resp: Response) -> int:
     message = resp.message if resp.message is not None else wire.walk(resp.bare)
     ttls = [
@@ -305,14 +366,13 @@ def _addresses(resp: Response, rtype: int) -> list[IPAddress]:
     return found
 
 
-class Rewrite:
+class Rewrite(Link):
     """Rewrite public addresses in what came from upstream, for the client's view."""
 
     def __init__(self, next_link: Handler) -> None:
         self.next = next_link
 
-    async def __call__(self, req: Request) -> Response:
-        resp = await self.next(req)
+    def after(self, req: Request, resp: Response) -> Response:
         if resp.outcome is not Outcome.FORWARDED or req.view is None or not req.view.rules:
             return resp
         result = rewrite.rewrite(resp.bare, req.query.question.name, req.view, resp.message)
@@ -328,7 +388,7 @@ class Rewrite:
         )
 
 
-class CacheLink:
+class CacheLink(Link):
     """Answer from the per-view cache; store what comes back; serve stale when upstreams fail.
 
     The server answers most hits before the chain (see Server.fast_answer); this link serves
@@ -340,29 +400,31 @@ class CacheLink:
         self.next = next_link
         self._refreshing: set[asyncio.Task[Response]] = set()
 
-    async def __call__(self, req: Request) -> Response:
+    def before(self, req: Request) -> Response | None:
         if not self.cache.enabled:
-            return await self.next(req)
-        key = self.key(req)
+            return None
         now = self.cache.clock()
-        entry = self.cache.get(key, now)
-        if entry is not None:
-            if self.cache.wants_prefetch(entry, now):
-                self.refresh(req)
-            return Response(
-                entry.aged(now),
-                Outcome.CACHED,
-                ttl_hint=entry.ttl,
-                rewritten=entry.outcome == Outcome.REWRITTEN,
-            )
-        return await self.fetch(req, key)
+        entry = self.cache.get(self.key(req), now)
+        if entry is None:
+            return None
+        if self.cache.wants_prefetch(entry, now):
+            self.refresh(req)
+        return Response(
+            entry.aged(now),
+            Outcome.CACHED,
+            ttl_hint=entry.ttl,
+            rewritten=entry.outcome == Outcome.REWRITTEN,
+        )
 
     def key(self, req: Request) -> tuple[str, bytes, bytes, bool, bool]:
         view = req.view.name if req.view is not None else ""
         return make_key(view, req.query.question, req.query.do, req.query.cd)
 
-    async def fetch(self, req: Request, key: tuple[str, bytes, bytes, bool, bool]) -> Response:
-        resp = await self.next(req)
+    def after(self, req: Request, resp: Response) -> Response:
+        """Store what came back; a stale answer instead of SERVFAIL when one is kept."""
+        if not self.cache.enabled:
+            return resp
+        key = self.key(req)
         now = self.cache.clock()
         if resp.outcome is Outcome.SERVFAIL:
             stale = self.cache.stale(key, now)
@@ -380,15 +442,18 @@ class CacheLink:
 
     def refresh(self, req: Request) -> None:
         """Fetch again in the background (prefetch); the hit is answered meanwhile."""
-        task = asyncio.ensure_future(self.fetch(req, self.key(req)))
+        task = asyncio.ensure_future(self.fetch(req))
         self._refreshing.add(task)
         task.add_done_callback(self._refreshing.discard)
+
+    async def fetch(self, req: Request) -> Response:
+        return self.after(req, await self.next(req))
 
 
 _CACHEABLE = frozenset({Outcome.FORWARDED, Outcome.REWRITTEN, Outcome.FILTERED, Outcome.SERVFAIL})
 
 
-class Coalesce:
+class Coalesce(Link):
     """Identical questions in flight share one upstream query (views do not matter here).
 
     RD is part of "identical": a non-recursive question may be REFUSED where a recursive one
@@ -402,30 +467,54 @@ class Coalesce:
         self.inflight: dict[tuple[bytes, bytes, bool, bool, bool], asyncio.Future[Response]] = {}
         self.coalesced = 0
 
-    async def __call__(self, req: Request) -> Response:
+    @staticmethod
+    def key(req: Request) -> tuple[bytes, bytes, bool, bool, bool]:
         q = req.query
-        key = (q.question.wire[:-4].lower(), q.question.wire[-4:], q.do, q.cd, q.rd)
-        leader = self.inflight.get(key)
+        return (q.question.wire[:-4].lower(), q.question.wire[-4:], q.do, q.cd, q.rd)
+
+    def before(self, req: Request) -> Response | None:
+        """Lead (register a future followers wait on), or follow a leader (awaited form)."""
+        key = self.key(req)
+        if key in self.inflight:
+            return TAKE_CHAIN
+        if len(self.inflight) < self.MAX_INFLIGHT:
+            req.leader = self.inflight[key] = asyncio.get_running_loop().create_future()
+        return None
+
+    def after(self, req: Request, resp: Response) -> Response:
+        leader = req.leader
         if leader is not None:
-            self.coalesced += 1
-            await asyncio.wait([leader])
-            if not leader.cancelled() and leader.exception() is None:
-                return leader.result()
-            return await self.next(req)  # the leader failed oddly: ask on our own
-        if len(self.inflight) >= self.MAX_INFLIGHT:
-            return await self.next(req)
-        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self.inflight[key] = future
+            req.leader = None
+            del self.inflight[self.key(req)]
+            leader.set_result(resp)
+        return resp
+
+    def abort(self, req: Request, exc: BaseException) -> None:
+        leader = req.leader
+        if leader is not None:
+            req.leader = None
+            del self.inflight[self.key(req)]
+            leader.set_exception(exc)
+            leader.exception()  # retrieved: followers re-ask instead
+
+    async def __call__(self, req: Request) -> Response:
+        if self.before(req) is TAKE_CHAIN:
+            return await self.follow(req)
         try:
             resp = await self.next(req)
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: followers re-ask instead
+            self.abort(req, exc)
             raise
-        finally:
-            del self.inflight[key]
-        future.set_result(resp)
-        return resp
+        return self.after(req, resp)
+
+    async def follow(self, req: Request) -> Response:
+        """Wait for the leader's answer; ask on our own if it failed oddly."""
+        leader = self.inflight[self.key(req)]
+        self.coalesced += 1
+        await asyncio.wait([leader])
+        if not leader.cancelled() and leader.exception() is None:
+            return leader.result()
+        return await self.next(req)
 
 
 class Forward:
@@ -438,16 +527,28 @@ class Forward:
         try:
             reply = await self.upstreams.resolve(req.query)
         except UpstreamFailure as exc:
+            return self.response(req, None, exc)
+        return self.response(req, reply, None)
+
+    def ask(self, req: Request, on_done: OnDone) -> None:
+        """The flat form: `on_done` hears the reply (or failure), for `response` to turn."""
+        self.upstreams.ask(req.query, on_done)
+
+    def response(self, req: Request, reply: Reply | None, exc: BaseException | None) -> Response:
+        """The upstream's answer as a bare response; SERVFAIL for UpstreamFailure."""
+        if isinstance(exc, UpstreamFailure):
             log.debug("SERVFAIL for %s: %s", req.query.question.name, exc)
             return Response(
                 wire.make_error(req.query, wire.SERVFAIL), Outcome.SERVFAIL, notes=[str(exc)]
             )
+        if exc is not None or reply is None:
+            raise exc or RuntimeError("upstream answer missing")
         bare, message = wire.strip_opt(reply.data, reply.message)
         bare = wire.as_forwarder(wire.zero_negative_ttls(bare, message))
         return Response(bare, Outcome.FORWARDED, upstream=reply.upstream, message=message)
 
 
-class GuardRebinding:
+class GuardRebinding(Link):
     """`rebinding_guard`: private addresses never come from a public upstream's answer."""
 
     def __init__(self, guard: Guard, stats: UpstreamStats, next_link: Handler) -> None:
@@ -455,8 +556,7 @@ class GuardRebinding:
         self.stats = stats
         self.next = next_link
 
-    async def __call__(self, req: Request) -> Response:
-        resp = await self.next(req)
+    def after(self, req: Request, resp: Response) -> Response:
         name = req.query.question.name
         if resp.outcome is not Outcome.FORWARDED or not self.guard.applies_to(name):
             return resp
@@ -470,6 +570,9 @@ class GuardRebinding:
         return replace(resp, bare=cleaned, message=None, notes=[*resp.notes, "rebinding guard"])
 
 
+Spawn = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
 @dataclass(slots=True)
 class Pipeline:
     """The chain and the parts the server reaches into directly (the cache for fast hits)."""
@@ -477,6 +580,82 @@ class Pipeline:
     handler: Handler
     cache: Cache
     coalesce: Coalesce
+    links: list[Link] = field(default_factory=list)  # outermost first, down to `forward`
+    forward: Forward | None = None
+
+    def walk(self, req: Request, done: Callable[[Response], None], spawn: Spawn) -> None:
+        """The chain as plain calls: `before` down the links, the upstream's callback at the
+        bottom, `after` back up, then `done` (exactly once, unless the server stops first).
+        A link whose query needs waiting on several answers is awaited in a task (`spawn`)."""
+        links = self.links
+        depth = 0
+        try:
+            for depth, link in enumerate(links):
+                resp = link.before(req)
+                if resp is None:
+                    continue
+                if resp is TAKE_CHAIN:
+                    spawn(self._awaited(link, depth, req, done))
+                    return
+                self._climb(req, depth - 1, resp, done)
+                return
+            assert self.forward is not None
+            depth = len(links)
+            self.forward.ask(req, functools.partial(self._asked, req, done))
+        except Exception as exc:
+            done(_broken(req, exc, links[:depth]))
+
+    def _asked(
+        self,
+        req: Request,
+        done: Callable[[Response], None],
+        reply: Reply | None,
+        exc: BaseException | None,
+    ) -> None:
+        assert self.forward is not None
+        try:
+            resp = self.forward.response(req, reply, exc)
+        except Exception as error:
+            resp = _broken(req, error, self.links)
+            done(resp)
+            return
+        self._climb(req, len(self.links) - 1, resp, done)
+
+    async def _awaited(
+        self, link: Link, depth: int, req: Request, done: Callable[[Response], None]
+    ) -> None:
+        try:
+            resp = await link(req)
+        except Exception as exc:
+            resp = _broken(req, exc, self.links[:depth])
+            done(resp)
+            return
+        self._climb(req, depth - 1, resp, done)
+
+    def _climb(
+        self, req: Request, depth: int, resp: Response, done: Callable[[Response], None]
+    ) -> None:
+        links = self.links
+        try:
+            while depth >= 0:
+                resp = links[depth].after(req, resp)
+                depth -= 1
+        except Exception as exc:
+            resp = _broken(req, exc, links[: depth + 1])
+        done(resp)
+
+
+def _broken(req: Request, exc: BaseException, above: list[Link]) -> Response:
+    """A bug met on the flat walk: logged, links above told, the client gets SERVFAIL."""
+    log.error(
+        "internal error answering %s from %s",
+        req.query.question.name,
+        req.client,
+        exc_info=exc,
+    )
+    for link in above:
+        link.abort(req, exc)
+    return Response(wire.make_error(req.query, wire.SERVFAIL), Outcome.SERVFAIL)
 
 
 def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None) -> Pipeline:
@@ -505,4 +684,10 @@ def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None
     handler = RelaySigned(upstreams, handler)  # signed: nothing below may touch the bytes
     handler = RefuseUnsupported(handler)  # cheap protocol policy before any work
     handler = RefuseOutsiders(config, handler)  # first: outsiders get nothing but REFUSED
-    return Pipeline(handler, cache, coalesce)
+    links: list[Link] = []
+    step: Handler = handler
+    while isinstance(step, Link):
+        links.append(step)
+        step = step.next
+    assert isinstance(step, Forward)
+    return Pipeline(handler, cache, coalesce, links, step)

@@ -74,6 +74,7 @@ class Server:
         self._udp: list[asyncio.DatagramTransport | WildcardUdp] = []
         self._tcp: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._flat = 0  # UDP queries on the flat walk, awaiting their upstream
         self._tcp_writers: set[asyncio.StreamWriter] = set()
         self.bound: list[tuple[str, Endpoint | str]] = []
         self.closing = False
@@ -197,8 +198,11 @@ class Server:
         await self.encrypted.stop()
         for tcp in self._tcp:
             tcp.close()
+        until = time.monotonic() + drain
+        while self._flat and time.monotonic() < until:  # flat walks hold no task to wait on
+            await asyncio.sleep(0.01)
         if self._tasks and drain > 0:
-            await asyncio.wait(set(self._tasks), timeout=drain)
+            await asyncio.wait(set(self._tasks), timeout=max(0.0, until - time.monotonic()))
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -244,6 +248,46 @@ class Server:
 
     async def respond(self, data: bytes, host: str, transport: str) -> bytes | None:
         """The answer to one message, or None to drop it."""
+        admitted = self.admit(data, host, transport)
+        if not isinstance(admitted, Request):
+            return admitted
+        try:
+            response = await self.handler(admitted)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "internal error answering %s from %s", admitted.query.question.name, admitted.client
+            )
+            response = Response(wire.make_error(admitted.query, wire.SERVFAIL), Outcome.SERVFAIL)
+        return self.conclude(admitted, response)
+
+    def respond_flat(
+        self, data: bytes, host: str, addr: tuple[Any, ...], transport: DatagramSender
+    ) -> None:
+        """respond() for UDP without a task: the chain's flat walk calls back with the answer."""
+        admitted = self.admit(data, host, "udp")
+        if not isinstance(admitted, Request):
+            if admitted is not None:
+                transport.sendto(admitted, addr)
+            return
+        self._flat += 1
+
+        def done(response: Response) -> None:
+            self._flat -= 1
+            try:
+                answer = self.conclude(admitted, response)
+            except Exception:  # a bug: logged; the client's retry may fare better
+                log.exception("internal error finishing the answer to %s", host)
+                return
+            if not transport.is_closing():
+                transport.sendto(answer, addr)
+
+        self.pipeline.walk(admitted, done, self.spawn)
+
+    def admit(self, data: bytes, host: str, transport: str) -> Request | bytes | None:
+        """The front half of an answer: parse, the client ECS names, header checks. A Request
+        for the chain, or the answer itself (bytes), or None to drop the message."""
         client = self.address_of(host)
         try:
             query = wire.parse_query(data)
@@ -257,7 +301,6 @@ class Server:
         except wire.WireError as exc:
             log.debug("dropped from %s: %s", client, exc)
             return None
-        limit = query.udp_limit() if transport == "udp" else 65535
         if self.config.trusted_ecs and self.trusted(host, self.config.trusted_ecs):
             if query.ecs is None:
                 self.counts.ecs["absent"] += 1  # the sender asks for itself
@@ -265,7 +308,9 @@ class Server:
                 named = wire.ecs_client(query.ecs)
                 if named is None:  # a subnet names no one client: no view can be chosen
                     self.counts.ecs["ambiguous"] += 1
-                    return wire.finalize(query, wire.make_error(query, wire.REFUSED), limit)
+                    refused = wire.make_error(query, wire.REFUSED)
+                    limit = query.udp_limit() if transport == "udp" else 65535
+                    return wire.finalize(query, refused, limit)
                 self.counts.ecs["used"] += 1
                 host, client = named, self.address_of(named)
             limited, refusal = self.over_limit(data, host)
@@ -277,15 +322,12 @@ class Server:
             return wire.make_header_error(query.msg_id, query.flags, wire.NOTIMP)
         if query.edns and query.edns_version > 0:
             return wire.make_badvers(query)
-        started = time.monotonic()
-        request = Request(query, client, transport)
-        try:
-            response = await self.handler(request)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("internal error answering %s from %s", query.question.name, client)
-            response = Response(wire.make_error(query, wire.SERVFAIL), Outcome.SERVFAIL)
+        return Request(query, client, transport, started=time.monotonic())
+
+    def conclude(self, request: Request, response: Response) -> bytes:
+        """The back half: counted, logged, and finalised for the client."""
+        query, client, transport = request.query, request.client, request.transport
+        limit = query.udp_limit() if transport == "udp" else 65535
         view = request.view.name if request.view is not None else None
         self.counts.query(transport, query.question.qtype, str(response.outcome))
         for change in response.changes:
@@ -297,7 +339,7 @@ class Server:
                 query.question.qtype,
                 view,
                 str(response.outcome),
-                time.monotonic() - started,
+                time.monotonic() - request.started,
                 response.changes,
                 response.upstream,
             )
@@ -364,7 +406,7 @@ class Server:
             data, host = unwrapped
         if self.config.trusted_ecs and self.trusted(host, self.config.trusted_ecs):
             # the client is named inside the query: limits and the cache wait for the parse
-            self.spawn(self.answer_udp(data, host, addr, transport))
+            self.respond_flat(data, host, addr, transport)
             return
         if not self.trap.done:
             self.trap.saw(host)
@@ -380,8 +422,11 @@ class Server:
             answer = None
         if answer is not None:
             transport.sendto(answer, addr)
-        else:
-            self.spawn(self.answer_udp(data, host, addr, transport))
+            return
+        try:
+            self.respond_flat(data, host, addr, transport)
+        except Exception:  # a bug: logged, the message dropped, the server goes on
+            log.exception("internal error taking a UDP query from %s", host)
 
     def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool:
         key = (host, networks)
@@ -415,13 +460,6 @@ class Server:
             return host
         self.counts.proxy["ok"] += 1
         return header.source
-
-    async def answer_udp(
-        self, data: bytes, host: str, addr: tuple[Any, ...], transport: DatagramSender
-    ) -> None:
-        answer = await self.respond(data, host, "udp")
-        if answer is not None and not transport.is_closing():
-            transport.sendto(answer, addr)
 
     # ------------------------------------------------------------------ TCP (RFC 7766)
 

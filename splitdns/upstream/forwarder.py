@@ -19,10 +19,10 @@ from splitdns.config.upstreams import Forwarding, UpstreamSpec
 from splitdns.upstream.bootstrap import Bootstrap
 from splitdns.upstream.doh import DnsOverHttps
 from splitdns.upstream.dot import DnsOverTls
-from splitdns.upstream.group import UpstreamGroup
+from splitdns.upstream.group import Resolution, UpstreamGroup
 from splitdns.upstream.health import Health
 from splitdns.upstream.plain import PlainDNS
-from splitdns.upstream.transport import Reply, Transport, UpstreamStats
+from splitdns.upstream.transport import OnDone, Reply, Transport, UpstreamStats
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,10 @@ class Forwarder:
 
     async def resolve(self, query: wire.Query) -> Reply:
         return await self.route(query.question.name)[1].resolve(query)
+
+    def ask(self, query: wire.Query, on_done: OnDone) -> Resolution:
+        """resolve() without awaiting: on_done hears the reply or the UpstreamFailure."""
+        return self.route(query.question.name)[1].ask(query, on_done)
 
     def describe(self, name: str) -> str:
         """Where `name` goes, for explain."""
