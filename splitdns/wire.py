@@ -13,6 +13,7 @@ import os
 import secrets
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import dns.message
 import dns.rcode
@@ -91,8 +92,7 @@ class HeaderOnlyError(WireError):
         self.flags = flags
 
 
-@dataclass(frozen=True, slots=True)
-class Question:
+class Question(NamedTuple):
     """One question: `name` is lower-case text without the final dot ("" is the root)."""
 
     name: str
@@ -105,8 +105,7 @@ class Question:
         return self.wire[:-4]
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
+class Query(NamedTuple):
     """A parsed client query: everything the server needs, nothing it does not."""
 
     msg_id: int
@@ -156,8 +155,7 @@ class Query:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """Where one resource record sits in a message; the bytes stay in the message."""
 
     section: int
@@ -198,17 +196,15 @@ def _label_text(label: bytes) -> str:
     return text
 
 
-def read_name(
-    data: bytes, offset: int, starts: set[int] | None = None, compressed: bool = True
-) -> tuple[str, int]:
+def read_name(data: bytes, offset: int, compressed: bool = True) -> tuple[str, int]:
     """Decode a possibly compressed name at `offset`; returns (text, offset after the name).
 
     Every pointer must point before the name's start and before the previous pointer's target
     (as dnspython and BIND require), so pointers strictly descend: no loop can form.
 
-    With `starts` (the walk of a whole message) every pointer must land where an earlier name's
-    label began, and this name's own labels are added: a pointer into a TTL, a length or
-    address bytes would decode to another name as soon as splitdns rewrites or ages those bytes.
+    The walk of a whole message is stricter (see _walk_name): there every pointer must land
+    where an earlier name's label began: a pointer into a TTL, a length or address bytes would
+    decode to another name as soon as splitdns rewrites or ages those bytes.
     `compressed=False` refuses any pointer (fields RFC 3597 and RFC 6672 forbid compressing).
     """
     labels: list[str] = []
@@ -235,14 +231,8 @@ def read_name(
                 raise WireError("compression pointer does not point backwards into the body")
             if not compressed:
                 raise WireError("compression pointer in a name that may not be compressed")
-            if starts is not None:
-                if target not in starts:
-                    raise WireError("compression pointer does not land on an earlier name")
-                starts = None  # from here on the labels are an earlier name's: already known
             pos = lowest = target
             continue
-        if starts is not None:
-            starts.add(pos)
         if kind != 0:
             raise WireError("unsupported label type")
         wire_len += length + 1
@@ -252,9 +242,67 @@ def read_name(
             raise WireError("label runs past the end of the message")
         labels.append(_label_text(data[pos + 1 : pos + 1 + length]))
         pos += 1 + length
-    if starts is not None:
-        starts.add(pos - 1)  # the root label: a pointer may name the root by pointing here
     return ".".join(labels), (end if end >= 0 else pos)
+
+
+#: A walk's memo of names: label start -> (the name's text from there, its wire length).
+Known = dict[int, tuple[str, int]]
+
+
+def _walk_name(data: bytes, offset: int, known: Known) -> tuple[str, int]:
+    """read_name for the walk of a whole message: a compression pointer must land where an
+    earlier name's label (or root) began, and then that name's rest is already known: one
+    look-up instead of reading its labels again. This name's own label starts are added."""
+    labels: list[str] = []
+    positions: list[int] = []
+    pos = offset
+    limit = len(data)
+    own_len = 0
+    while True:
+        if pos >= limit:
+            raise WireError("name runs past the end of the message")
+        length = data[pos]
+        if length == 0:
+            tail, tail_len, end = "", 1, pos + 1
+            known[pos] = ("", 1)  # the root: a pointer may name the root by pointing here
+            break
+        kind = length & 0xC0
+        if kind == 0xC0:
+            if pos + 1 >= limit:
+                raise WireError("truncated compression pointer")
+            target = ((length & 0x3F) << 8) | data[pos + 1]
+            if target >= offset or target < HEADER_LEN:
+                raise WireError("compression pointer does not point backwards into the body")
+            rest = known.get(target)
+            if rest is None:
+                raise WireError("compression pointer does not land on an earlier name")
+            tail, tail_len = rest
+            end = pos + 2
+            break
+        if kind != 0:
+            raise WireError("unsupported label type")
+        own_len += length + 1
+        if own_len >= 255:
+            raise WireError("name longer than 255 octets")
+        if pos + 1 + length > limit:
+            raise WireError("label runs past the end of the message")
+        positions.append(pos)
+        labels.append(_label_text(data[pos + 1 : pos + 1 + length]))
+        pos += 1 + length
+    if own_len + tail_len > 255:
+        raise WireError("name longer than 255 octets")
+    if not labels:
+        return tail, end
+    if tail:
+        labels.append(tail)
+    text = ".".join(labels)
+    known[positions[0]] = (text, own_len + tail_len)
+    if len(positions) > 1:  # the suffixes, for pointers to a later label of this name
+        remaining = own_len + tail_len
+        for i in range(1, len(positions)):
+            remaining -= positions[i] - positions[i - 1]
+            known[positions[i]] = (".".join(labels[i:]), remaining)
+    return text, end
 
 
 def encode_name(name: str) -> bytes:
@@ -272,10 +320,8 @@ def encode_name(name: str) -> bytes:
     return bytes(out)
 
 
-def _read_question(
-    data: bytes, offset: int, starts: set[int] | None = None
-) -> tuple[Question, int]:
-    name, pos = read_name(data, offset, starts)
+def _read_question(data: bytes, offset: int, known: Known | None = None) -> tuple[Question, int]:
+    name, pos = read_name(data, offset) if known is None else _walk_name(data, offset, known)
     if pos + 4 > len(data):
         raise WireError("truncated question")
     qtype, qclass = struct.unpack_from("!HH", data, pos)
@@ -287,11 +333,11 @@ def _read_records(
     offset: int,
     counts: tuple[int, int, int],
     check_rdata: bool = False,
-    starts: set[int] | None = None,
+    known: Known | None = None,
 ) -> tuple[list[Record], int]:
     """The records after the question, and the offset where they end. With `check_rdata` (an
     upstream reply) every record's data is checked against its type, OPT options and TSIG
-    placement too; `starts` holds the label starts compression pointers may land on."""
+    placement too; `known` holds the names compression pointers may land on."""
     records: list[Record] = []
     pos = offset
     opt_seen = False
@@ -299,7 +345,7 @@ def _read_records(
     for section, count in zip((ANSWER, AUTHORITY, ADDITIONAL), counts, strict=True):
         for _ in range(count):
             start = pos
-            name, pos = read_name(data, pos, starts)
+            name, pos = read_name(data, pos) if known is None else _walk_name(data, pos, known)
             if pos + 10 > len(data):
                 raise WireError("truncated record")
             rtype, rclass, _ttl, rdlength = RR_FIXED.unpack_from(data, pos)
@@ -316,7 +362,7 @@ def _read_records(
                 last = len(records) == total - 1 and section == ADDITIONAL
                 if rtype == TYPE_TSIG and not (last and rclass == 255):
                     raise WireError("TSIG that is not the last record, or not of class ANY")
-                _check_rdata(data, rtype, rclass, rdata, rdlength, starts)
+                _check_rdata(data, rtype, rclass, rdata, rdlength, known)
             records.append(
                 Record(
                     section, name, rtype, rclass, pos + 4, rdata, rdlength, start, rdata + rdlength
@@ -346,8 +392,8 @@ _UNCOMPRESSED_NAMES = frozenset(
 )
 
 
-def _name_ends_at(data: bytes, offset: int, end: int, starts: set[int] | None = None) -> int:
-    after = read_name(data, offset, starts)[1]
+def _name_ends_at(data: bytes, offset: int, end: int, known: Known | None = None) -> int:
+    after = (read_name(data, offset) if known is None else _walk_name(data, offset, known))[1]
     if after > end:
         raise WireError("name runs past its record data")
     return after
@@ -359,7 +405,7 @@ def _check_rdata(
     rclass: int,
     rdata: int,
     rdlength: int,
-    starts: set[int] | None = None,
+    known: Known | None = None,
 ) -> None:
     """Record data must have its type's shape: splitdns passes answers on to clients, and a
     malformed record in an answer breaks the client's parser, not ours.
@@ -373,11 +419,11 @@ def _check_rdata(
             raise WireError(f"type {rtype} record data of {rdlength} octets")
         return
     if rtype in _NAME_RDATA:
-        ok = _name_ends_at(data, rdata, end, starts) == end
+        ok = _name_ends_at(data, rdata, end, known) == end
     elif rtype == TYPE_SOA:
-        ok = _name_ends_at(data, _name_ends_at(data, rdata, end, starts), end, starts) + 20 == end
+        ok = _name_ends_at(data, _name_ends_at(data, rdata, end, known), end, known) + 20 == end
     elif rtype == 15 and rdlength > 2:  # MX
-        ok = _name_ends_at(data, rdata + 2, end, starts) == end
+        ok = _name_ends_at(data, rdata + 2, end, known) == end
     elif rtype == 16:  # TXT: one or more <length><text> strings, exactly filling the data
         pos = rdata
         while pos < end:
@@ -415,11 +461,11 @@ def walk(data: bytes) -> Message:
         raise WireError(f"opcode {(flags & OPCODE_MASK) >> 11}: only QUERY replies are taken")
     pos = HEADER_LEN
     questions = []
-    starts: set[int] = set()
+    known: Known = {}
     for _ in range(qd):
-        q, pos = _read_question(data, pos, starts)
+        q, pos = _read_question(data, pos, known)
         questions.append(q)
-    records, end = _read_records(data, pos, (an, ns, ar), check_rdata=True, starts=starts)
+    records, end = _read_records(data, pos, (an, ns, ar), check_rdata=True, known=known)
     if end != len(data):
         raise WireError(f"{len(data) - end} bytes after the last record")
     return Message(msg_id, flags, questions, records)

@@ -113,16 +113,21 @@ def answer_ttl(
         return settings.servfail_ttl, ()
     if rcode not in (wire.NOERROR, wire.NXDOMAIN):
         return 0, ()
-    records = [r for r in message.records if r.rtype != wire.TYPE_OPT]
-    ttls = [(r.ttl_offset, _ttl(data, r.ttl_offset)) for r in records]
-    answers = [r for r in records if r.section == wire.ANSWER]
+    ttls: list[tuple[int, int]] = []
+    answers = False
+    soa: wire.Record | None = None
+    for r in message.records:  # one pass: this runs for every miss
+        if r.rtype == wire.TYPE_OPT:
+            continue
+        ttls.append((r.ttl_offset, _ttl(data, r.ttl_offset)))
+        if r.section == wire.ANSWER:
+            answers = True
+        elif soa is None and r.section == wire.AUTHORITY and r.rtype == wire.TYPE_SOA:
+            soa = r
     if rcode == wire.NOERROR and answers:
-        ttl = min(t for _, t in ttls)
-        ttl = max(settings.min_ttl, min(ttl, settings.max_ttl))
-        return ttl, tuple((off, max(settings.min_ttl, min(t, settings.max_ttl))) for off, t in ttls)
-    soa = next(
-        (r for r in records if r.section == wire.AUTHORITY and r.rtype == wire.TYPE_SOA), None
-    )
+        low, high = settings.min_ttl, settings.max_ttl
+        clamped = tuple((off, low if t < low else high if t > high else t) for off, t in ttls)
+        return min(t for _, t in clamped), clamped
     if soa is None:
         return 0, ()
     _, pos = wire.read_name(data, soa.rdata_offset)

@@ -437,7 +437,16 @@ class CacheLink(Link):
             if entry is not None:
                 # Clamped TTLs, the same as later hits will show. A copy: with coalescing the
                 # response may be shared by other views' requests.
-                return replace(resp, bare=entry.aged(now), ttl_hint=entry.ttl, message=None)
+                return Response(
+                    entry.aged(now),
+                    resp.outcome,
+                    resp.changes,
+                    resp.upstream,
+                    resp.notes,
+                    entry.ttl,
+                    resp.rewritten,
+                    resp.final,
+                )
         return resp
 
     def refresh(self, req: Request) -> None:

@@ -10,15 +10,15 @@ removed and AD is cleared, because the rewritten data no longer validates.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from splitdns import wire
 from splitdns.answer import svcb
-from splitdns.config.model import IPAddress, Rule, View
+from splitdns.config.model import IPAddress, IPNetwork, Rule, View
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """One rewritten address, for logs, metrics and `explain`."""
 
     name: str
@@ -34,8 +34,7 @@ class Change:
         return f"{where} {self.old} -> {self.new} by rewrite[{self.rule}]"
 
 
-@dataclass(frozen=True, slots=True)
-class Rewritten:
+class Rewritten(NamedTuple):
     data: bytes
     changes: tuple[Change, ...] = ()
     rebuilt: bool = False  # offsets changed (RRSIGs removed): an earlier walk no longer fits
@@ -47,7 +46,43 @@ def specificity(rule: Rule) -> tuple[int, int, int]:
 
 
 def ordered_rules(view: View) -> tuple[Rule, ...]:
-    return tuple(sorted(view.rules, key=specificity))
+    return _plan(view).rules
+
+
+class _Plan:
+    """A view's rules ready for the per-answer loop: in precedence order, and the integer
+    ranges of their `from` networks, so an address no rule can map costs one comparison
+    instead of an ipaddress object (most addresses in answers are not rewritten)."""
+
+    __slots__ = ("rules", "v4", "v6")
+
+    def __init__(self, view: View) -> None:
+        self.rules = tuple(sorted(view.rules, key=specificity))
+        self.v4 = _ranges(r.source for r in self.rules if r.active and r.source.version == 4)
+        self.v6 = _ranges(r.source for r in self.rules if r.active and r.source.version == 6)
+
+
+def _ranges(networks: Iterable[IPNetwork]) -> tuple[tuple[int, int], ...]:
+    return tuple((int(n.network_address), int(n.broadcast_address)) for n in networks)
+
+
+_plans: dict[int, tuple[View, _Plan]] = {}
+
+
+def _plan(view: View) -> _Plan:
+    """The view's plan, made once per view object (a reload makes new views)."""
+    known = _plans.get(id(view))
+    if known is not None and known[0] is view:
+        return known[1]
+    if len(_plans) >= 256:
+        _plans.clear()
+    plan = _Plan(view)
+    _plans[id(view)] = (view, plan)
+    return plan
+
+
+def _mappable(ranges: tuple[tuple[int, int], ...], value: int) -> bool:
+    return any(low <= value <= high for low, high in ranges)
 
 
 def pick_rule(rules: tuple[Rule, ...], address: IPAddress, names: set[str]) -> Rule | None:
@@ -82,7 +117,8 @@ def rewrite(
     """
     if view is None or not view.rules:
         return Rewritten(data)
-    rules = ordered_rules(view)
+    plan = _plan(view)
+    rules = plan.rules
     if message is None:
         message = wire.walk(data)
     chain: set[str] | None = None
@@ -105,9 +141,15 @@ def rewrite(
         offset = record.rdata_offset
         address: IPAddress
         if record.rtype == wire.TYPE_A and record.rdlength == 4:
-            address = ipaddress.IPv4Address(data[offset : offset + 4])
+            raw = data[offset : offset + 4]
+            if not _mappable(plan.v4, int.from_bytes(raw, "big")):
+                continue
+            address = ipaddress.IPv4Address(raw)
         elif record.rtype == wire.TYPE_AAAA and record.rdlength == 16:
-            address = ipaddress.IPv6Address(data[offset : offset + 16])
+            raw = data[offset : offset + 16]
+            if not _mappable(plan.v6, int.from_bytes(raw, "big")):
+                continue
+            address = ipaddress.IPv6Address(raw)
         else:
             continue
         if record.section == wire.ANSWER:

@@ -75,6 +75,8 @@ class UpstreamGroup:
 
     def order(self) -> list[Member]:
         """Members in the order to ask them: healthy first (by strategy), then the rest."""
+        if len(self.members) == 1:
+            return list(self.members)
         up = [m for m in self.members if m.health.up]
         down = [m for m in self.members if not m.health.up]
         if self.strategy == "fastest" and len(up) > 1:
@@ -156,6 +158,8 @@ class UpstreamGroup:
         self._log_changes(member)
 
     def _log_changes(self, member: Member) -> None:
+        if not member.health.changes:
+            return
         for change in member.health.take_changes():
             log.warning("upstream %s: %s", member.name, change)
 

@@ -7,9 +7,10 @@ question) before handing a Reply up; the group (upstreamgroup) picks which upstr
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from splitdns import wire
 
@@ -18,8 +19,7 @@ class UpstreamFailure(Exception):
     """No upstream gave a usable answer in time."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     """A validated upstream reply (still with the upstream's OPT record)."""
 
     data: bytes
@@ -52,10 +52,9 @@ class UpstreamStats:
         slots = self.latency.get(upstream)
         if slots is None:
             slots = self.latency[upstream] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if seconds <= bound:
-                slots[i] += 1
-                break
+        i = bisect.bisect_left(LATENCY_BUCKETS, seconds)  # the first bound >= seconds
+        if i < len(LATENCY_BUCKETS):
+            slots[i] += 1
         slots[-2] += 1
         slots[-1] += seconds
 
