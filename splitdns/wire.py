@@ -608,7 +608,8 @@ def _mixed_case(name_wire: bytes) -> bytes:
     """Flip the case of each letter at random (labels' length octets are never letters)."""
     bits = secrets.randbits(len(name_wire))
     out = bytearray(name_wire)
-    for i, octet in enumerate(out):
+    for i in range(len(out)):  # (mypyc cannot enumerate a bytearray)
+        octet = out[i]
         if (0x41 <= octet <= 0x5A or 0x61 <= octet <= 0x7A) and (bits >> i) & 1:
             out[i] = octet ^ 0x20
     return bytes(out)

@@ -55,7 +55,9 @@ class Request:
     transport: str
     view: View | None = None
     started: float = 0.0  # time.monotonic() when it arrived, for the query log
-    leader: asyncio.Future[Response] | None = None  # set while it leads identical questions
+    #: While it leads identical questions: the future its followers wait on (made when the
+    #: first follower comes; most questions have none), else None.
+    leader: asyncio.Future[Response] | None = None
 
 
 @dataclass(slots=True)
@@ -285,7 +287,7 @@ class ShadowedAnswers(Link):
         return self.lookup(Request(query, req.client, req.transport, req.view))
 
     async def drop_aaaa(self, req: Request) -> Response:
-        aaaa, a = await asyncio.gather(self.next(req), self._sibling(req, wire.TYPE_A))
+        aaaa, a = await _all(self.next(req), self._sibling(req, wire.TYPE_A))
         if a.rewritten and not aaaa.rewritten and wire.rcode_of(aaaa.bare) == wire.NOERROR:
             removed = _addresses(aaaa, wire.TYPE_AAAA)
             changes = a.changes + tuple(
@@ -306,7 +308,7 @@ class ShadowedAnswers(Link):
         return self.nodata(req, rewritten[-1], answer.upstream, changes)
 
     async def drop_v6_hints(self, req: Request, view: View) -> Response:
-        answer, a = await asyncio.gather(self.next(req), self._sibling(req, wire.TYPE_A))
+        answer, a = await _all(self.next(req), self._sibling(req, wire.TYPE_A))
         if not a.rewritten or wire.rcode_of(answer.bare) != wire.NOERROR:
             return answer
         internal = [r.target for r in view.rules if r.target.version == 6]
@@ -342,6 +344,11 @@ class ShadowedAnswers(Link):
 
 
 _SHADOWING = frozenset({wire.TYPE_AAAA, *svcb.TYPES})
+
+
+async def _all(*asks: Awaitable[Response]) -> list[Response]:
+    """asyncio.gather as what it returns at run time (a list; mypyc checks the type)."""
+    return await asyncio.gather(*asks)
 
 
 def _smallest_ttl(resp: Response) -> int:
@@ -473,7 +480,7 @@ class Coalesce(Link):
 
     def __init__(self, next_link: Handler) -> None:
         self.next = next_link
-        self.inflight: dict[tuple[bytes, bytes, bool, bool, bool], asyncio.Future[Response]] = {}
+        self.inflight: dict[tuple[bytes, bytes, bool, bool, bool], Request] = {}
         self.coalesced = 0
 
     @staticmethod
@@ -482,29 +489,29 @@ class Coalesce(Link):
         return (q.question.wire[:-4].lower(), q.question.wire[-4:], q.do, q.cd, q.rd)
 
     def before(self, req: Request) -> Response | None:
-        """Lead (register a future followers wait on), or follow a leader (awaited form)."""
+        """Lead (registered for followers to find), or follow a leader (awaited form)."""
         key = self.key(req)
         if key in self.inflight:
             return TAKE_CHAIN
         if len(self.inflight) < self.MAX_INFLIGHT:
-            req.leader = self.inflight[key] = asyncio.get_running_loop().create_future()
+            self.inflight[key] = req
         return None
 
     def after(self, req: Request, resp: Response) -> Response:
-        leader = req.leader
-        if leader is not None:
-            req.leader = None
-            del self.inflight[self.key(req)]
-            leader.set_result(resp)
+        key = self.key(req)
+        if self.inflight.get(key) is req:
+            del self.inflight[key]
+            if req.leader is not None:
+                req.leader.set_result(resp)
         return resp
 
     def abort(self, req: Request, exc: BaseException) -> None:
-        leader = req.leader
-        if leader is not None:
-            req.leader = None
-            del self.inflight[self.key(req)]
-            leader.set_exception(exc)
-            leader.exception()  # retrieved: followers re-ask instead
+        key = self.key(req)
+        if self.inflight.get(key) is req:
+            del self.inflight[key]
+            if req.leader is not None:
+                req.leader.set_exception(exc)
+                req.leader.exception()  # retrieved: followers re-ask instead
 
     async def __call__(self, req: Request) -> Response:
         if self.before(req) is TAKE_CHAIN:
@@ -518,7 +525,10 @@ class Coalesce(Link):
 
     async def follow(self, req: Request) -> Response:
         """Wait for the leader's answer; ask on our own if it failed oddly."""
-        leader = self.inflight[self.key(req)]
+        leading = self.inflight[self.key(req)]
+        if leading.leader is None:
+            leading.leader = asyncio.get_running_loop().create_future()
+        leader = leading.leader
         self.coalesced += 1
         await asyncio.wait([leader])
         if not leader.cancelled() and leader.exception() is None:

@@ -217,6 +217,7 @@ class Resolution:
         "deadline",
         "finished",
         "group",
+        "loop",
         "on_done",
         "problems",
         "query",
@@ -233,6 +234,7 @@ class Resolution:
         self.problems: list[str] = []
         self.timer: asyncio.TimerHandle | None = None
         self.finished = False
+        self.loop = asyncio.get_running_loop()  # once: each call is a getpid()
         if not group.members:
             self.waiting: list[Member] = []
             self.deadline = time.monotonic()
@@ -254,7 +256,7 @@ class Resolution:
     def _later(self, failure: UpstreamFailure) -> None:
         """Fail from a loop callback, never from inside ask() (callers expect that)."""
         self.finished = True
-        asyncio.get_running_loop().call_soon(self.on_done, None, failure)
+        self.loop.call_soon(self.on_done, None, failure)
 
     def _start(self, count: int) -> None:
         while count > 0 and self.waiting:
@@ -303,7 +305,7 @@ class Resolution:
         if self.waiting and self.running:
             wake = min(wake, min(r.hedge_at for r in self.running))
         delay = max(0.0, wake - time.monotonic())
-        self.timer = asyncio.get_running_loop().call_later(delay, self._wake)
+        self.timer = self.loop.call_later(delay, self._wake)
 
     def _wake(self) -> None:
         self.timer = None

@@ -104,6 +104,7 @@ class _UdpAttempt:
         "deadline",
         "exact",
         "finished",
+        "loop",
         "msg_id",
         "on_done",
         "owner",
@@ -120,7 +121,7 @@ class _UdpAttempt:
         self.deadline = time.monotonic() + timeout
         self.finished = False
         self.tcp: Attempt | None = None
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()  # once: each call is a getpid()
         pool = owner.pool
         self.sock: socket.socket | None = None
         self.pooled: Pooled | None = None
@@ -186,6 +187,6 @@ class _UdpAttempt:
             SocketPool.release(self.pooled, self.msg_id)
             self.pooled = None
         elif self.sock is not None:
-            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
