@@ -18,6 +18,8 @@ HOT_MODULES = [
     "splitdns/upstream/group.py",
     "splitdns/upstream/plain.py",
     "splitdns/upstream/socketpool.py",
+    "splitdns/answer/ratelimit.py",
+    "splitdns/serve/server.py",
 ]
 
 

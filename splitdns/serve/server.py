@@ -298,8 +298,8 @@ class Server:
                 return wire.make_header_error(exc.msg_id, exc.flags, wire.NOTIMP)
             log.debug("FORMERR to %s: %s", client, exc)
             return wire.make_header_error(exc.msg_id, exc.flags, wire.FORMERR)
-        except wire.WireError as exc:
-            log.debug("dropped from %s: %s", client, exc)
+        except wire.WireError as error:  # (another name: mypyc types `exc` from above)
+            log.debug("dropped from %s: %s", client, error)
             return None
         if self.config.trusted_ecs and self.trusted(host, self.config.trusted_ecs):
             if query.ecs is None:
@@ -502,23 +502,7 @@ class Server:
         pending: set[asyncio.Task[Any]] = set()
         idle = self.config.tcp_idle_timeout
         try:
-            while True:
-                try:
-                    # One deadline per message: a client trickling bytes cannot hold us forever.
-                    async with asyncio.timeout(idle):
-                        (length,) = struct.unpack("!H", await reader.readexactly(2))
-                        if length == 0:
-                            break
-                        if length == 0x0D0A:  # "\r\n": perhaps a PROXY header, not a length
-                            head = await reader.readexactly(10)
-                            if head == proxyv2.SIGNATURE[2:]:
-                                self.counts.proxy["untrusted"] += 1  # from anyone else: closed
-                                break
-                            data = head + await reader.readexactly(length - 10)
-                        else:
-                            data = await reader.readexactly(length)
-                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-                    break
+            while (data := await self._next_message(reader, idle)) is not None:
                 task = self.spawn(self._tcp_answer(data, host, writer, transport))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
@@ -529,6 +513,25 @@ class Server:
         finally:
             self._tcp_writers.discard(writer)
             writer.close()
+
+    async def _next_message(self, reader: asyncio.StreamReader, idle: float) -> bytes | None:
+        """The next RFC 7766 message, or None: the connection is done (closed, idle, a zero
+        length, or a PROXY header from a sender not trusted to send one)."""
+        try:
+            # One deadline per message: a client trickling bytes cannot hold us forever.
+            async with asyncio.timeout(idle):
+                (length,) = struct.unpack("!H", await reader.readexactly(2))
+                if length == 0:
+                    return None
+                if length == 0x0D0A:  # "\r\n": perhaps a PROXY header, not a length
+                    head = await reader.readexactly(10)
+                    if head == proxyv2.SIGNATURE[2:]:
+                        self.counts.proxy["untrusted"] += 1  # from anyone else: closed
+                        return None
+                    return head + await reader.readexactly(length - 10)
+                return await reader.readexactly(length)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            return None
 
     async def read_proxy_header(
         self, read_exactly: Callable[[int], Awaitable[bytes]], host: str
