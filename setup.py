@@ -18,6 +18,10 @@ HOT_MODULES = [
     "splitdns/upstream/group.py",
     "splitdns/upstream/plain.py",
     "splitdns/upstream/socketpool.py",
+    "splitdns/upstream/health.py",
+    "splitdns/answer/views.py",
+    "splitdns/answer/ddr.py",
+    "splitdns/answer/localanswers.py",
     "splitdns/answer/ratelimit.py",
     "splitdns/serve/server.py",
 ]

@@ -171,8 +171,11 @@ class DesignatedResolvers(Link):
     def __init__(self, config: Config, next_link: Handler) -> None:
         self.config = config
         self.next = next_link
+        self.names = ddr.names(config)
 
     def before(self, req: Request) -> Response | None:
+        if req.query.question.name not in self.names:
+            return None
         local = ddr.answer(req.query, self.config)
         return Response(local, Outcome.LOCAL) if local is not None else None
 

@@ -44,11 +44,16 @@ def records(config: Config) -> list[bytes]:
     return out
 
 
+def names(config: Config) -> frozenset[str]:
+    """The names answered here: `_dns.resolver.arpa`, and `_dns.` + `resolver_name`."""
+    own = {f"_dns.{config.resolver_name}"} if config.resolver_name else set()
+    return frozenset({DDR_NAME, *own})
+
+
 def answer(query: wire.Query, config: Config) -> bytes | None:
     """The local answer for the DDR names, or None for every other question."""
     q = query.question
-    names = {DDR_NAME} | ({f"_dns.{config.resolver_name}"} if config.resolver_name else set())
-    if q.name not in names or q.qclass != wire.CLASS_IN:
+    if q.name not in names(config) or q.qclass != wire.CLASS_IN:
         return None
     if q.qtype != wire.TYPE_SVCB or not config.encrypted:
         return wire.make_nodata(query, q.name, TTL)

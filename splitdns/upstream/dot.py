@@ -19,6 +19,7 @@ import struct
 from splitdns import wire
 from splitdns.config.upstreams import UpstreamSpec
 from splitdns.upstream.bootstrap import Bootstrap
+from splitdns.upstream.socketpool import deliver
 from splitdns.upstream.transport import (
     Attempt,
     OnDone,
@@ -27,7 +28,6 @@ from splitdns.upstream.transport import (
     UpstreamStats,
     Waiter,
     begin_task,
-    deliver,
 )
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,9 @@ one query in flight per ID. It is faster (no socket per query), and the README g
 arithmetic so users can choose. Replies are matched on ID, source address and port (the
 socket is connected) and the exact question; everything else is counted as forged and
 ignored, and the real answer is still awaited.
+
+`deliver` and `drain` here are the reply matching every UDP exchange and DoT connection uses
+(a fresh per-query socket is the one-query case of a pooled one).
 """
 
 from __future__ import annotations
@@ -17,9 +20,32 @@ import random
 import socket
 
 from splitdns import wire
-from splitdns.upstream.transport import UpstreamStats, Waiter, deliver
+from splitdns.upstream.transport import UpstreamStats, Waiter
 
 ROTATE_AFTER = 10_000  # queries a pooled socket (and its port) serves before it is replaced
+
+
+def deliver(data: bytes, waiting: dict[int, Waiter], stats: UpstreamStats) -> None:
+    """Hand a reply to the query waiting for its ID on a shared connection (DoT, the socket
+    pool) if it really answers that query: our question, our case with 0x20, no signature we
+    did not ask for. Anything else is counted as forged and dropped."""
+    try:
+        message = wire.walk(data)
+    except wire.WireError:
+        stats.forged += 1
+        return
+    waiter = waiting.get(message.msg_id)
+    if waiter is None:
+        stats.forged += 1
+        return
+    query, exact, future = waiter
+    if not wire.reply_matches(message, message.msg_id, query) or (
+        exact is not None and not wire.echoes_question(data, exact)
+    ):
+        stats.forged += 1
+        return
+    if not future.done():
+        future.set_result((data, message))
 
 
 def drain(sock: socket.socket, waiting: dict[int, Waiter], stats: UpstreamStats) -> None:

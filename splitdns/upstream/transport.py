@@ -150,26 +150,3 @@ class Sink(Protocol):
 #: A query waiting on a connection: the query, its question as sent with 0x20 (or None), and
 #: the sink its reply settles.
 Waiter = tuple[wire.Query, bytes | None, Sink]
-
-
-def deliver(data: bytes, waiting: dict[int, Waiter], stats: UpstreamStats) -> None:
-    """Hand a reply to the query waiting for its ID on a shared connection (DoT, the socket
-    pool) if it really answers that query: our question, our case with 0x20, no signature we
-    did not ask for. Anything else is counted as forged and dropped."""
-    try:
-        message = wire.walk(data)
-    except wire.WireError:
-        stats.forged += 1
-        return
-    waiter = waiting.get(message.msg_id)
-    if waiter is None:
-        stats.forged += 1
-        return
-    query, exact, future = waiter
-    if not wire.reply_matches(message, message.msg_id, query) or (
-        exact is not None and not wire.echoes_question(data, exact)
-    ):
-        stats.forged += 1
-        return
-    if not future.done():
-        future.set_result((data, message))
