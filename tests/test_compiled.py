@@ -30,6 +30,7 @@ def _copy_tree(dest: Path) -> None:
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
 
 
+@pytest.mark.timeout(900)
 def test_compiled_build_passes_the_miss_path_tests(tmp_path: Path) -> None:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         if os.environ.get("SPLITDNS_REQUIRE_REAL"):
