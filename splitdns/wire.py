@@ -253,10 +253,14 @@ def _walk_name(data: bytes, offset: int, known: Known) -> tuple[str, int]:
     """read_name for the walk of a whole message: a compression pointer must land where an
     earlier name's label (or root) began, and then that name's rest is already known: one
     look-up instead of reading its labels again. This name's own label starts are added."""
+    limit = len(data)
+    if offset + 1 < limit and data[offset] >= 0xC0:  # the usual owner name: one pointer
+        rest = known.get(((data[offset] & 0x3F) << 8) | data[offset + 1])
+        if rest is not None:  # (every known start lies before `offset`)
+            return rest[0], offset + 2
     labels: list[str] = []
     positions: list[int] = []
     pos = offset
-    limit = len(data)
     own_len = 0
     while True:
         if pos >= limit:
