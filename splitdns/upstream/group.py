@@ -31,6 +31,7 @@ from splitdns.upstream.transport import (
     TransportError,
     UpstreamFailure,
     UpstreamStats,
+    settling,
 )
 
 log = logging.getLogger(__name__)
@@ -95,16 +96,7 @@ class UpstreamGroup:
     async def resolve(self, query: wire.Query) -> Reply:
         """The first usable reply; UpstreamFailure when none arrives before the deadline."""
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-
-        def settle(reply: Reply | None, exc: BaseException | None) -> None:
-            if future.done():
-                return
-            if exc is not None:
-                future.set_exception(exc)
-            elif reply is not None:
-                future.set_result(reply)
-
-        resolution = self.ask(query, settle)
+        resolution = self.ask(query, settling(future))
         try:
             return await future
         finally:

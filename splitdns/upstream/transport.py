@@ -117,9 +117,8 @@ def begin_task(exchange: Coroutine[Any, Any, Reply], on_done: OnDone) -> Attempt
     return task
 
 
-async def exchange_via(transport: Transport, query: wire.Query, timeout: float) -> Reply:
-    """`exchange` for transports whose native form is `begin` (one implementation of both)."""
-    future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+def settling(future: asyncio.Future[Reply]) -> OnDone:
+    """An OnDone that settles `future` (the awaitable form of a callback exchange)."""
 
     def settle(reply: Reply | None, exc: BaseException | None) -> None:
         if future.done():
@@ -129,7 +128,13 @@ async def exchange_via(transport: Transport, query: wire.Query, timeout: float) 
         elif reply is not None:
             future.set_result(reply)
 
-    attempt = transport.begin(query, timeout, settle)
+    return settle
+
+
+async def exchange_via(transport: Transport, query: wire.Query, timeout: float) -> Reply:
+    """`exchange` for transports whose native form is `begin` (one implementation of both)."""
+    future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+    attempt = transport.begin(query, timeout, settling(future))
     try:
         async with asyncio.timeout(timeout):
             return await future
