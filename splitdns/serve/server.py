@@ -218,6 +218,11 @@ class Server:
         self.querylog.close()
         await self.upstreams.aclose()
 
+    @property
+    def in_flight(self) -> int:
+        """Queries being answered now: flat UDP walks and tasks (TCP, DoT, DoH, the rest)."""
+        return self._flat + len(self._tasks)
+
     def _retire(self, old: Forwarder) -> None:
         """Close a replaced forwarder's connections once queries still using it are done."""
 
