@@ -18,7 +18,7 @@ from splitdns.answer.chain import Outcome, Request
 from splitdns.answer.views import client_address
 from splitdns.config import model as config
 from splitdns.serve.server import Server
-from splitdns.upstream.transport import Reply, UpstreamFailure
+from splitdns.upstream.transport import OnDone, Reply, UpstreamFailure
 
 CONFIG = """
 upstreams: [192.0.2.53]
@@ -48,6 +48,13 @@ class FakeUpstreams:
     asked: list[str] = field(default_factory=list)
     failing: bool = False
     delay: float = 0.0
+
+    def ask(self, query: wire.Query, on_done: OnDone) -> None:
+        """The flat walk's form: the same answer, told to a callback."""
+        task = asyncio.ensure_future(self.resolve(query))
+        task.add_done_callback(
+            lambda t: on_done(None, t.exception()) if t.exception() else on_done(t.result(), None)
+        )
 
     async def resolve(self, query: wire.Query) -> Reply:
         self.asked.append(f"{query.question.name}/{query.question.qtype}")
