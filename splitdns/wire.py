@@ -346,15 +346,16 @@ def _read_records(
     pos = offset
     opt_seen = False
     total = sum(counts)
+    size = len(data)
     for section, count in zip((ANSWER, AUTHORITY, ADDITIONAL), counts, strict=True):
         for _ in range(count):
             start = pos
             name, pos = read_name(data, pos) if known is None else _walk_name(data, pos, known)
-            if pos + 10 > len(data):
+            if pos + 10 > size:
                 raise WireError("truncated record")
             rtype, rclass, _ttl, rdlength = RR_FIXED.unpack_from(data, pos)
             rdata = pos + 10
-            if rdata + rdlength > len(data):
+            if rdata + rdlength > size:
                 raise WireError("record data runs past the end of the message")
             if rtype == TYPE_OPT:
                 if opt_seen or section != ADDITIONAL or name != "":
@@ -363,10 +364,14 @@ def _read_records(
                 if check_rdata:
                     _check_options(data, rdata, rdata + rdlength)
             elif check_rdata:
-                last = len(records) == total - 1 and section == ADDITIONAL
-                if rtype == TYPE_TSIG and not (last and rclass == 255):
-                    raise WireError("TSIG that is not the last record, or not of class ANY")
-                _check_rdata(data, rtype, rclass, rdata, rdlength, known)
+                if rtype == TYPE_A and rclass == CLASS_IN:  # the usual record: checked here
+                    if rdlength != 4:
+                        raise WireError(f"type {rtype} record data of {rdlength} octets")
+                else:
+                    last = len(records) == total - 1 and section == ADDITIONAL
+                    if rtype == TYPE_TSIG and not (last and rclass == 255):
+                        raise WireError("TSIG that is not the last record, or not of class ANY")
+                    _check_rdata(data, rtype, rclass, rdata, rdlength, known)
             records.append(
                 Record(
                     section, name, rtype, rclass, pos + 4, rdata, rdlength, start, rdata + rdlength
