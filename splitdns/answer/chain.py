@@ -501,20 +501,24 @@ class Coalesce(Link):
         return None
 
     def after(self, req: Request, resp: Response) -> Response:
-        key = self.key(req)
-        if self.inflight.get(key) is req:
-            del self.inflight[key]
-            if req.leader is not None:
-                req.leader.set_result(resp)
+        leader = self._release(req)
+        if leader is not None:
+            leader.set_result(resp)
         return resp
 
     def abort(self, req: Request, exc: BaseException) -> None:
+        leader = self._release(req)
+        if leader is not None:
+            leader.set_exception(exc)
+            leader.exception()  # retrieved: followers re-ask instead
+
+    def _release(self, req: Request) -> asyncio.Future[Response] | None:
+        """Unregister `req` if it leads; the future its followers wait on, if any came."""
         key = self.key(req)
-        if self.inflight.get(key) is req:
-            del self.inflight[key]
-            if req.leader is not None:
-                req.leader.set_exception(exc)
-                req.leader.exception()  # retrieved: followers re-ask instead
+        if self.inflight.get(key) is not req:
+            return None
+        del self.inflight[key]
+        return req.leader
 
     async def __call__(self, req: Request) -> Response:
         if self.before(req) is TAKE_CHAIN:
