@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import struct
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from splitdns import wire
 from splitdns.config import model as config
 from splitdns.serve.server import Server
 from tests.fuzz import seeds
+from tests.support.datagrams import datagrams
 from tests.support.fakeupstream import FakeUpstream
 from tests.support.servers import NSD, SplitDNS
 
@@ -198,30 +198,12 @@ views:
     loop.close()
 
 
-class Captured:
-    """A UDP listener's reply path that keeps what the server sends."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def sendto(self, data: bytes, addr: Any) -> None:
-        self.sent.append(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-
 async def flat_walk(server: Server, query: bytes) -> bytes | None:
-    """A datagram through Server.datagram (cache hit, flat walk or task), its one answer or
-    None when it was dropped; at most 5 s."""
-    captured = Captured()
-    server.datagram(query, ("127.0.0.1", 5300), captured)
-    deadline = time.monotonic() + 5
-    while server.in_flight and time.monotonic() < deadline:
-        await asyncio.sleep(0.001)
-    assert not server.in_flight, "the flat walk never finished"
-    assert len(captured.sent) <= 1, captured.sent
-    return captured.sent[0] if captured.sent else None
+    """A datagram as UDP takes it (cache hit, flat walk or task): its one answer, or None
+    when it was dropped."""
+    sent = await datagrams(server, [query])
+    assert len(sent) <= 1, sent
+    return sent[0] if sent else None
 
 
 def check_answer(query: bytes, answer: bytes | None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import dns.message
 import dns.rcode
@@ -13,32 +12,8 @@ import pytest
 
 from splitdns.answer import chain
 from splitdns.answer.chain import Rewrite
-from splitdns.serve.server import Server
+from tests.support.datagrams import datagrams
 from tests.unit.test_cache import make, query
-
-
-class Captured:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def sendto(self, data: bytes, addr: Any) -> None:
-        self.sent.append(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-
-async def datagrams(server: Server, queries: list[bytes]) -> list[bytes]:
-    """Each query through Server.datagram (as UDP takes it); the answers once all are done."""
-    captured = Captured()
-    for data in queries:
-        server.datagram(data, ("127.0.0.1", 5300), captured)
-    for _ in range(500):
-        if not server.in_flight:
-            break
-        await asyncio.sleep(0.01)
-    assert not server.in_flight
-    return captured.sent
 
 
 def test_the_flat_walk_answers_as_the_chain_does() -> None:
