@@ -24,7 +24,7 @@ from splitdns import wire
 from splitdns.answer import ddr, localanswers, rewrite, svcb
 from splitdns.answer.cache import Cache, make_key
 from splitdns.answer.rebinding import Guard
-from splitdns.answer.views import is_allowed, select_view
+from splitdns.answer.views import Admission
 from splitdns.config.model import Config, IPAddress, View
 from splitdns.config.upstreams import Forwarding, local_reverse_zone
 from splitdns.upstream.forwarder import Forwarder
@@ -79,8 +79,6 @@ Handler = Callable[[Request], Awaitable[Response]]
 #: more than one answer): the flat walk then awaits the link itself, in a task.
 TAKE_CHAIN = Response(b"", Outcome.SERVFAIL)
 
-CLIENT_MEMO_SIZE = 4096  # per-address decisions remembered (a LAN has few clients)
-
 
 class Link:
     """One step of the chain; see the module docstring for the two ways it runs."""
@@ -108,18 +106,12 @@ class Link:
 class RefuseOutsiders(Link):
     """Clients outside `allow` get REFUSED: splitdns is never an open resolver."""
 
-    def __init__(self, config: Config, next_link: Handler) -> None:
-        self.allow = config.allow
+    def __init__(self, admission: Admission, next_link: Handler) -> None:
+        self.admission = admission
         self.next = next_link
-        self._allowed: dict[IPAddress, bool] = {}  # is_allowed per client, decided once
 
     def before(self, req: Request) -> Response | None:
-        allowed = self._allowed.get(req.client)
-        if allowed is None:
-            if len(self._allowed) >= CLIENT_MEMO_SIZE:
-                self._allowed.clear()
-            allowed = self._allowed[req.client] = is_allowed(self.allow, req.client)
-        if not allowed:
+        if not self.admission.decide(req.client)[0]:
             return Response(wire.make_error(req.query, wire.REFUSED), Outcome.REFUSED)
         return None
 
@@ -198,19 +190,12 @@ class DohCanary(Link):
 class SelectView(Link):
     """Pick the client's view once, so every later link sees the same one."""
 
-    def __init__(self, config: Config, next_link: Handler) -> None:
-        self.views = config.views
+    def __init__(self, admission: Admission, next_link: Handler) -> None:
+        self.admission = admission
         self.next = next_link
-        self._views: dict[IPAddress, View | None] = {}  # select_view per client, decided once
 
     def before(self, req: Request) -> Response | None:
-        client = req.client
-        if client in self._views:
-            req.view = self._views[client]
-        else:
-            if len(self._views) >= CLIENT_MEMO_SIZE:
-                self._views.clear()
-            req.view = self._views[client] = select_view(self.views, client)
+        req.view = self.admission.decide(req.client)[1]
         return None
 
 
@@ -606,6 +591,7 @@ class Pipeline:
     handler: Handler
     cache: Cache
     coalesce: Coalesce
+    admission: Admission  # who may ask, in which view (the server's hit path asks it too)
     links: list[Link] = field(default_factory=list)  # outermost first, down to `forward`
     forward: Forward | None = None
 
@@ -706,14 +692,15 @@ def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None
     if config.doh_canary:
         handler = DohCanary(handler)  # before the cache: a local policy answer, never stored
     handler = DesignatedResolvers(config, handler)  # before any forwarding: never upstream's
-    handler = SelectView(config, handler)  # everything below depends on the view
+    admission = Admission(config.allow, config.views)
+    handler = SelectView(admission, handler)  # everything below depends on the view
     handler = RelaySigned(upstreams, handler)  # signed: nothing below may touch the bytes
     handler = RefuseUnsupported(handler)  # cheap protocol policy before any work
-    handler = RefuseOutsiders(config, handler)  # first: outsiders get nothing but REFUSED
+    handler = RefuseOutsiders(admission, handler)  # first: outsiders get nothing but REFUSED
     links: list[Link] = []
     step: Handler = handler
     while isinstance(step, Link):
         links.append(step)
         step = step.next
     assert isinstance(step, Forward)
-    return Pipeline(handler, cache, coalesce, links, step)
+    return Pipeline(handler, cache, coalesce, admission, links, step)

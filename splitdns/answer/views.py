@@ -26,3 +26,26 @@ def select_view(views: Iterable[View], client: IPAddress) -> View | None:
         if view.matches(client):
             return view
     return None
+
+
+class Admission:
+    """`allow` and the view for each client address, decided once: the chain and the
+    server's cache-hit path ask both for every query, and a LAN has few clients."""
+
+    def __init__(
+        self, allow: tuple[IPNetwork, ...], views: tuple[View, ...], size: int = 4096
+    ) -> None:
+        self.allow = allow
+        self.views = views
+        self.size = size
+        self._known: dict[IPAddress, tuple[bool, View | None]] = {}
+
+    def decide(self, client: IPAddress) -> tuple[bool, View | None]:
+        """(allowed, its view or None)."""
+        known = self._known.get(client)
+        if known is None:
+            if len(self._known) >= self.size:
+                self._known.clear()
+            known = (is_allowed(self.allow, client), select_view(self.views, client))
+            self._known[client] = known
+        return known

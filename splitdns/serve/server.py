@@ -20,7 +20,7 @@ from splitdns import wire
 from splitdns.answer.cache import Cache
 from splitdns.answer.chain import Outcome, Request, Response, build_chain
 from splitdns.answer.ratelimit import RateLimiter
-from splitdns.answer.views import client_address, is_allowed, select_view
+from splitdns.answer.views import client_address, is_allowed
 from splitdns.config.model import Config, Endpoint, IPAddress, IPNetwork
 from splitdns.serve import follow, proxyv2
 from splitdns.serve.certs import CertificateError
@@ -297,7 +297,7 @@ class Server:
         try:
             query = wire.parse_query(data)
         except wire.HeaderOnlyError as exc:
-            if not is_allowed(self.config.allow, client):
+            if not self.pipeline.admission.decide(client)[0]:
                 return None
             if exc.flags & wire.OPCODE_MASK:
                 return wire.make_header_error(exc.msg_id, exc.flags, wire.NOTIMP)
@@ -387,11 +387,8 @@ class Server:
 
     def _classify(self, host: str) -> str | None:
         """The cache's view name for an allowed client ("" for no view), None if not allowed."""
-        client = self.address_of(host)
-        result: str | None = None
-        if is_allowed(self.config.allow, client):
-            view = select_view(self.config.views, client)
-            result = view.name if view is not None else ""
+        allowed, view = self.pipeline.admission.decide(self.address_of(host))
+        result = (view.name if view is not None else "") if allowed else None
         if len(self._clients) >= CLIENT_MEMO_SIZE:
             self._clients.clear()
         self._clients[host] = result
