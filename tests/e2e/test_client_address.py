@@ -22,6 +22,7 @@ import dns.rcode
 import pytest
 
 from splitdns.serve.proxyv2 import build
+from tests.support.encrypted import unverified_context
 from tests.support.metrics import scrape, total
 from tests.support.servers import NSD, SplitDNS, free_port
 from tests.support.tools import need
@@ -182,15 +183,12 @@ def test_dnsmasq_with_add_subnet_in_front(split: SplitDNS, tmp_path: Path) -> No
 def test_dot_behind_a_proxy_names_the_client(nsd: NSD, tmp_path: Path) -> None:
     """A PROXY header before the TLS handshake (as dnsdist sends it to a DoT backend) names the
     client for a trusted proxy; other clients speak TLS straight away."""
-    import ssl
 
     dot = free_port()
     text = VIEWS.format(nsd=nsd.port, metrics=free_port(), log=tmp_path / "q.log")
     proc = SplitDNS(tmp_path, text + f"state_dir: {tmp_path / 'state'}\n",
                     "--listen", f"tls://127.0.0.1:{dot}")  # fmt: skip
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context = unverified_context()
 
     def ask(source: str, header: bytes) -> list[str]:
         with socket.create_connection(("127.0.0.1", dot), source_address=(source, 0),
@@ -211,7 +209,6 @@ def test_doh_behind_a_trusted_http_proxy_takes_x_forwarded_for(nsd: NSD, tmp_pat
     """An HTTP reverse proxy (nginx, Caddy, Traefik) in front of the DoH listener names the
     client in X-Forwarded-For; only a trusted_proxies peer may, and must."""
     import base64
-    import ssl
 
     import httpcore
 
@@ -219,9 +216,7 @@ def test_doh_behind_a_trusted_http_proxy_takes_x_forwarded_for(nsd: NSD, tmp_pat
     text = VIEWS.format(nsd=nsd.port, metrics=free_port(), log=tmp_path / "q.log")
     proc = SplitDNS(tmp_path, text + f"state_dir: {tmp_path / 'state'}\n",
                     "--listen", f"https://127.0.0.1:{doh}/dns-query")  # fmt: skip
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context = unverified_context()
     encoded = base64.urlsafe_b64encode(query()).rstrip(b"=").decode()
 
     def get(source: str, forwarded: str | None) -> tuple[int, list[str]]:

@@ -34,7 +34,7 @@ import dns.rdtypes.svcbbase
 import httpcore
 import pytest
 
-from tests.support.encrypted import ThrowawayCA
+from tests.support.encrypted import ThrowawayCA, unverified_context
 from tests.support.fakeupstream import Action, FakeUpstream
 from tests.support.metrics import scrape, total
 from tests.support.servers import NSD, SplitDNS, free_port
@@ -164,9 +164,7 @@ def test_dnspython_doh_client(split: Split, post: bool, version: str) -> None:
 def raw_doh(
     split: Split, method: str, path: str, body: bytes = b"", ctype: str = ""
 ) -> tuple[int, dict[str, str], bytes]:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context = unverified_context()
     headers = [("content-type", ctype)] if ctype else []
     with httpcore.ConnectionPool(ssl_context=context, http2=True) as pool:
         r = pool.request(method, f"https://127.0.0.1:{split.doh}{path}", headers=headers,
@@ -194,9 +192,7 @@ def test_doh_cache_control_and_bad_requests(split: Split) -> None:
 
 
 def dot_connection(port: int) -> ssl.SSLSocket:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context = unverified_context()
     context.set_alpn_protocols(["dot"])
     raw = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.1", 0))
     return context.wrap_socket(raw)

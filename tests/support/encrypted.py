@@ -226,3 +226,12 @@ class FakeDoH(_TlsListener):
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def unverified_context() -> ssl.SSLContext:
+    """A TLS client context that takes any certificate: for tests of what comes after the
+    handshake (splitdns's self-signed certificate is checked where that is the point)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
