@@ -13,6 +13,12 @@ from tests.support.servers import free_port
 from tests.support.zones import example_zone
 
 
+def doctor(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`splitdns doctor -c CONF ARGS...` as a user runs it, its output kept."""
+    argv = [sys.executable, "-m", "splitdns", "doctor", "-c", str(conf), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
 def test_doctor_verdicts(tmp_path: Path, fake: FakeUpstream) -> None:
     fake.add("home.example.test. 60 IN A 203.0.113.9")
     dead = free_port()
@@ -34,23 +40,7 @@ def test_doctor_verdicts(tmp_path: Path, fake: FakeUpstream) -> None:
             f"    - {{proto: tcp, port: {closed_port}, to: 192.0.2.2}}\n"
             "    - {proto: udp, port: 27015, to: 192.0.2.9}\n"
         )
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "splitdns",
-                "doctor",
-                "-c",
-                str(conf),
-                "--ddns",
-                "home.example.test",
-                "--timeout",
-                "1",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = doctor(conf, "--ddns", "home.example.test", "--timeout", "1")
     lines = out.stdout.splitlines()
     assert out.returncode == 1, out.stdout + out.stderr
     assert lines[0].startswith(f"FAIL  listen 127.0.0.1:{busy}: taken by ")
@@ -86,10 +76,7 @@ def test_doctor_on_a_healthy_setup_with_a_domain_only_upstream(tmp_path: Path, f
     conf = next(tmp_path.glob("splitdns-*.yaml"))
     conf.write_text(f'listen: ["127.0.0.1:{proc.port}"]\n' + text)
     try:
-        out = subprocess.run(
-            [sys.executable, "-m", "splitdns", "doctor", "-c", str(conf), "--timeout", "1"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        out = doctor(conf, "--timeout", "1")
     finally:
         proc.stop()
     lines = out.stdout.splitlines()
@@ -130,10 +117,7 @@ def test_doctor_warns_about_rewritten_names_of_a_signed_zone(tmp_path: Path) -> 
             "      - {from: 203.0.113.1, to: 192.0.2.2, names: [www.example.test]}\n"
             "      - {from: 203.0.113.1, to: 192.0.2.3, names: [www.plain.test]}\n"
         )
-        out = subprocess.run(
-            [sys.executable, "-m", "splitdns", "doctor", "-c", str(conf), "--timeout", "2"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        out = doctor(conf, "--timeout", "2")
     finally:
         nsd.stop()
     signed_lines = [line for line in out.stdout.splitlines() if "DNSSEC" in line]
@@ -164,19 +148,15 @@ def test_doctor_compares_two_resolvers_for_the_rules_names(tmp_path: Path) -> No
     conf = tmp_path / "doctor.yaml"
     conf.write_text(f'listen: ["127.0.0.1:{first.port}"]\n' + mapping.format(to="192.0.2.2"))
 
-    def doctor(peer: int) -> list[str]:
-        out = subprocess.run(
-            [sys.executable, "-m", "splitdns", "doctor", "-c", str(conf), "--timeout", "1",
-             "--peer", f"127.0.0.1:{peer}"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+    def peer_lines(peer: int) -> list[str]:
+        out = doctor(conf, "--timeout", "1", "--peer", f"127.0.0.1:{peer}")
         return [line for line in out.stdout.splitlines() if " peer " in line]
 
     try:
-        assert doctor(same.port) == [
+        assert peer_lines(same.port) == [
             f"ok    peer 127.0.0.1:{same.port}: www.example.test -> 192.0.2.2 on both"
         ]
-        assert doctor(stale.port) == [
+        assert peer_lines(stale.port) == [
             f"FAIL  peer 127.0.0.1:{stale.port}: www.example.test -> 192.0.2.2 here "
             f"(127.0.0.1:{first.port}) but 192.0.2.9 there: the two resolvers disagree (same "
             "mapping on both? reloaded?)"
