@@ -604,13 +604,16 @@ def make_upstream_query(
         msg_id = random_id()
     if query.signed is not None:  # the signature covers every byte but the ID: relay as is
         return msg_id, struct.pack("!H", msg_id) + query.signed[2:]
-    flags = query.flags & (RD | CD)
-    head = HEADER.pack(msg_id, flags, 1, 0, 0, 1)
-    opt = _opt_record(EDNS_PAYLOAD, query.do)
     question = query.question.wire
     if mix_case:
         question = _mixed_case(question[:-4]) + question[-4:]
-    return msg_id, head + question + opt
+    return msg_id, upstream_packet(msg_id, query.flags, question, query.do)
+
+
+def upstream_packet(msg_id: int, query_flags: int, question: bytes, do: bool) -> bytes:
+    """Our query upstream: RD and CD as the client set them, EDNS with its DO bit."""
+    head = HEADER.pack(msg_id, query_flags & (RD | CD), 1, 0, 0, 1)
+    return head + question + (_OPT_DO if do else _OPT_PLAIN)
 
 
 def _mixed_case(name_wire: bytes) -> bytes:

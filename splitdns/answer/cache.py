@@ -231,7 +231,10 @@ class Cache:
             ttl = min(ttl_hint, self.settings.max_ttl) if ttl == 0 else min(ttl, ttl_hint)
         if ttl <= 0:
             return None
-        entry = Entry(data, ttls, ttl, now, outcome)
+        return self.keep(key, Entry(data, ttls, ttl, now, outcome))
+
+    def keep(self, key: Key, entry: Entry) -> Entry | None:
+        """Store a made entry (its TTLs already decided); None if it is too big to keep."""
         if entry.size > self.settings.max_bytes:
             return None
         self._drop(key)

@@ -18,7 +18,7 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from splitdns import wire
 from splitdns.answer import ddr, localanswers, rewrite, svcb
@@ -28,7 +28,7 @@ from splitdns.answer.views import Admission
 from splitdns.config.model import Config, IPAddress, View
 from splitdns.config.upstreams import Forwarding, local_reverse_zone
 from splitdns.upstream.forwarder import Forwarder
-from splitdns.upstream.transport import OnDone, Reply, UpstreamFailure, UpstreamStats
+from splitdns.upstream.transport import Handover, OnDone, Reply, UpstreamFailure, UpstreamStats
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ class Request:
     #: While it leads identical questions: the future its followers wait on (made when the
     #: first follower comes; most questions have none), else None.
     leader: asyncio.Future[Response] | None = None
+    #: What the express lane knows when it hands the question over (see serve/express.py).
+    handover: Handover | None = None
 
 
 @dataclass(slots=True)
@@ -457,6 +459,13 @@ class CacheLink(Link):
 _CACHEABLE = frozenset({Outcome.FORWARDED, Outcome.REWRITTEN, Outcome.FILTERED, Outcome.SERVFAIL})
 
 
+class Leading(Protocol):
+    """What stands in the coalescing table for a question in flight: a Request, or the
+    express lane's exchange; followers put the future they wait on in `leader`."""
+
+    leader: asyncio.Future[Response] | None
+
+
 class Coalesce(Link):
     """Identical questions in flight share one upstream query (views do not matter here).
 
@@ -468,7 +477,7 @@ class Coalesce(Link):
 
     def __init__(self, next_link: Handler) -> None:
         self.next = next_link
-        self.inflight: dict[tuple[bytes, bytes, bool, bool, bool], Request] = {}
+        self.inflight: dict[tuple[bytes, bytes, bool, bool, bool], Leading] = {}
         self.coalesced = 0
 
     @staticmethod
@@ -535,6 +544,8 @@ class Forward:
         self.upstreams = upstreams
 
     async def __call__(self, req: Request) -> Response:
+        if req.handover is not None and req.handover.reply is not None:  # the lane's reply
+            return self.response(req, req.handover.reply, None)
         try:
             reply = await self.upstreams.resolve(req.query)
         except UpstreamFailure as exc:
@@ -543,7 +554,13 @@ class Forward:
 
     def ask(self, req: Request, on_done: OnDone) -> None:
         """The flat form: `on_done` hears the reply (or failure), for `response` to turn."""
-        self.upstreams.ask(req.query, on_done)
+        handover = req.handover
+        if handover is None:
+            self.upstreams.ask(req.query, on_done)
+        elif handover.reply is not None:  # the express lane's reply, already checked
+            asyncio.get_running_loop().call_soon(on_done, handover.reply, None)
+        else:
+            self.upstreams.ask(req.query, on_done, handover)
 
     def response(self, req: Request, reply: Reply | None, exc: BaseException | None) -> Response:
         """The upstream's answer as a bare response; SERVFAIL for UpstreamFailure."""

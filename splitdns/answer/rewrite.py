@@ -46,7 +46,7 @@ def specificity(rule: Rule) -> tuple[int, int, int]:
 
 
 def ordered_rules(view: View) -> tuple[Rule, ...]:
-    return _plan(view).rules
+    return view_plan(view).rules
 
 
 class _Plan:
@@ -69,7 +69,7 @@ def _ranges(networks: Iterable[IPNetwork]) -> tuple[tuple[int, int], ...]:
 _plans: dict[int, tuple[View, _Plan]] = {}
 
 
-def _plan(view: View) -> _Plan:
+def view_plan(view: View) -> _Plan:
     """The view's plan, made once per view object (a reload makes new views)."""
     known = _plans.get(id(view))
     if known is not None and known[0] is view:
@@ -81,7 +81,7 @@ def _plan(view: View) -> _Plan:
     return plan
 
 
-def _mappable(ranges: tuple[tuple[int, int], ...], value: int) -> bool:
+def mappable(ranges: tuple[tuple[int, int], ...], value: int) -> bool:
     return any(low <= value <= high for low, high in ranges)
 
 
@@ -117,7 +117,7 @@ def rewrite(
     """
     if view is None or not view.rules:
         return Rewritten(data)
-    plan = _plan(view)
+    plan = view_plan(view)
     rules = plan.rules
     if message is None:
         message = wire.walk(data)
@@ -142,12 +142,12 @@ def rewrite(
         address: IPAddress
         if record.rtype == wire.TYPE_A and record.rdlength == 4:
             raw = data[offset : offset + 4]
-            if not _mappable(plan.v4, int.from_bytes(raw, "big")):
+            if not mappable(plan.v4, int.from_bytes(raw, "big")):
                 continue
             address = ipaddress.IPv4Address(raw)
         elif record.rtype == wire.TYPE_AAAA and record.rdlength == 16:
             raw = data[offset : offset + 16]
-            if not _mappable(plan.v6, int.from_bytes(raw, "big")):
+            if not mappable(plan.v6, int.from_bytes(raw, "big")):
                 continue
             address = ipaddress.IPv6Address(raw)
         else:

@@ -26,12 +26,14 @@ from splitdns.serve import follow, proxyv2
 from splitdns.serve.certs import CertificateError
 from splitdns.serve.clienttrap import ClientTrap
 from splitdns.serve.encrypted import EncryptedListeners
+from splitdns.serve.express import Express
 from splitdns.serve.metrics import Counts, MetricsServer
 from splitdns.serve.ports import bind_problem
 from splitdns.serve.privileges import service_user
 from splitdns.serve.querylog import QueryLog
 from splitdns.serve.wildcardudp import WildcardUdp, enable_pktinfo, is_wildcard
 from splitdns.upstream.forwarder import Forwarder
+from splitdns.upstream.transport import Handover
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class Server:
         self.querylog = QueryLog(config.query_log)
         self.counts = Counts()
         self.trap = ClientTrap(bool(config.views))
+        self.express = self._express()
         self._refused_tcp = 0
         self._tcp_warned = -CAP_WARNING_EVERY
         self.metrics_server: MetricsServer | None = None
@@ -124,7 +127,14 @@ class Server:
             self.querylog = QueryLog(config.query_log)
         self._clients = {}
         self._trust = {}
+        self.express = self._express()
         return notes
+
+    def _express(self) -> Express | None:
+        """The express lane for the current config, when it has anything to do."""
+        if not isinstance(self.upstreams, Forwarder) or not Express.applies(self, self.pipeline):
+            return None
+        return Express(self, self.pipeline, self.upstreams)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -268,14 +278,21 @@ class Server:
         return self.conclude(admitted, response)
 
     def respond_flat(
-        self, data: bytes, host: str, addr: tuple[Any, ...], transport: DatagramSender
+        self,
+        data: bytes,
+        host: str,
+        addr: tuple[Any, ...],
+        transport: DatagramSender,
+        handover: Handover | None = None,
     ) -> None:
-        """respond() for UDP without a task: the chain's flat walk calls back with the answer."""
+        """respond() for UDP without a task: the chain's flat walk calls back with the answer.
+        (`handover`: what the express lane knows of a question it gives back.)"""
         admitted = self.admit(data, host, "udp")
         if not isinstance(admitted, Request):
             if admitted is not None:
                 transport.sendto(admitted, addr)
             return
+        admitted.handover = handover
         self._flat += 1
 
         def done(response: Response) -> None:
@@ -426,6 +443,8 @@ class Server:
             transport.sendto(answer, addr)
             return
         try:
+            if self.express is not None and self.express.take(data, host, addr, transport):
+                return
             self.respond_flat(data, host, addr, transport)
         except Exception:  # a bug: logged, the message dropped, the server goes on
             log.exception("internal error taking a UDP query from %s", host)

@@ -22,7 +22,7 @@ from splitdns.upstream.dot import DnsOverTls
 from splitdns.upstream.group import Resolution, UpstreamGroup
 from splitdns.upstream.health import Health
 from splitdns.upstream.plain import PlainDNS
-from splitdns.upstream.transport import OnDone, Reply, Transport, UpstreamStats
+from splitdns.upstream.transport import Handover, OnDone, Reply, Transport, UpstreamStats
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,11 @@ class Forwarder:
     async def resolve(self, query: wire.Query) -> Reply:
         return await self.route(query.question.name)[1].resolve(query)
 
-    def ask(self, query: wire.Query, on_done: OnDone) -> Resolution:
+    def ask(
+        self, query: wire.Query, on_done: OnDone, handover: Handover | None = None
+    ) -> Resolution:
         """resolve() without awaiting: on_done hears the reply or the UpstreamFailure."""
-        return self.route(query.question.name)[1].ask(query, on_done)
+        return self.route(query.question.name)[1].ask(query, on_done, handover)
 
     def describe(self, name: str) -> str:
         """Where `name` goes, for explain."""

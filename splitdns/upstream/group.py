@@ -25,6 +25,7 @@ from splitdns import wire
 from splitdns.upstream.health import Health
 from splitdns.upstream.transport import (
     Attempt,
+    Handover,
     OnDone,
     Reply,
     Transport,
@@ -88,10 +89,13 @@ class UpstreamGroup:
         down.sort(key=lambda m: m.health.down_until or 0.0)
         return up + down
 
-    def ask(self, query: wire.Query, on_done: OnDone) -> Resolution:
+    def ask(
+        self, query: wire.Query, on_done: OnDone, handover: Handover | None = None
+    ) -> Resolution:
         """Start resolving `query`; `on_done` hears the first usable reply, or UpstreamFailure
-        no later than the deadline. Plain calls and callbacks: no task, one timer."""
-        return Resolution(self, query, on_done)
+        no later than the deadline (`timeout` from now, or the express lane's `handover`).
+        Plain calls and callbacks: no task, one timer."""
+        return Resolution(self, query, on_done, handover)
 
     async def resolve(self, query: wire.Query) -> Reply:
         """The first usable reply; UpstreamFailure when none arrives before the deadline."""
@@ -139,10 +143,20 @@ class UpstreamGroup:
             self._failed(member, "servfail" if rcode == wire.SERVFAIL else "refused")
             problems.append(f"{member.name}: {wire.rcode_name(rcode)}")
             return None
+        self._usable(member, elapsed)
+        return reply
+
+    def succeeded(self, member: Member, began: float) -> None:
+        """A usable reply from `member` to a question asked at `began`, counted (the express
+        lane's replies are counted here too)."""
+        elapsed = time.monotonic() - began
+        self.stats.observe(member.name, elapsed)
+        self._usable(member, elapsed)
+
+    def _usable(self, member: Member, elapsed: float) -> None:
         member.health.succeeded(elapsed)
         self._log_changes(member)
         self.stats.used(member.name)
-        return reply
 
     def _failed(self, member: Member, kind: str) -> None:
         self.stats.failed(member.name, kind)
@@ -218,7 +232,13 @@ class Resolution:
         "waiting",
     )
 
-    def __init__(self, group: UpstreamGroup, query: wire.Query, on_done: OnDone) -> None:
+    def __init__(
+        self,
+        group: UpstreamGroup,
+        query: wire.Query,
+        on_done: OnDone,
+        handover: Handover | None = None,
+    ) -> None:
         self.group = group
         self.query = query
         self.on_done = on_done
@@ -235,6 +255,11 @@ class Resolution:
         group._start_due_probes()
         self.deadline = time.monotonic() + group.timeout
         waiting = group.order()
+        if handover is not None:  # the express lane asked one already, within this deadline
+            self.deadline = handover.deadline
+            waiting = [m for m in waiting if m.name != handover.tried]
+            if handover.problem:
+                self.problems.append(handover.problem)
         if len(waiting) > 1 and any(m.health.up for m in waiting):
             # Out-of-rotation upstreams are a last resort only when none is healthy.
             waiting = [m for m in waiting if m.health.up]

@@ -70,6 +70,16 @@ class TransportError(OSError):
         self.kind = kind
 
 
+class Handover(NamedTuple):
+    """What the express lane (serve/express.py) tells the chain about a question it asked
+    first: the chain finishes it within the same deadline, without asking that upstream again."""
+
+    deadline: float
+    reply: Reply | None = None  # a checked reply the chain takes as the upstream's answer
+    tried: str | None = None  # the upstream that failed it: not asked again
+    problem: str = ""  # how that failed, for the SERVFAIL's note
+
+
 #: How an exchange ends: exactly one of (reply, None) or (None, the exception), called once,
 #: never from inside `begin` itself (always from a later loop callback).
 OnDone = Callable[[Reply | None, BaseException | None], None]

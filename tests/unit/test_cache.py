@@ -49,7 +49,7 @@ class FakeUpstreams:
     failing: bool = False
     delay: float = 0.0
 
-    def ask(self, query: wire.Query, on_done: OnDone) -> None:
+    def ask(self, query: wire.Query, on_done: OnDone, handover: object = None) -> None:
         """The flat walk's form: the same answer, told to a callback."""
         task = asyncio.ensure_future(self.resolve(query))
         task.add_done_callback(

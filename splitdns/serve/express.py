@@ -1,0 +1,438 @@
+"""The express lane: the usual UDP miss answered in one pass, the chain kept for the rest.
+
+A LAN's misses are nearly all alike: an A or AAAA question from an allowed client, one plain
+UDP upstream answering with A/AAAA records (maybe a CNAME, NS and glue). For those the lane
+does what the chain would, in one flat pass: a fresh random-port socket and random ID, a
+reader callback, `quickscan` instead of the full walk, the view's rewrite, the cache store,
+the counters, the answer. It makes no policy of its own: it takes a question only when no link
+of the chain but cache, coalescing, rewrite and forwarding would act on it (`build_chain`
+stays the definition), and it hands everything else back whole:
+
+- questions the chain answers itself (DDR, the DoH canary, `hosts`, reverse zones, signed
+  or unusual queries, `aaaa: drop` siblings, names under `upstreams.domains` routed elsewhere)
+  and settings it does not do (query log, rebinding guard, 0x20, socket pool, TCP fallback)
+  go to the chain before anything is sent;
+- replies that are valid but unusual (NXDOMAIN, NODATA, DNSSEC, other types, addresses under
+  rules with `names`) are walked in full and handed to the chain as the upstream's reply;
+- truncation, SERVFAIL, REFUSED, errors and silence hand the question to the chain, which asks
+  again within what is left of the same deadline (hedging, failover, serve-stale are its own).
+
+tests/unit/test_express.py holds the lane to the chain's answers byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from splitdns import wire
+from splitdns.answer import ddr, rewrite
+from splitdns.answer.cache import Entry
+from splitdns.answer.chain import Coalesce, DohCanary, Outcome, Pipeline, Response
+from splitdns.answer.quickscan import scan
+from splitdns.config.model import IPAddress, Rule, View
+from splitdns.upstream.forwarder import Forwarder
+from splitdns.upstream.group import Member, UpstreamGroup
+from splitdns.upstream.plain import PlainDNS
+from splitdns.upstream.transport import Attempt, Handover, Reply, UpstreamFailure, begin_task
+
+if TYPE_CHECKING:
+    from splitdns.serve.server import DatagramSender, Server
+
+log = logging.getLogger(__name__)
+
+_A_AAAA = (b"\x00\x01\x00\x01", b"\x00\x1c\x00\x01")  # type and class IN, as on the wire
+_NO_NAMES: frozenset[str] = frozenset()
+
+
+class _ViewPlan:
+    """What the lane needs of a view, decided once per view object."""
+
+    __slots__ = ("name", "named", "rules", "shadowed_aaaa", "v4", "v6", "view")
+
+    def __init__(self, view: View | None) -> None:
+        self.view = view
+        self.name = view.name if view is not None else ""
+        plan = rewrite.view_plan(view) if view is not None and view.rules else None
+        self.rules: tuple[Rule, ...] = plan.rules if plan is not None else ()
+        self.v4 = plan.v4 if plan is not None else ()
+        self.v6 = plan.v6 if plan is not None else ()
+        self.named = any(r.names for r in self.rules)  # rules that look at names: the chain's
+        v4_rules = any(r.source.version == 4 for r in self.rules)
+        # ShadowedAnswers acts on AAAA questions here: they take the chain.
+        self.shadowed_aaaa = view is not None and view.aaaa == "drop" and v4_rules
+
+
+class Express:
+    """The lane for one config (made again on reload); `take` says whether it took a datagram."""
+
+    def __init__(self, server: Server, pipeline: Pipeline, forwarder: Forwarder) -> None:
+        config = server.config
+        self.server = server
+        self.cache = pipeline.cache
+        self.coalesce: Coalesce = pipeline.coalesce
+        self.admission = pipeline.admission
+        self.forwarder = forwarder
+        self.hosts = any(len(v.hosts) for v in config.views)
+        special = set(ddr.names(config)) | ({DohCanary.NAME} if config.doh_canary else set())
+        self.special = frozenset(wire.encode_name(n).lower() for n in special)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the first question's (servers are
+        # made before their loop runs in some tools)
+        self._views: dict[int, tuple[View | None, _ViewPlan]] = {}
+        self.taken = 0  # questions the lane answered itself (tests and the bench read it)
+        self.handed = 0  # questions it handed to the chain after asking upstream
+
+    @staticmethod
+    def applies(server: Server, pipeline: Pipeline) -> bool:
+        """Whether this config leaves the lane anything to do (settings it does not do)."""
+        config = server.config
+        return (
+            pipeline.cache.enabled
+            and not server.querylog.enabled
+            and not config.rebinding.enabled
+            and not config.forwarding.case_randomization
+            and not config.forwarding.socket_pool
+            and not config.trusted_ecs
+        )
+
+    def _plan(self, view: View | None) -> _ViewPlan:
+        known = self._views.get(id(view))
+        if known is not None and known[0] is view:
+            return known[1]
+        plan = _ViewPlan(view)
+        self._views[id(view)] = (view, plan)
+        return plan
+
+    def take(
+        self, data: bytes, host: str, addr: tuple[Any, ...], transport: DatagramSender
+    ) -> bool:
+        """Start answering a cache miss; False (nothing done) when the chain must take it."""
+        peeked = wire.peek(data)
+        if peeked is None:
+            return False
+        msg_id, flags, name_end, qend, edns, do, limit = peeked
+        qtype_class = data[name_end:qend]
+        if qtype_class not in _A_AAAA or not flags & wire.RD:
+            return False
+        lname = data[wire.HEADER_LEN : name_end].lower()
+        if lname in self.special or lname.endswith(b"\x04arpa\x00"):
+            return False
+        allowed, view = self.admission.decide(self.server.address_of(host))
+        if not allowed:
+            return False
+        plan = self._plan(view)
+        if plan.shadowed_aaaa and qtype_class == _A_AAAA[1]:
+            return False
+        forwarder = self.forwarder
+        group = forwarder.default
+        if self.hosts or forwarder.routes:
+            name = wire.read_name(data, wire.HEADER_LEN)[0]
+            if view is not None and len(view.hosts) and view.hosts.lookup(name) is not None:
+                return False
+            group = forwarder.route(name)[1]
+        member = _first(group)
+        if member is None:
+            return False
+        cd = bool(flags & wire.CD)
+        coalescing = (lname, qtype_class, do, cd, True)
+        if coalescing in self.coalesce.inflight:
+            return False  # a follower: the chain waits on the leader
+        now = self.cache.clock()
+        key = (plan.name, lname, qtype_class, do, cd)
+        if self.cache.fresh(key, now) is not None:
+            return False  # a hit due for prefetch: the chain's cache link refreshes it
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        exchange = _Exchange(self, data, host, addr, transport, plan, group, member)
+        exchange.lname, exchange.qtype_class = lname, qtype_class
+        exchange.coalescing, exchange.cache_key = coalescing, key
+        exchange.reply_to = (msg_id, flags, edns, do, limit, qend)
+        try:
+            exchange.send(flags, do, data[wire.HEADER_LEN : qend])
+        except OSError:
+            exchange.close()
+            return False
+        if len(self.coalesce.inflight) < Coalesce.MAX_INFLIGHT:
+            self.coalesce.inflight[coalescing] = exchange
+        self.server._flat += 1
+        return True
+
+
+def _first(group: UpstreamGroup) -> Member | None:
+    """The upstream the group would ask first, when the lane can ask it the same way."""
+    if not group.members or group.strategy == "parallel":
+        return None
+    if group.strategy == "fastest" and len(group.members) > 1:
+        return None
+    member = group.members[0]
+    transport = member.transport
+    if not member.health.up or not isinstance(transport, PlainDNS) or transport.pool is not None:
+        return None
+    return member
+
+
+class _Exchange:
+    """One question in the lane: its socket, timer and what the answer needs. It stands in
+    the coalescing table as the leader (followers' future in `leader`, made by them)."""
+
+    __slots__ = (
+        "addr",
+        "began",
+        "cache_key",
+        "coalescing",
+        "data",
+        "deadline",
+        "express",
+        "fd",
+        "group",
+        "host",
+        "leader",
+        "lname",
+        "member",
+        "msg_id",
+        "plan",
+        "qtype_class",
+        "reply_to",
+        "sock",
+        "tcp",
+        "timer",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        express: Express,
+        data: bytes,
+        host: str,
+        addr: tuple[Any, ...],
+        transport: DatagramSender,
+        plan: _ViewPlan,
+        group: UpstreamGroup,
+        member: Member,
+    ) -> None:
+        self.express = express
+        self.data = data
+        self.host = host
+        self.addr = addr
+        self.transport = transport
+        self.plan = plan
+        self.group = group
+        self.member = member
+        self.leader: asyncio.Future[Response] | None = None
+        # The question, set by Express.take: its name (wire form, lower case), type and class,
+        # its coalescing and cache keys, and (id, flags, edns, do, limit, end) for the answer.
+        self.lname = b""
+        self.qtype_class = b""
+        self.coalescing: tuple[bytes, bytes, bool, bool, bool] = (b"", b"", False, False, True)
+        self.cache_key: tuple[str, bytes, bytes, bool, bool] = ("", b"", b"", False, False)
+        self.reply_to: tuple[int, int, bool, bool, int, int] = (0, 0, False, False, 0, 0)
+        self.msg_id = 0
+        self.sock: socket.socket | None = None
+        self.tcp: Attempt | None = None  # the TCP exchange after a truncated reply
+        self.timer: asyncio.TimerHandle | None = None
+        self.fd = -1
+        self.began = time.monotonic()
+        self.deadline = self.began + group.timeout
+
+    def send(self, flags: int, do: bool, question: bytes) -> None:
+        """The query as wire.make_upstream_query makes it, on a fresh connected socket."""
+        upstream = self.member.transport
+        assert isinstance(upstream, PlainDNS)
+        self.group._start_due_probes()
+        self.msg_id = msg_id = wire.random_id()
+        packet = wire.upstream_packet(msg_id, flags, question, do)
+        self.sock = sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.connect(upstream.address)  # a random port; other sources are dropped
+        self.fd = fd = sock.fileno()
+        loop = self.express.loop
+        assert loop is not None
+        # With more upstreams the chain takes over at the hedge time (and asks on).
+        wait = (
+            min(self.member.health.attempt_timeout(), self.group.timeout)
+            if len(self.group.members) > 1
+            else self.group.timeout
+        )
+        self.timer = loop.call_later(wait, self.expired)
+        loop.add_reader(fd, self.readable)
+        sock.send(packet)
+
+    def close(self) -> None:
+        if self.tcp is not None:
+            self.tcp.cancel()
+            self.tcp = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.sock is not None and self.express.loop is not None:
+            self.express.loop.remove_reader(self.fd)
+            self.sock.close()
+            self.sock = None
+
+    def expired(self) -> None:
+        """No reply by the hedge time (or the deadline): the chain asks the others, if any."""
+        self.timer = None
+        self.group._failed(self.member, "timeout")
+        self.hand_over(problem=f"{self.member.name}: timeout")
+
+    def readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(65535)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # ICMP unreachable
+            self.group._failed(self.member, "network")
+            self.hand_over(problem=f"{self.member.name}: {exc}")
+            return
+        try:
+            self.answer(data)
+        except Exception:  # a bug: logged; the chain answers instead
+            log.exception("express lane failed on a reply; the chain answers")
+            self.hand_over()
+
+    def answer(self, data: bytes) -> None:
+        checked = scan(data, self.msg_id, self.lname, self.qtype_class)
+        flags = checked.flags if checked is not None else 0
+        if checked is None or flags & (0xF | wire.TC) or not checked.answers:
+            self.unusual(data)
+            return
+        self.succeeded()
+        out = bytearray(data if checked.opt_start < 0 else data[: checked.opt_start])
+        if checked.opt_start >= 0:
+            additional = (out[10] << 8) | out[11]
+            out[10:12] = (additional - 1).to_bytes(2, "big")
+        flags = (flags | wire.RA) & ~wire.AA
+        forwarded = None
+        if self.leader is not None:  # followers rewrite their own copy of the plain answer
+            out[2:4] = flags.to_bytes(2, "big")
+            forwarded = bytes(out)
+        rules: list[int] = []
+        plan = self.plan
+        for rtype, offset in checked.addresses:
+            size = 4 if rtype == wire.TYPE_A else 16
+            value = int.from_bytes(out[offset : offset + size], "big")
+            if not rewrite.mappable(plan.v4 if size == 4 else plan.v6, value):
+                continue
+            if plan.named:  # the rule may depend on names: the chain's rewrite decides
+                self.hand_over(reply=Reply(data, wire.walk(data), self.member.name, "udp"))
+                return
+            address: IPAddress = (
+                ipaddress.IPv4Address(value) if size == 4 else ipaddress.IPv6Address(value)
+            )
+            rule = rewrite.pick_rule(plan.rules, address, set(_NO_NAMES))
+            if rule is None:
+                continue
+            out[offset : offset + size] = rule.map(address).packed
+            rules.append(rule.index)
+        if rules:
+            flags &= ~wire.AD
+        out[2:4] = flags.to_bytes(2, "big")
+        bare = bytes(out)
+        self.release(forwarded, data)
+        express = self.express
+        outcome = Outcome.REWRITTEN if rules else Outcome.FORWARDED
+        settings = express.cache.settings
+        low, high = settings.min_ttl, settings.max_ttl
+        ttls = tuple(
+            (offset, low if ttl < low else high if ttl > high else ttl)
+            for offset, ttl in checked.ttls
+        )
+        now = express.cache.clock()
+        express.cache.get(self.cache_key, now)  # the miss, counted as the chain's cache link does
+        ttl = min(t for _, t in ttls)
+        if ttl > 0:
+            entry = express.cache.keep(self.cache_key, Entry(bare, ttls, ttl, now, str(outcome)))
+            if entry is not None:
+                bare = entry.aged(now)
+        server = express.server
+        server._flat -= 1
+        express.taken += 1
+        server.counts.query("udp", int.from_bytes(self.qtype_class[:2], "big"), str(outcome))
+        for index in rules:
+            server.counts.rewrites[(plan.name, index, "address")] += 1
+        msg_id, query_flags, edns, do, limit, qend = self.reply_to
+        question = self.data[wire.HEADER_LEN : qend]
+        answer = wire.assemble(msg_id, query_flags, question, bare, edns, do, limit)
+        if not self.transport.is_closing():
+            self.transport.sendto(answer, self.addr)
+
+    def succeeded(self) -> None:
+        self.close()
+        self.group.succeeded(self.member, self.began)
+
+    def unusual(self, data: bytes) -> None:
+        """Not the usual answer: the full walk and match decide, as for any reply."""
+        try:
+            message = wire.walk(data)
+            query = wire.parse_query(self.data)
+            matches = wire.reply_matches(message, self.msg_id, query)
+        except wire.WireError:
+            matches = False
+        if not matches:
+            self.group.stats.forged += 1  # and the real answer is still awaited
+            return
+        if message.flags & wire.TC:
+            self.close()
+            remaining = max(0.05, self.deadline - time.monotonic())
+            upstream = self.member.transport
+            assert isinstance(upstream, PlainDNS)
+            self.tcp = begin_task(upstream.tcp(query, remaining), self.over_tcp)
+            return
+        reply = Reply(data, message, self.member.name, "udp")
+        self.settled(reply)
+
+    def over_tcp(self, reply: Reply | None, error: BaseException | None) -> None:
+        self.tcp = None
+        self.settled(reply, error)
+
+    def settled(self, reply: Reply | None, error: BaseException | None = None) -> None:
+        """The group's verdict on the upstream's reply (or failure); the chain goes on."""
+        problems: list[str] = []
+        try:
+            usable = self.group._settle(reply, error, self.member, self.began, problems)
+        except Exception:  # an unknown failure: logged; the chain asks again
+            log.exception("express lane: unexpected upstream failure")
+            usable = None
+        if usable is not None:
+            self.hand_over(reply=usable)
+        else:
+            self.hand_over(problem="; ".join(problems))
+
+    def release(self, forwarded: bytes | None, data: bytes) -> None:
+        """Leave the coalescing table; followers get the plain answer the chain would give."""
+        inflight = self.express.coalesce.inflight
+        if inflight.get(self.coalescing) is self:
+            del inflight[self.coalescing]
+        leader = self.leader
+        if leader is None or leader.done():
+            return
+        if forwarded is None:  # handed over: followers ask on their own
+            leader.set_exception(UpstreamFailure("the leader's question went the long way"))
+            leader.exception()
+            return
+        message = wire.strip_opt(data, wire.walk(data))[1]
+        leader.set_result(
+            Response(forwarded, Outcome.FORWARDED, upstream=self.member.name, message=message)
+        )
+
+    def hand_over(self, reply: Reply | None = None, problem: str = "") -> None:
+        """The chain answers this question: with the upstream's reply, or asking the other
+        upstreams within the same deadline (a `problem` says why this one was left)."""
+        self.close()
+        self.release(None, b"")
+        server = self.express.server
+        server._flat -= 1
+        self.express.handed += 1
+        tried = self.member.name if reply is None and problem else None
+        handover = Handover(self.deadline, reply, tried, problem)
+        try:
+            server.respond_flat(self.data, self.host, self.addr, self.transport, handover)
+        except Exception:
+            log.exception("internal error handing a UDP query to the chain")

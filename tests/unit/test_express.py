@@ -1,0 +1,292 @@
+"""The express lane against the chain it stands in for: for every reply shape an upstream on
+loopback sends, a UDP client gets the same bytes, and the same counters, cache entries and
+upstream statistics move, whether the lane answers, hands the question over, or is switched
+off (`server.express = None`: the chain alone)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+from splitdns import wire
+from splitdns.config import model as config
+from splitdns.serve.server import Server
+from tests.support.datagrams import datagrams
+
+Script = Callable[[dns.message.Message], list[bytes]]
+
+CONFIG = """
+listen: ["127.0.0.1:0"]
+upstreams: ["127.0.0.1:{port}"]
+timeout: 0.5
+allow: [127.0.0.0/8]
+cache: {{size: 100, max_ttl: 3600, min_ttl: 5}}
+views:
+  - name: lan
+    clients: [127.0.0.0/8]
+    rewrite:
+      - {{from: 203.0.113.0/29, to: 192.0.2.64/29}}
+      - {{from: "2001:db8:113::/64", to: "fd00:113::/64"}}
+{extra}
+"""
+
+
+class Upstream(asyncio.DatagramProtocol):
+    """A loopback upstream in the test's own loop: each query gets what `script` makes."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.queries = 0
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.queries += 1
+        assert self.transport is not None
+        for reply in self.script(dns.message.from_wire(data)):
+            self.transport.sendto(reply, addr)
+
+
+def answer(*rrsets: str, authority: tuple[str, ...] = (), additional: tuple[str, ...] = (),
+           rcode: int = dns.rcode.NOERROR, edns: bool = True) -> Script:  # fmt: skip
+    """A script answering with these records ("name ttl IN type data[,data...]")."""
+
+    def rrset(text: str) -> dns.rrset.RRset:
+        name, ttl, rdclass, rdtype, data = text.split(maxsplit=4)
+        return dns.rrset.from_text(name, int(ttl), rdclass, rdtype, *data.split(","))
+
+    made: dict[tuple[str, int, bool], bytes] = {}  # the same bytes for both runs of `both`
+
+    def script(q: dns.message.Message) -> list[bytes]:
+        key = (str(q.question[0].name).lower(), q.question[0].rdtype, q.edns >= 0)
+        if key not in made:
+            r = dns.message.make_response(q)
+            r.set_rcode(rcode)
+            if not edns:
+                r.use_edns(False)
+            r.answer.extend(rrset(t) for t in rrsets)
+            r.authority.extend(rrset(t) for t in authority)
+            r.additional.extend(rrset(t) for t in additional)
+            made[key] = bytes(r.to_wire())
+        return [q.id.to_bytes(2, "big") + made[key][2:]]
+
+    return script
+
+
+async def run(script: Script, queries: list[bytes], lane: bool, extra: str = "") -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    upstream = Upstream(script)
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: upstream, local_addr=("127.0.0.1", 0)
+    )
+    port = transport.get_extra_info("sockname")[1]
+    try:
+        server = Server(config.loads(CONFIG.format(port=port, extra=extra), "t.yaml"))
+        if not lane:
+            server.express = None
+        else:
+            assert server.express is not None, "the lane should apply to this config"
+        sent = []
+        for q in queries:  # one at a time: the order of answers is then the order of queries
+            sent += await datagrams(server, [q], seconds=3)
+        stats = server.upstreams.stats
+        return {
+            "answers": sent,
+            "queries": dict(server.counts.queries),
+            "rewrites": dict(server.counts.rewrites),
+            # (an entry keeps the upstream's random ID: not compared)
+            "cache": [
+                (k, e.data[2:], e.ttls, e.ttl, e.outcome) for k, e in server.cache._entries.items()
+            ],
+            "cache_stats": (server.cache.stats.hits, server.cache.stats.misses),
+            "used": sorted(stats.answered.values()),  # (one upstream, on a new port each run)
+            "errors": sorted((kind, n) for (_, kind), n in stats.errors_by.items()),
+            "forged": stats.forged,
+            "upstream_queries": upstream.queries,
+            "taken": server.express.taken if server.express else None,
+        }
+    finally:
+        transport.close()
+
+
+def query(name: str, rdtype: str = "A", msg_id: int = 4242, **kw: Any) -> bytes:
+    q = dns.message.make_query(name, rdtype, **kw)
+    q.id = msg_id
+    return bytes(q.to_wire())
+
+
+def both(
+    script: Script, queries: list[bytes], extra: str = ""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    lane = asyncio.run(run(script, queries, True, extra))
+    chain = asyncio.run(run(script, queries, False, extra))
+    taken = lane.pop("taken")
+    chain.pop("taken")
+    assert lane == chain
+    return lane, {"taken": taken}
+
+
+SHAPES: dict[str, tuple[Script, bool]] = {  # name: (script, the lane answers it itself)
+    "rewritten A": (answer("www.example.test. 300 IN A 203.0.113.1"), True),
+    "public A": (answer("www.example.test. 300 IN A 198.51.100.7"), True),
+    "no OPT in the reply": (answer("www.example.test. 300 IN A 203.0.113.1", edns=False), True),
+    "two A, NS and rewritten glue": (
+        answer(
+            "www.example.test. 300 IN A 203.0.113.1,203.0.113.5,198.51.100.9",
+            authority=("example.test. 3600 IN NS ns.example.test.",),
+            additional=("ns.example.test. 3600 IN A 203.0.113.2",),
+        ),
+        True,
+    ),
+    "a CNAME chain": (
+        answer(
+            "www.example.test. 60 IN CNAME edge.cdn.test.",
+            "edge.cdn.test. 20 IN CNAME e1.cdn.test.",
+            "e1.cdn.test. 7200 IN A 203.0.113.3",
+        ),
+        True,
+    ),
+    "TTL 0 (not cached)": (answer("www.example.test. 0 IN A 203.0.113.1"), True),
+    "NXDOMAIN": (
+        answer(
+            rcode=dns.rcode.NXDOMAIN,
+            authority=("example.test. 300 IN SOA ns.example.test. h.example.test. 1 2 3 4 60",),
+        ),
+        False,
+    ),
+    "NODATA": (
+        answer(authority=("example.test. 300 IN SOA ns.example.test. h.example.test. 1 2 3 4 60",)),
+        False,
+    ),
+    "MX beside the A": (
+        answer(
+            "www.example.test. 300 IN A 203.0.113.1",
+            "www.example.test. 300 IN MX 10 mx.example.test.",
+        ),
+        False,
+    ),
+    "SERVFAIL": (answer(rcode=dns.rcode.SERVFAIL), False),
+    "REFUSED": (answer(rcode=dns.rcode.REFUSED), False),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_the_lane_answers_as_the_chain_does(shape: str) -> None:
+    script, itself = SHAPES[shape]
+    queries = [
+        query("www.example.test."),
+        query("WWW.Example.TEST.", msg_id=7),
+        query("www.example.test.", use_edns=False),
+    ]
+    lane, seen = both(script, queries)
+    assert len(lane["answers"]) == 3
+    rcodes = {dns.message.from_wire(a).rcode() for a in lane["answers"]}
+    if itself:
+        assert seen["taken"] >= 1, "the lane should have answered this shape itself"
+        assert rcodes == {dns.rcode.NOERROR}
+    else:
+        assert seen["taken"] == 0, "the lane should have handed this shape to the chain"
+    first = dns.message.from_wire(lane["answers"][0])
+    assert first.id == 4242
+    if shape == "rewritten A":
+        assert [str(rd) for rd in first.answer[0]] == ["192.0.2.65"]
+        assert lane["rewrites"] == {("lan", 0, "address"): 1}
+
+
+def test_aaaa_is_rewritten_the_same_way() -> None:
+    script = answer("www.example.test. 300 IN AAAA 2001:db8:113::5")
+    lane, seen = both(script, [query("www.example.test.", "AAAA")])
+    assert seen["taken"] == 1
+    got = dns.message.from_wire(lane["answers"][0])
+    assert [str(rd) for rd in got.answer[0]] == ["fd00:113::5"]
+
+
+def test_forged_and_malformed_replies_are_ignored_the_same_way() -> None:
+    def script(q: dns.message.Message) -> list[bytes]:
+        good = answer("www.example.test. 300 IN A 203.0.113.1")(q)[0]
+        wrong_id = bytes([good[0] ^ 0xFF]) + good[1:]
+        other = dns.message.make_response(dns.message.make_query("evil.test.", "A"))
+        other.id = q.id
+        return [wrong_id, bytes(other.to_wire()), b"\x00" * 5, good]
+
+    lane, seen = both(script, [query("www.example.test.")])
+    assert lane["forged"] == 3
+    assert seen["taken"] == 1
+    assert [str(rd) for rd in dns.message.from_wire(lane["answers"][0]).answer[0]] == ["192.0.2.65"]
+
+
+def test_a_pointer_into_address_bytes_is_refused_by_both() -> None:
+    """A name compressed against the bytes of an A record the rewrite will change: the walk
+    refuses it (#19), and so must the lane's scan; the question ends in SERVFAIL."""
+
+    def script(q: dns.message.Message) -> list[bytes]:
+        good = bytearray(answer("www.example.test. 300 IN A 203.0.113.1",
+                                "www.example.test. 300 IN A 203.0.113.2")(q)[0])  # fmt: skip
+        first_rdata = good.index(bytes([203, 0, 113, 1]))
+        second_owner = first_rdata + 4
+        good[second_owner : second_owner + 2] = bytes([0xC0, first_rdata])
+        return [bytes(good)]
+
+    lane, _ = both(script, [query("www.example.test.")])
+    assert lane["forged"] == 1
+    assert dns.message.from_wire(lane["answers"][0]).rcode() == dns.rcode.SERVFAIL
+
+
+def test_silence_ends_in_servfail_within_the_deadline() -> None:
+    lane, _ = both(lambda q: [], [query("www.example.test.")])
+    assert dns.message.from_wire(lane["answers"][0]).rcode() == dns.rcode.SERVFAIL
+    assert lane["errors"] == [("timeout", 1)]
+
+
+def test_rules_with_names_are_left_to_the_chain() -> None:
+    extra = "      - {from: 203.0.113.9, to: 192.0.2.99, names: [only.example.test]}"
+    script = answer("www.example.test. 300 IN A 203.0.113.9")
+    lane, seen = both(script, [query("www.example.test.")], extra)
+    assert seen["taken"] == 0
+    assert [str(rd) for rd in dns.message.from_wire(lane["answers"][0]).answer[0]] == [
+        "203.0.113.9"
+    ]
+
+
+def test_questions_the_chain_answers_itself_never_leave() -> None:
+    lane, seen = both(answer("x. 1 IN A 203.0.113.1"), [
+        query("use-application-dns.net."), query("_dns.resolver.arpa.", "SVCB"),
+        query("1.1.168.192.in-addr.arpa.", "PTR"), query("www.example.test.", "TXT"),
+    ])  # fmt: skip
+    assert seen["taken"] == 0
+    assert [dns.message.from_wire(a).rcode() for a in lane["answers"][:3]] == [
+        dns.rcode.NXDOMAIN, dns.rcode.NOERROR, dns.rcode.NXDOMAIN,
+    ]  # fmt: skip
+    assert lane["upstream_queries"] == 1  # only the TXT question went upstream
+
+
+def test_dnssec_answers_go_the_long_way() -> None:
+    def script(q: dns.message.Message) -> list[bytes]:
+        r = dns.message.make_response(q)
+        r.flags |= dns.flags.AD
+        r.answer.append(dns.rrset.from_text("www.example.test.", 300, "IN", "A", "203.0.113.1"))
+        r.answer.append(dns.rrset.from_text(
+            "www.example.test.", 300, "IN", "RRSIG",
+            "A 13 3 300 20300101000000 20200101000000 1 example.test. AAAA",
+        ))  # fmt: skip
+        return [bytes(r.to_wire())]
+
+    lane, seen = both(script, [query("www.example.test.", want_dnssec=True)])
+    assert seen["taken"] == 0
+    got = dns.message.from_wire(lane["answers"][0])
+    assert not got.flags & dns.flags.AD and len(got.answer) == 1  # RRSIG gone, AD cleared
+
+
+def test_wire_packet_matches_make_upstream_query() -> None:
+    q = wire.parse_query(query("www.example.test.", want_dnssec=True))
+    _, packet = wire.make_upstream_query(q, 99)
+    assert packet == wire.upstream_packet(99, q.flags, q.question.wire, q.do)
