@@ -775,7 +775,11 @@ def assemble(
     return out
 
 
-def peek(data: bytes) -> tuple[int, int, int, int, bool, bool, int] | None:
+#: What `peek` reads: (id, flags, name_end, question_end, edns, do, udp_limit).
+Peeked = tuple[int, int, int, int, bool, bool, int]
+
+
+def peek(data: bytes) -> Peeked | None:
     """The cache-hit parse: (id, flags, name_end, question_end, edns, do, udp_limit) or None.
 
     Handles only the common shape (one uncompressed question, at most an OPT record, opcode

@@ -52,8 +52,15 @@ class Entry:
     )
 
     def __init__(
-        self, data: bytes, ttls: tuple[tuple[int, int], ...], ttl: int, now: float, outcome: str
+        self,
+        data: bytes,
+        ttls: tuple[tuple[int, int], ...],
+        ttl: int,
+        now: float,
+        outcome: str,
+        exact: bool = False,
     ) -> None:
+        """`exact`: `data` already carries `ttls` (none was clamped): at age 0 it is the answer."""
         self.data = data
         self.ttls = ttls
         self.ttl = ttl
@@ -62,7 +69,7 @@ class Entry:
         self.outcome = outcome
         self.size = len(data) + ENTRY_OVERHEAD
         self.prefetching = False
-        self._aged_at = -1  # the stored TTLs may be clamped: compute even at age 0
+        self._aged_at = 0 if exact else -1  # clamped TTLs: computed even at age 0
         self._aged = data
 
     def aged(self, now: float) -> bytes:

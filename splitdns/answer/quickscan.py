@@ -17,6 +17,15 @@ from typing import NamedTuple
 from splitdns import wire
 
 _NAME_DATA = frozenset({wire.TYPE_NS, wire.TYPE_CNAME, wire.TYPE_PTR})
+_A, _AAAA, _OPT, _SOA, _IN = (
+    wire.TYPE_A,
+    wire.TYPE_AAAA,
+    wire.TYPE_OPT,
+    wire.TYPE_SOA,
+    wire.CLASS_IN,
+)
+_RR = wire.RR_FIXED.unpack_from
+_ADDRESSES = frozenset({_A, _AAAA})
 
 
 class Scan(NamedTuple):
@@ -108,15 +117,27 @@ def scan(data: bytes, msg_id: int, lname: bytes, qtype_class: bytes) -> Scan | N
     opt_start = -1
     for i in range(total):
         start = pos
-        pos = _name_end(data, pos, starts)
-        if pos < 0 or pos + 10 > size:
+        if pos + 1 < size and data[pos] >= 0xC0:  # the usual owner: one pointer to a known name
+            if (((data[pos] & 0x3F) << 8) | data[pos + 1]) not in starts:
+                return None
+            pos += 2
+        else:
+            pos = _name_end(data, pos, starts)
+            if pos < 0:
+                return None
+        if pos + 10 > size:
             return None
-        rtype, rclass, ttl, rdlength = wire.RR_FIXED.unpack_from(data, pos)
+        rtype, rclass, ttl, rdlength = _RR(data, pos)
         rdata = pos + 10
         end = rdata + rdlength
         if end > size:
             return None
-        if rtype == wire.TYPE_OPT:
+        if rtype in _ADDRESSES:
+            if rclass != _IN or ttl & 0x80000000 or rdlength != (4 if rtype == _A else 16):
+                return None
+            if i < an or i >= authority_end:
+                addresses.append((rtype, rdata))
+        elif rtype == _OPT:
             if i != total - 1 or i < authority_end or data[start] != 0:
                 return None
             option = rdata
@@ -129,17 +150,12 @@ def scan(data: bytes, msg_id: int, lname: bytes, qtype_class: bytes) -> Scan | N
             opt_start = start
             pos = end
             continue
-        if rclass != wire.CLASS_IN or ttl & 0x80000000:
+        elif rclass != _IN or ttl & 0x80000000:
             return None
-        if rtype == wire.TYPE_A or rtype == wire.TYPE_AAAA:
-            if rdlength != (4 if rtype == wire.TYPE_A else 16):
-                return None
-            if i < an or i >= authority_end:
-                addresses.append((rtype, rdata))
         elif rtype in _NAME_DATA:
             if _name_end(data, rdata, starts) != end:
                 return None
-        elif rtype == wire.TYPE_SOA:
+        elif rtype == _SOA:
             second = _name_end(data, rdata, starts)
             if second < 0 or second > end:
                 return None

@@ -23,10 +23,10 @@ tests/unit/test_express.py holds the lane to the chain's answers byte for byte.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from splitdns import wire
@@ -34,7 +34,7 @@ from splitdns.answer import ddr, rewrite
 from splitdns.answer.cache import Entry
 from splitdns.answer.chain import Coalesce, DohCanary, Outcome, Pipeline, Response
 from splitdns.answer.quickscan import scan
-from splitdns.config.model import IPAddress, Rule, View
+from splitdns.config.model import Rule, View
 from splitdns.upstream.forwarder import Forwarder
 from splitdns.upstream.group import Member, UpstreamGroup
 from splitdns.upstream.plain import PlainDNS
@@ -45,26 +45,40 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CLIENT_MEMO = 4096  # client address -> view plan (a LAN has few clients)
 _A_AAAA = (b"\x00\x01\x00\x01", b"\x00\x1c\x00\x01")  # type and class IN, as on the wire
-_NO_NAMES: frozenset[str] = frozenset()
 
 
 class _ViewPlan:
-    """What the lane needs of a view, decided once per view object."""
+    """What the lane needs of a view, decided once per view object: the rewrite rules as
+    integer ranges in precedence order (rewrite.pick_rule's order), (low, high, target, index)."""
 
-    __slots__ = ("name", "named", "rules", "shadowed_aaaa", "v4", "v6", "view")
+    __slots__ = ("maps4", "maps6", "name", "named", "shadowed_aaaa", "view")
 
     def __init__(self, view: View | None) -> None:
         self.view = view
         self.name = view.name if view is not None else ""
-        plan = rewrite.view_plan(view) if view is not None and view.rules else None
-        self.rules: tuple[Rule, ...] = plan.rules if plan is not None else ()
-        self.v4 = plan.v4 if plan is not None else ()
-        self.v6 = plan.v6 if plan is not None else ()
-        self.named = any(r.names for r in self.rules)  # rules that look at names: the chain's
-        v4_rules = any(r.source.version == 4 for r in self.rules)
+        rules = rewrite.ordered_rules(view) if view is not None and view.rules else ()
+        active = [r for r in rules if r.active]
+        self.maps4 = _maps(r for r in active if r.source.version == 4)
+        self.maps6 = _maps(r for r in active if r.source.version == 6)
+        self.named = any(r.names for r in rules)  # rules that look at names: the chain's
+        v4_rules = any(r.source.version == 4 for r in rules)
         # ShadowedAnswers acts on AAAA questions here: they take the chain.
         self.shadowed_aaaa = view is not None and view.aaaa == "drop" and v4_rules
+
+
+def _maps(rules: Iterable[Rule]) -> tuple[tuple[int, int, int, int], ...]:
+    """Rule.map as integers: an address in [low, high] becomes target + (address - low)."""
+    return tuple(
+        (
+            int(r.source.network_address),
+            int(r.source.broadcast_address),
+            int(r.target.network_address),
+            r.index,
+        )
+        for r in rules
+    )
 
 
 class Express:
@@ -83,6 +97,8 @@ class Express:
         self.loop: asyncio.AbstractEventLoop | None = None  # the first question's (servers are
         # made before their loop runs in some tools)
         self._views: dict[int, tuple[View | None, _ViewPlan]] = {}
+        self._clients: dict[str, _ViewPlan | None] = {}  # None: not allowed
+        self._direct: dict[int, tuple[UpstreamGroup, Member | None]] = {}
         self.taken = 0  # questions the lane answered itself (tests and the bench read it)
         self.handed = 0  # questions it handed to the chain after asking upstream
 
@@ -99,21 +115,38 @@ class Express:
             and not config.trusted_ecs
         )
 
-    def _plan(self, view: View | None) -> _ViewPlan:
-        known = self._views.get(id(view))
-        if known is not None and known[0] is view:
-            return known[1]
-        plan = _ViewPlan(view)
-        self._views[id(view)] = (view, plan)
+    def _client(self, host: str) -> _ViewPlan | None:
+        """The plan of the client's view, None if it may not ask (memoised per address)."""
+        allowed, view = self.admission.decide(self.server.address_of(host))
+        plan = None
+        if allowed:
+            known = self._views.get(id(view))
+            if known is None or known[0] is not view:
+                known = self._views[id(view)] = (view, _ViewPlan(view))
+            plan = known[1]
+        if len(self._clients) >= CLIENT_MEMO:
+            self._clients.clear()
+        self._clients[host] = plan
         return plan
 
+    def _member(self, group: UpstreamGroup) -> Member | None:
+        """The upstream the group would ask first, when the lane can ask it the same way."""
+        known = self._direct.get(id(group))
+        if known is None or known[0] is not group:
+            known = self._direct[id(group)] = (group, _direct(group))
+        member = known[1]
+        return member if member is not None and member.health.up else None
+
     def take(
-        self, data: bytes, host: str, addr: tuple[Any, ...], transport: DatagramSender
+        self,
+        data: bytes,
+        peeked: wire.Peeked,
+        host: str,
+        addr: tuple[Any, ...],
+        transport: DatagramSender,
     ) -> bool:
-        """Start answering a cache miss; False (nothing done) when the chain must take it."""
-        peeked = wire.peek(data)
-        if peeked is None:
-            return False
+        """Start answering a cache miss (`peeked`: wire.peek's reading of it); False (nothing
+        done) when the chain must take it."""
         msg_id, flags, name_end, qend, edns, do, limit = peeked
         qtype_class = data[name_end:qend]
         if qtype_class not in _A_AAAA or not flags & wire.RD:
@@ -121,30 +154,25 @@ class Express:
         lname = data[wire.HEADER_LEN : name_end].lower()
         if lname in self.special or lname.endswith(b"\x04arpa\x00"):
             return False
-        allowed, view = self.admission.decide(self.server.address_of(host))
-        if not allowed:
-            return False
-        plan = self._plan(view)
-        if plan.shadowed_aaaa and qtype_class == _A_AAAA[1]:
+        plan = self._clients[host] if host in self._clients else self._client(host)
+        if plan is None or (plan.shadowed_aaaa and qtype_class == _A_AAAA[1]):
             return False
         forwarder = self.forwarder
         group = forwarder.default
         if self.hosts or forwarder.routes:
             name = wire.read_name(data, wire.HEADER_LEN)[0]
+            view = plan.view
             if view is not None and len(view.hosts) and view.hosts.lookup(name) is not None:
                 return False
             group = forwarder.route(name)[1]
-        member = _first(group)
+        member = self._member(group)
         if member is None:
             return False
         cd = bool(flags & wire.CD)
         coalescing = (lname, qtype_class, do, cd, True)
         if coalescing in self.coalesce.inflight:
             return False  # a follower: the chain waits on the leader
-        now = self.cache.clock()
         key = (plan.name, lname, qtype_class, do, cd)
-        if self.cache.fresh(key, now) is not None:
-            return False  # a hit due for prefetch: the chain's cache link refreshes it
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         exchange = _Exchange(self, data, host, addr, transport, plan, group, member)
@@ -162,15 +190,16 @@ class Express:
         return True
 
 
-def _first(group: UpstreamGroup) -> Member | None:
-    """The upstream the group would ask first, when the lane can ask it the same way."""
+def _direct(group: UpstreamGroup) -> Member | None:
+    """The member a group asks first when all are up, if the lane can ask it as the group
+    would (plain UDP without a pool, no racing or latency order); None otherwise."""
     if not group.members or group.strategy == "parallel":
         return None
     if group.strategy == "fastest" and len(group.members) > 1:
         return None
     member = group.members[0]
     transport = member.transport
-    if not member.health.up or not isinstance(transport, PlainDNS) or transport.pool is not None:
+    if not isinstance(transport, PlainDNS) or transport.pool is not None:
         return None
     return member
 
@@ -242,7 +271,8 @@ class _Exchange:
         """The query as wire.make_upstream_query makes it, on a fresh connected socket."""
         upstream = self.member.transport
         assert isinstance(upstream, PlainDNS)
-        self.group._start_due_probes()
+        if len(self.group.members) > 1:  # (a lone member is up, or the lane is not used)
+            self.group._start_due_probes()
         self.msg_id = msg_id = wire.random_id()
         packet = wire.upstream_packet(msg_id, flags, question, do)
         self.sock = sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
@@ -318,19 +348,15 @@ class _Exchange:
         for rtype, offset in checked.addresses:
             size = 4 if rtype == wire.TYPE_A else 16
             value = int.from_bytes(out[offset : offset + size], "big")
-            if not rewrite.mappable(plan.v4 if size == 4 else plan.v6, value):
-                continue
-            if plan.named:  # the rule may depend on names: the chain's rewrite decides
-                self.hand_over(reply=Reply(data, wire.walk(data), self.member.name, "udp"))
-                return
-            address: IPAddress = (
-                ipaddress.IPv4Address(value) if size == 4 else ipaddress.IPv6Address(value)
-            )
-            rule = rewrite.pick_rule(plan.rules, address, set(_NO_NAMES))
-            if rule is None:
-                continue
-            out[offset : offset + size] = rule.map(address).packed
-            rules.append(rule.index)
+            for low, high, target, index in plan.maps4 if size == 4 else plan.maps6:
+                if low <= value <= high:
+                    if plan.named:  # the rule may depend on names: the chain's rewrite decides
+                        reply = Reply(data, wire.walk(data), self.member.name, "udp")
+                        self.hand_over(reply=reply)
+                        return
+                    out[offset : offset + size] = (target + value - low).to_bytes(size, "big")
+                    rules.append(index)
+                    break
         if rules:
             flags &= ~wire.AD
         out[2:4] = flags.to_bytes(2, "big")
@@ -340,15 +366,21 @@ class _Exchange:
         outcome = Outcome.REWRITTEN if rules else Outcome.FORWARDED
         settings = express.cache.settings
         low, high = settings.min_ttl, settings.max_ttl
-        ttls = tuple(
-            (offset, low if ttl < low else high if ttl > high else ttl)
-            for offset, ttl in checked.ttls
-        )
+        clamped: list[tuple[int, int]] = []
+        ttl = high
+        exact = True
+        for offset, raw_ttl in checked.ttls:  # answer_ttl's clamp and minimum, in one pass
+            kept = low if raw_ttl < low else high if raw_ttl > high else raw_ttl
+            exact = exact and kept == raw_ttl
+            ttl = kept if kept < ttl else ttl
+            clamped.append((offset, kept))
+        ttls = tuple(clamped)
         now = express.cache.clock()
         express.cache.get(self.cache_key, now)  # the miss, counted as the chain's cache link does
-        ttl = min(t for _, t in ttls)
         if ttl > 0:
-            entry = express.cache.keep(self.cache_key, Entry(bare, ttls, ttl, now, str(outcome)))
+            entry = express.cache.keep(
+                self.cache_key, Entry(bare, ttls, ttl, now, str(outcome), exact)
+            )
             if entry is not None:
                 bare = entry.aged(now)
         server = express.server

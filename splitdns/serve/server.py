@@ -65,7 +65,7 @@ class Server:
         self.querylog = QueryLog(config.query_log)
         self.counts = Counts()
         self.trap = ClientTrap(bool(config.views))
-        self.express = self._express()
+        self.express = self._make_express()
         self._refused_tcp = 0
         self._tcp_warned = -CAP_WARNING_EVERY
         self.metrics_server: MetricsServer | None = None
@@ -127,10 +127,10 @@ class Server:
             self.querylog = QueryLog(config.query_log)
         self._clients = {}
         self._trust = {}
-        self.express = self._express()
+        self.express = self._make_express()
         return notes
 
-    def _express(self) -> Express | None:
+    def _make_express(self) -> Express | None:
         """The express lane for the current config, when it has anything to do."""
         if not isinstance(self.upstreams, Forwarder) or not Express.applies(self, self.pipeline):
             return None
@@ -380,7 +380,11 @@ class Server:
         Only the common query shape is handled (wire.peek); clients not allowed, misses and
         entries due for prefetch all go the full way, so this path never decides policy.
         """
-        peeked = wire.peek(data)
+        return self._hit(data, host, wire.peek(data)) or None
+
+    def _hit(self, data: bytes, host: str, peeked: wire.Peeked | None) -> bytes | None:
+        """fast_answer, but b"" for a hit due for prefetch (the chain's cache link answers
+        it and refreshes it), so the express lane can tell it from a miss."""
         if peeked is None or not self.cache.enabled:
             return None
         msg_id, flags, name_end, qend, edns, do, limit = peeked
@@ -390,8 +394,10 @@ class Server:
         key = (view, data[12:name_end].lower(), data[name_end:qend], do, bool(flags & wire.CD))
         now = self.cache.clock()
         entry = self.cache.fresh(key, now)
-        if entry is None or self.cache.prefetch_due(entry, now):
-            return None  # the chain's cache link counts it and starts any refresh
+        if entry is None:
+            return None
+        if self.cache.prefetch_due(entry, now):
+            return b""  # the chain's cache link counts it and starts the refresh
         self.cache.stats.hits += 1
         answer = wire.assemble(msg_id, flags, data[12:qend], entry.aged(now), edns, do, limit)
         self.counts.query("udp", (data[name_end] << 8) | data[name_end + 1], "cached")
@@ -434,20 +440,36 @@ class Server:
             if refusal is not None:
                 transport.sendto(refusal, addr)
             return
+        peeked = wire.peek(data)
         try:
-            answer = self.fast_answer(data, host)
+            answer = self._hit(data, host, peeked)
         except Exception:  # the fast path must never cost an answer: take the full path
             log.exception("cache fast path failed; answering the slow way")
             answer = None
-        if answer is not None:
+        if answer:
             transport.sendto(answer, addr)
             return
         try:
-            if self.express is not None and self.express.take(data, host, addr, transport):
-                return
-            self.respond_flat(data, host, addr, transport)
+            if not self._take_express(answer, data, peeked, host, addr, transport):
+                self.respond_flat(data, host, addr, transport)
         except Exception:  # a bug: logged, the message dropped, the server goes on
             log.exception("internal error taking a UDP query from %s", host)
+
+    def _take_express(
+        self,
+        hit: bytes | None,
+        data: bytes,
+        peeked: wire.Peeked | None,
+        host: str,
+        addr: tuple[Any, ...],
+        transport: DatagramSender,
+    ) -> bool:
+        """Whether the express lane took a miss (`hit` b"": a hit due for prefetch, the
+        chain's)."""
+        express = self.express
+        if hit is not None or express is None or peeked is None:
+            return False
+        return express.take(data, peeked, host, addr, transport)
 
     def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool:
         key = (host, networks)

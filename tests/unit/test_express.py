@@ -155,7 +155,7 @@ SHAPES: dict[str, tuple[Script, bool]] = {  # name: (script, the lane answers it
         ),
         True,
     ),
-    "TTL 0 (not cached)": (answer("www.example.test. 0 IN A 203.0.113.1"), True),
+    "TTL 0 (raised to min_ttl)": (answer("www.example.test. 0 IN A 203.0.113.1"), True),
     "NXDOMAIN": (
         answer(
             rcode=dns.rcode.NXDOMAIN,
