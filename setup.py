@@ -24,6 +24,8 @@ HOT_MODULES = [
     "splitdns/answer/localanswers.py",
     "splitdns/answer/ratelimit.py",
     "splitdns/serve/server.py",
+    "splitdns/serve/express.py",
+    "splitdns/answer/quickscan.py",
 ]
 
 

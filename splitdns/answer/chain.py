@@ -18,7 +18,7 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from splitdns import wire
 from splitdns.answer import ddr, localanswers, rewrite, svcb
@@ -178,7 +178,7 @@ class DohCanary(Link):
     """`use-application-dns.net` gets NXDOMAIN, so Firefox keeps using this resolver (and its
     rewrites) instead of switching to DNS over HTTPS on its own."""
 
-    NAME = "use-application-dns.net"
+    NAME: ClassVar[str] = "use-application-dns.net"
 
     def __init__(self, next_link: Handler) -> None:
         self.next = next_link
@@ -473,7 +473,7 @@ class Coalesce(Link):
     gets the answer, and must never hand that refusal to anyone else.
     """
 
-    MAX_INFLIGHT = 10000
+    MAX_INFLIGHT: ClassVar[int] = 10000
 
     def __init__(self, next_link: Handler) -> None:
         self.next = next_link

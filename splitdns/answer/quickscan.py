@@ -12,6 +12,7 @@ same verdicts).
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 from splitdns import wire
@@ -24,7 +25,7 @@ _A, _AAAA, _OPT, _SOA, _IN = (
     wire.TYPE_SOA,
     wire.CLASS_IN,
 )
-_RR = wire.RR_FIXED.unpack_from
+_RR = struct.Struct("!HHIH").unpack_from  # wire.RR_FIXED's: type, class, TTL, data length
 _ADDRESSES = frozenset({_A, _AAAA})
 
 

@@ -173,9 +173,10 @@ class Express:
         if coalescing in self.coalesce.inflight:
             return False  # a follower: the chain waits on the leader
         key = (plan.name, lname, qtype_class, do, cd)
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
-        exchange = _Exchange(self, data, host, addr, transport, plan, group, member)
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
+        exchange = _Exchange(self, loop, data, host, addr, transport, plan, group, member)
         exchange.lname, exchange.qtype_class = lname, qtype_class
         exchange.coalescing, exchange.cache_key = coalescing, key
         exchange.reply_to = (msg_id, flags, edns, do, limit, qend)
@@ -221,6 +222,7 @@ class _Exchange:
         "host",
         "leader",
         "lname",
+        "loop",
         "member",
         "msg_id",
         "plan",
@@ -235,6 +237,7 @@ class _Exchange:
     def __init__(
         self,
         express: Express,
+        loop: asyncio.AbstractEventLoop,
         data: bytes,
         host: str,
         addr: tuple[Any, ...],
@@ -244,6 +247,7 @@ class _Exchange:
         member: Member,
     ) -> None:
         self.express = express
+        self.loop = loop
         self.data = data
         self.host = host
         self.addr = addr
@@ -279,8 +283,7 @@ class _Exchange:
         sock.setblocking(False)
         sock.connect(upstream.address)  # a random port; other sources are dropped
         self.fd = fd = sock.fileno()
-        loop = self.express.loop
-        assert loop is not None
+        loop = self.loop
         # With more upstreams the chain takes over at the hedge time (and asks on).
         wait = (
             min(self.member.health.attempt_timeout(), self.group.timeout)
@@ -298,8 +301,8 @@ class _Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.sock is not None and self.express.loop is not None:
-            self.express.loop.remove_reader(self.fd)
+        if self.sock is not None:
+            self.loop.remove_reader(self.fd)
             self.sock.close()
             self.sock = None
 
