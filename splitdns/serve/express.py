@@ -2,20 +2,24 @@
 
 A LAN's misses are nearly all alike: an A or AAAA question from an allowed client, one plain
 UDP upstream answering with A/AAAA records (maybe a CNAME, NS and glue). For those the lane
-does what the chain would, in one flat pass: a fresh random-port socket and random ID, a
-reader callback, `quickscan` instead of the full walk, the view's rewrite, the cache store,
-the counters, the answer. It makes no policy of its own: it takes a question only when no link
-of the chain but cache, coalescing, rewrite and forwarding would act on it (`build_chain`
-stays the definition), and it hands everything else back whole:
+does what the chain would, in one flat pass: a fresh random-port socket and random ID (or a
+pooled socket with `socket_pool`), a reader callback, `quickscan` instead of the full walk,
+the view's rewrite, the cache store, the counters, the answer. It makes no policy of its
+own: it takes a question only when no link of the chain but cache, coalescing, rewrite and
+forwarding would act on it (`build_chain` stays the definition), and it hands everything
+else back whole:
 
 - questions the chain answers itself (DDR, the DoH canary, `hosts`, reverse zones, signed
-  or unusual queries, `aaaa: drop` siblings, names under `upstreams.domains` routed elsewhere)
-  and settings it does not do (query log, rebinding guard, 0x20, socket pool, TCP fallback)
+  or unusual queries, AAAA under `aaaa: drop`), groups it cannot ask as the group would
+  (`parallel`, `fastest` with several, DoT/DoH, the first upstream out of rotation) and
+  settings it does not do (query log, rebinding guard, 0x20 case randomisation, trusted ECS)
   go to the chain before anything is sent;
 - replies that are valid but unusual (NXDOMAIN, NODATA, DNSSEC, other types, addresses under
   rules with `names`) are walked in full and handed to the chain as the upstream's reply;
-- truncation, SERVFAIL, REFUSED, errors and silence hand the question to the chain, which asks
-  again within what is left of the same deadline (hedging, failover, serve-stale are its own).
+- a truncated reply is asked again over TCP, then handed over like the unusual ones;
+- SERVFAIL, REFUSED, socket errors and silence (by the hedge time, or the deadline with one
+  upstream) hand the question to the chain, which asks the other upstreams within what is
+  left of the same deadline (failover and serve-stale are its own).
 
 tests/unit/test_express.py holds the lane to the chain's answers byte for byte.
 """
@@ -38,6 +42,7 @@ from splitdns.config.model import Rule, View
 from splitdns.upstream.forwarder import Forwarder
 from splitdns.upstream.group import Member, UpstreamGroup
 from splitdns.upstream.plain import PlainDNS
+from splitdns.upstream.socketpool import Pooled, SocketPool
 from splitdns.upstream.transport import Attempt, Handover, Reply, UpstreamFailure, begin_task
 
 if TYPE_CHECKING:
@@ -111,7 +116,6 @@ class Express:
             and not server.querylog.enabled
             and not config.rebinding.enabled
             and not config.forwarding.case_randomization
-            and not config.forwarding.socket_pool
             and not config.trusted_ecs
         )
 
@@ -200,7 +204,7 @@ def _direct(group: UpstreamGroup) -> Member | None:
         return None
     member = group.members[0]
     transport = member.transport
-    if not isinstance(transport, PlainDNS) or transport.pool is not None:
+    if not isinstance(transport, PlainDNS) or transport.mix_case:
         return None
     return member
 
@@ -226,6 +230,7 @@ class _Exchange:
         "member",
         "msg_id",
         "plan",
+        "pooled",
         "qtype_class",
         "reply_to",
         "sock",
@@ -266,23 +271,19 @@ class _Exchange:
         self.msg_id = 0
         self.sock: socket.socket | None = None
         self.tcp: Attempt | None = None  # the TCP exchange after a truncated reply
+        self.pooled: Pooled | None = None  # with socket_pool: the socket asked on
         self.timer: asyncio.TimerHandle | None = None
         self.fd = -1
         self.began = time.monotonic()
         self.deadline = self.began + group.timeout
 
     def send(self, flags: int, do: bool, question: bytes) -> None:
-        """The query as wire.make_upstream_query makes it, on a fresh connected socket."""
+        """The query as wire.make_upstream_query makes it, on a fresh connected socket (a
+        random port), or on a pooled one with an ID free there (`socket_pool`)."""
         upstream = self.member.transport
         assert isinstance(upstream, PlainDNS)
         if len(self.group.members) > 1:  # (a lone member is up, or the lane is not used)
             self.group._start_due_probes()
-        self.msg_id = msg_id = wire.random_id()
-        packet = wire.upstream_packet(msg_id, flags, question, do)
-        self.sock = sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.connect(upstream.address)  # a random port; other sources are dropped
-        self.fd = fd = sock.fileno()
         loop = self.loop
         # With more upstreams the chain takes over at the hedge time (and asks on).
         wait = (
@@ -290,6 +291,19 @@ class _Exchange:
             if len(self.group.members) > 1
             else self.group.timeout
         )
+        pool = upstream.pool
+        if pool is not None:
+            self.pooled, self.msg_id = pooled, msg_id = pool.checkout()
+            pooled.receivers[msg_id] = self
+            self.timer = loop.call_later(wait, self.expired)
+            pooled.sock.send(wire.upstream_packet(msg_id, flags, question, do))
+            return
+        self.msg_id = msg_id = wire.random_id()
+        packet = wire.upstream_packet(msg_id, flags, question, do)
+        self.sock = sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.connect(upstream.address)  # other sources are dropped by the kernel
+        self.fd = fd = sock.fileno()
         self.timer = loop.call_later(wait, self.expired)
         loop.add_reader(fd, self.readable)
         sock.send(packet)
@@ -305,6 +319,9 @@ class _Exchange:
             self.loop.remove_reader(self.fd)
             self.sock.close()
             self.sock = None
+        if self.pooled is not None:
+            SocketPool.release(self.pooled, self.msg_id)
+            self.pooled = None
 
     def expired(self) -> None:
         """No reply by the hedge time (or the deadline): the chain asks the others, if any."""
@@ -320,10 +337,18 @@ class _Exchange:
             data = sock.recv(65535)
         except BlockingIOError:
             return
-        except OSError as exc:  # ICMP unreachable
-            self.group._failed(self.member, "network")
-            self.hand_over(problem=f"{self.member.name}: {exc}")
+        except OSError as exc:
+            self.failed(exc)
             return
+        self.received(data)
+
+    def failed(self, exc: OSError) -> None:
+        """A socket error (ICMP unreachable): the chain asks the others, if any."""
+        self.group._failed(self.member, "network")
+        self.hand_over(problem=f"{self.member.name}: {exc}")
+
+    def received(self, data: bytes) -> None:
+        """A datagram from the upstream's address and port, with our ID if pooled."""
         try:
             self.answer(data)
         except Exception:  # a bug: logged; the chain answers instead

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+from typing import Protocol
 
 from splitdns import wire
 from splitdns.upstream.transport import UpstreamStats, Waiter
@@ -48,7 +49,21 @@ def deliver(data: bytes, waiting: dict[int, Waiter], stats: UpstreamStats) -> No
         future.set_result((data, message))
 
 
-def drain(sock: socket.socket, waiting: dict[int, Waiter], stats: UpstreamStats) -> None:
+class Receiver(Protocol):
+    """A query on a pooled socket that checks its own replies (the express lane): it gets
+    every datagram carrying its ID, and any socket error."""
+
+    def received(self, data: bytes) -> None: ...
+
+    def failed(self, exc: OSError) -> None: ...
+
+
+def drain(
+    sock: socket.socket,
+    waiting: dict[int, Waiter],
+    stats: UpstreamStats,
+    receivers: dict[int, Receiver] | None = None,
+) -> None:
     """Every datagram waiting on a connected socket goes to the query it answers (forgeries
     are counted and dropped); a socket error (ICMP unreachable) fails what waits on it now.
     A fresh per-query socket is the one-query case of a pooled one."""
@@ -61,7 +76,14 @@ def drain(sock: socket.socket, waiting: dict[int, Waiter], stats: UpstreamStats)
             for _, _, future in list(waiting.values()):
                 if not future.done():
                     future.set_exception(exc)
+            for failing in list(receivers.values()) if receivers else ():
+                failing.failed(exc)
             return
+        if receivers and len(data) >= 2:
+            receiver = receivers.get((data[0] << 8) | data[1])
+            if receiver is not None:
+                receiver.received(data)
+                continue
         deliver(data, waiting, stats)
 
 
@@ -76,8 +98,11 @@ class Pooled:
         self.used = 0
         self.retiring = False
         self.waiting: dict[int, Waiter] = {}
+        self.receivers: dict[int, Receiver] = {}  # the express lane's queries
         self.loop = asyncio.get_running_loop()
-        self.loop.add_reader(self.sock.fileno(), drain, self.sock, self.waiting, stats)
+        self.loop.add_reader(
+            self.sock.fileno(), drain, self.sock, self.waiting, stats, self.receivers
+        )
 
     def close(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
@@ -113,14 +138,15 @@ class SocketPool:
         and gives both back with `release`."""
         pooled = self._pick()
         msg_id = wire.random_id()
-        while msg_id in pooled.waiting:
+        while msg_id in pooled.waiting or msg_id in pooled.receivers:
             msg_id = wire.random_id()
         return pooled, msg_id
 
     @staticmethod
     def release(pooled: Pooled, msg_id: int) -> None:
-        del pooled.waiting[msg_id]
-        if pooled.retiring and not pooled.waiting:
+        pooled.waiting.pop(msg_id, None)
+        pooled.receivers.pop(msg_id, None)
+        if pooled.retiring and not pooled.waiting and not pooled.receivers:
             pooled.close()
 
     def close(self) -> None:

@@ -24,7 +24,9 @@ Script = Callable[[dns.message.Message], list[bytes]]
 
 CONFIG = """
 listen: ["127.0.0.1:0"]
-upstreams: ["127.0.0.1:{port}"]
+upstreams:
+  default: ["127.0.0.1:{port}"]
+  socket_pool: {pool}
 timeout: 0.5
 allow: [127.0.0.0/8]
 cache: {{size: 100, max_ttl: 3600, min_ttl: 5}}
@@ -82,15 +84,17 @@ def answer(*rrsets: str, authority: tuple[str, ...] = (), additional: tuple[str,
     return script
 
 
-async def run(script: Script, queries: list[bytes], lane: bool, extra: str = "") -> dict[str, Any]:
+async def run(
+    script: Script, queries: list[bytes], lane: bool, extra: str = "", pool: int = 0
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     upstream = Upstream(script)
     transport, _ = await loop.create_datagram_endpoint(
         lambda: upstream, local_addr=("127.0.0.1", 0)
     )
     port = transport.get_extra_info("sockname")[1]
+    server = Server(config.loads(CONFIG.format(port=port, extra=extra, pool=pool), "t.yaml"))
     try:
-        server = Server(config.loads(CONFIG.format(port=port, extra=extra), "t.yaml"))
         if not lane:
             server.express = None
         else:
@@ -115,6 +119,7 @@ async def run(script: Script, queries: list[bytes], lane: bool, extra: str = "")
             "taken": server.express.taken if server.express else None,
         }
     finally:
+        await server.upstreams.aclose()  # (the socket pool's sockets)
         transport.close()
 
 
@@ -125,10 +130,10 @@ def query(name: str, rdtype: str = "A", msg_id: int = 4242, **kw: Any) -> bytes:
 
 
 def both(
-    script: Script, queries: list[bytes], extra: str = ""
+    script: Script, queries: list[bytes], extra: str = "", pool: int = 0
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    lane = asyncio.run(run(script, queries, True, extra))
-    chain = asyncio.run(run(script, queries, False, extra))
+    lane = asyncio.run(run(script, queries, True, extra, pool))
+    chain = asyncio.run(run(script, queries, False, extra, pool))
     taken = lane.pop("taken")
     chain.pop("taken")
     assert lane == chain
@@ -179,15 +184,16 @@ SHAPES: dict[str, tuple[Script, bool]] = {  # name: (script, the lane answers it
 }
 
 
+@pytest.mark.parametrize("pool", [0, 4], ids=["fresh-port", "socket-pool"])
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_the_lane_answers_as_the_chain_does(shape: str) -> None:
+def test_the_lane_answers_as_the_chain_does(shape: str, pool: int) -> None:
     script, itself = SHAPES[shape]
     queries = [
         query("www.example.test."),
         query("WWW.Example.TEST.", msg_id=7),
         query("www.example.test.", use_edns=False),
     ]
-    lane, seen = both(script, queries)
+    lane, seen = both(script, queries, pool=pool)
     assert len(lane["answers"]) == 3
     rcodes = {dns.message.from_wire(a).rcode() for a in lane["answers"]}
     if itself:
@@ -210,7 +216,8 @@ def test_aaaa_is_rewritten_the_same_way() -> None:
     assert [str(rd) for rd in got.answer[0]] == ["fd00:113::5"]
 
 
-def test_forged_and_malformed_replies_are_ignored_the_same_way() -> None:
+@pytest.mark.parametrize("pool", [0, 4], ids=["fresh-port", "socket-pool"])
+def test_forged_and_malformed_replies_are_ignored_the_same_way(pool: int) -> None:
     def script(q: dns.message.Message) -> list[bytes]:
         good = answer("www.example.test. 300 IN A 203.0.113.1")(q)[0]
         wrong_id = bytes([good[0] ^ 0xFF]) + good[1:]
@@ -218,7 +225,7 @@ def test_forged_and_malformed_replies_are_ignored_the_same_way() -> None:
         other.id = q.id
         return [wrong_id, bytes(other.to_wire()), b"\x00" * 5, good]
 
-    lane, seen = both(script, [query("www.example.test.")])
+    lane, seen = both(script, [query("www.example.test.")], pool=pool)
     assert lane["forged"] == 3
     assert seen["taken"] == 1
     assert [str(rd) for rd in dns.message.from_wire(lane["answers"][0]).answer[0]] == ["192.0.2.65"]
