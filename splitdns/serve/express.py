@@ -26,9 +26,9 @@ tests/unit/test_express.py holds the lane to the chain's answers byte for byte.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -41,7 +41,7 @@ from splitdns.answer.quickscan import scan
 from splitdns.config.model import Rule, View
 from splitdns.upstream.forwarder import Forwarder
 from splitdns.upstream.group import Member, UpstreamGroup
-from splitdns.upstream.plain import PlainDNS
+from splitdns.upstream.plain import PlainDNS, fresh_socket
 from splitdns.upstream.socketpool import Pooled, SocketPool
 from splitdns.upstream.transport import Attempt, Handover, Reply, UpstreamFailure, begin_task
 
@@ -269,7 +269,7 @@ class _Exchange:
         self.cache_key: tuple[str, bytes, bytes, bool, bool] = ("", b"", b"", False, False)
         self.reply_to: tuple[int, int, bool, bool, int, int] = (0, 0, False, False, 0, 0)
         self.msg_id = 0
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self.tcp: Attempt | None = None  # the TCP exchange after a truncated reply
         self.pooled: Pooled | None = None  # with socket_pool: the socket asked on
         self.timer: asyncio.TimerHandle | None = None
@@ -300,9 +300,7 @@ class _Exchange:
             return
         self.msg_id = msg_id = wire.random_id()
         packet = wire.upstream_packet(msg_id, flags, question, do)
-        self.sock = sock = socket.socket(upstream.family, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.connect(upstream.address)  # other sources are dropped by the kernel
+        self.sock = sock = fresh_socket(upstream.family, upstream.address)
         self.fd = fd = sock.fileno()
         self.timer = loop.call_later(wait, self.expired)
         loop.add_reader(fd, self.readable)

@@ -8,6 +8,7 @@ answer is still awaited.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import socket
 import struct
@@ -36,6 +37,19 @@ def restore_case(
     data = data[: wire.HEADER_LEN] + question + data[wire.HEADER_LEN + len(question) :]
     message.questions = [query.question]
     return data, message
+
+
+def fresh_socket(family: int, address: tuple[str, int]) -> _socket.socket:
+    """A non-blocking UDP socket connected to `address`: connect() binds a random ephemeral
+    port and makes the kernel drop datagrams from other sources (and report ICMP errors on
+    this socket). The C socket type: no Python-level wrapper to run for every query."""
+    sock = _socket.socket(family, _socket.SOCK_DGRAM | _socket.SOCK_NONBLOCK)
+    try:
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class PlainDNS:
@@ -123,7 +137,7 @@ class _UdpAttempt:
         self.tcp: Attempt | None = None
         self.loop = loop = asyncio.get_running_loop()  # once: each call is a getpid()
         pool = owner.pool
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self.pooled: Pooled | None = None
         if pool is not None:
             self.pooled, msg_id = pool.checkout()
@@ -138,12 +152,8 @@ class _UdpAttempt:
             return
         self.msg_id, packet = wire.make_upstream_query(query, mix_case=owner.mix_case)
         self.exact = wire.sent_question(packet, query) if owner.mix_case else None
-        self.sock = sock = socket.socket(owner.family, socket.SOCK_DGRAM)
+        self.sock = sock = fresh_socket(owner.family, owner.address)
         try:
-            sock.setblocking(False)
-            # connect() binds a random ephemeral port and makes the kernel drop datagrams
-            # from other sources (and report ICMP errors on this socket).
-            sock.connect(owner.address)
             waiting: dict[int, Waiter] = {self.msg_id: (query, self.exact, self)}
             loop.add_reader(sock.fileno(), drain, sock, waiting, owner.stats)
             sock.send(packet)

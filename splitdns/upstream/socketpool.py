@@ -15,6 +15,7 @@ ignored, and the real answer is still awaited.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import random
 import socket
@@ -59,7 +60,7 @@ class Receiver(Protocol):
 
 
 def drain(
-    sock: socket.socket,
+    sock: _socket.socket,
     waiting: dict[int, Waiter],
     stats: UpstreamStats,
     receivers: dict[int, Receiver] | None = None,
