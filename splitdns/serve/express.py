@@ -12,8 +12,8 @@ else back whole:
 - questions the chain answers itself (DDR, the DoH canary, `hosts`, reverse zones, signed
   or unusual queries, AAAA under `aaaa: drop`), groups it cannot ask as the group would
   (`parallel`, `fastest` with several, DoT/DoH, the first upstream out of rotation) and
-  settings it does not do (query log, rebinding guard, 0x20 case randomisation, trusted ECS)
-  go to the chain before anything is sent;
+  settings it does not do (query log, rebinding guard, 0x20 case randomisation) go to the
+  chain before anything is sent (as do ECS-trusted senders: the server routes them first);
 - replies that are valid but unusual (NXDOMAIN, NODATA, DNSSEC, other types, addresses under
   rules with `names`) are walked in full and handed to the chain as the upstream's reply;
 - a truncated reply is asked again over TCP, then handed over like the unusual ones;
@@ -31,22 +31,50 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from splitdns import wire
 from splitdns.answer import ddr, rewrite
 from splitdns.answer.cache import Entry
 from splitdns.answer.chain import Coalesce, DohCanary, Outcome, Pipeline, Response
 from splitdns.answer.quickscan import scan
-from splitdns.config.model import Rule, View
+from splitdns.config.model import Config, IPAddress, Rule, View
+from splitdns.serve.metrics import Counts
+from splitdns.serve.querylog import QueryLog
 from splitdns.upstream.forwarder import Forwarder
 from splitdns.upstream.group import Member, UpstreamGroup
 from splitdns.upstream.plain import PlainDNS, fresh_socket
 from splitdns.upstream.socketpool import Pooled, SocketPool
 from splitdns.upstream.transport import Attempt, Handover, Reply, UpstreamFailure, begin_task
 
-if TYPE_CHECKING:
-    from splitdns.serve.server import DatagramSender, Server
+
+class DatagramSender(Protocol):
+    """Where a UDP answer goes: an asyncio transport, or a wildcard listener's reply path."""
+
+    def sendto(self, data: bytes, addr: Any) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+
+class LaneOwner(Protocol):
+    """What the lane uses of serve/server.py's Server (which owns the lane)."""
+
+    config: Config
+    counts: Counts
+    querylog: QueryLog
+    _flat: int  # UDP questions in flight without a task (the server waits for them to stop)
+
+    def address_of(self, host: str) -> IPAddress: ...
+
+    def respond_flat(
+        self,
+        data: bytes,
+        host: str,
+        addr: tuple[Any, ...],
+        transport: DatagramSender,
+        handover: Handover | None = None,
+    ) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +117,7 @@ def _maps(rules: Iterable[Rule]) -> tuple[tuple[int, int, int, int], ...]:
 class Express:
     """The lane for one config (made again on reload); `take` says whether it took a datagram."""
 
-    def __init__(self, server: Server, pipeline: Pipeline, forwarder: Forwarder) -> None:
+    def __init__(self, server: LaneOwner, pipeline: Pipeline, forwarder: Forwarder) -> None:
         config = server.config
         self.server = server
         self.cache = pipeline.cache
@@ -108,7 +136,7 @@ class Express:
         self.handed = 0  # questions it handed to the chain after asking upstream
 
     @staticmethod
-    def applies(server: Server, pipeline: Pipeline) -> bool:
+    def applies(server: LaneOwner, pipeline: Pipeline) -> bool:
         """Whether this config leaves the lane anything to do (settings it does not do)."""
         config = server.config
         return (
@@ -116,7 +144,6 @@ class Express:
             and not server.querylog.enabled
             and not config.rebinding.enabled
             and not config.forwarding.case_randomization
-            and not config.trusted_ecs
         )
 
     def _client(self, host: str) -> _ViewPlan | None:
@@ -197,7 +224,7 @@ class Express:
 
 def _direct(group: UpstreamGroup) -> Member | None:
     """The member a group asks first when all are up, if the lane can ask it as the group
-    would (plain UDP without a pool, no racing or latency order); None otherwise."""
+    would (plain DNS over UDP without 0x20, no racing or latency order); None otherwise."""
     if not group.members or group.strategy == "parallel":
         return None
     if group.strategy == "fastest" and len(group.members) > 1:

@@ -14,7 +14,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from splitdns import wire
 from splitdns.answer.cache import Cache
@@ -26,7 +26,7 @@ from splitdns.serve import follow, proxyv2
 from splitdns.serve.certs import CertificateError
 from splitdns.serve.clienttrap import ClientTrap
 from splitdns.serve.encrypted import EncryptedListeners
-from splitdns.serve.express import Express
+from splitdns.serve.express import DatagramSender, Express
 from splitdns.serve.metrics import Counts, MetricsServer
 from splitdns.serve.ports import bind_problem
 from splitdns.serve.privileges import service_user
@@ -42,14 +42,6 @@ ENCRYPTED = frozenset({"dot", "doh"})  # transports whose answers are padded (RF
 MAX_TCP_PIPELINE = 32  # answers in flight per TCP connection before reading pauses
 CAP_WARNING_EVERY = 10.0  # seconds between "TCP connection limit" warnings
 CLIENT_MEMO_SIZE = 4096  # client address -> (allowed, view) memo for the cache-hit path
-
-
-class DatagramSender(Protocol):
-    """Where a UDP answer goes: an asyncio transport, or a wildcard listener's reply path."""
-
-    def sendto(self, data: bytes, addr: Any) -> None: ...
-
-    def is_closing(self) -> bool: ...
 
 
 class Server:
@@ -469,7 +461,11 @@ class Server:
         express = self.express
         if hit is not None or express is None or peeked is None:
             return False
-        return express.take(data, peeked, host, addr, transport)
+        try:
+            return express.take(data, peeked, host, addr, transport)
+        except Exception:  # a bug: logged; the chain answers instead
+            log.exception("express lane failed on a query from %s; the chain answers", host)
+            return False
 
     def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool:
         key = (host, networks)

@@ -6,6 +6,7 @@ off (`server.express = None`: the chain alone)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -85,7 +86,12 @@ def answer(*rrsets: str, authority: tuple[str, ...] = (), additional: tuple[str,
 
 
 async def run(
-    script: Script, queries: list[bytes], lane: bool, extra: str = "", pool: int = 0
+    script: Script,
+    queries: list[bytes],
+    lane: bool,
+    extra: str = "",
+    pool: int = 0,
+    hook: Callable[[Server], None] | None = None,
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     upstream = Upstream(script)
@@ -99,6 +105,8 @@ async def run(
             server.express = None
         else:
             assert server.express is not None, "the lane should apply to this config"
+        if hook is not None:
+            hook(server)
         sent = []
         for q in queries:  # one at a time: the order of answers is then the order of queries
             sent += await datagrams(server, [q], seconds=3)
@@ -297,3 +305,23 @@ def test_wire_packet_matches_make_upstream_query() -> None:
     q = wire.parse_query(query("www.example.test.", want_dnssec=True))
     _, packet = wire.make_upstream_query(q, 99)
     assert packet == wire.upstream_packet(99, q.flags, q.question.wire, q.do)
+
+
+class BrokenLane:
+    """Stands in for the lane and fails on every question (a bug in the lane)."""
+
+    taken = 0
+
+    def take(self, *args: object) -> bool:
+        raise RuntimeError("injected fault")
+
+
+def test_a_broken_lane_costs_no_answer(caplog: pytest.LogCaptureFixture) -> None:
+    def break_lane(server: Server) -> None:
+        server.express = BrokenLane()  # type: ignore[assignment]
+
+    script = answer("www.example.test. 300 IN A 203.0.113.1")
+    with caplog.at_level(logging.ERROR, logger="splitdns"):
+        got = asyncio.run(run(script, [query("www.example.test.")], True, hook=break_lane))
+    assert [str(rd) for rd in dns.message.from_wire(got["answers"][0]).answer[0]] == ["192.0.2.65"]
+    assert "express lane failed" in caplog.text
