@@ -132,8 +132,6 @@ class Express:
         self._views: dict[int, tuple[View | None, _ViewPlan]] = {}
         self._clients: dict[str, _ViewPlan | None] = {}  # None: not allowed
         self._direct: dict[int, tuple[UpstreamGroup, Member | None]] = {}
-        self.taken = 0  # questions the lane answered itself (tests and the bench read it)
-        self.handed = 0  # questions it handed to the chain after asking upstream
 
     @staticmethod
     def applies(server: LaneOwner, pipeline: Pipeline) -> bool:
@@ -438,7 +436,7 @@ class _Exchange:
                 bare = entry.aged(now)
         server = express.server
         server._flat -= 1
-        express.taken += 1
+        server.counts.express["answered"] += 1
         server.counts.query("udp", int.from_bytes(self.qtype_class[:2], "big"), str(outcome))
         for index in rules:
             server.counts.rewrites[(plan.name, index, "address")] += 1
@@ -514,7 +512,7 @@ class _Exchange:
         self.release(None, b"")
         server = self.express.server
         server._flat -= 1
-        self.express.handed += 1
+        server.counts.express["handed"] += 1
         tried = self.member.name if reply is None and problem else None
         handover = Handover(self.deadline, reply, tried, problem)
         try:

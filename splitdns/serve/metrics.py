@@ -51,6 +51,7 @@ class Counts:
         self.reloads: Counter[str] = Counter()
         self.proxy: Counter[str] = Counter()  # PROXY v2 headers: ok, local, missing, ...
         self.ecs: Counter[str] = Counter()  # ECS as the client: used, absent, ambiguous
+        self.express: Counter[str] = Counter()  # UDP misses in the express lane: answered, handed
 
     def query(self, transport: str, qtype: int, outcome: str) -> None:
         self.queries[(transport, QTYPES.get(qtype, "other"), outcome)] += 1
@@ -97,6 +98,12 @@ class SplitdnsCollector(Collector):
             "Queries from trusted_ecs senders: used (a /32 or /128 named the client), absent "
             "(the sender is the client), ambiguous (a shorter prefix: REFUSED)",
             counts.ecs,
+        )
+        yield _by_result(
+            "splitdns_express_lane",
+            "UDP cache misses the express lane took: answered (by itself) or handed (to the "
+            "chain, after asking upstream: unusual replies, failures)",
+            counts.express,
         )
         reloads = CounterMetricFamily("splitdns_config_reloads", "Reloads", labels=["result"])
         for result in ("ok", "rejected"):

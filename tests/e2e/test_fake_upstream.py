@@ -408,6 +408,7 @@ def test_metrics_endpoint_parses_and_counters_move(tmp_path: Path, upstream: Fak
     assert after[("splitdns_cache_hits_total", ())] == before[("splitdns_cache_hits_total", ())] + 2
     count = ("splitdns_upstream_seconds_count", (("upstream", upstream.address),))
     assert after[count] == 1
+    assert after[("splitdns_express_lane_total", (("result", "answered"),))] == 1  # the miss
     with pytest.raises(OSError):  # stopped: the health endpoint is gone too
         urllib.request.urlopen(f"http://127.0.0.1:{mport}/healthz", timeout=2)
 

@@ -124,7 +124,7 @@ async def run(
             "errors": sorted((kind, n) for (_, kind), n in stats.errors_by.items()),
             "forged": stats.forged,
             "upstream_queries": upstream.queries,
-            "taken": server.express.taken if server.express else None,
+            "taken": server.counts.express["answered"],
         }
     finally:
         await server.upstreams.aclose()  # (the socket pool's sockets)
@@ -309,8 +309,6 @@ def test_wire_packet_matches_make_upstream_query() -> None:
 
 class BrokenLane:
     """Stands in for the lane and fails on every question (a bug in the lane)."""
-
-    taken = 0
 
     def take(self, *args: object) -> bool:
         raise RuntimeError("injected fault")
