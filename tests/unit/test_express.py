@@ -18,6 +18,7 @@ import pytest
 
 from splitdns import wire
 from splitdns.config import model as config
+from splitdns.serve import server as server_module
 from splitdns.serve.server import Server
 from tests.support.datagrams import datagrams
 
@@ -315,6 +316,9 @@ class BrokenLane:
 
 
 def test_a_broken_lane_costs_no_answer(caplog: pytest.LogCaptureFixture) -> None:
+    if server_module.__file__ and not server_module.__file__.endswith(".py"):
+        pytest.skip("compiled build: Server.express is typed, a stand-in lane cannot go there")
+
     def break_lane(server: Server) -> None:
         server.express = BrokenLane()  # type: ignore[assignment]
 
