@@ -78,6 +78,9 @@ class LaneOwner(Protocol):
 
 log = logging.getLogger(__name__)
 
+CoalesceKey = tuple[bytes, bytes, bool, bool, bool]  # chain.Coalesce.key's
+CacheKey = tuple[str, bytes, bytes, bool, bool]  # answer.cache.Key
+Reading = wire.Peeked
 CLIENT_MEMO = 4096  # client address -> view plan (a LAN has few clients)
 _A_AAAA = (b"\x00\x01\x00\x01", b"\x00\x1c\x00\x01")  # type and class IN, as on the wire
 
@@ -176,7 +179,7 @@ class Express:
     ) -> bool:
         """Start answering a cache miss (`peeked`: wire.peek's reading of it); False (nothing
         done) when the chain must take it."""
-        msg_id, flags, name_end, qend, edns, do, limit = peeked
+        _, flags, name_end, qend, _, do, _ = peeked
         qtype_class = data[name_end:qend]
         if qtype_class not in _A_AAAA or not flags & wire.RD:
             return False
@@ -205,10 +208,8 @@ class Express:
         loop = self.loop
         if loop is None:
             loop = self.loop = asyncio.get_running_loop()
-        exchange = _Exchange(self, loop, data, host, addr, transport, plan, group, member)
-        exchange.lname, exchange.qtype_class = lname, qtype_class
-        exchange.coalescing, exchange.cache_key = coalescing, key
-        exchange.reply_to = (msg_id, flags, edns, do, limit, qend)
+        question = (lname, qtype_class, coalescing, key, peeked)
+        exchange = _Exchange(self, loop, data, host, addr, transport, plan, group, member, question)
         try:
             exchange.send(flags, do, data[wire.HEADER_LEN : qend])
         except OSError:
@@ -275,6 +276,7 @@ class _Exchange:
         plan: _ViewPlan,
         group: UpstreamGroup,
         member: Member,
+        question: tuple[bytes, bytes, CoalesceKey, CacheKey, Reading],
     ) -> None:
         self.express = express
         self.loop = loop
@@ -286,13 +288,9 @@ class _Exchange:
         self.group = group
         self.member = member
         self.leader: asyncio.Future[Response] | None = None
-        # The question, set by Express.take: its name (wire form, lower case), type and class,
-        # its coalescing and cache keys, and (id, flags, edns, do, limit, end) for the answer.
-        self.lname = b""
-        self.qtype_class = b""
-        self.coalescing: tuple[bytes, bytes, bool, bool, bool] = (b"", b"", False, False, True)
-        self.cache_key: tuple[str, bytes, bytes, bool, bool] = ("", b"", b"", False, False)
-        self.reply_to: tuple[int, int, bool, bool, int, int] = (0, 0, False, False, 0, 0)
+        # The question: its name (wire form, lower case), type and class, its coalescing and
+        # cache keys, and wire.peek's reading of it (ID, flags, EDNS... for the answer).
+        self.lname, self.qtype_class, self.coalescing, self.cache_key, self.reply_to = question
         self.msg_id = 0
         self.sock: _socket.socket | None = None
         self.tcp: Attempt | None = None  # the TCP exchange after a truncated reply
@@ -427,7 +425,7 @@ class _Exchange:
             clamped.append((offset, kept))
         ttls = tuple(clamped)
         now = express.cache.clock()
-        express.cache.get(self.cache_key, now)  # the miss, counted as the chain's cache link does
+        express.cache.stats.misses += 1  # as the chain's cache link counts it
         if ttl > 0:
             entry = express.cache.keep(
                 self.cache_key, Entry(bare, ttls, ttl, now, str(outcome), exact)
@@ -440,7 +438,7 @@ class _Exchange:
         server.counts.query("udp", int.from_bytes(self.qtype_class[:2], "big"), str(outcome))
         for index in rules:
             server.counts.rewrites[(plan.name, index, "address")] += 1
-        msg_id, query_flags, edns, do, limit, qend = self.reply_to
+        msg_id, query_flags, _, qend, edns, do, limit = self.reply_to
         question = self.data[wire.HEADER_LEN : qend]
         answer = wire.assemble(msg_id, query_flags, question, bare, edns, do, limit)
         if not self.transport.is_closing():
