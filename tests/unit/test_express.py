@@ -327,3 +327,16 @@ def test_a_broken_lane_costs_no_answer(caplog: pytest.LogCaptureFixture) -> None
         got = asyncio.run(run(script, [query("www.example.test.")], True, hook=break_lane))
     assert [str(rd) for rd in dns.message.from_wire(got["answers"][0]).answer[0]] == ["192.0.2.65"]
     assert "express lane failed" in caplog.text
+
+
+def test_finished_exchanges_do_not_pile_up_in_the_deadline_queues() -> None:
+    """One sweep timer serves every exchange's deadline; answered ones leave the queue's
+    front as new ones come, so a busy lane holds a short queue, not every recent question."""
+    servers: list[Server] = []
+    script = answer("www.example.test. 300 IN A 203.0.113.1")
+    names = [query(f"n{i}.example.test.", msg_id=i) for i in range(40)]
+    got = asyncio.run(run(script, names, True, hook=servers.append))
+    assert got["taken"] == 40
+    lane = servers[0].express
+    assert lane is not None
+    assert sum(len(q) for q in lane.deadlines.queues.values()) <= 1
