@@ -412,7 +412,8 @@ class Server:
     # ------------------------------------------------------------------ UDP
 
     def datagram(self, data: bytes, addr: tuple[Any, ...], transport: DatagramSender) -> None:
-        """One UDP query: rate limit, then a cache hit answered at once, else a task."""
+        """One UDP query: rate limit, a cache hit answered at once, else the express lane
+        (the usual miss) or the chain's flat walk."""
         if self.closing:
             return
         host = addr[0]
