@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from splitdns import wire
 from splitdns.answer import svcb
-from splitdns.config.model import IPAddress, IPNetwork, Rule, View
+from splitdns.config.model import IPAddress, Rule, View
 
 
 class Change(NamedTuple):
@@ -52,18 +52,31 @@ def ordered_rules(view: View) -> tuple[Rule, ...]:
 class _Plan:
     """A view's rules ready for the per-answer loop: in precedence order, and the integer
     ranges of their `from` networks, so an address no rule can map costs one comparison
-    instead of an ipaddress object (most addresses in answers are not rewritten)."""
+    instead of an ipaddress object (most addresses in answers are not rewritten). `maps4` and
+    `maps6` are the active rules as (low, high, target, index) in that order: Rule.map in
+    integers, an address in [low, high] becoming target + (address - low) (the express lane
+    rewrites with them)."""
 
-    __slots__ = ("rules", "v4", "v6")
+    __slots__ = ("maps4", "maps6", "rules", "v4", "v6")
 
     def __init__(self, view: View) -> None:
         self.rules = tuple(sorted(view.rules, key=specificity))
-        self.v4 = _ranges(r.source for r in self.rules if r.active and r.source.version == 4)
-        self.v6 = _ranges(r.source for r in self.rules if r.active and r.source.version == 6)
+        self.maps4 = _maps(r for r in self.rules if r.active and r.source.version == 4)
+        self.maps6 = _maps(r for r in self.rules if r.active and r.source.version == 6)
+        self.v4 = tuple((low, high) for low, high, _, _ in self.maps4)
+        self.v6 = tuple((low, high) for low, high, _, _ in self.maps6)
 
 
-def _ranges(networks: Iterable[IPNetwork]) -> tuple[tuple[int, int], ...]:
-    return tuple((int(n.network_address), int(n.broadcast_address)) for n in networks)
+def _maps(rules: Iterable[Rule]) -> tuple[tuple[int, int, int, int], ...]:
+    return tuple(
+        (
+            int(r.source.network_address),
+            int(r.source.broadcast_address),
+            int(r.target.network_address),
+            r.index,
+        )
+        for r in rules
+    )
 
 
 _plans: dict[int, tuple[View, _Plan]] = {}

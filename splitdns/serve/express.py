@@ -31,7 +31,6 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 from splitdns import wire
@@ -39,7 +38,7 @@ from splitdns.answer import ddr, rewrite
 from splitdns.answer.cache import Entry
 from splitdns.answer.chain import Coalesce, DohCanary, Outcome, Pipeline, Response
 from splitdns.answer.quickscan import scan
-from splitdns.config.model import Config, IPAddress, Rule, View
+from splitdns.config.model import Config, IPAddress, View
 from splitdns.serve.metrics import Counts
 from splitdns.serve.querylog import QueryLog
 from splitdns.upstream.forwarder import Forwarder
@@ -88,34 +87,21 @@ _A_AAAA = (b"\x00\x01\x00\x01", b"\x00\x1c\x00\x01")  # type and class IN, as on
 
 class _ViewPlan:
     """What the lane needs of a view, decided once per view object: the rewrite rules as
-    integer ranges in precedence order (rewrite.pick_rule's order), (low, high, target, index)."""
+    integer maps in precedence order (rewrite's plan of the view)."""
 
     __slots__ = ("maps4", "maps6", "name", "named", "shadowed_aaaa", "view")
 
     def __init__(self, view: View | None) -> None:
         self.view = view
         self.name = view.name if view is not None else ""
-        rules = rewrite.ordered_rules(view) if view is not None and view.rules else ()
-        active = [r for r in rules if r.active]
-        self.maps4 = _maps(r for r in active if r.source.version == 4)
-        self.maps6 = _maps(r for r in active if r.source.version == 6)
+        plan = rewrite.view_plan(view) if view is not None and view.rules else None
+        rules = plan.rules if plan is not None else ()
+        self.maps4 = plan.maps4 if plan is not None else ()
+        self.maps6 = plan.maps6 if plan is not None else ()
         self.named = any(r.names for r in rules)  # rules that look at names: the chain's
         v4_rules = any(r.source.version == 4 for r in rules)
         # ShadowedAnswers acts on AAAA questions here: they take the chain.
         self.shadowed_aaaa = view is not None and view.aaaa == "drop" and v4_rules
-
-
-def _maps(rules: Iterable[Rule]) -> tuple[tuple[int, int, int, int], ...]:
-    """Rule.map as integers: an address in [low, high] becomes target + (address - low)."""
-    return tuple(
-        (
-            int(r.source.network_address),
-            int(r.source.broadcast_address),
-            int(r.target.network_address),
-            r.index,
-        )
-        for r in rules
-    )
 
 
 class Express:
