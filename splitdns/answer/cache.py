@@ -102,6 +102,16 @@ def make_key(view: str, question: wire.Question, do: bool, cd: bool) -> Key:
     return (view, wire_q[:-4].lower(), wire_q[-4:], do, cd)
 
 
+def clamped_ttls(
+    ttls: list[tuple[int, int]], settings: CacheSettings
+) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """A positive answer's lifetime (its smallest TTL) and its (offset, TTL) pairs, every TTL
+    held within min_ttl..max_ttl. `ttls` must not be empty."""
+    low, high = settings.min_ttl, settings.max_ttl
+    clamped = tuple((off, low if t < low else high if t > high else t) for off, t in ttls)
+    return min(t for _, t in clamped), clamped
+
+
 def answer_ttl(
     data: bytes, settings: CacheSettings, message: wire.Message | None = None
 ) -> tuple[int, tuple[tuple[int, int], ...]]:
@@ -132,9 +142,7 @@ def answer_ttl(
         elif soa is None and r.section == wire.AUTHORITY and r.rtype == wire.TYPE_SOA:
             soa = r
     if rcode == wire.NOERROR and answers:
-        low, high = settings.min_ttl, settings.max_ttl
-        clamped = tuple((off, low if t < low else high if t > high else t) for off, t in ttls)
-        return min(t for _, t in clamped), clamped
+        return clamped_ttls(ttls, settings)
     if soa is None:
         return 0, ()
     _, pos = wire.read_name(data, soa.rdata_offset)

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from splitdns import wire
 from splitdns.answer import ddr, rewrite
-from splitdns.answer.cache import Entry
+from splitdns.answer.cache import Entry, clamped_ttls
 from splitdns.answer.chain import Coalesce, DohCanary, Outcome, Pipeline, Response
 from splitdns.answer.quickscan import scan
 from splitdns.config.model import Config, IPAddress, View
@@ -445,17 +445,8 @@ class _Exchange:
         self.release(forwarded, data)
         express = self.express
         outcome = Outcome.REWRITTEN if rules else Outcome.FORWARDED
-        settings = express.cache.settings
-        low, high = settings.min_ttl, settings.max_ttl
-        clamped: list[tuple[int, int]] = []
-        ttl = high
-        exact = True
-        for offset, raw_ttl in checked.ttls:  # answer_ttl's clamp and minimum, in one pass
-            kept = low if raw_ttl < low else high if raw_ttl > high else raw_ttl
-            exact = exact and kept == raw_ttl
-            ttl = kept if kept < ttl else ttl
-            clamped.append((offset, kept))
-        ttls = tuple(clamped)
+        ttl, ttls = clamped_ttls(checked.ttls, express.cache.settings)
+        exact = ttls == tuple(checked.ttls)  # nothing clamped: the stored bytes are the answer
         now = express.cache.clock()
         express.cache.stats.misses += 1  # as the chain's cache link counts it
         if ttl > 0:
