@@ -459,6 +459,10 @@ class CacheLink(Link):
 _CACHEABLE = frozenset({Outcome.FORWARDED, Outcome.REWRITTEN, Outcome.FILTERED, Outcome.SERVFAIL})
 
 
+#: (the question's name in wire form, lower case; type and class; DO; CD; RD)
+CoalesceKey = tuple[bytes, bytes, bool, bool, bool]
+
+
 class Leading(Protocol):
     """What stands in the coalescing table for a question in flight: a Request, or the
     express lane's exchange; followers put the future they wait on in `leader`."""
@@ -477,22 +481,34 @@ class Coalesce(Link):
 
     def __init__(self, next_link: Handler) -> None:
         self.next = next_link
-        self.inflight: dict[tuple[bytes, bytes, bool, bool, bool], Leading] = {}
+        self.inflight: dict[CoalesceKey, Leading] = {}
         self.coalesced = 0
 
     @staticmethod
-    def key(req: Request) -> tuple[bytes, bytes, bool, bool, bool]:
+    def key(req: Request) -> CoalesceKey:
         q = req.query
         return (q.question.wire[:-4].lower(), q.question.wire[-4:], q.do, q.cd, q.rd)
 
     def before(self, req: Request) -> Response | None:
         """Lead (registered for followers to find), or follow a leader (awaited form)."""
-        key = self.key(req)
+        return None if self.lead(self.key(req), req) else TAKE_CHAIN
+
+    def lead(self, key: CoalesceKey, leading: Leading) -> bool:
+        """Register `leading` as the one asking for `key` (unless the table is full); False
+        when another already leads it: follow that one."""
         if key in self.inflight:
-            return TAKE_CHAIN
+            return False
         if len(self.inflight) < self.MAX_INFLIGHT:
-            self.inflight[key] = req
-        return None
+            self.inflight[key] = leading
+        return True
+
+    def let_go(self, key: CoalesceKey, leading: Leading) -> asyncio.Future[Response] | None:
+        """Unregister `leading` if it leads `key`; the future its followers wait on, if any
+        came."""
+        if self.inflight.get(key) is not leading:
+            return None
+        del self.inflight[key]
+        return leading.leader
 
     def after(self, req: Request, resp: Response) -> Response:
         leader = self._release(req)
@@ -507,12 +523,7 @@ class Coalesce(Link):
             leader.exception()  # retrieved: followers re-ask instead
 
     def _release(self, req: Request) -> asyncio.Future[Response] | None:
-        """Unregister `req` if it leads; the future its followers wait on, if any came."""
-        key = self.key(req)
-        if self.inflight.get(key) is not req:
-            return None
-        del self.inflight[key]
-        return req.leader
+        return self.let_go(self.key(req), req)
 
     async def __call__(self, req: Request) -> Response:
         if self.before(req) is TAKE_CHAIN:

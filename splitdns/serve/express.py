@@ -36,7 +36,7 @@ from typing import Any, Protocol
 from splitdns import wire
 from splitdns.answer import ddr, rewrite
 from splitdns.answer.cache import Entry, clamped_ttls
-from splitdns.answer.chain import Coalesce, DohCanary, Outcome, Pipeline, Response
+from splitdns.answer.chain import Coalesce, CoalesceKey, DohCanary, Outcome, Pipeline, Response
 from splitdns.answer.quickscan import scan
 from splitdns.config.model import Config, IPAddress, View
 from splitdns.serve.metrics import Counts
@@ -78,7 +78,6 @@ class LaneOwner(Protocol):
 
 log = logging.getLogger(__name__)
 
-CoalesceKey = tuple[bytes, bytes, bool, bool, bool]  # chain.Coalesce.key's
 CacheKey = tuple[str, bytes, bytes, bool, bool]  # answer.cache.Key
 Reading = wire.Peeked
 CLIENT_MEMO = 4096  # client address -> view plan (a LAN has few clients)
@@ -190,8 +189,6 @@ class Express:
             return False
         cd = bool(flags & wire.CD)
         coalescing = (lname, qtype_class, do, cd, True)
-        if coalescing in self.coalesce.inflight:
-            return False  # a follower: the chain waits on the leader
         key = (plan.name, lname, qtype_class, do, cd)
         loop = self.loop
         if loop is None:
@@ -199,13 +196,14 @@ class Express:
             self.deadlines = _Deadlines(loop)
         question = (lname, qtype_class, coalescing, key, peeked)
         exchange = _Exchange(self, loop, data, host, addr, transport, plan, group, member, question)
+        if not self.coalesce.lead(coalescing, exchange):
+            return False  # a follower: the chain waits on the leader
         try:
             exchange.send(flags, do, data[wire.HEADER_LEN : qend])
         except OSError:
             exchange.close()
+            self.coalesce.let_go(coalescing, exchange)
             return False
-        if len(self.coalesce.inflight) < Coalesce.MAX_INFLIGHT:
-            self.coalesce.inflight[coalescing] = exchange
         self.server._flat += 1
         return True
 
@@ -511,10 +509,7 @@ class _Exchange:
 
     def release(self, forwarded: bytes | None, data: bytes) -> None:
         """Leave the coalescing table; followers get the plain answer the chain would give."""
-        inflight = self.express.coalesce.inflight
-        if inflight.get(self.coalescing) is self:
-            del inflight[self.coalescing]
-        leader = self.leader
+        leader = self.express.coalesce.let_go(self.coalescing, self)
         if leader is None or leader.done():
             return
         if forwarded is None:  # handed over: followers ask on their own

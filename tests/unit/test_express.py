@@ -340,3 +340,39 @@ def test_finished_exchanges_do_not_pile_up_in_the_deadline_queues() -> None:
     lane = servers[0].express
     assert lane is not None
     assert sum(len(q) for q in lane.deadlines.queues.values()) <= 1
+
+
+def test_identical_questions_follow_the_lanes_question() -> None:
+    """The lane leads in the coalescing table: identical questions arriving meanwhile wait
+    for its upstream answer (one upstream query) and each gets its own rewritten copy."""
+
+    async def twenty() -> tuple[list[bytes], int, int, int, int]:
+        loop = asyncio.get_running_loop()
+        upstream = Upstream(answer("www.example.test. 300 IN A 203.0.113.1"))
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: upstream, local_addr=("127.0.0.1", 0)
+        )
+        port = transport.get_extra_info("sockname")[1]
+        server = Server(config.loads(CONFIG.format(port=port, extra="", pool=0), "t.yaml"))
+        assert server.express is not None
+        try:
+            sent = await datagrams(
+                server, [query("www.example.test.", msg_id=i) for i in range(20)]
+            )
+            pipeline = server.pipeline
+            return (
+                sent,
+                upstream.queries,
+                pipeline.coalesce.coalesced,
+                len(pipeline.coalesce.inflight),
+                server.counts.express["answered"],
+            )
+        finally:
+            await server.upstreams.aclose()
+            transport.close()
+
+    sent, asked, coalesced, left, lane = asyncio.run(twenty())
+    assert asked == 1 and coalesced == 19 and left == 0
+    assert lane == 1  # the leader was the lane's question
+    assert sorted(dns.message.from_wire(a).id for a in sent) == list(range(20))
+    assert {str(dns.message.from_wire(a).answer[0][0]) for a in sent} == {"192.0.2.65"}
