@@ -13,7 +13,6 @@ same verdicts).
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
 
 from splitdns import wire
 
@@ -29,14 +28,12 @@ _RR = struct.Struct("!HHIH").unpack_from  # wire.RR_FIXED's: type, class, TTL, d
 _ADDRESSES = frozenset({_A, _AAAA})
 
 
-class Scan(NamedTuple):
-    """What the lane needs of a checked reply (offsets into it)."""
-
-    flags: int
-    answers: int  # records in the answer section
-    opt_start: int  # where the trailing OPT record begins, -1 without one
-    ttls: list[tuple[int, int]]  # (TTL offset, TTL) of every record but the OPT
-    addresses: list[tuple[int, int]]  # (type, data offset) of A/AAAA outside the authority
+#: What the lane needs of a checked reply, offsets into it (a plain tuple: a NamedTuple's
+#: constructor was a twentieth of the scan): flags; records in the answer section; where the
+#: trailing OPT record begins (-1 without one); (TTL offset, TTL) of every record but the
+#: OPT; the smallest and the largest of those TTLs; (type, data offset) of each A/AAAA
+#: outside the authority section.
+Scan = tuple[int, int, int, list[tuple[int, int]], int, int, list[tuple[int, int]]]
 
 
 def _name_end(data: bytes, offset: int, starts: dict[int, int]) -> int:
@@ -116,57 +113,63 @@ def scan(data: bytes, msg_id: int, lname: bytes, qtype_class: bytes) -> Scan | N
     ttls: list[tuple[int, int]] = []
     addresses: list[tuple[int, int]] = []
     opt_start = -1
-    for i in range(total):
-        start = pos
-        if pos + 1 < size and data[pos] >= 0xC0:  # the usual owner: one pointer to a known name
-            if (((data[pos] & 0x3F) << 8) | data[pos + 1]) not in starts:
-                return None
-            pos += 2
-        else:
-            pos = _name_end(data, pos, starts)
-            if pos < 0:
-                return None
-        if pos + 10 > size:
-            return None
-        rtype, rclass, ttl, rdlength = _RR(data, pos)
-        rdata = pos + 10
-        end = rdata + rdlength
-        if end > size:
-            return None
-        if rtype in _ADDRESSES:
-            if rclass != _IN or ttl & 0x80000000 or rdlength != (4 if rtype == _A else 16):
-                return None
-            if i < an or i >= authority_end:
-                addresses.append((rtype, rdata))
-        elif rtype == _OPT:
-            if i != total - 1 or i < authority_end or data[start] != 0:
-                return None
-            option = rdata
-            while option < end:  # options (code, length, value) exactly fill the data
-                if option + 4 > end:
+    low, high = 0xFFFFFFFF, 0
+    try:  # reading past the end (IndexError, struct.error) refuses the reply
+        for i in range(total):
+            start = pos
+            if data[pos] >= 0xC0:  # the usual owner: one pointer to a known name
+                if (((data[pos] & 0x3F) << 8) | data[pos + 1]) not in starts:
                     return None
-                option += 4 + ((data[option + 2] << 8) | data[option + 3])
-            if option != end:
+                pos += 2
+            else:
+                pos = _name_end(data, pos, starts)
+                if pos < 0:
+                    return None
+            rtype, rclass, ttl, rdlength = _RR(data, pos)
+            rdata = pos + 10
+            end = rdata + rdlength
+            if end > size:
                 return None
-            opt_start = start
+            if rtype in _ADDRESSES:
+                if rclass != _IN or ttl & 0x80000000 or rdlength != (4 if rtype == _A else 16):
+                    return None
+                if i < an or i >= authority_end:
+                    addresses.append((rtype, rdata))
+            elif rtype == _OPT:
+                if i != total - 1 or i < authority_end or data[start] != 0:
+                    return None
+                option = rdata
+                while option < end:  # options (code, length, value) exactly fill the data
+                    if option + 4 > end:
+                        return None
+                    option += 4 + ((data[option + 2] << 8) | data[option + 3])
+                if option != end:
+                    return None
+                opt_start = start
+                pos = end
+                continue
+            elif rclass != _IN or ttl & 0x80000000:
+                return None
+            elif rtype in _NAME_DATA:
+                if _name_end(data, rdata, starts) != end:
+                    return None
+            elif rtype == _SOA:
+                second = _name_end(data, rdata, starts)
+                if second < 0 or second > end:
+                    return None
+                last = _name_end(data, second, starts)
+                if last < 0 or last > end or last + 20 != end:
+                    return None
+            else:
+                return None
+            ttls.append((pos + 4, ttl))
+            if ttl < low:
+                low = ttl
+            if ttl > high:
+                high = ttl
             pos = end
-            continue
-        elif rclass != _IN or ttl & 0x80000000:
-            return None
-        elif rtype in _NAME_DATA:
-            if _name_end(data, rdata, starts) != end:
-                return None
-        elif rtype == _SOA:
-            second = _name_end(data, rdata, starts)
-            if second < 0 or second > end:
-                return None
-            last = _name_end(data, second, starts)
-            if last < 0 or last > end or last + 20 != end:
-                return None
-        else:
-            return None
-        ttls.append((pos + 4, ttl))
-        pos = end
+    except (IndexError, struct.error):
+        return None
     if pos != size:
         return None
-    return Scan(flags, an, opt_start, ttls, addresses)
+    return flags, an, opt_start, ttls, low, high, addresses

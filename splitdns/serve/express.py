@@ -35,11 +35,11 @@ from typing import Any, Protocol
 
 from splitdns import wire
 from splitdns.answer import ddr, rewrite
-from splitdns.answer.cache import Entry, clamped_ttls
+from splitdns.answer.cache import Entry, lifetime
 from splitdns.answer.chain import Coalesce, CoalesceKey, DohCanary, Outcome, Pipeline, Response
 from splitdns.answer.quickscan import scan
 from splitdns.config.model import Config, IPAddress, View
-from splitdns.serve.metrics import Counts
+from splitdns.serve.metrics import Counts, query_key
 from splitdns.serve.querylog import QueryLog
 from splitdns.upstream.forwarder import Forwarder
 from splitdns.upstream.group import Member, UpstreamGroup
@@ -82,6 +82,12 @@ CacheKey = tuple[str, bytes, bytes, bool, bool]  # answer.cache.Key
 Reading = wire.Peeked
 CLIENT_MEMO = 4096  # client address -> view plan (a LAN has few clients)
 _A_AAAA = (b"\x00\x01\x00\x01", b"\x00\x1c\x00\x01")  # type and class IN, as on the wire
+_UNUSUAL = 0xF | wire.TC  # an rcode or truncation: not the usual answer
+_FORWARDED, _REWRITTEN = str(Outcome.FORWARDED), str(Outcome.REWRITTEN)
+_QUERY_KEYS = {  # the query counter's labels by question type: forwarded, rewritten
+    qtype_class: (query_key("udp", qtype, _FORWARDED), query_key("udp", qtype, _REWRITTEN))
+    for qtype_class, qtype in zip(_A_AAAA, (wire.TYPE_A, wire.TYPE_AAAA), strict=True)
+}
 
 
 class _ViewPlan:
@@ -408,57 +414,67 @@ class _Exchange:
 
     def answer(self, data: bytes) -> None:
         checked = scan(data, self.msg_id, self.lname, self.qtype_class)
-        flags = checked.flags if checked is not None else 0
-        if checked is None or flags & (0xF | wire.TC) or not checked.answers:
+        if checked is None or checked[0] & _UNUSUAL or not checked[1]:
             self.unusual(data)
             return
         self.succeeded()
-        out = bytearray(data if checked.opt_start < 0 else data[: checked.opt_start])
-        if checked.opt_start >= 0:
-            additional = (out[10] << 8) | out[11]
-            out[10:12] = (additional - 1).to_bytes(2, "big")
+        flags, _, opt_start, ttls, low, high, addresses = checked
         flags = (flags | wire.RA) & ~wire.AA
+        if opt_start < 0:
+            out = bytearray(data)
+        else:  # the upstream's OPT goes (the client's own is added at the end)
+            out = bytearray(data[:opt_start])
+            if out[11]:
+                out[11] -= 1
+            else:
+                out[10] -= 1
+                out[11] = 0xFF
         forwarded = None
         if self.leader is not None:  # followers rewrite their own copy of the plain answer
-            out[2:4] = flags.to_bytes(2, "big")
+            out[2], out[3] = flags >> 8, flags & 0xFF
             forwarded = bytes(out)
         rules: list[int] = []
         plan = self.plan
-        for rtype, offset in checked.addresses:
+        for rtype, offset in addresses:
+            maps = plan.maps4 if rtype == wire.TYPE_A else plan.maps6
+            if not maps:
+                continue
             size = 4 if rtype == wire.TYPE_A else 16
             value = int.from_bytes(out[offset : offset + size], "big")
-            for low, high, target, index in plan.maps4 if size == 4 else plan.maps6:
-                if low <= value <= high:
+            for low_end, high_end, target, index in maps:
+                if low_end <= value <= high_end:
                     if plan.named:  # the rule may depend on names: the chain's rewrite decides
                         reply = Reply(data, wire.walk(data), self.member.name, "udp")
                         self.hand_over(reply=reply)
                         return
-                    out[offset : offset + size] = (target + value - low).to_bytes(size, "big")
+                    out[offset : offset + size] = (target + value - low_end).to_bytes(size, "big")
                     rules.append(index)
                     break
         if rules:
             flags &= ~wire.AD
-        out[2:4] = flags.to_bytes(2, "big")
+        out[2], out[3] = flags >> 8, flags & 0xFF
         bare = bytes(out)
-        self.release(forwarded, data)
         express = self.express
-        outcome = Outcome.REWRITTEN if rules else Outcome.FORWARDED
-        ttl, ttls = clamped_ttls(checked.ttls, express.cache.settings)
-        exact = ttls == tuple(checked.ttls)  # nothing clamped: the stored bytes are the answer
-        now = express.cache.clock()
-        express.cache.stats.misses += 1  # as the chain's cache link counts it
+        if self.leader is None:
+            express.coalesce.let_go(self.coalescing, self)
+        else:
+            self.release(forwarded, data)
+        cache = express.cache
+        ttl, kept_ttls, exact = lifetime(ttls, low, high, cache.settings)
+        cache.stats.misses += 1  # as the chain's cache link counts it
         if ttl > 0:
-            entry = express.cache.keep(
-                self.cache_key, Entry(bare, ttls, ttl, now, str(outcome), exact)
-            )
-            if entry is not None:
+            now = cache.clock()
+            outcome = _REWRITTEN if rules else _FORWARDED
+            entry = cache.keep(self.cache_key, Entry(bare, kept_ttls, ttl, now, outcome, exact))
+            if entry is not None and not exact:
                 bare = entry.aged(now)
         server = express.server
         server._flat -= 1
-        server.counts.express["answered"] += 1
-        server.counts.query("udp", int.from_bytes(self.qtype_class[:2], "big"), str(outcome))
+        counts = server.counts
+        counts.express["answered"] += 1
+        counts.queries[_QUERY_KEYS[self.qtype_class][1 if rules else 0]] += 1
         for index in rules:
-            server.counts.rewrites[(plan.name, index, "address")] += 1
+            counts.rewrites[(plan.name, index, "address")] += 1
         msg_id, query_flags, _, qend, edns, do, limit = self.reply_to
         question = self.data[wire.HEADER_LEN : qend]
         answer = wire.assemble(msg_id, query_flags, question, bare, edns, do, limit)
