@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import _socket
 import asyncio
-import collections
 import logging
 import time
 from typing import Any, Protocol
@@ -39,6 +38,7 @@ from splitdns.answer.cache import Entry, lifetime
 from splitdns.answer.chain import Coalesce, CoalesceKey, DohCanary, Outcome, Pipeline, Response
 from splitdns.answer.quickscan import scan
 from splitdns.config.model import Config, IPAddress, View
+from splitdns.serve.lanewatch import Deadlines, Readiness
 from splitdns.serve.metrics import Counts, query_key
 from splitdns.serve.querylog import QueryLog
 from splitdns.upstream.forwarder import Forwarder
@@ -124,7 +124,8 @@ class Express:
         self.special = frozenset(wire.encode_name(n).lower() for n in special)
         self.loop: asyncio.AbstractEventLoop | None = None  # the first question's (servers are
         # made before their loop runs in some tools), and the deadlines kept on it
-        self.deadlines: _Deadlines
+        self.deadlines: Deadlines
+        self.readiness: Readiness
         self._views: dict[int, tuple[View | None, _ViewPlan]] = {}
         self._clients: dict[str, _ViewPlan | None] = {}  # None: not allowed
         self._direct: dict[int, tuple[UpstreamGroup, Member | None]] = {}
@@ -196,12 +197,12 @@ class Express:
         cd = bool(flags & wire.CD)
         coalescing = (lname, qtype_class, do, cd, True)
         key = (plan.name, lname, qtype_class, do, cd)
-        loop = self.loop
-        if loop is None:
-            loop = self.loop = asyncio.get_running_loop()
-            self.deadlines = _Deadlines(loop)
+        if self.loop is None:
+            self.loop = loop = asyncio.get_running_loop()
+            self.deadlines = Deadlines(loop)
+            self.readiness = Readiness(loop)
         question = (lname, qtype_class, coalescing, key, peeked)
-        exchange = _Exchange(self, loop, data, host, addr, transport, plan, group, member, question)
+        exchange = _Exchange(self, data, host, addr, transport, plan, group, member, question)
         if not self.coalesce.lead(coalescing, exchange):
             return False  # a follower: the chain waits on the leader
         try:
@@ -228,49 +229,6 @@ def _direct(group: UpstreamGroup) -> Member | None:
     return member
 
 
-SWEEP_EVERY = 0.02  # how late a lane deadline may be noticed (waits are 0.2 s and longer)
-
-
-class _Deadlines:
-    """When lane exchanges give up: one sweep timer for all of them instead of a timer each
-    (one made and cancelled per query was 2.4 us of a miss). Exchanges with the same wait
-    share a queue, so each queue is in deadline order; finished ones leave from its front."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.queues: dict[float, collections.deque[_Exchange]] = {}
-        self.sweeper: asyncio.TimerHandle | None = None
-
-    def watch(self, exchange: _Exchange, wait: float) -> None:
-        wait = round(wait, 2)
-        exchange.wake_at = time.monotonic() + wait
-        exchange.watched = True
-        queue = self.queues.get(wait)
-        if queue is None:
-            queue = self.queues[wait] = collections.deque()
-        while queue and not queue[0].watched:  # most end within a millisecond
-            queue.popleft()
-        queue.append(exchange)
-        if self.sweeper is None:
-            self.sweeper = self.loop.call_later(SWEEP_EVERY, self.sweep)
-
-    def sweep(self) -> None:
-        self.sweeper = None
-        now = time.monotonic()
-        for wait, queue in list(self.queues.items()):
-            while queue and (not queue[0].watched or queue[0].wake_at <= now):
-                exchange = queue.popleft()
-                if exchange.watched:
-                    try:
-                        exchange.expired()
-                    except Exception:  # a bug: logged; the other deadlines still run
-                        log.exception("express lane: a deadline failed")
-            if not queue:
-                del self.queues[wait]
-        if self.queues:
-            self.sweeper = self.loop.call_later(SWEEP_EVERY, self.sweep)
-
-
 class _Exchange:
     """One question in the lane: its socket, deadline and what the answer needs. It stands in
     the coalescing table as the leader (followers' future in `leader`, made by them)."""
@@ -288,7 +246,6 @@ class _Exchange:
         "host",
         "leader",
         "lname",
-        "loop",
         "member",
         "msg_id",
         "plan",
@@ -305,7 +262,6 @@ class _Exchange:
     def __init__(
         self,
         express: Express,
-        loop: asyncio.AbstractEventLoop,
         data: bytes,
         host: str,
         addr: tuple[Any, ...],
@@ -316,7 +272,6 @@ class _Exchange:
         question: tuple[bytes, bytes, CoalesceKey, CacheKey, Reading],
     ) -> None:
         self.express = express
-        self.loop = loop
         self.data = data
         self.host = host
         self.addr = addr
@@ -345,7 +300,6 @@ class _Exchange:
         assert isinstance(upstream, PlainDNS)
         if len(self.group.members) > 1:  # (a lone member is up, or the lane is not used)
             self.group._start_due_probes()
-        loop = self.loop
         # With more upstreams the chain takes over at the hedge time (and asks on).
         wait = (
             min(self.member.health.attempt_timeout(), self.group.timeout)
@@ -364,7 +318,7 @@ class _Exchange:
         self.sock = sock = fresh_socket(upstream.family, upstream.address)
         self.fd = fd = sock.fileno()
         self.express.deadlines.watch(self, wait)
-        loop.add_reader(fd, self.readable)
+        self.express.readiness.watch(fd, self)
         sock.send(packet)
 
     def close(self) -> None:
@@ -373,7 +327,7 @@ class _Exchange:
             self.tcp = None
         self.watched = False
         if self.sock is not None:
-            self.loop.remove_reader(self.fd)
+            self.express.readiness.forget(self.fd)
             self.sock.close()
             self.sock = None
         if self.pooled is not None:

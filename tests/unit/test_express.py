@@ -18,6 +18,7 @@ import pytest
 
 from splitdns import wire
 from splitdns.config import model as config
+from splitdns.serve import lanewatch
 from splitdns.serve import server as server_module
 from splitdns.serve.server import Server
 from tests.support.datagrams import datagrams
@@ -340,6 +341,44 @@ def test_finished_exchanges_do_not_pile_up_in_the_deadline_queues() -> None:
     lane = servers[0].express
     assert lane is not None
     assert sum(len(q) for q in lane.deadlines.queues.values()) <= 1
+
+
+def test_a_burst_of_questions_is_read_through_the_lanes_epoll_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """200 different questions in flight at once, more than one wake-up reads (a batch of
+    50 here; as many would overflow the test upstream's receive buffer): each reply is read
+    from its own socket and answered, and no socket is left watched."""
+    monkeypatch.setattr(lanewatch, "READY_BATCH", 50)
+    servers: list[Server] = []
+
+    async def burst() -> tuple[list[bytes], int]:
+        loop = asyncio.get_running_loop()
+        upstream = Upstream(answer("www.example.test. 300 IN A 203.0.113.1"))
+        upstream.script = lambda q: answer(f"{q.question[0].name} 300 IN A 203.0.113.1")(q)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: upstream, local_addr=("127.0.0.1", 0)
+        )
+        port = transport.get_extra_info("sockname")[1]
+        server = Server(config.loads(CONFIG.format(port=port, extra="", pool=0), "t.yaml"))
+        servers.append(server)
+        try:
+            names = [query(f"b{i}.example.test.", msg_id=i) for i in range(200)]
+            return await datagrams(server, names), upstream.queries
+        finally:
+            await server.upstreams.aclose()
+            transport.close()
+
+    sent, asked = asyncio.run(burst())
+    assert asked == 200 and len(sent) == 200
+    answers = {dns.message.from_wire(a).id: dns.message.from_wire(a) for a in sent}
+    assert sorted(answers) == list(range(200))
+    for i, message in answers.items():
+        assert str(message.answer[0].name) == f"b{i}.example.test."
+        assert str(message.answer[0][0]) == "192.0.2.65"
+    lane = servers[0].express
+    assert lane is not None and servers[0].counts.express["answered"] == 200
+    assert lane.readiness.waiting == {}
 
 
 def test_identical_questions_follow_the_lanes_question() -> None:
