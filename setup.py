@@ -25,6 +25,7 @@ HOT_MODULES = [
     "splitdns/answer/ratelimit.py",
     "splitdns/serve/server.py",
     "splitdns/serve/express.py",
+    "splitdns/serve/lanewatch.py",
     "splitdns/answer/quickscan.py",
 ]
 

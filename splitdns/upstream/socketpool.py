@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import _socket
 import asyncio
-import random
 import socket
 from typing import Protocol
 
@@ -65,27 +64,30 @@ def drain(
     stats: UpstreamStats,
     receivers: dict[int, Receiver] | None = None,
 ) -> None:
-    """Every datagram waiting on a connected socket goes to the query it answers (forgeries
+    """The datagram waiting on a connected socket goes to the query it answers (forgeries
     are counted and dropped); a socket error (ICMP unreachable) fails what waits on it now.
-    A fresh per-query socket is the one-query case of a pooled one."""
-    while sock.fileno() >= 0:  # a delivery may have closed it (a per-query socket's end)
-        try:
-            data = sock.recv(65535)
-        except BlockingIOError:
+    A fresh per-query socket is the one-query case of a pooled one. One datagram a call: the
+    loop's reader is level-triggered and calls again while more wait, and reading until
+    BlockingIOError raised an exception on almost every reply."""
+    if sock.fileno() < 0:  # closed since the loop saw it readable
+        return
+    try:
+        data = sock.recv(65535)
+    except BlockingIOError:
+        return
+    except OSError as exc:
+        for _, _, future in list(waiting.values()):
+            if not future.done():
+                future.set_exception(exc)
+        for failing in list(receivers.values()) if receivers else ():
+            failing.failed(exc)
+        return
+    if receivers and len(data) >= 2:
+        receiver = receivers.get((data[0] << 8) | data[1])
+        if receiver is not None:
+            receiver.received(data)
             return
-        except OSError as exc:
-            for _, _, future in list(waiting.values()):
-                if not future.done():
-                    future.set_exception(exc)
-            for failing in list(receivers.values()) if receivers else ():
-                failing.failed(exc)
-            return
-        if receivers and len(data) >= 2:
-            receiver = receivers.get((data[0] << 8) | data[1])
-            if receiver is not None:
-                receiver.received(data)
-                continue
-        deliver(data, waiting, stats)
+    deliver(data, waiting, stats)
 
 
 class Pooled:
@@ -121,12 +123,11 @@ class SocketPool:
         self.size = size
         self.stats = stats
         self.sockets: list[Pooled] = []
-        self._rng = random.SystemRandom()
 
     def _pick(self) -> Pooled:
         while len(self.sockets) < self.size:
             self.sockets.append(Pooled(self.address, self.family, self.stats))
-        index = self._rng.randrange(len(self.sockets))
+        index = _below(len(self.sockets))
         chosen = self.sockets[index]
         chosen.used += 1
         if chosen.used >= ROTATE_AFTER:  # a new port; the old socket closes once drained
@@ -154,3 +155,13 @@ class SocketPool:
         for pooled in self.sockets:
             pooled.close()
         self.sockets.clear()
+
+
+def _below(n: int) -> int:
+    """A uniform random index under `n` (at most 65 536) from wire.random_id's CSPRNG batch:
+    SystemRandom.randrange made a getrandom call per query."""
+    limit = 0x10000 - 0x10000 % n
+    value = wire.random_id()
+    while value >= limit:
+        value = wire.random_id()
+    return value % n
