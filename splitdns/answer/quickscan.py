@@ -121,6 +121,9 @@ def scan(data: bytes, msg_id: int, lname: bytes, qtype_class: bytes) -> Scan | N
                 if (((data[pos] & 0x3F) << 8) | data[pos + 1]) not in starts:
                     return None
                 pos += 2
+            elif not data[pos]:  # the root (an OPT's owner), as _name_end reads it
+                starts[pos] = 1
+                pos += 1
             else:
                 pos = _name_end(data, pos, starts)
                 if pos < 0:
