@@ -199,8 +199,8 @@ class Express:
         key = (plan.name, lname, qtype_class, do, cd)
         if self.loop is None:
             self.loop = loop = asyncio.get_running_loop()
-            self.deadlines = Deadlines(loop)
             self.readiness = Readiness(loop)
+            self.deadlines = Deadlines(loop, self.readiness.idle)
         question = (lname, qtype_class, coalescing, key, peeked)
         exchange = _Exchange(self, data, host, addr, transport, plan, group, member, question)
         if not self.coalesce.lead(coalescing, exchange):

@@ -15,6 +15,7 @@ import collections
 import logging
 import select
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,13 @@ class Deadlines:
     wait share a queue, so each queue is in deadline order; finished ones leave from its
     front."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_idle: Callable[[], None] | None = None
+    ) -> None:
         self.loop = loop
         self.queues: dict[float, collections.deque[Waiting]] = {}
         self.sweeper: asyncio.TimerHandle | None = None
+        self.on_idle = on_idle  # called when the last deadline is gone
 
     def watch(self, exchange: Waiting, wait: float) -> None:
         wait = round(wait, 2)
@@ -72,29 +76,39 @@ class Deadlines:
                 del self.queues[wait]
         if self.queues:
             self.sweeper = self.loop.call_later(SWEEP_EVERY, self.sweep)
+        elif self.on_idle is not None:
+            self.on_idle()
 
 
 class Readiness:
-    """The lane's fresh sockets in one epoll set, itself one reader of the loop while any
-    socket waits (so a lane that is replaced on reload, or idle, holds no reader)."""
+    """The lane's fresh sockets in one epoll set, itself one reader of the loop from the
+    first socket until the lane is idle (`idle`, called by the deadline sweep once no
+    exchange is left: a lane replaced on reload, or quiet, holds no reader; a busy one does
+    not add and remove it whenever its last reply comes in)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.epoll = select.epoll()
         self.fd = self.epoll.fileno()
         self.waiting: dict[int, Waiting] = {}
+        self.reading = False  # whether the loop watches the epoll set
 
     def watch(self, fd: int, exchange: Waiting) -> None:
         self.epoll.register(fd, select.EPOLLIN)
-        if not self.waiting:
+        if not self.reading:
             self.loop.add_reader(self.fd, self.ready)
+            self.reading = True
         self.waiting[fd] = exchange
 
     def forget(self, fd: int) -> None:
         """Before the socket closes (closing it leaves the epoll set; its number may be
         reused at once)."""
-        if self.waiting.pop(fd, None) is not None and not self.waiting:
+        self.waiting.pop(fd, None)
+
+    def idle(self) -> None:
+        if self.reading and not self.waiting:
             self.loop.remove_reader(self.fd)
+            self.reading = False
 
     def ready(self) -> None:
         waiting = self.waiting
@@ -105,9 +119,3 @@ class Readiness:
                     exchange.readable()
                 except Exception:  # a bug: logged; the other replies are still read
                     log.exception("express lane: reading a reply failed")
-
-    def close(self) -> None:
-        if self.waiting:
-            self.loop.remove_reader(self.fd)
-            self.waiting.clear()
-        self.epoll.close()

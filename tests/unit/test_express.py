@@ -348,7 +348,8 @@ def test_a_burst_of_questions_is_read_through_the_lanes_epoll_set(
 ) -> None:
     """200 different questions in flight at once, more than one wake-up reads (a batch of
     50 here; as many would overflow the test upstream's receive buffer): each reply is read
-    from its own socket and answered, and no socket is left watched."""
+    from its own socket and answered, and no socket is left watched; once the lane is idle
+    the loop no longer watches its epoll set."""
     monkeypatch.setattr(lanewatch, "READY_BATCH", 50)
     servers: list[Server] = []
 
@@ -364,7 +365,11 @@ def test_a_burst_of_questions_is_read_through_the_lanes_epoll_set(
         servers.append(server)
         try:
             names = [query(f"b{i}.example.test.", msg_id=i) for i in range(200)]
-            return await datagrams(server, names), upstream.queries
+            sent = await datagrams(server, names)
+            assert server.express is not None and server.express.readiness.reading
+            await asyncio.sleep(3 * lanewatch.SWEEP_EVERY)  # the sweep finds the lane idle
+            assert not server.express.readiness.reading
+            return sent, upstream.queries
         finally:
             await server.upstreams.aclose()
             transport.close()
