@@ -774,6 +774,10 @@ def assemble(
     return out
 
 
+#: An OPT record's fixed part: root owner, type, payload size, extended rcode, version, flags
+#: (DO is the top bit), data length.
+_OPT_HEAD = struct.Struct("!BHHBBHH")
+
 #: What `peek` reads: (id, flags, name_end, question_end, edns, do, udp_limit).
 Peeked = tuple[int, int, int, int, bool, bool, int]
 
@@ -786,7 +790,10 @@ def peek(data: bytes) -> Peeked | None:
     answers the errors.
     """
     size = len(data)
-    if size < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
+    if size < 17:
+        return None
+    msg_id, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
+    if flags & 0xF800 or qdcount != 1 or ancount or nscount or arcount > 1:  # QR, opcode
         return None
     pos = 12
     while True:
@@ -802,23 +809,15 @@ def peek(data: bytes) -> Peeked | None:
     qend = name_end + 4
     if name_end - 12 > 255 or qend > size:
         return None
-    flags = (data[2] << 8) | data[3]
-    msg_id = (data[0] << 8) | data[1]
-    arcount = data[11]
-    if data[10] or arcount > 1:
-        return None
     if arcount == 0:
         return (msg_id, flags, name_end, qend, False, False, CLASSIC_UDP) if qend == size else None
-    if qend + 11 > size or data[qend] != 0 or data[qend + 1 : qend + 3] != b"\x00\x29":
+    if qend + 11 > size:
         return None
-    if data[qend + 6] != 0:  # EDNS version
+    owner, rtype, payload, _, version, edns_flags, rdlength = _OPT_HEAD.unpack_from(data, qend)
+    if owner or rtype != TYPE_OPT or version or qend + 11 + rdlength != size:
         return None
-    rdlength = (data[qend + 9] << 8) | data[qend + 10]
-    if qend + 11 + rdlength != size:
-        return None
-    payload = (data[qend + 3] << 8) | data[qend + 4]
     limit = CLASSIC_UDP if payload < CLASSIC_UDP else min(payload, MAX_UDP)
-    return msg_id, flags, name_end, qend, True, bool(data[qend + 7] & 0x80), limit
+    return msg_id, flags, name_end, qend, True, bool(edns_flags & 0x8000), limit
 
 
 def make_badvers(query: Query) -> bytes:

@@ -27,7 +27,7 @@ from splitdns.serve.certs import CertificateError
 from splitdns.serve.clienttrap import ClientTrap
 from splitdns.serve.encrypted import EncryptedListeners
 from splitdns.serve.express import DatagramSender, Express
-from splitdns.serve.metrics import Counts, MetricsServer
+from splitdns.serve.metrics import QTYPES, Counts, MetricsServer, query_key
 from splitdns.serve.ports import bind_problem
 from splitdns.serve.privileges import service_user
 from splitdns.serve.querylog import QueryLog
@@ -42,6 +42,7 @@ ENCRYPTED = frozenset({"dot", "doh"})  # transports whose answers are padded (RF
 MAX_TCP_PIPELINE = 32  # answers in flight per TCP connection before reading pauses
 CAP_WARNING_EVERY = 10.0  # seconds between "TCP connection limit" warnings
 CLIENT_MEMO_SIZE = 4096  # client address -> (allowed, view) memo for the cache-hit path
+_HIT_LABELS = {qtype: query_key("udp", qtype, "cached") for qtype in QTYPES}  # made once
 
 
 class Server:
@@ -377,25 +378,26 @@ class Server:
     def _hit(self, data: bytes, host: str, peeked: wire.Peeked | None) -> bytes | None:
         """fast_answer, but b"" for a hit due for prefetch (the chain's cache link answers
         it and refreshes it), so the express lane can tell it from a miss."""
-        if peeked is None or not self.cache.enabled:
+        cache = self.cache
+        if peeked is None or not cache.enabled:
             return None
         msg_id, flags, name_end, qend, edns, do, limit = peeked
         view = self._clients[host] if host in self._clients else self._classify(host)
         if view is None:
             return None
         key = (view, data[12:name_end].lower(), data[name_end:qend], do, bool(flags & wire.CD))
-        now = self.cache.clock()
-        entry = self.cache.fresh(key, now)
+        now = cache.clock()
+        entry = cache.fresh(key, now)
         if entry is None:
             return None
-        if self.cache.prefetch_due(entry, now):
+        if cache.settings.prefetch and cache.prefetch_due(entry, now):
             return b""  # the chain's cache link counts it and starts the refresh
-        self.cache.stats.hits += 1
+        cache.stats.hits += 1
         answer = wire.assemble(msg_id, flags, data[12:qend], entry.aged(now), edns, do, limit)
-        self.counts.query("udp", (data[name_end] << 8) | data[name_end + 1], "cached")
+        qtype = (data[name_end] << 8) | data[name_end + 1]
+        self.counts.queries[_HIT_LABELS.get(qtype) or query_key("udp", qtype, "cached")] += 1
         if self.querylog.enabled:
             name = wire.read_name(data, 12)[0]
-            qtype = (data[name_end] << 8) | data[name_end + 1]
             host = str(self.address_of(host))
             self.querylog.record(host, name, qtype, view or None, "cached", 0.0)
         return answer
@@ -428,8 +430,8 @@ class Server:
             return
         if not self.trap.done:
             self.trap.saw(host)
-        limited, refusal = self.over_limit(data, host)
-        if limited:
+        if not self.limiter.allow(host):
+            refusal = self.refusal(data)
             if refusal is not None:
                 transport.sendto(refusal, addr)
             return
@@ -593,12 +595,16 @@ class Server:
         return self.proxied_client(header, host)
 
     def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]:
-        """(limited, what to send instead): REFUSED or nothing, per `rate_limit.action`."""
+        """(limited, what to send instead): takes one of the client's tokens."""
         if self.limiter.allow(host):
             return False, None
+        return True, self.refusal(data)
+
+    def refusal(self, data: bytes) -> bytes | None:
+        """What a client over its rate limit gets: REFUSED or nothing, per `rate_limit.action`."""
         if self.limiter.settings.action == "drop":
-            return True, None
-        return True, wire.refuse_raw(data)
+            return None
+        return wire.refuse_raw(data)
 
     async def _tcp_answer(
         self, data: bytes, host: str, writer: asyncio.StreamWriter, transport: str = "tcp"
