@@ -197,10 +197,11 @@ class Express:
         cd = bool(flags & wire.CD)
         coalescing = (lname, qtype_class, do, cd, True)
         key = (plan.name, lname, qtype_class, do, cd)
-        if self.loop is None:
-            self.loop = loop = asyncio.get_running_loop()
+        if self.loop is None:  # (the epoll set may fail to open: then the next try again)
+            loop = asyncio.get_running_loop()
             self.readiness = Readiness(loop)
             self.deadlines = Deadlines(loop, self.readiness.idle)
+            self.loop = loop
         question = (lname, qtype_class, coalescing, key, peeked)
         exchange = _Exchange(self, data, host, addr, transport, plan, group, member, question)
         if not self.coalesce.lead(coalescing, exchange):
