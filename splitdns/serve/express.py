@@ -37,7 +37,7 @@ from splitdns.answer import ddr, rewrite
 from splitdns.answer.cache import Entry, lifetime
 from splitdns.answer.chain import Coalesce, CoalesceKey, DohCanary, Outcome, Pipeline, Response
 from splitdns.answer.quickscan import scan
-from splitdns.config.model import Config, IPAddress, View
+from splitdns.config.model import Config, View
 from splitdns.serve.lanewatch import Deadlines, Readiness
 from splitdns.serve.metrics import Counts, query_key
 from splitdns.serve.querylog import QueryLog
@@ -64,8 +64,6 @@ class LaneOwner(Protocol):
     querylog: QueryLog
     _flat: int  # UDP questions in flight without a task (the server waits for them to stop)
 
-    def address_of(self, host: str) -> IPAddress: ...
-
     def respond_flat(
         self,
         data: bytes,
@@ -80,7 +78,6 @@ log = logging.getLogger(__name__)
 
 CacheKey = tuple[str, bytes, bytes, bool, bool]  # answer.cache.Key
 Reading = wire.Peeked
-CLIENT_MEMO = 4096  # client address -> view plan (a LAN has few clients)
 _A_AAAA = (b"\x00\x01\x00\x01", b"\x00\x1c\x00\x01")  # type and class IN, as on the wire
 _UNUSUAL = 0xF | wire.TC  # an rcode or truncation: not the usual answer
 _FORWARDED, _REWRITTEN = str(Outcome.FORWARDED), str(Outcome.REWRITTEN)
@@ -90,9 +87,11 @@ _QUERY_KEYS = {  # the query counter's labels by question type: forwarded, rewri
 }
 
 
-class _ViewPlan:
-    """What the lane needs of a view, decided once per view object: the rewrite rules as
-    integer maps in precedence order (rewrite's plan of the view)."""
+class ViewPlan:
+    """What a client's view means on the fast paths, decided once per view object: its name
+    (the cache-hit key's first part) and, for the lane, the rewrite rules as integer maps in
+    precedence order (rewrite's plan of the view). The server memoises one per client address
+    and hands it to both."""
 
     __slots__ = ("maps4", "maps6", "name", "named", "shadowed_aaaa", "view")
 
@@ -117,7 +116,6 @@ class Express:
         self.server = server
         self.cache = pipeline.cache
         self.coalesce: Coalesce = pipeline.coalesce
-        self.admission = pipeline.admission
         self.forwarder = forwarder
         self.hosts = any(len(v.hosts) for v in config.views)
         special = set(ddr.names(config)) | ({DohCanary.NAME} if config.doh_canary else set())
@@ -126,8 +124,6 @@ class Express:
         # made before their loop runs in some tools), and the deadlines kept on it
         self.deadlines: Deadlines
         self.readiness: Readiness
-        self._views: dict[int, tuple[View | None, _ViewPlan]] = {}
-        self._clients: dict[str, _ViewPlan | None] = {}  # None: not allowed
         self._direct: dict[int, tuple[UpstreamGroup, Member | None]] = {}
 
     @staticmethod
@@ -141,20 +137,6 @@ class Express:
             and not config.forwarding.case_randomization
         )
 
-    def _client(self, host: str) -> _ViewPlan | None:
-        """The plan of the client's view, None if it may not ask (memoised per address)."""
-        allowed, view = self.admission.decide(self.server.address_of(host))
-        plan = None
-        if allowed:
-            known = self._views.get(id(view))
-            if known is None or known[0] is not view:
-                known = self._views[id(view)] = (view, _ViewPlan(view))
-            plan = known[1]
-        if len(self._clients) >= CLIENT_MEMO:
-            self._clients.clear()
-        self._clients[host] = plan
-        return plan
-
     def _member(self, group: UpstreamGroup) -> Member | None:
         """The upstream the group would ask first, when the lane can ask it the same way."""
         known = self._direct.get(id(group))
@@ -167,12 +149,13 @@ class Express:
         self,
         data: bytes,
         peeked: wire.Peeked,
+        plan: ViewPlan,
         host: str,
         addr: tuple[Any, ...],
         transport: DatagramSender,
     ) -> bool:
-        """Start answering a cache miss (`peeked`: wire.peek's reading of it); False (nothing
-        done) when the chain must take it."""
+        """Start answering a cache miss from an allowed client (`peeked`: wire.peek's reading
+        of it; `plan`: the client's view); False (nothing done) when the chain must take it."""
         _, flags, name_end, qend, _, do, _ = peeked
         qtype_class = data[name_end:qend]
         if qtype_class not in _A_AAAA or not flags & wire.RD:
@@ -180,8 +163,7 @@ class Express:
         lname = data[wire.HEADER_LEN : name_end].lower()
         if lname in self.special or lname.endswith(b"\x04arpa\x00"):
             return False
-        plan = self._clients[host] if host in self._clients else self._client(host)
-        if plan is None or (plan.shadowed_aaaa and qtype_class == _A_AAAA[1]):
+        if plan.shadowed_aaaa and qtype_class == _A_AAAA[1]:
             return False
         forwarder = self.forwarder
         group = forwarder.default
@@ -267,7 +249,7 @@ class _Exchange:
         host: str,
         addr: tuple[Any, ...],
         transport: DatagramSender,
-        plan: _ViewPlan,
+        plan: ViewPlan,
         group: UpstreamGroup,
         member: Member,
         question: tuple[bytes, bytes, CoalesceKey, CacheKey, Reading],

@@ -21,12 +21,12 @@ from splitdns.answer.cache import Cache
 from splitdns.answer.chain import Outcome, Request, Response, build_chain
 from splitdns.answer.ratelimit import RateLimiter
 from splitdns.answer.views import client_address, is_allowed
-from splitdns.config.model import Config, Endpoint, IPAddress, IPNetwork
+from splitdns.config.model import Config, Endpoint, IPAddress, IPNetwork, View
 from splitdns.serve import follow, proxyv2
 from splitdns.serve.certs import CertificateError
 from splitdns.serve.clienttrap import ClientTrap
 from splitdns.serve.encrypted import EncryptedListeners
-from splitdns.serve.express import DatagramSender, Express
+from splitdns.serve.express import DatagramSender, Express, ViewPlan
 from splitdns.serve.metrics import QTYPES, Counts, MetricsServer, query_key
 from splitdns.serve.ports import bind_problem
 from splitdns.serve.privileges import service_user
@@ -41,7 +41,7 @@ ENCRYPTED = frozenset({"dot", "doh"})  # transports whose answers are padded (RF
 
 MAX_TCP_PIPELINE = 32  # answers in flight per TCP connection before reading pauses
 CAP_WARNING_EVERY = 10.0  # seconds between "TCP connection limit" warnings
-CLIENT_MEMO_SIZE = 4096  # client address -> (allowed, view) memo for the cache-hit path
+CLIENT_MEMO_SIZE = 4096  # client address -> its view's plan (None: not allowed), for the fast paths
 _HIT_LABELS = {qtype: query_key("udp", qtype, "cached") for qtype in QTYPES}  # made once
 
 
@@ -64,7 +64,8 @@ class Server:
         self.metrics_server: MetricsServer | None = None
         self._follow: asyncio.Future[None] | None = None
         self.encrypted = EncryptedListeners(self, service_user(config.user))
-        self._clients: dict[str, str | None] = {}
+        self._clients: dict[str, ViewPlan | None] = {}  # None: not allowed
+        self._plans: dict[int, tuple[View | None, ViewPlan]] = {}
         self._trust: dict[tuple[str, tuple[IPNetwork, ...]], bool] = {}
         self._addresses: dict[str, IPAddress] = {}
         self._udp: list[asyncio.DatagramTransport | WildcardUdp] = []
@@ -119,6 +120,7 @@ class Server:
             self.querylog.close()
             self.querylog = QueryLog(config.query_log)
         self._clients = {}
+        self._plans = {}
         self._trust = {}
         self.express = self._make_express()
         return notes
@@ -382,9 +384,10 @@ class Server:
         if peeked is None or not cache.enabled:
             return None
         msg_id, flags, name_end, qend, edns, do, limit = peeked
-        view = self._clients[host] if host in self._clients else self._classify(host)
-        if view is None:
+        plan = self._clients[host] if host in self._clients else self._classify(host)
+        if plan is None:
             return None
+        view = plan.name
         key = (view, data[12:name_end].lower(), data[name_end:qend], do, bool(flags & wire.CD))
         now = cache.clock()
         entry = cache.fresh(key, now)
@@ -402,14 +405,20 @@ class Server:
             self.querylog.record(host, name, qtype, view or None, "cached", 0.0)
         return answer
 
-    def _classify(self, host: str) -> str | None:
-        """The cache's view name for an allowed client ("" for no view), None if not allowed."""
+    def _classify(self, host: str) -> ViewPlan | None:
+        """The plan of an allowed client's view (its name "" for no view), None if the client
+        is not allowed; memoised per address, one plan per view."""
         allowed, view = self.pipeline.admission.decide(self.address_of(host))
-        result = (view.name if view is not None else "") if allowed else None
+        plan = None
+        if allowed:
+            known = self._plans.get(id(view))
+            if known is None or known[0] is not view:
+                known = self._plans[id(view)] = (view, ViewPlan(view))
+            plan = known[1]
         if len(self._clients) >= CLIENT_MEMO_SIZE:
             self._clients.clear()
-        self._clients[host] = result
-        return result
+        self._clients[host] = plan
+        return plan
 
     # ------------------------------------------------------------------ UDP
 
@@ -464,8 +473,11 @@ class Server:
         express = self.express
         if hit is not None or express is None or peeked is None:
             return False
+        plan = self._clients[host] if host in self._clients else self._classify(host)
+        if plan is None:
+            return False
         try:
-            return express.take(data, peeked, host, addr, transport)
+            return express.take(data, peeked, plan, host, addr, transport)
         except Exception:  # a bug: logged; the chain answers instead
             log.exception("express lane failed on a query from %s; the chain answers", host)
             return False
