@@ -117,7 +117,7 @@ def lifetime(
 ) -> tuple[int, tuple[tuple[int, int], ...], bool]:
     """clamped_ttls for TTLs already known to lie within low..high, and whether none was
     clamped (then the reply's own bytes are the stored answer: `Entry`'s `exact`). The
-    usual answer needs no clamp, and skipping the pass over its records is a tenth of the
+    usual answer needs no clamp, and skipping the pass over its records was a twentieth of the
     express lane's own work."""
     if settings.min_ttl <= low and high <= settings.max_ttl:
         return low, tuple(ttls), True
