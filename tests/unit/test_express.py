@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -262,6 +264,36 @@ def test_silence_ends_in_servfail_within_the_deadline() -> None:
     lane, _ = both(lambda q: [], [query("www.example.test.")])
     assert dns.message.from_wire(lane["answers"][0]).rcode() == dns.rcode.SERVFAIL
     assert lane["errors"] == [("timeout", 1)]
+
+
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "chain"])
+def test_a_closed_upstream_port_is_servfail_at_once(lane: bool) -> None:
+    """Nothing listens upstream: the kernel's ICMP error reaches the socket (through the
+    lane's epoll set, or the chain's reader) and the answer is SERVFAIL long before the
+    0.5 s deadline, counted as a network error, not a timeout."""
+
+    async def ask() -> tuple[bytes, float, list[tuple[str, int]], int]:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()  # the port is free again: datagrams to it get ICMP port unreachable
+        server = Server(config.loads(CONFIG.format(port=port, extra="", pool=0), "t.yaml"))
+        if not lane:
+            server.express = None
+        try:
+            began = time.monotonic()
+            sent = await datagrams(server, [query("www.example.test.")])
+            elapsed = time.monotonic() - began
+            errors = sorted((kind, n) for (_, kind), n in server.upstreams.stats.errors_by.items())
+            return sent[0], elapsed, errors, server.counts.express["handed"]
+        finally:
+            await server.upstreams.aclose()
+
+    answer_bytes, elapsed, errors, handed = asyncio.run(ask())
+    assert dns.message.from_wire(answer_bytes).rcode() == dns.rcode.SERVFAIL
+    assert elapsed < 0.25, elapsed
+    assert errors == [("network", 1)]
+    assert handed == (1 if lane else 0)
 
 
 def test_rules_with_names_are_left_to_the_chain() -> None:
