@@ -375,7 +375,7 @@ class Server:
         Only the common query shape is handled (wire.peek); clients not allowed, misses and
         entries due for prefetch all go the full way, so this path never decides policy.
         """
-        return self._hit(data, host, wire.peek(data)) or None
+        return self._hit(data, host, wire.peek_remembered(data)) or None
 
     def _hit(self, data: bytes, host: str, peeked: wire.Peeked | None) -> bytes | None:
         """fast_answer, but b"" for a hit due for prefetch (the chain's cache link answers
@@ -396,6 +396,7 @@ class Server:
         if cache.settings.prefetch and cache.prefetch_due(entry, now):
             return b""  # the chain's cache link counts it and starts the refresh
         cache.stats.hits += 1
+        wire.remember(data, peeked)
         answer = wire.assemble(msg_id, flags, data[12:qend], entry.aged(now), edns, do, limit)
         qtype = (data[name_end] << 8) | data[name_end + 1]
         self.counts.queries[_HIT_LABELS.get(qtype) or query_key("udp", qtype, "cached")] += 1
@@ -444,7 +445,7 @@ class Server:
             if refusal is not None:
                 transport.sendto(refusal, addr)
             return
-        peeked = wire.peek(data)
+        peeked = wire.peek_remembered(data)
         try:
             answer = self._hit(data, host, peeked)
         except Exception:  # the fast path must never cost an answer: take the full path

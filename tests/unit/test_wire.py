@@ -238,3 +238,21 @@ def test_query_ids_come_from_a_batch_that_forked_workers_do_not_share() -> None:
     os.waitpid(pid, 0)
     assert left_in_child == 0  # it draws a batch of its own
     assert len({wire.random_id() for _ in range(1000)}) > 950  # and IDs are spread
+
+
+def test_the_peek_memo_is_bounded_and_reads_as_peek() -> None:
+    """A flood of different remembered questions never holds more than PEEK_MEMO of them, and
+    a long query is read afresh, never kept."""
+    for i in range(wire.PEEK_MEMO + 10):
+        data = query_wire(f"n{i}.example.com.")
+        peeked = wire.peek(data)
+        assert peeked is not None
+        wire.remember(data, peeked)
+        assert wire.peek_remembered(data) == peeked
+    assert len(wire._PEEKED) <= wire.PEEK_MEMO
+    long = query_wire("a" * 60 + "." + "b" * 60 + "." + "c" * 60 + "." + "d" * 60 + ".")
+    assert len(long) > wire.PEEK_MEMO_BYTES
+    peeked = wire.peek(long)
+    assert peeked is not None
+    wire.remember(long, peeked)
+    assert long[2:] not in wire._PEEKED and wire.peek_remembered(long) == peeked
