@@ -474,10 +474,10 @@ class Server:
         express = self.express
         if hit is not None or express is None or peeked is None:
             return False
-        plan = self._clients[host] if host in self._clients else self._classify(host)
-        if plan is None:
-            return False
         try:
+            plan = self._clients[host] if host in self._clients else self._classify(host)
+            if plan is None:
+                return False
             return express.take(data, peeked, plan, host, addr, transport)
         except Exception:  # a bug: logged; the chain answers instead
             log.exception("express lane failed on a query from %s; the chain answers", host)
