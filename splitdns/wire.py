@@ -825,26 +825,25 @@ PEEK_MEMO = 4096  # questions remembered, each at most PEEK_MEMO_BYTES long: ~1 
 PEEK_MEMO_BYTES = 256
 
 
-def peek_remembered(data: bytes) -> Peeked | None:
-    """`peek`, or what it read of the same bytes after the ID before (`remember`): a LAN asks
-    the same few questions the same way over and over, and the cache-hit path then skips the
-    walk over the name, a fifth of a hit's Python. The same bytes always read the same, so
-    the memo cannot be wrong."""
+def peek_remembered(data: bytes) -> tuple[Peeked | None, bool]:
+    """`peek`, or what it read of the same bytes after the ID before (`remember`), and whether
+    it came from the memo: a LAN asks the same few questions the same way over and over, and
+    the cache-hit path then skips the walk over the name, a fifth of a hit's Python. The same
+    bytes always read the same, so the memo cannot be wrong."""
     known = _PEEKED.get(data[2:]) if len(data) <= PEEK_MEMO_BYTES else None
     if known is not None:
-        return ((data[0] << 8) | data[1], *known)
-    return peek(data)
+        return ((data[0] << 8) | data[1], *known), True
+    return peek(data), False
 
 
 def remember(data: bytes, peeked: Peeked) -> None:
-    """Keep what `peek` read of a question worth remembering (one that hit the cache: a
-    flood of new names is never kept, and costs the memo nothing but a look-up)."""
+    """Keep what `peek` read of a question not in the memo yet and worth remembering (one
+    that hit the cache: a flood of new names is never kept, and costs the memo nothing but a
+    look-up)."""
     if len(data) <= PEEK_MEMO_BYTES:
-        rest = data[2:]
-        if rest not in _PEEKED:
-            if len(_PEEKED) >= PEEK_MEMO:
-                _PEEKED.clear()
-            _PEEKED[rest] = peeked[1:]
+        if len(_PEEKED) >= PEEK_MEMO:
+            _PEEKED.clear()
+        _PEEKED[data[2:]] = peeked[1:]
 
 
 def make_badvers(query: Query) -> bytes:

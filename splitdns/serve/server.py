@@ -375,11 +375,15 @@ class Server:
         Only the common query shape is handled (wire.peek); clients not allowed, misses and
         entries due for prefetch all go the full way, so this path never decides policy.
         """
-        return self._hit(data, host, wire.peek_remembered(data)) or None
+        peeked, remembered = wire.peek_remembered(data)
+        return self._hit(data, host, peeked, remembered) or None
 
-    def _hit(self, data: bytes, host: str, peeked: wire.Peeked | None) -> bytes | None:
+    def _hit(
+        self, data: bytes, host: str, peeked: wire.Peeked | None, remembered: bool
+    ) -> bytes | None:
         """fast_answer, but b"" for a hit due for prefetch (the chain's cache link answers
-        it and refreshes it), so the express lane can tell it from a miss."""
+        it and refreshes it), so the express lane can tell it from a miss. (`remembered`:
+        `peeked` came from wire's memo, else a hit is kept there.)"""
         cache = self.cache
         if peeked is None or not cache.enabled:
             return None
@@ -396,7 +400,8 @@ class Server:
         if cache.settings.prefetch and cache.prefetch_due(entry, now):
             return b""  # the chain's cache link counts it and starts the refresh
         cache.stats.hits += 1
-        wire.remember(data, peeked)
+        if not remembered:
+            wire.remember(data, peeked)
         answer = wire.assemble(msg_id, flags, data[12:qend], entry.aged(now), edns, do, limit)
         qtype = (data[name_end] << 8) | data[name_end + 1]
         self.counts.queries[_HIT_LABELS.get(qtype) or query_key("udp", qtype, "cached")] += 1
@@ -445,9 +450,9 @@ class Server:
             if refusal is not None:
                 transport.sendto(refusal, addr)
             return
-        peeked = wire.peek_remembered(data)
+        peeked, remembered = wire.peek_remembered(data)
         try:
-            answer = self._hit(data, host, peeked)
+            answer = self._hit(data, host, peeked, remembered)
         except Exception:  # the fast path must never cost an answer: take the full path
             log.exception("cache fast path failed; answering the slow way")
             answer = None

@@ -248,11 +248,11 @@ def test_the_peek_memo_is_bounded_and_reads_as_peek() -> None:
         peeked = wire.peek(data)
         assert peeked is not None
         wire.remember(data, peeked)
-        assert wire.peek_remembered(data) == peeked
+        assert wire.peek_remembered(data) == (peeked, True)
     assert len(wire._PEEKED) <= wire.PEEK_MEMO
     long = query_wire("a" * 60 + "." + "b" * 60 + "." + "c" * 60 + "." + "d" * 60 + ".")
     assert len(long) > wire.PEEK_MEMO_BYTES
     peeked = wire.peek(long)
     assert peeked is not None
     wire.remember(long, peeked)
-    assert long[2:] not in wire._PEEKED and wire.peek_remembered(long) == peeked
+    assert long[2:] not in wire._PEEKED and wire.peek_remembered(long) == (peeked, False)
