@@ -391,11 +391,8 @@ class _Exchange:
             flags &= ~wire.AD
         out[2], out[3] = flags >> 8, flags & 0xFF
         bare = bytes(out)
+        self.release(forwarded, data)
         express = self.express
-        if self.leader is None:
-            express.coalesce.let_go(self.coalescing, self)
-        else:
-            self.release(forwarded, data)
         cache = express.cache
         ttl, kept_ttls, exact = lifetime(ttls, low, high, cache.settings)
         cache.stats.misses += 1  # as the chain's cache link counts it
