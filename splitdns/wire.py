@@ -847,12 +847,13 @@ def remember(data: bytes, peeked: Peeked) -> None:
 
 
 def make_badvers(query: Query) -> bytes:
-    """RFC 6891 §6.1.3: an EDNS version we do not speak gets BADVERS with our version 0."""
+    """RFC 6891 §6.1.3: an EDNS version we do not speak gets BADVERS with our version 0 (and
+    the query's DO bit copied, as RFC 3225 asks of every response: RFC 8906 §8.2.9)."""
     flags = _response_flags(query.flags, BADVERS & 0xF)
     return (
         HEADER.pack(query.msg_id, flags, 1, 0, 0, 1)
         + query.question.wire
-        + _opt_record(EDNS_PAYLOAD, False, BADVERS >> 4)
+        + _opt_record(EDNS_PAYLOAD, query.do, BADVERS >> 4)
     )
 
 

@@ -97,6 +97,10 @@ def test_badvers() -> None:
     assert q.edns_version == 1
     out = dns.message.from_wire(wire.make_badvers(q))
     assert out.rcode() == dns.rcode.BADVERS
+    assert out.edns == 0 and not out.ednsflags & dns.flags.DO
+    signed = wire.parse_query(query_wire(use_edns=1, want_dnssec=True))
+    out = dns.message.from_wire(wire.make_badvers(signed))
+    assert out.rcode() == dns.rcode.BADVERS and out.ednsflags & dns.flags.DO  # RFC 3225
 
 
 def test_upstream_query_has_fresh_id_and_edns() -> None:
