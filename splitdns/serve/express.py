@@ -279,28 +279,27 @@ class _Exchange:
     def send(self, flags: int, do: bool, question: bytes) -> None:
         """The query as wire.make_upstream_query makes it, on a fresh connected socket (a
         random port), or on a pooled one with an ID free there (`socket_pool`)."""
+        group = self.group
         upstream = self.member.transport
         assert isinstance(upstream, PlainDNS)
-        if len(self.group.members) > 1:  # (a lone member is up, or the lane is not used)
-            self.group._start_due_probes()
-        # With more upstreams the chain takes over at the hedge time (and asks on).
-        wait = (
-            min(self.member.health.attempt_timeout(), self.group.timeout)
-            if len(self.group.members) > 1
-            else self.group.timeout
-        )
+        if len(group.members) > 1:  # (a lone member is up, or the lane is not used)
+            group._start_due_probes()
+            # The chain takes over at the hedge time (and asks the others).
+            wait = min(self.member.health.attempt_timeout(), group.timeout)
+        else:
+            wait = group.timeout
         pool = upstream.pool
         if pool is not None:
             self.pooled, self.msg_id = pooled, msg_id = pool.checkout()
             pooled.receivers[msg_id] = self
-            self.express.deadlines.watch(self, wait)
+            self.express.deadlines.watch(self, wait, self.began)
             pooled.sock.send(wire.upstream_packet(msg_id, flags, question, do))
             return
         self.msg_id = msg_id = wire.random_id()
         packet = wire.upstream_packet(msg_id, flags, question, do)
         self.sock = sock = fresh_socket(upstream.family, upstream.address)
         self.fd = fd = sock.fileno()
-        self.express.deadlines.watch(self, wait)
+        self.express.deadlines.watch(self, wait, self.began)
         self.express.readiness.watch(fd, self)
         sock.send(packet)
 
@@ -354,7 +353,8 @@ class _Exchange:
         if checked is None or checked[0] & _UNUSUAL or not checked[1]:
             self.unusual(data)
             return
-        self.succeeded()
+        self.close()
+        self.group.succeeded(self.member, self.began)
         flags, _, opt_start, ttls, low, high, addresses = checked
         flags = (flags | wire.RA) & ~wire.AA
         if opt_start < 0:
@@ -414,10 +414,6 @@ class _Exchange:
         answer = wire.assemble(msg_id, query_flags, question, bare, edns, do, limit)
         if not self.transport.is_closing():
             self.transport.sendto(answer, self.addr)
-
-    def succeeded(self) -> None:
-        self.close()
-        self.group.succeeded(self.member, self.began)
 
     def unusual(self, data: bytes) -> None:
         """Not the usual answer: the full walk and match decide, as for any reply."""

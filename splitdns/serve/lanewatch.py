@@ -48,9 +48,10 @@ class Deadlines:
         self.sweeper: asyncio.TimerHandle | None = None
         self.on_idle = on_idle  # called when the last deadline is gone
 
-    def watch(self, exchange: Waiting, wait: float) -> None:
+    def watch(self, exchange: Waiting, wait: float, now: float) -> None:
+        """Watch `exchange` from `now` (its time.monotonic()) for `wait` seconds."""
         wait = round(wait, 2)
-        exchange.wake_at = time.monotonic() + wait
+        exchange.wake_at = now + wait
         exchange.watched = True
         queue = self.queues.get(wait)
         if queue is None:
