@@ -137,14 +137,6 @@ class Express:
             and not config.forwarding.case_randomization
         )
 
-    def _member(self, group: UpstreamGroup) -> Member | None:
-        """The upstream the group would ask first, when the lane can ask it the same way."""
-        known = self._direct.get(id(group))
-        if known is None or known[0] is not group:
-            known = self._direct[id(group)] = (group, _direct(group))
-        member = known[1]
-        return member if member is not None and member.health.up else None
-
     def take(
         self,
         data: bytes,
@@ -173,8 +165,11 @@ class Express:
             if view is not None and len(view.hosts) and view.hosts.lookup(name) is not None:
                 return False
             group = forwarder.route(name)[1]
-        member = self._member(group)
-        if member is None:
+        known = self._direct.get(id(group))  # the upstream the group would ask first
+        if known is None or known[0] is not group:
+            known = self._direct[id(group)] = (group, _direct(group))
+        member = known[1]
+        if member is None or not member.health.up:
             return False
         cd = bool(flags & wire.CD)
         coalescing = (lname, qtype_class, do, cd, True)

@@ -376,21 +376,22 @@ class Server:
         entries due for prefetch all go the full way, so this path never decides policy.
         """
         peeked, remembered = wire.peek_remembered(data)
-        return self._hit(data, host, peeked, remembered) or None
-
-    def _hit(
-        self, data: bytes, host: str, peeked: wire.Peeked | None, remembered: bool
-    ) -> bytes | None:
-        """fast_answer, but b"" for a hit due for prefetch (the chain's cache link answers
-        it and refreshes it), so the express lane can tell it from a miss. (`remembered`:
-        `peeked` came from wire's memo, else a hit is kept there.)"""
-        cache = self.cache
-        if peeked is None or not cache.enabled:
+        if peeked is None or not self.cache.enabled:
             return None
-        msg_id, flags, name_end, qend, edns, do, limit = peeked
         plan = self._clients[host] if host in self._clients else self._classify(host)
         if plan is None:
             return None
+        return self._hit(data, host, peeked, remembered, plan) or None
+
+    def _hit(
+        self, data: bytes, host: str, peeked: wire.Peeked, remembered: bool, plan: ViewPlan
+    ) -> bytes | None:
+        """fast_answer for an allowed client (`plan`: its view), but b"" for a hit due for
+        prefetch (the chain's cache link answers it and refreshes it), so the express lane
+        can tell it from a miss. (`remembered`: `peeked` came from wire's memo, else a hit is
+        kept there.)"""
+        cache = self.cache
+        msg_id, flags, name_end, qend, edns, do, limit = peeked
         view = plan.name
         key = (view, data[12:name_end].lower(), data[name_end:qend], do, bool(flags & wire.CD))
         now = cache.clock()
@@ -451,42 +452,32 @@ class Server:
                 transport.sendto(refusal, addr)
             return
         peeked, remembered = wire.peek_remembered(data)
+        plan = None
         try:
-            answer = self._hit(data, host, peeked, remembered)
+            if peeked is not None and self.cache.enabled:  # (the client's view, decided once)
+                plan = self._clients[host] if host in self._clients else self._classify(host)
+                answer = (
+                    self._hit(data, host, peeked, remembered, plan) if plan is not None else None
+                )
+            else:
+                answer = None
         except Exception:  # the fast path must never cost an answer: take the full path
             log.exception("cache fast path failed; answering the slow way")
-            answer = None
+            answer = plan = None
         if answer:
             transport.sendto(answer, addr)
             return
+        express = self.express
+        if answer is None and plan is not None and peeked is not None and express is not None:
+            try:  # a miss (b"": a hit due for prefetch, the chain's)
+                if express.take(data, peeked, plan, host, addr, transport):
+                    return
+            except Exception:  # a bug: logged; the chain answers instead
+                log.exception("express lane failed on a query from %s; the chain answers", host)
         try:
-            if not self._take_express(answer, data, peeked, host, addr, transport):
-                self.respond_flat(data, host, addr, transport)
+            self.respond_flat(data, host, addr, transport)
         except Exception:  # a bug: logged, the message dropped, the server goes on
             log.exception("internal error taking a UDP query from %s", host)
-
-    def _take_express(
-        self,
-        hit: bytes | None,
-        data: bytes,
-        peeked: wire.Peeked | None,
-        host: str,
-        addr: tuple[Any, ...],
-        transport: DatagramSender,
-    ) -> bool:
-        """Whether the express lane took a miss (`hit` b"": a hit due for prefetch, the
-        chain's)."""
-        express = self.express
-        if hit is not None or express is None or peeked is None:
-            return False
-        try:
-            plan = self._clients[host] if host in self._clients else self._classify(host)
-            if plan is None:
-                return False
-            return express.take(data, peeked, plan, host, addr, transport)
-        except Exception:  # a bug: logged; the chain answers instead
-            log.exception("express lane failed on a query from %s; the chain answers", host)
-            return False
 
     def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool:
         key = (host, networks)
