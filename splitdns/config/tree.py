@@ -90,7 +90,13 @@ class Node:
             raise self.error(f"must be a mapping, not {self.kind()}")
         seen: set[str] = set()
         for key_node, value_node in self.raw.value:
-            key = _scalar_value(key_node)
+            try:
+                key = _scalar_value(key_node)
+            except _UNREADABLE:  # a key YAML cannot type (`=:` is tagged "value")
+                shown = getattr(key_node, "value", key_node)
+                raise Node(key_node, self.source, self.path).error(
+                    f"key {shown!r} must be a string"
+                ) from None
             if not isinstance(key, str):
                 raise Node(key_node, self.source, self.path).error(f"key {key!r} must be a string")
             child = self._child(value_node, key)

@@ -237,6 +237,8 @@ def test_embedded_default() -> None:
         ("timeout: 2026-13-45\n", "t.yaml:1: timeout: cannot read '2026-13-45'"),
         ("listen: !!binary xx\n", "t.yaml:1: listen: cannot read 'xx'"),
         ("upstreams: [true]\n", "t.yaml:1: upstreams[0]: must be a string, not True"),
+        ("=:\n", "t.yaml:1: key '=' must be a string"),  # "=" is YAML's "value" tag
+        ("cache:\n  =: 1\n", "t.yaml:2: cache: key '=' must be a string"),
     ],
 )
 def test_unconstructible_yaml_is_a_config_error(snippet: str, expected: str) -> None:
