@@ -68,6 +68,12 @@ CLASS_IN = 1
 ANSWER, AUTHORITY, ADDITIONAL = 1, 2, 3
 
 OPTION_PADDING = 12  # RFC 7830
+OPTION_EDE = 15  # RFC 8914: Extended DNS Errors
+EDE_STALE = 3  # "Stale Answer"
+EDE_PROHIBITED = 18
+EDE_NOT_SUPPORTED = 21
+EDE_NO_REACHABLE_AUTHORITY = 22
+EDE_TEXT_BYTES = 200  # the reason given beside a code, cut to this
 OPTION_CLIENT_SUBNET = 8  # RFC 7871
 PADDING_BLOCK = 468  # RFC 8467 §4.1: responses are padded to a multiple of this
 
@@ -556,16 +562,26 @@ def ecs_client(ecs: tuple[int, int, bytes]) -> str | None:
     return None
 
 
-def pad(answer: bytes, block: int = PADDING_BLOCK) -> bytes:
+def pad(answer: bytes, options: int = 0, block: int = PADDING_BLOCK) -> bytes:
     """RFC 8467 §4.1: pad an answer over an encrypted transport to a multiple of 468 octets,
-    with a padding option in the OPT record splitdns put last (unchanged if there is none)."""
-    if len(answer) < HEADER_LEN + 11 or answer[-11] != 0 or answer[-10:-8] != b"\x00\x29":
+    with a padding option in the OPT record splitdns put last, whose options so far take
+    `options` bytes (unchanged if there is no such record)."""
+    at = len(answer) - 11 - options  # where that OPT record begins
+    if at < HEADER_LEN or answer[at] != 0 or answer[at + 1 : at + 3] != b"\x00\x29":
         return answer
-    if answer[-2:] != b"\x00\x00":
+    if answer[at + 9 : at + 11] != struct.pack("!H", options):
         return answer
     size = (-(len(answer) + 4)) % block
     option = struct.pack("!HH", OPTION_PADDING, size) + bytes(size)
-    return answer[:-2] + struct.pack("!H", len(option)) + option
+    rdlength = struct.pack("!H", options + len(option))
+    return answer[: at + 9] + rdlength + answer[at + 11 :] + option
+
+
+def ede_option(code: int, text: str = "") -> bytes:
+    """An Extended DNS Error option (RFC 8914): why an answer failed or is what it is, an info
+    code and a short UTF-8 reason, for the client's logs (dig prints it as "EDE")."""
+    extra = text.encode("utf-8")[:EDE_TEXT_BYTES].decode("utf-8", "ignore").encode("utf-8")
+    return struct.pack("!HHH", OPTION_EDE, 2 + len(extra), code) + extra
 
 
 def _is_signature(data: bytes, record: Record) -> bool:
@@ -736,10 +752,10 @@ def relayed(query: Query, reply: bytes, limit: int | None) -> bytes:
     return struct.pack("!H", query.msg_id) + reply[2:]
 
 
-def finalize(query: Query, bare: bytes, limit: int | None) -> bytes:
+def finalize(query: Query, bare: bytes, limit: int | None, options: bytes = b"") -> bytes:
     """Turn a bare answer into the bytes sent to this client (see `assemble`)."""
     return assemble(
-        query.msg_id, query.flags, query.question.wire, bare, query.edns, query.do, limit
+        query.msg_id, query.flags, query.question.wire, bare, query.edns, query.do, limit, options
     )
 
 
@@ -755,12 +771,14 @@ def assemble(
     edns: bool,
     do: bool,
     limit: int | None,
+    options: bytes = b"",
 ) -> bytes:
     """The bytes sent to one client, built from a bare answer with a same-length question.
 
     Writes the client's ID, RD bit and question bytes (so the name's case is echoed), adds an
-    OPT record when the client used EDNS, and when the result exceeds `limit` (UDP) sends the
-    question alone with TC=1 so the client retries over TCP. No parsing: this is the hot path.
+    OPT record when the client used EDNS (carrying `options`, e.g. an Extended DNS Error),
+    and when the result exceeds `limit` (UDP) sends the question alone with TC=1 so the
+    client retries over TCP. No parsing: this is the hot path.
     """
     _, flags, qd, an, ns, ar = HEADER.unpack_from(bare)
     flags = (flags & ~RD) | (query_flags & RD) | RA
@@ -768,6 +786,8 @@ def assemble(
     opt = (_OPT_DO if do else _OPT_PLAIN) if edns else b""
     if opt:
         ar += 1
+        if options:
+            opt = opt[:-2] + struct.pack("!H", len(options)) + options
     out = HEADER.pack(msg_id, flags, 1, an, ns, ar) + question + body + opt
     if limit is not None and len(out) > limit:
         out = HEADER.pack(msg_id, (flags | TC) & ~AD, 1, 0, 0, 1 if opt else 0) + question + opt

@@ -73,6 +73,8 @@ class Response:
     rewritten: bool = False  # some address in it was rewritten (also when served from cache)
     final: bool = False  # the client gets these bytes as they are, but for the ID (signed)
     message: wire.Message | None = None  # the walk of `bare`, when one is at hand
+    #: An Extended DNS Error for the client (RFC 8914): info code and reason, or None.
+    ede: tuple[int, str] | None = None
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -114,7 +116,8 @@ class RefuseOutsiders(Link):
 
     def before(self, req: Request) -> Response | None:
         if not self.admission.decide(req.client)[0]:
-            return Response(wire.make_error(req.query, wire.REFUSED), Outcome.REFUSED)
+            refused = wire.make_error(req.query, wire.REFUSED)
+            return Response(refused, Outcome.REFUSED, ede=(wire.EDE_PROHIBITED, ""))
         return None
 
 
@@ -127,7 +130,8 @@ class RefuseUnsupported(Link):
     def before(self, req: Request) -> Response | None:
         q = req.query.question
         if q.qclass != wire.CLASS_IN or q.qtype in (wire.TYPE_AXFR, wire.TYPE_IXFR):
-            return Response(wire.make_error(req.query, wire.REFUSED), Outcome.REFUSED)
+            refused = wire.make_error(req.query, wire.REFUSED)
+            return Response(refused, Outcome.REFUSED, ede=(wire.EDE_NOT_SUPPORTED, ""))
         return None
 
 
@@ -152,9 +156,7 @@ class RelaySigned(Link):
         try:
             reply = await self.upstreams.resolve(req.query)
         except UpstreamFailure as exc:
-            return Response(
-                wire.make_error(req.query, wire.SERVFAIL), Outcome.SERVFAIL, notes=[str(exc)]
-            )
+            return _unreachable(req, exc)
         return Response(reply.data, Outcome.FORWARDED, upstream=reply.upstream, final=True)
 
 
@@ -426,7 +428,9 @@ class CacheLink(Link):
         if resp.outcome is Outcome.SERVFAIL:
             stale = self.cache.stale(key, now)
             if stale is not None:
-                return Response(stale.stale_copy(), Outcome.STALE, notes=resp.notes)
+                stale_answer = stale.stale_copy()
+                ede = (wire.EDE_STALE, "")
+                return Response(stale_answer, Outcome.STALE, notes=resp.notes, ede=ede)
         if resp.outcome in _CACHEABLE and req.query.rd:  # RD=0 answers are nobody else's
             entry = self.cache.put(
                 key, resp.bare, str(resp.outcome), now, resp.ttl_hint, resp.message
@@ -443,6 +447,7 @@ class CacheLink(Link):
                     entry.ttl,
                     resp.rewritten,
                     resp.final,
+                    ede=resp.ede,
                 )
         return resp
 
@@ -577,9 +582,7 @@ class Forward:
         """The upstream's answer as a bare response; SERVFAIL for UpstreamFailure."""
         if isinstance(exc, UpstreamFailure):
             log.debug("SERVFAIL for %s: %s", req.query.question.name, exc)
-            return Response(
-                wire.make_error(req.query, wire.SERVFAIL), Outcome.SERVFAIL, notes=[str(exc)]
-            )
+            return _unreachable(req, exc)
         if exc is not None or reply is None:
             raise exc or RuntimeError("upstream answer missing")
         bare, message = wire.strip_opt(reply.data, reply.message)
@@ -683,6 +686,14 @@ class Pipeline:
         except Exception as exc:
             resp = _broken(req, exc, links[: depth + 1])
         done(resp)
+
+
+def _unreachable(req: Request, exc: UpstreamFailure) -> Response:
+    """No upstream gave a usable answer: SERVFAIL, and why as an Extended DNS Error (22, "No
+    Reachable Authority", with the upstreams' failures), for the client's `dig` or logs."""
+    servfail = wire.make_error(req.query, wire.SERVFAIL)
+    ede = (wire.EDE_NO_REACHABLE_AUTHORITY, str(exc))
+    return Response(servfail, Outcome.SERVFAIL, notes=[str(exc)], ede=ede)
 
 
 def _broken(req: Request, exc: BaseException, above: list[Link]) -> Response:

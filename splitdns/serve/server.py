@@ -362,9 +362,12 @@ class Server:
             )
         if response.final:
             return wire.relayed(query, response.bare, limit)
-        answer = wire.finalize(query, response.bare, limit)
+        options = b""
+        if response.ede is not None and query.edns:
+            options = wire.ede_option(*response.ede)
+        answer = wire.finalize(query, response.bare, limit, options)
         if query.padded and transport in ENCRYPTED:
-            return wire.pad(answer)
+            return wire.pad(answer, len(options))
         return answer
 
     # ------------------------------------------------------------------ cache hits

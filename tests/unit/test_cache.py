@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
@@ -253,6 +254,10 @@ def test_serve_stale_when_every_upstream_fails() -> None:
         )
     )
     assert resp.outcome is Outcome.STALE
+    # RFC 8914 code 3, "Stale Answer", for a client that speaks EDNS (none without)
+    signed = ask(server, query("www.example.test.", use_edns=0))
+    assert [(o.code, o.text) for o in signed.options] == [(dns.edns.EDECode.STALE_ANSWER, None)]
+    assert not ask(server, query("www.example.test.")).options
 
 
 def test_no_stale_without_the_setting() -> None:

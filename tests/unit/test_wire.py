@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.rcode
@@ -101,6 +102,22 @@ def test_badvers() -> None:
     signed = wire.parse_query(query_wire(use_edns=1, want_dnssec=True))
     out = dns.message.from_wire(wire.make_badvers(signed))
     assert out.rcode() == dns.rcode.BADVERS and out.ednsflags & dns.flags.DO  # RFC 3225
+
+
+def test_extended_dns_error_rides_in_our_opt_and_survives_padding() -> None:
+    q = wire.parse_query(query_wire(use_edns=0))
+    option = wire.ede_option(wire.EDE_NO_REACHABLE_AUTHORITY, "127.0.0.1:53: timeout")
+    out = wire.finalize(q, wire.make_error(q, wire.SERVFAIL), 512, option)
+    msg = dns.message.from_wire(out)
+    assert msg.rcode() == dns.rcode.SERVFAIL and msg.edns == 0
+    assert [(o.code, o.text) for o in msg.options] == [(22, "127.0.0.1:53: timeout")]
+    padded = wire.pad(out, len(option))
+    assert len(padded) % wire.PADDING_BLOCK == 0
+    msg = dns.message.from_wire(padded)
+    assert [o.otype for o in msg.options] == [dns.edns.EDE, dns.edns.PADDING]
+    assert wire.pad(out) == out  # the OPT's options not as said: left alone
+    long = wire.ede_option(0, "é" * 150)  # cut to EDE_TEXT_BYTES, whole characters only
+    assert len(long) <= 6 + wire.EDE_TEXT_BYTES and long[6:].decode() == "é" * 100
 
 
 def test_upstream_query_has_fresh_id_and_edns() -> None:
