@@ -877,6 +877,25 @@ def make_badvers(query: Query) -> bytes:
     )
 
 
+def extended_errors(data: bytes, message: Message) -> list[tuple[int, str]]:
+    """The Extended DNS Errors (RFC 8914) in a walked reply's OPT record: (info code, text)
+    each, the text cut to EDE_TEXT_BYTES. An upstream's reasons for its SERVFAIL (a validating
+    resolver's "DNSSEC Bogus", say), so splitdns can pass them on when it gives up."""
+    found = []
+    for record in message.records:
+        if record.rtype != TYPE_OPT:
+            continue
+        pos, end = record.rdata_offset, record.rdata_offset + record.rdlength
+        while pos + 4 <= end:
+            code, length = struct.unpack_from("!HH", data, pos)
+            value = data[pos + 4 : min(pos + 4 + length, end)]
+            if code == OPTION_EDE and len(value) >= 2:
+                text = value[2 : 2 + EDE_TEXT_BYTES].decode("utf-8", "replace")
+                found.append(((value[0] << 8) | value[1], text))
+            pos += 4 + length
+    return found
+
+
 def strip_opt(data: bytes, message: Message) -> tuple[bytes, Message]:
     """Remove the upstream's OPT record: the client gets splitdns's own EDNS, not the upstream's.
 

@@ -141,7 +141,11 @@ class UpstreamGroup:
             return reply
         if rcode in (wire.SERVFAIL, wire.REFUSED):
             self._failed(member, "servfail" if rcode == wire.SERVFAIL else "refused")
-            problems.append(f"{member.name}: {wire.rcode_name(rcode)}")
+            reasons = "".join(  # the upstream's own Extended DNS Errors, if it gave any
+                f" (EDE {code}{': ' if text else ''}{text})"
+                for code, text in wire.extended_errors(reply.data, reply.message)
+            )
+            problems.append(f"{member.name}: {wire.rcode_name(rcode)}{reasons}")
             return None
         self._usable(member, elapsed)
         return reply

@@ -11,6 +11,7 @@ import dns.edns
 import dns.rcode
 import pytest
 
+from tests.support.canned import CannedUpstream
 from tests.support.servers import NSD, SplitDNS, free_port
 
 CONFIG = """\
@@ -64,3 +65,25 @@ def test_dead_upstreams_are_named_in_the_servfail(tmp_path_factory: pytest.TempP
         assert status_and_ede(plain) == ("SERVFAIL", None) and "OPT PSEUDOSECTION" not in plain
     finally:
         assert proc.stop() == 0, proc.output
+
+
+def test_an_upstreams_own_extended_error_is_passed_on(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A validating upstream's SERVFAIL says why (DNSSEC Bogus): the client hears it too."""
+    q = dns.message.make_query("www.example.test", "A", use_edns=0)
+    servfail = dns.message.make_response(q)
+    servfail.set_rcode(dns.rcode.SERVFAIL)
+    bogus = dns.edns.EDEOption(dns.edns.EDECode.DNSSEC_BOGUS, "no valid RRSIG")
+    servfail.use_edns(0, 0, 1232, options=[bogus])
+    upstream = CannedUpstream()
+    upstream.replies = [servfail.to_wire()]
+    proc = SplitDNS(tmp_path_factory.mktemp("ede-up"), CONFIG.format(port=upstream.port))
+    try:
+        status, ede = status_and_ede(proc.dig("www.example.test"))
+        assert status == "SERVFAIL", ede
+        assert ede is not None and ede.startswith("22 (No Reachable Authority)"), ede
+        assert f"{upstream.address}: SERVFAIL (EDE 6: no valid RRSIG)" in ede, ede
+    finally:
+        assert proc.stop() == 0, proc.output
+        upstream.stop()

@@ -120,6 +120,19 @@ def test_extended_dns_error_rides_in_our_opt_and_survives_padding() -> None:
     assert len(long) <= 6 + wire.EDE_TEXT_BYTES and long[6:].decode() == "é" * 100
 
 
+def test_an_upstreams_extended_errors_are_read() -> None:
+    q = dns.message.make_query("www.example.test", "A", use_edns=0)
+    r = dns.message.make_response(q)
+    r.set_rcode(dns.rcode.SERVFAIL)
+    unknown = dns.edns.GenericOption(99, b"x")  # type: ignore[arg-type]
+    bogus = dns.edns.EDEOption(dns.edns.EDECode.DNSSEC_BOGUS, "bogus")
+    r.use_edns(0, 0, 1232, options=[bogus, dns.edns.EDEOption(dns.edns.EDECode.OTHER), unknown])
+    data = r.to_wire()
+    assert wire.extended_errors(data, wire.walk(data)) == [(6, "bogus"), (0, "")]
+    plain = dns.message.make_response(dns.message.make_query("x.test", "A")).to_wire()
+    assert wire.extended_errors(plain, wire.walk(plain)) == []
+
+
 def test_upstream_query_has_fresh_id_and_edns() -> None:
     q = wire.parse_query(query_wire(want_dnssec=True))
     ids = {wire.make_upstream_query(q)[0] for _ in range(50)}
