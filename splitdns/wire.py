@@ -12,6 +12,7 @@ import ipaddress
 import os
 import secrets
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -535,20 +536,30 @@ def parse_query(data: bytes) -> Query:
     return Query(msg_id, flags, question, edns, payload, do, version, signed, padded, ecs)
 
 
+def _options(data: bytes, opt: Record) -> Iterator[tuple[int, int, int]]:
+    """An OPT record's options as (code, value start, value end) offsets into `data`, those
+    that fit in the record's data (a walked message's always do: `_check_options`)."""
+    pos, end = opt.rdata_offset, opt.rdata_offset + opt.rdlength
+    while pos + 4 <= end:
+        code, length = struct.unpack_from("!HH", data, pos)
+        start = pos + 4
+        pos = start + length
+        if pos > end:
+            return
+        yield code, start, pos
+
+
 def _client_options(data: bytes, opt: Record) -> tuple[bool, tuple[int, int, bytes] | None]:
     """One pass over a client's EDNS options: whether it padded (RFC 7830), and its Client
     Subnet's family, source prefix length and address octets (the first well-formed one)."""
     padded = False
     ecs = None
-    pos, end = opt.rdata_offset, opt.rdata_offset + opt.rdlength
-    while pos + 4 <= end:
-        code, length = struct.unpack_from("!HH", data, pos)
+    for code, start, stop in _options(data, opt):
         if code == OPTION_PADDING:
             padded = True
-        elif code == OPTION_CLIENT_SUBNET and ecs is None and 4 <= length <= end - pos - 4:
-            family, source, _scope = struct.unpack_from("!HBB", data, pos + 4)
-            ecs = (family, source, bytes(data[pos + 8 : pos + 4 + length]))
-        pos += 4 + length
+        elif code == OPTION_CLIENT_SUBNET and ecs is None and stop - start >= 4:
+            family, source, _scope = struct.unpack_from("!HBB", data, start)
+            ecs = (family, source, bytes(data[start + 4 : stop]))
     return padded, ecs
 
 
@@ -885,14 +896,11 @@ def extended_errors(data: bytes, message: Message) -> list[tuple[int, str]]:
     for record in message.records:
         if record.rtype != TYPE_OPT:
             continue
-        pos, end = record.rdata_offset, record.rdata_offset + record.rdlength
-        while pos + 4 <= end:
-            code, length = struct.unpack_from("!HH", data, pos)
-            value = data[pos + 4 : min(pos + 4 + length, end)]
-            if code == OPTION_EDE and len(value) >= 2:
-                text = value[2 : 2 + EDE_TEXT_BYTES].decode("utf-8", "replace")
-                found.append(((value[0] << 8) | value[1], text))
-            pos += 4 + length
+        for code, start, stop in _options(data, record):
+            if code == OPTION_EDE and stop - start >= 2:
+                info = (data[start] << 8) | data[start + 1]
+                text = data[start + 2 : min(stop, start + 2 + EDE_TEXT_BYTES)]
+                found.append((info, text.decode("utf-8", "replace")))
     return found
 
 
