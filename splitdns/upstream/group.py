@@ -154,13 +154,8 @@ class UpstreamGroup:
         """A usable reply from `member` to a question asked at `began`, counted (the express
         lane's replies are counted here too)."""
         elapsed = time.monotonic() - began
-        stats = self.stats
-        stats.observe(member.name, elapsed)
-        stats.used(member.name)
-        health = member.health
-        health.succeeded(elapsed)
-        if health.changes:
-            self._log_changes(member)
+        self.stats.observe(member.name, elapsed)
+        self._usable(member, elapsed)
 
     def _usable(self, member: Member, elapsed: float) -> None:
         member.health.succeeded(elapsed)
