@@ -179,13 +179,10 @@ class Cache:
         self.stats = CacheStats()
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self.bytes = 0
+        self.enabled = settings.size > 0  # (read on every UDP query: a field, not a property)
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    @property
-    def enabled(self) -> bool:
-        return self.settings.size > 0
 
     def fresh(self, key: Key, now: float) -> Entry | None:
         """A fresh entry, or None; counts nothing (the cache-hit fast path counts its answers,
@@ -265,7 +262,9 @@ class Cache:
         """Store a made entry (its TTLs already decided); None if it is too big to keep."""
         if entry.size > self.settings.max_bytes:
             return None
-        self._drop(key)
+        old = self._entries.pop(key, None)  # (_drop's work, without a call per miss)
+        if old is not None:
+            self.bytes -= old.size
         self._entries[key] = entry
         self.bytes += entry.size
         while len(self._entries) > self.settings.size or self.bytes > self.settings.max_bytes:

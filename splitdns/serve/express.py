@@ -36,13 +36,14 @@ from splitdns import wire
 from splitdns.answer import ddr, rewrite
 from splitdns.answer.cache import Entry, lifetime
 from splitdns.answer.chain import Coalesce, CoalesceKey, DohCanary, Outcome, Pipeline, Response
-from splitdns.answer.quickscan import scan
+from splitdns.answer.quickscan import Scan, scan
 from splitdns.config.model import Config, View
 from splitdns.serve.lanewatch import Deadlines, Readiness
 from splitdns.serve.metrics import Counts, query_key
 from splitdns.serve.querylog import QueryLog
 from splitdns.upstream.forwarder import Forwarder
 from splitdns.upstream.group import Member, UpstreamGroup
+from splitdns.upstream.health import Health
 from splitdns.upstream.plain import PlainDNS, fresh_socket
 from splitdns.upstream.socketpool import Pooled, SocketPool
 from splitdns.upstream.transport import Attempt, Handover, Reply, UpstreamFailure, begin_task
@@ -124,7 +125,7 @@ class Express:
         # made before their loop runs in some tools), and the deadlines kept on it
         self.deadlines: Deadlines
         self.readiness: Readiness
-        self._direct: dict[int, tuple[UpstreamGroup, Member | None]] = {}
+        self._routes: dict[int, _Route] = {}
 
     @staticmethod
     def applies(server: LaneOwner, pipeline: Pipeline) -> bool:
@@ -147,7 +148,10 @@ class Express:
         transport: DatagramSender,
     ) -> bool:
         """Start answering a cache miss from an allowed client (`peeked`: wire.peek's reading
-        of it; `plan`: the client's view); False (nothing done) when the chain must take it."""
+        of it; `plan`: the client's view); False (nothing done) when the chain must take it.
+        The query goes out as wire.make_upstream_query makes it, on a fresh connected socket
+        (a random port) with a random ID, or on a pooled one with an ID free there
+        (`socket_pool`). One flat function: each step a call of its own cost more than it."""
         _, flags, name_end, qend, _, do, _ = peeked
         qtype_class = data[name_end:qend]
         if qtype_class not in _A_AAAA or not flags & wire.RD:
@@ -165,26 +169,49 @@ class Express:
             if view is not None and len(view.hosts) and view.hosts.lookup(name) is not None:
                 return False
             group = forwarder.route(name)[1]
-        known = self._direct.get(id(group))  # the upstream the group would ask first
-        if known is None or known[0] is not group:
-            known = self._direct[id(group)] = (group, _direct(group))
-        member = known[1]
-        if member is None or not member.health.up:
+        route = self._routes.get(id(group))
+        if route is None or route.group is not group:
+            route = self._routes[id(group)] = _Route(group)
+        health = route.health
+        if health is None or not health.up:
             return False
+        if route.lone:
+            wait = route.wait
+        else:  # the chain takes over at the hedge time (and asks the others)
+            group._start_due_probes()
+            wait = round(min(health.attempt_timeout(), group.timeout), 2)
         cd = bool(flags & wire.CD)
         coalescing = (lname, qtype_class, do, cd, True)
-        key = (plan.name, lname, qtype_class, do, cd)
         if self.loop is None:  # (the epoll set may fail to open: then the next try again)
             loop = asyncio.get_running_loop()
             self.readiness = Readiness(loop)
             self.deadlines = Deadlines(loop, self.readiness.idle)
             self.loop = loop
-        question = (lname, qtype_class, coalescing, key, peeked)
-        exchange = _Exchange(self, data, host, addr, transport, plan, group, member, question)
+        key = (plan.name, lname, qtype_class, do, cd)
+        began = time.monotonic()
+        exchange = _Exchange(
+            self, data, host, addr, transport, plan, route, peeked, coalescing, key, began
+        )
         if not self.coalesce.lead(coalescing, exchange):
             return False  # a follower: the chain waits on the leader
+        pool = route.pool
+        question = data[wire.HEADER_LEN : qend]
         try:
-            exchange.send(flags, do, data[wire.HEADER_LEN : qend])
+            if pool is not None:
+                pooled, msg_id = pool.checkout()
+                exchange.pooled = pooled
+                exchange.msg_id = msg_id
+                pooled.receivers[msg_id] = exchange
+                self.deadlines.watch(exchange, wait, began)
+                pooled.sock.send(wire.upstream_packet(msg_id, flags, question, do))
+            else:
+                upstream = route.upstream
+                exchange.msg_id = msg_id = wire.random_id()
+                exchange.sock = sock = fresh_socket(upstream.family, upstream.address)
+                exchange.fd = fd = sock.fileno()
+                self.deadlines.watch(exchange, wait, began)
+                self.readiness.watch(fd, exchange)
+                sock.send(wire.upstream_packet(msg_id, flags, question, do))
         except OSError:
             exchange.close()
             self.coalesce.let_go(coalescing, exchange)
@@ -193,18 +220,32 @@ class Express:
         return True
 
 
-def _direct(group: UpstreamGroup) -> Member | None:
-    """The member a group asks first when all are up, if the lane can ask it as the group
-    would (plain DNS over UDP without 0x20, no racing or latency order); None otherwise."""
-    if not group.members or group.strategy == "parallel":
-        return None
-    if group.strategy == "fastest" and len(group.members) > 1:
-        return None
-    member = group.members[0]
-    transport = member.transport
-    if not isinstance(transport, PlainDNS) or transport.mix_case:
-        return None
-    return member
+class _Route:
+    """How the lane asks one group: the member the group asks first when all are up, if the
+    lane can ask it as the group would (plain DNS over UDP without 0x20, no racing or
+    latency order; `health` None otherwise), its pool, and the wait of a lone member."""
+
+    __slots__ = ("group", "health", "lone", "member", "pool", "upstream", "wait")
+
+    def __init__(self, group: UpstreamGroup) -> None:
+        self.group = group
+        self.lone = len(group.members) == 1
+        self.wait = round(group.timeout, 2)  # (Deadlines keep a queue per wait, rounded)
+        self.health: Health | None = None
+        self.member: Member  # these three are set when `health` is
+        self.upstream: PlainDNS
+        self.pool: SocketPool | None
+        if not group.members or group.strategy == "parallel":
+            return
+        if group.strategy == "fastest" and not self.lone:
+            return
+        self.member = member = group.members[0]
+        upstream = member.transport
+        if not isinstance(upstream, PlainDNS) or upstream.mix_case:
+            return
+        self.upstream = upstream
+        self.pool = upstream.pool
+        self.health = member.health
 
 
 class _Exchange:
@@ -217,19 +258,15 @@ class _Exchange:
         "cache_key",
         "coalescing",
         "data",
-        "deadline",
         "express",
         "fd",
-        "group",
         "host",
         "leader",
-        "lname",
-        "member",
         "msg_id",
         "plan",
         "pooled",
-        "qtype_class",
         "reply_to",
+        "route",
         "sock",
         "tcp",
         "transport",
@@ -245,9 +282,11 @@ class _Exchange:
         addr: tuple[Any, ...],
         transport: DatagramSender,
         plan: ViewPlan,
-        group: UpstreamGroup,
-        member: Member,
-        question: tuple[bytes, bytes, CoalesceKey, CacheKey, Reading],
+        route: _Route,
+        reply_to: Reading,
+        coalescing: CoalesceKey,
+        cache_key: CacheKey,
+        began: float,
     ) -> None:
         self.express = express
         self.data = data
@@ -255,48 +294,25 @@ class _Exchange:
         self.addr = addr
         self.transport = transport
         self.plan = plan
-        self.group = group
-        self.member = member
+        self.route = route
+        self.reply_to = reply_to  # wire.peek's reading of the question (ID, flags, EDNS...)
+        # (name in wire form, lower case; type and class; DO; CD; RD): coalescing[:2] are
+        # the question as `scan` checks the reply against it
+        self.coalescing = coalescing
+        self.cache_key = cache_key
+        self.began = began
         self.leader: asyncio.Future[Response] | None = None
-        # The question: its name (wire form, lower case), type and class, its coalescing and
-        # cache keys, and wire.peek's reading of it (ID, flags, EDNS... for the answer).
-        self.lname, self.qtype_class, self.coalescing, self.cache_key, self.reply_to = question
         self.msg_id = 0
         self.sock: _socket.socket | None = None
-        self.tcp: Attempt | None = None  # the TCP exchange after a truncated reply
         self.pooled: Pooled | None = None  # with socket_pool: the socket asked on
+        self.tcp: Attempt | None = None  # the TCP exchange after a truncated reply
         self.watched = False  # by the lane's deadlines, until it ends one way or another
-        self.wake_at = 0.0
-        self.fd = -1
-        self.began = time.monotonic()
-        self.deadline = self.began + group.timeout
+        self.wake_at: float  # set by the deadlines
+        self.fd: int  # the fresh socket's, set with it
 
-    def send(self, flags: int, do: bool, question: bytes) -> None:
-        """The query as wire.make_upstream_query makes it, on a fresh connected socket (a
-        random port), or on a pooled one with an ID free there (`socket_pool`)."""
-        group = self.group
-        upstream = self.member.transport
-        assert isinstance(upstream, PlainDNS)
-        if len(group.members) > 1:  # (a lone member is up, or the lane is not used)
-            group._start_due_probes()
-            # The chain takes over at the hedge time (and asks the others).
-            wait = min(self.member.health.attempt_timeout(), group.timeout)
-        else:
-            wait = group.timeout
-        pool = upstream.pool
-        if pool is not None:
-            self.pooled, self.msg_id = pooled, msg_id = pool.checkout()
-            pooled.receivers[msg_id] = self
-            self.express.deadlines.watch(self, wait, self.began)
-            pooled.sock.send(wire.upstream_packet(msg_id, flags, question, do))
-            return
-        self.msg_id = msg_id = wire.random_id()
-        packet = wire.upstream_packet(msg_id, flags, question, do)
-        self.sock = sock = fresh_socket(upstream.family, upstream.address)
-        self.fd = fd = sock.fileno()
-        self.express.deadlines.watch(self, wait, self.began)
-        self.express.readiness.watch(fd, self)
-        sock.send(packet)
+    @property
+    def deadline(self) -> float:
+        return self.began + self.route.group.timeout
 
     def close(self) -> None:
         if self.tcp is not None:
@@ -314,8 +330,9 @@ class _Exchange:
     def expired(self) -> None:
         """No reply by the hedge time (or the deadline): the chain asks the others, if any."""
         self.watched = False
-        self.group._failed(self.member, "timeout")
-        self.hand_over(problem=f"{self.member.name}: timeout")
+        member = self.route.member
+        self.route.group._failed(member, "timeout")
+        self.hand_over(problem=f"{member.name}: timeout")
 
     def readable(self) -> None:
         sock = self.sock
@@ -332,24 +349,27 @@ class _Exchange:
 
     def failed(self, exc: OSError) -> None:
         """A socket error (ICMP unreachable): the chain asks the others, if any."""
-        self.group._failed(self.member, "network")
-        self.hand_over(problem=f"{self.member.name}: {exc}")
+        member = self.route.member
+        self.route.group._failed(member, "network")
+        self.hand_over(problem=f"{member.name}: {exc}")
 
     def received(self, data: bytes) -> None:
-        """A datagram from the upstream's address and port, with our ID if pooled."""
+        """A datagram from the upstream's address and port, with our ID if pooled: the usual
+        answer is finished here, in one pass; anything else goes to `unusual`."""
         try:
-            self.answer(data)
+            coalescing = self.coalescing
+            checked = scan(data, self.msg_id, coalescing[0], coalescing[1])
+            if checked is None or checked[0] & _UNUSUAL or not checked[1]:
+                self.unusual(data)
+                return
+            self._answer(data, checked)
         except Exception:  # a bug: logged; the chain answers instead
             log.exception("express lane failed on a reply; the chain answers")
             self.hand_over()
 
-    def answer(self, data: bytes) -> None:
-        checked = scan(data, self.msg_id, self.lname, self.qtype_class)
-        if checked is None or checked[0] & _UNUSUAL or not checked[1]:
-            self.unusual(data)
-            return
-        self.close()
-        self.group.succeeded(self.member, self.began)
+    def _answer(self, data: bytes, checked: Scan) -> None:
+        route = self.route
+        plan = self.plan
         flags, _, opt_start, ttls, low, high, addresses = checked
         flags = (flags | wire.RA) & ~wire.AA
         if opt_start < 0:
@@ -366,7 +386,6 @@ class _Exchange:
             out[2], out[3] = flags >> 8, flags & 0xFF
             forwarded = bytes(out)
         rules: list[int] = []
-        plan = self.plan
         for rtype, offset in addresses:
             maps = plan.maps4 if rtype == wire.TYPE_A else plan.maps6
             if not maps:
@@ -376,18 +395,34 @@ class _Exchange:
             for low_end, high_end, target, index in maps:
                 if low_end <= value <= high_end:
                     if plan.named:  # the rule may depend on names: the chain's rewrite decides
-                        reply = Reply(data, wire.walk(data), self.member.name, "udp")
+                        self.close()
+                        route.group.usable(route.member, time.monotonic() - self.began)
+                        reply = Reply(data, wire.walk(data), route.member.name, "udp")
                         self.hand_over(reply=reply)
                         return
                     out[offset : offset + size] = (target + value - low_end).to_bytes(size, "big")
                     rules.append(index)
                     break
+        # The exchange ends: off the deadlines, its socket or pooled ID given back, out of
+        # the coalescing table (close() and release(), without their calls on this path).
+        self.watched = False
+        pooled = self.pooled
+        if pooled is not None:
+            SocketPool.release(pooled, self.msg_id)
+            self.pooled = None
+        elif self.sock is not None:
+            self.express.readiness.forget(self.fd)
+            self.sock.close()
+            self.sock = None
+        route.group.usable(route.member, time.monotonic() - self.began)
+        express = self.express
+        leader = express.coalesce.let_go(self.coalescing, self)
+        if leader is not None:
+            self.release(leader, forwarded, data)
         if rules:
             flags &= ~wire.AD
         out[2], out[3] = flags >> 8, flags & 0xFF
         bare = bytes(out)
-        self.release(forwarded, data)
-        express = self.express
         cache = express.cache
         ttl, kept_ttls, exact = lifetime(ttls, low, high, cache.settings)
         cache.stats.misses += 1  # as the chain's cache link counts it
@@ -401,7 +436,7 @@ class _Exchange:
         server._flat -= 1
         counts = server.counts
         counts.express["answered"] += 1
-        counts.queries[_QUERY_KEYS[self.qtype_class][1 if rules else 0]] += 1
+        counts.queries[_QUERY_KEYS[self.coalescing[1]][1 if rules else 0]] += 1
         for index in rules:
             counts.rewrites[(plan.name, index, "address")] += 1
         msg_id, query_flags, _, qend, edns, do, limit = self.reply_to
@@ -418,17 +453,16 @@ class _Exchange:
             matches = wire.reply_matches(message, self.msg_id, query)
         except wire.WireError:
             matches = False
+        route = self.route
         if not matches:
-            self.group.stats.forged += 1  # and the real answer is still awaited
+            route.group.stats.forged += 1  # and the real answer is still awaited
             return
         if message.flags & wire.TC:
             self.close()
             remaining = max(0.05, self.deadline - time.monotonic())
-            upstream = self.member.transport
-            assert isinstance(upstream, PlainDNS)
-            self.tcp = begin_task(upstream.tcp(query, remaining), self.over_tcp)
+            self.tcp = begin_task(route.upstream.tcp(query, remaining), self.over_tcp)
             return
-        reply = Reply(data, message, self.member.name, "udp")
+        reply = Reply(data, message, route.member.name, "udp")
         self.settled(reply)
 
     def over_tcp(self, reply: Reply | None, error: BaseException | None) -> None:
@@ -438,8 +472,9 @@ class _Exchange:
     def settled(self, reply: Reply | None, error: BaseException | None = None) -> None:
         """The group's verdict on the upstream's reply (or failure); the chain goes on."""
         problems: list[str] = []
+        route = self.route
         try:
-            usable = self.group._settle(reply, error, self.member, self.began, problems)
+            usable = route.group._settle(reply, error, route.member, self.began, problems)
         except Exception:  # an unknown failure: logged; the chain asks again
             log.exception("express lane: unexpected upstream failure")
             usable = None
@@ -448,29 +483,32 @@ class _Exchange:
         else:
             self.hand_over(problem="; ".join(problems))
 
-    def release(self, forwarded: bytes | None, data: bytes) -> None:
-        """Leave the coalescing table; followers get the plain answer the chain would give."""
-        leader = self.express.coalesce.let_go(self.coalescing, self)
-        if leader is None or leader.done():
+    def release(
+        self, leader: asyncio.Future[Response], forwarded: bytes | None, data: bytes
+    ) -> None:
+        """Followers (waiting on `leader`) get the plain answer the chain would give."""
+        if leader.done():
             return
         if forwarded is None:  # handed over: followers ask on their own
             leader.set_exception(UpstreamFailure("the leader's question went the long way"))
             leader.exception()
             return
         message = wire.strip_opt(data, wire.walk(data))[1]
-        leader.set_result(
-            Response(forwarded, Outcome.FORWARDED, upstream=self.member.name, message=message)
-        )
+        upstream = self.route.member.name
+        response = Response(forwarded, Outcome.FORWARDED, upstream=upstream, message=message)
+        leader.set_result(response)
 
     def hand_over(self, reply: Reply | None = None, problem: str = "") -> None:
         """The chain answers this question: with the upstream's reply, or asking the other
         upstreams within the same deadline (a `problem` says why this one was left)."""
         self.close()
-        self.release(None, b"")
+        leader = self.express.coalesce.let_go(self.coalescing, self)
+        if leader is not None:
+            self.release(leader, None, b"")
         server = self.express.server
         server._flat -= 1
         server.counts.express["handed"] += 1
-        tried = self.member.name if reply is None and problem else None
+        tried = self.route.member.name if reply is None and problem else None
         handover = Handover(self.deadline, reply, tried, problem)
         try:
             server.respond_flat(self.data, self.host, self.addr, self.transport, handover)

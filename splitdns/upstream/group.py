@@ -135,11 +135,12 @@ class UpstreamGroup:
                 raise error or RuntimeError("an exchange ended with neither reply nor error")
             return None
         elapsed = time.monotonic() - began
-        self.stats.observe(member.name, elapsed)
         rcode = reply.message.rcode
         if rcode == wire.REFUSED and not recursive:
+            self.stats.observe(member.name, elapsed)
             return reply
         if rcode in (wire.SERVFAIL, wire.REFUSED):
+            self.stats.observe(member.name, elapsed)
             self._failed(member, "servfail" if rcode == wire.SERVFAIL else "refused")
             reasons = "".join(  # the upstream's own Extended DNS Errors, if it gave any
                 f" (EDE {code}{': ' if text else ''}{text})"
@@ -147,21 +148,17 @@ class UpstreamGroup:
             )
             problems.append(f"{member.name}: {wire.rcode_name(rcode)}{reasons}")
             return None
-        self._usable(member, elapsed)
+        self.usable(member, elapsed)
         return reply
 
-    def succeeded(self, member: Member, began: float) -> None:
-        """A usable reply from `member` to a question asked at `began`, counted (the express
-        lane's replies are counted here too)."""
-        elapsed = time.monotonic() - began
-        self.stats.observe(member.name, elapsed)
-        self._usable(member, elapsed)
-
-    def _usable(self, member: Member, elapsed: float) -> None:
-        member.health.succeeded(elapsed)
-        if member.health.changes:
+    def usable(self, member: Member, elapsed: float) -> None:
+        """A usable reply from `member` after `elapsed` seconds, counted (the express lane's
+        replies are counted here too)."""
+        self.stats.observe(member.name, elapsed, used=True)
+        health = member.health
+        health.succeeded(elapsed)
+        if health.changes:
             self._log_changes(member)
-        self.stats.used(member.name)
 
     def _failed(self, member: Member, kind: str) -> None:
         self.stats.failed(member.name, kind)

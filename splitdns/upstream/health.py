@@ -35,10 +35,9 @@ class Health:
     down_until: float | None = None  # set while out of rotation
     probing: bool = False
     changes: list[str] = field(default_factory=list)  # recent transitions, for the log
-
-    @property
-    def up(self) -> bool:
-        return self.down_until is None
+    # In rotation (down_until is None), kept as a field: the express lane reads it on every
+    # miss, and a property was a call each time.
+    up: bool = True
 
     def succeeded(self, seconds: float) -> None:
         if self.srtt is None:
@@ -49,6 +48,7 @@ class Health:
         self.failures = 0
         if self.down_until is not None:
             self.down_until = None
+            self.up = True
             self.changes.append("back up")
         self.backoff = FIRST_BACKOFF
 
@@ -56,6 +56,7 @@ class Health:
         self.failures += 1
         if self.down_until is None and self.failures >= FAILURES_TO_DOWN:
             self.down_until = self.clock() + self.backoff
+            self.up = False
             self.changes.append(f"down for {self.backoff:g} s")
 
     def probe_due(self) -> bool:

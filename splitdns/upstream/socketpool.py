@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import secrets
 import socket
 from typing import Protocol
 
@@ -123,7 +124,15 @@ class SocketPool:
         self.size = size
         self.stats = stats
         self.sockets: list[Pooled] = []
-        self.limit = 0x10000 - 0x10000 % size  # random_id draws below this are uniform mod size
+        self.picks: list[int] = []  # socket indices drawn ahead, uniform over the sockets
+
+    def _draw_picks(self) -> None:
+        """Socket indices from the kernel's CSPRNG, 4 096 draws at a time (a call per query
+        was a twentieth of the pool's cost); 16-bit draws at or past the last whole multiple
+        of the pool's size are dropped, so every socket is equally likely."""
+        limit = 0x10000 - 0x10000 % self.size
+        draws = memoryview(secrets.token_bytes(8192)).cast("H").tolist()
+        self.picks = [draw % self.size for draw in draws if draw < limit]
 
     def checkout(self) -> tuple[Pooled, int]:
         """A pooled socket taken at random and an ID free on it; the caller registers its
@@ -132,10 +141,9 @@ class SocketPool:
         sockets = self.sockets
         while len(sockets) < self.size:
             sockets.append(Pooled(self.address, self.family, self.stats))
-        draw = wire.random_id()  # uniform over the sockets: draws past `limit` are redrawn
-        while draw >= self.limit:
-            draw = wire.random_id()
-        index = draw % self.size
+        if not self.picks:
+            self._draw_picks()
+        index = self.picks.pop()
         pooled = sockets[index]
         pooled.used += 1
         if pooled.used >= ROTATE_AFTER:  # a new port; the old socket closes once drained

@@ -44,11 +44,9 @@ class UpstreamStats:
         key = (upstream, kind)
         self.errors_by[key] = self.errors_by.get(key, 0) + 1
 
-    def used(self, upstream: str) -> None:
-        self.answered[upstream] = self.answered.get(upstream, 0) + 1
-
-    def observe(self, upstream: str, seconds: float) -> None:
-        """Histogram: one slot per bucket bound, then count and sum at the end."""
+    def observe(self, upstream: str, seconds: float, used: bool = False) -> None:
+        """Histogram: one slot per bucket bound, then count and sum at the end; `used`: the
+        reply was used (won the race), counted in `answered` too."""
         slots = self.latency.get(upstream)
         if slots is None:
             slots = self.latency[upstream] = [0.0] * (len(LATENCY_BUCKETS) + 2)
@@ -57,6 +55,8 @@ class UpstreamStats:
             slots[i] += 1
         slots[-2] += 1
         slots[-1] += seconds
+        if used:
+            self.answered[upstream] = self.answered.get(upstream, 0) + 1
 
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
