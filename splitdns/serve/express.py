@@ -36,7 +36,7 @@ from splitdns import wire
 from splitdns.answer import ddr, rewrite
 from splitdns.answer.cache import Entry, lifetime
 from splitdns.answer.chain import Coalesce, CoalesceKey, DohCanary, Outcome, Pipeline, Response
-from splitdns.answer.quickscan import Scan, scan
+from splitdns.answer.quickscan import scan
 from splitdns.config.model import Config, View
 from splitdns.serve.lanewatch import Deadlines, Readiness
 from splitdns.serve.metrics import Counts, query_key
@@ -125,7 +125,8 @@ class Express:
         # made before their loop runs in some tools), and the deadlines kept on it
         self.deadlines: Deadlines
         self.readiness: Readiness
-        self._routes: dict[int, _Route] = {}
+        self.route = _Route(forwarder.default)  # (the forwarder's groups are its for life)
+        self._routes: dict[int, _Route] = {}  # domain routes' groups
 
     @staticmethod
     def applies(server: LaneOwner, pipeline: Pipeline) -> bool:
@@ -143,51 +144,51 @@ class Express:
         data: bytes,
         peeked: wire.Peeked,
         plan: ViewPlan,
+        key: CacheKey,
         host: str,
         addr: tuple[Any, ...],
         transport: DatagramSender,
     ) -> bool:
         """Start answering a cache miss from an allowed client (`peeked`: wire.peek's reading
-        of it; `plan`: the client's view); False (nothing done) when the chain must take it.
-        The query goes out as wire.make_upstream_query makes it, on a fresh connected socket
-        (a random port) with a random ID, or on a pooled one with an ID free there
+        of it; `plan`: the client's view; `key`: the question's cache key there, whose parts
+        are the name, type and class, DO and CD); False (nothing done) when the chain must
+        take it. The query goes out as wire.make_upstream_query makes it, on a fresh connected
+        socket (a random port) with a random ID, or on a pooled one with an ID free there
         (`socket_pool`). One flat function: each step a call of its own cost more than it."""
-        _, flags, name_end, qend, _, do, _ = peeked
-        qtype_class = data[name_end:qend]
+        _, lname, qtype_class, do, cd = key
+        flags = peeked[1]
         if qtype_class not in _A_AAAA or not flags & wire.RD:
             return False
-        lname = data[wire.HEADER_LEN : name_end].lower()
         if lname in self.special or lname.endswith(b"\x04arpa\x00"):
             return False
         if plan.shadowed_aaaa and qtype_class == _A_AAAA[1]:
             return False
         forwarder = self.forwarder
-        group = forwarder.default
         if self.hosts or forwarder.routes:
             name = wire.read_name(data, wire.HEADER_LEN)[0]
             view = plan.view
             if view is not None and len(view.hosts) and view.hosts.lookup(name) is not None:
                 return False
             group = forwarder.route(name)[1]
-        route = self._routes.get(id(group))
-        if route is None or route.group is not group:
-            route = self._routes[id(group)] = _Route(group)
+            route = self._routes.get(id(group))
+            if route is None or route.group is not group:
+                route = self._routes[id(group)] = _Route(group)
+        else:
+            route = self.route
         health = route.health
         if health is None or not health.up:
             return False
         if route.lone:
             wait = route.wait
         else:  # the chain takes over at the hedge time (and asks the others)
-            group._start_due_probes()
-            wait = round(min(health.attempt_timeout(), group.timeout), 2)
-        cd = bool(flags & wire.CD)
+            route.group._start_due_probes()
+            wait = round(min(health.attempt_timeout(), route.group.timeout), 2)
         coalescing = (lname, qtype_class, do, cd, True)
         if self.loop is None:  # (the epoll set may fail to open: then the next try again)
             loop = asyncio.get_running_loop()
             self.readiness = Readiness(loop)
             self.deadlines = Deadlines(loop, self.readiness.idle)
             self.loop = loop
-        key = (plan.name, lname, qtype_class, do, cd)
         began = time.monotonic()
         exchange = _Exchange(
             self, data, host, addr, transport, plan, route, peeked, coalescing, key, began
@@ -195,7 +196,7 @@ class Express:
         if not self.coalesce.lead(coalescing, exchange):
             return False  # a follower: the chain waits on the leader
         pool = route.pool
-        question = data[wire.HEADER_LEN : qend]
+        question = data[wire.HEADER_LEN : peeked[3]]
         try:
             if pool is not None:
                 pooled, msg_id = pool.checkout()
@@ -355,95 +356,95 @@ class _Exchange:
 
     def received(self, data: bytes) -> None:
         """A datagram from the upstream's address and port, with our ID if pooled: the usual
-        answer is finished here, in one pass; anything else goes to `unusual`."""
+        answer is finished here, in one pass (a call per step cost more than the step);
+        anything else goes to `unusual`."""
         try:
             coalescing = self.coalescing
             checked = scan(data, self.msg_id, coalescing[0], coalescing[1])
             if checked is None or checked[0] & _UNUSUAL or not checked[1]:
                 self.unusual(data)
                 return
-            self._answer(data, checked)
+            route = self.route
+            plan = self.plan
+            flags, _, opt_start, ttls, low, high, addresses = checked
+            flags = (flags | wire.RA) & ~wire.AA
+            if opt_start < 0:
+                out = bytearray(data)
+            else:  # the upstream's OPT goes (the client's own is added at the end)
+                out = bytearray(data[:opt_start])
+                if out[11]:
+                    out[11] -= 1
+                else:
+                    out[10] -= 1
+                    out[11] = 0xFF
+            forwarded = None
+            if self.leader is not None:  # followers rewrite their own copy of the plain answer
+                out[2], out[3] = flags >> 8, flags & 0xFF
+                forwarded = bytes(out)
+            rules: list[int] = []
+            for rtype, offset in addresses:
+                maps = plan.maps4 if rtype == wire.TYPE_A else plan.maps6
+                if not maps:
+                    continue
+                size = 4 if rtype == wire.TYPE_A else 16
+                value = int.from_bytes(out[offset : offset + size], "big")
+                for low_end, high_end, target, index in maps:
+                    if low_end <= value <= high_end:
+                        if plan.named:  # a rule may depend on names: the chain's rewrite
+                            self.close()
+                            route.group.usable(route.member, time.monotonic() - self.began)
+                            reply = Reply(data, wire.walk(data), route.member.name, "udp")
+                            self.hand_over(reply=reply)
+                            return
+                        out[offset : offset + size] = (target + value - low_end).to_bytes(
+                            size, "big"
+                        )
+                        rules.append(index)
+                        break
+            # The exchange ends: off the deadlines, its socket or pooled ID given back, out of
+            # the coalescing table (close() and release(), without their calls on this path).
+            self.watched = False
+            pooled = self.pooled
+            if pooled is not None:
+                SocketPool.release(pooled, self.msg_id)
+                self.pooled = None
+            elif self.sock is not None:
+                self.express.readiness.forget(self.fd)
+                self.sock.close()
+                self.sock = None
+            route.group.usable(route.member, time.monotonic() - self.began)
+            express = self.express
+            leader = express.coalesce.let_go(self.coalescing, self)
+            if leader is not None:
+                self.release(leader, forwarded, data)
+            if rules:
+                flags &= ~wire.AD
+            out[2], out[3] = flags >> 8, flags & 0xFF
+            bare = bytes(out)
+            cache = express.cache
+            ttl, kept_ttls, exact = lifetime(ttls, low, high, cache.settings)
+            cache.stats.misses += 1  # as the chain's cache link counts it
+            if ttl > 0:
+                now = cache.clock()
+                outcome = _REWRITTEN if rules else _FORWARDED
+                entry = cache.keep(self.cache_key, Entry(bare, kept_ttls, ttl, now, outcome, exact))
+                if entry is not None and not exact:
+                    bare = entry.aged(now)
+            server = express.server
+            server._flat -= 1
+            counts = server.counts
+            counts.express["answered"] += 1
+            counts.queries[_QUERY_KEYS[self.coalescing[1]][1 if rules else 0]] += 1
+            for index in rules:
+                counts.rewrites[(plan.name, index, "address")] += 1
+            msg_id, query_flags, _, qend, edns, do, limit = self.reply_to
+            question = self.data[wire.HEADER_LEN : qend]
+            answer = wire.assemble(msg_id, query_flags, question, bare, edns, do, limit)
+            if not self.transport.is_closing():
+                self.transport.sendto(answer, self.addr)
         except Exception:  # a bug: logged; the chain answers instead
             log.exception("express lane failed on a reply; the chain answers")
             self.hand_over()
-
-    def _answer(self, data: bytes, checked: Scan) -> None:
-        route = self.route
-        plan = self.plan
-        flags, _, opt_start, ttls, low, high, addresses = checked
-        flags = (flags | wire.RA) & ~wire.AA
-        if opt_start < 0:
-            out = bytearray(data)
-        else:  # the upstream's OPT goes (the client's own is added at the end)
-            out = bytearray(data[:opt_start])
-            if out[11]:
-                out[11] -= 1
-            else:
-                out[10] -= 1
-                out[11] = 0xFF
-        forwarded = None
-        if self.leader is not None:  # followers rewrite their own copy of the plain answer
-            out[2], out[3] = flags >> 8, flags & 0xFF
-            forwarded = bytes(out)
-        rules: list[int] = []
-        for rtype, offset in addresses:
-            maps = plan.maps4 if rtype == wire.TYPE_A else plan.maps6
-            if not maps:
-                continue
-            size = 4 if rtype == wire.TYPE_A else 16
-            value = int.from_bytes(out[offset : offset + size], "big")
-            for low_end, high_end, target, index in maps:
-                if low_end <= value <= high_end:
-                    if plan.named:  # the rule may depend on names: the chain's rewrite decides
-                        self.close()
-                        route.group.usable(route.member, time.monotonic() - self.began)
-                        reply = Reply(data, wire.walk(data), route.member.name, "udp")
-                        self.hand_over(reply=reply)
-                        return
-                    out[offset : offset + size] = (target + value - low_end).to_bytes(size, "big")
-                    rules.append(index)
-                    break
-        # The exchange ends: off the deadlines, its socket or pooled ID given back, out of
-        # the coalescing table (close() and release(), without their calls on this path).
-        self.watched = False
-        pooled = self.pooled
-        if pooled is not None:
-            SocketPool.release(pooled, self.msg_id)
-            self.pooled = None
-        elif self.sock is not None:
-            self.express.readiness.forget(self.fd)
-            self.sock.close()
-            self.sock = None
-        route.group.usable(route.member, time.monotonic() - self.began)
-        express = self.express
-        leader = express.coalesce.let_go(self.coalescing, self)
-        if leader is not None:
-            self.release(leader, forwarded, data)
-        if rules:
-            flags &= ~wire.AD
-        out[2], out[3] = flags >> 8, flags & 0xFF
-        bare = bytes(out)
-        cache = express.cache
-        ttl, kept_ttls, exact = lifetime(ttls, low, high, cache.settings)
-        cache.stats.misses += 1  # as the chain's cache link counts it
-        if ttl > 0:
-            now = cache.clock()
-            outcome = _REWRITTEN if rules else _FORWARDED
-            entry = cache.keep(self.cache_key, Entry(bare, kept_ttls, ttl, now, outcome, exact))
-            if entry is not None and not exact:
-                bare = entry.aged(now)
-        server = express.server
-        server._flat -= 1
-        counts = server.counts
-        counts.express["answered"] += 1
-        counts.queries[_QUERY_KEYS[self.coalescing[1]][1 if rules else 0]] += 1
-        for index in rules:
-            counts.rewrites[(plan.name, index, "address")] += 1
-        msg_id, query_flags, _, qend, edns, do, limit = self.reply_to
-        question = self.data[wire.HEADER_LEN : qend]
-        answer = wire.assemble(msg_id, query_flags, question, bare, edns, do, limit)
-        if not self.transport.is_closing():
-            self.transport.sendto(answer, self.addr)
 
     def unusual(self, data: bytes) -> None:
         """Not the usual answer: the full walk and match decide, as for any reply."""

@@ -49,8 +49,8 @@ class Deadlines:
         self.on_idle = on_idle  # called when the last deadline is gone
 
     def watch(self, exchange: Waiting, wait: float, now: float) -> None:
-        """Watch `exchange` from `now` (its time.monotonic()) for `wait` seconds."""
-        wait = round(wait, 2)
+        """Watch `exchange` from `now` (its time.monotonic()) for `wait` seconds, rounded to
+        hundredths by the caller (a queue per wait: a few, not one per float)."""
         exchange.wake_at = now + wait
         exchange.watched = True
         queue = self.queues.get(wait)

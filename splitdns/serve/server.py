@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any, cast
 
 from splitdns import wire
-from splitdns.answer.cache import Cache
+from splitdns.answer.cache import Cache, Key
 from splitdns.answer.chain import Outcome, Request, Response, build_chain
 from splitdns.answer.ratelimit import RateLimiter
 from splitdns.answer.views import client_address, is_allowed
@@ -384,19 +384,18 @@ class Server:
         plan = self._clients[host] if host in self._clients else self._classify(host)
         if plan is None:
             return None
-        return self._hit(data, host, peeked, remembered, plan) or None
+        return self._hit(data, host, peeked, remembered, hit_key(data, peeked, plan)) or None
 
     def _hit(
-        self, data: bytes, host: str, peeked: wire.Peeked, remembered: bool, plan: ViewPlan
+        self, data: bytes, host: str, peeked: wire.Peeked, remembered: bool, key: Key
     ) -> bytes | None:
-        """fast_answer for an allowed client (`plan`: its view), but b"" for a hit due for
-        prefetch (the chain's cache link answers it and refreshes it), so the express lane
-        can tell it from a miss. (`remembered`: `peeked` came from wire's memo, else a hit is
-        kept there.)"""
+        """fast_answer for an allowed client (`key`: the question's in its view), but b""
+        for a hit due for prefetch (the chain's cache link answers it and refreshes it), so
+        the express lane can tell it from a miss. (`remembered`: `peeked` came from wire's
+        memo, else a hit is kept there.)"""
         cache = self.cache
         msg_id, flags, name_end, qend, edns, do, limit = peeked
-        view = plan.name
-        key = (view, data[12:name_end].lower(), data[name_end:qend], do, bool(flags & wire.CD))
+        view = key[0]
         now = cache.clock()
         entry = cache.fresh(key, now)
         if entry is None:
@@ -459,9 +458,18 @@ class Server:
         try:
             if peeked is not None and self.cache.enabled:  # (the client's view, decided once)
                 plan = self._clients[host] if host in self._clients else self._classify(host)
-                answer = (
-                    self._hit(data, host, peeked, remembered, plan) if plan is not None else None
-                )
+                if plan is not None:  # hit_key's, made once for the hit and the lane
+                    _, flags, name_end, qend, _, do, _ = peeked
+                    key = (
+                        plan.name,
+                        data[12:name_end].lower(),
+                        data[name_end:qend],
+                        do,
+                        bool(flags & wire.CD),
+                    )
+                    answer = self._hit(data, host, peeked, remembered, key)
+                else:
+                    answer = None
             else:
                 answer = None
         except Exception:  # the fast path must never cost an answer: take the full path
@@ -473,7 +481,7 @@ class Server:
         express = self.express
         if answer is None and plan is not None and peeked is not None and express is not None:
             try:  # a miss (b"": a hit due for prefetch, the chain's)
-                if express.take(data, peeked, plan, host, addr, transport):
+                if express.take(data, peeked, plan, key, host, addr, transport):
                     return
             except Exception:  # a bug: logged; the chain answers instead
                 log.exception("express lane failed on a query from %s; the chain answers", host)
@@ -631,6 +639,13 @@ class Server:
                     await writer.drain()
             except (ConnectionError, TimeoutError):
                 writer.close()
+
+
+def hit_key(data: bytes, peeked: wire.Peeked, plan: ViewPlan) -> Key:
+    """The cache key of a question wire.peek read, for a client in `plan`'s view
+    (`Server.datagram` makes it inline: a call per UDP query)."""
+    _, flags, name_end, qend, _, do, _ = peeked
+    return (plan.name, data[12:name_end].lower(), data[name_end:qend], do, bool(flags & wire.CD))
 
 
 class UdpProtocol(asyncio.DatagramProtocol):
