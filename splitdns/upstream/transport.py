@@ -7,7 +7,7 @@ question) before handing a Reply up; the group (upstreamgroup) picks which upstr
 from __future__ import annotations
 
 import asyncio
-import bisect
+from bisect import bisect_left
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -49,9 +49,9 @@ class UpstreamStats:
         reply was used (won the race), counted in `answered` too."""
         slots = self.latency.get(upstream)
         if slots is None:
-            slots = self.latency[upstream] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-        i = bisect.bisect_left(LATENCY_BUCKETS, seconds)  # the first bound >= seconds
-        if i < len(LATENCY_BUCKETS):
+            slots = self.latency[upstream] = [0.0] * (_BUCKETS + 2)
+        i = bisect_left(LATENCY_BUCKETS, seconds)  # the first bound >= seconds
+        if i < _BUCKETS:
             slots[i] += 1
         slots[-2] += 1
         slots[-1] += seconds
@@ -60,6 +60,7 @@ class UpstreamStats:
 
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_BUCKETS = len(LATENCY_BUCKETS)
 
 
 class TransportError(OSError):
