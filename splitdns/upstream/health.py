@@ -43,9 +43,12 @@ class Health:
         if self.srtt is None:
             self.srtt, self.rttvar = seconds, seconds / 2
         else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - seconds)
-            self.srtt = 0.875 * self.srtt + 0.125 * seconds
-        self.failures = 0
+            srtt = self.srtt
+            deviation = srtt - seconds if srtt > seconds else seconds - srtt
+            self.rttvar = 0.75 * self.rttvar + 0.25 * deviation
+            self.srtt = 0.875 * srtt + 0.125 * seconds
+        if self.failures:
+            self.failures = 0
         if self.down_until is not None:
             self.down_until = None
             self.up = True

@@ -69,9 +69,8 @@ def drain(
     are counted and dropped); a socket error (ICMP unreachable) fails what waits on it now.
     A fresh per-query socket is the one-query case of a pooled one. One datagram a call: the
     loop's reader is level-triggered and calls again while more wait, and reading until
-    BlockingIOError raised an exception on almost every reply."""
-    if sock.fileno() < 0:  # closed since the loop saw it readable
-        return
+    BlockingIOError raised an exception on almost every reply. (A socket closed since the
+    loop saw it readable raises OSError here too: nothing waits on it by then.)"""
     try:
         data = sock.recv(65535)
     except BlockingIOError:
