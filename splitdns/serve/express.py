@@ -118,7 +118,8 @@ class Express:
         self.cache = pipeline.cache
         self.coalesce: Coalesce = pipeline.coalesce
         self.forwarder = forwarder
-        self.hosts = any(len(v.hosts) for v in config.views)
+        # hosts entries or domain routes: the name decides the route (or the chain answers)
+        self.by_name = any(len(v.hosts) for v in config.views) or bool(forwarder.routes)
         special = set(ddr.names(config)) | ({DohCanary.NAME} if config.doh_canary else set())
         self.special = frozenset(wire.encode_name(n).lower() for n in special)
         self.loop: asyncio.AbstractEventLoop | None = None  # the first question's (servers are
@@ -163,8 +164,8 @@ class Express:
             return False
         if plan.shadowed_aaaa and qtype_class == _A_AAAA[1]:
             return False
-        forwarder = self.forwarder
-        if self.hosts or forwarder.routes:
+        if self.by_name:
+            forwarder = self.forwarder
             name = wire.read_name(data, wire.HEADER_LEN)[0]
             view = plan.view
             if view is not None and len(view.hosts) and view.hosts.lookup(name) is not None:

@@ -123,15 +123,17 @@ class SocketPool:
         self.size = size
         self.stats = stats
         self.sockets: list[Pooled] = []
-        self.picks: list[int] = []  # socket indices drawn ahead, uniform over the sockets
+        self.draws: list[int] = []  # 32-bit draws ahead: a socket index above, an ID below
 
-    def _draw_picks(self) -> None:
-        """Socket indices from the kernel's CSPRNG, 4 096 draws at a time (a call per query
-        was a twentieth of the pool's cost); 16-bit draws at or past the last whole multiple
-        of the pool's size are dropped, so every socket is equally likely."""
+    def _draw(self) -> None:
+        """Socket indices and query IDs from the kernel's CSPRNG, 2 048 queries' worth at a
+        time (a draw per query was a twentieth of the pool's cost): the high half of each
+        32-bit draw picks the socket, the low half is the ID. Draws whose high half is at or
+        past the last whole multiple of the pool's size are dropped, so every socket is
+        equally likely (none are when the size divides 2^16, as powers of two do)."""
+        draws = memoryview(secrets.token_bytes(8192)).cast("I").tolist()
         limit = 0x10000 - 0x10000 % self.size
-        draws = memoryview(secrets.token_bytes(8192)).cast("H").tolist()
-        self.picks = [draw % self.size for draw in draws if draw < limit]
+        self.draws = draws if limit == 0x10000 else [d for d in draws if d >> 16 < limit]
 
     def checkout(self) -> tuple[Pooled, int]:
         """A pooled socket taken at random and an ID free on it; the caller registers its
@@ -140,15 +142,16 @@ class SocketPool:
         sockets = self.sockets
         while len(sockets) < self.size:
             sockets.append(Pooled(self.address, self.family, self.stats))
-        if not self.picks:
-            self._draw_picks()
-        index = self.picks.pop()
+        if not self.draws:
+            self._draw()
+        draw = self.draws.pop()
+        index = (draw >> 16) % self.size
         pooled = sockets[index]
         pooled.used += 1
         if pooled.used >= ROTATE_AFTER:  # a new port; the old socket closes once drained
             pooled.retiring = True
             sockets[index] = Pooled(self.address, self.family, self.stats)
-        msg_id = wire.random_id()
+        msg_id = draw & 0xFFFF
         while msg_id in pooled.waiting or msg_id in pooled.receivers:
             msg_id = wire.random_id()
         return pooled, msg_id

@@ -4,6 +4,7 @@ the group's strategies driven by scripted in-process transports."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -423,6 +424,41 @@ def test_socket_pool_reuses_ports_and_rotates_them(monkeypatch: pytest.MonkeyPat
     assert len(ports) == 40
     assert len(set(ports[:5])) <= 2  # two sockets serve the first queries
     assert 4 <= len(set(ports)) <= 12  # rotated after every 10 queries a socket served
+
+
+@pytest.mark.parametrize("size", [64, 1000])
+def test_socket_pool_draws_every_socket_alike_and_ids_at_random(size: int) -> None:
+    """The pool's draws ahead (socket index and ID in one 32-bit draw): indices cover the pool
+    evenly (a size that does not divide 2^16 drops the uneven tail), IDs are spread over 16
+    bits, and an ID still in flight on a socket is never handed out again on it."""
+    import collections
+
+    from splitdns.upstream.socketpool import SocketPool
+    from splitdns.upstream.transport import UpstreamStats
+
+    pool = SocketPool(("127.0.0.1", 9), socket.AF_INET, size, UpstreamStats())
+    indices: collections.Counter[int] = collections.Counter()
+    ids: set[int] = set()
+    for _ in range(50):
+        pool._draw()
+        indices.update((draw >> 16) % size for draw in pool.draws)
+        ids.update(draw & 0xFFFF for draw in pool.draws)
+    assert set(indices) == set(range(size))
+    expected = sum(indices.values()) / size
+    assert max(indices.values()) < 2 * expected + 10  # no socket favoured
+    assert len(ids) > 30000 and max(ids) > 0xF000
+
+    async def checkouts() -> None:
+        pool.draws = [0, 0, 0]  # socket 0, ID 0, three times over
+        taken = []
+        for _ in range(3):
+            pooled, msg_id = pool.checkout()
+            pooled.receivers[msg_id] = object()  # type: ignore[assignment]
+            taken.append((pooled, msg_id))
+        assert len({msg_id for _, msg_id in taken}) == 3  # 0 once, then fresh random IDs
+        pool.close()
+
+    asyncio.run(checkouts())
 
 
 def test_socket_pool_setting() -> None:
