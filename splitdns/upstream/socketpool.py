@@ -131,6 +131,9 @@ class SocketPool:
         32-bit draw picks the socket, the low half is the ID. Draws whose high half is at or
         past the last whole multiple of the pool's size are dropped, so every socket is
         equally likely (none are when the size divides 2^16, as powers of two do)."""
+        sockets = self.sockets  # (made here, the first time: not checked per query)
+        while len(sockets) < self.size:
+            sockets.append(Pooled(self.address, self.family, self.stats))
         draws = memoryview(secrets.token_bytes(8192)).cast("I").tolist()
         limit = 0x10000 - 0x10000 % self.size
         self.draws = draws if limit == 0x10000 else [d for d in draws if d >> 16 < limit]
@@ -139,11 +142,9 @@ class SocketPool:
         """A pooled socket taken at random and an ID free on it; the caller registers its
         waiter under the ID and gives both back with `release`. (One flat function: the
         pick, the draw and the ID were three calls on every pooled query.)"""
-        sockets = self.sockets
-        while len(sockets) < self.size:
-            sockets.append(Pooled(self.address, self.family, self.stats))
         if not self.draws:
             self._draw()
+        sockets = self.sockets
         draw = self.draws.pop()
         index = (draw >> 16) % self.size
         pooled = sockets[index]
@@ -167,3 +168,4 @@ class SocketPool:
         for pooled in self.sockets:
             pooled.close()
         self.sockets.clear()
+        self.draws.clear()  # (the next checkout makes the sockets again)

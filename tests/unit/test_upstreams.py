@@ -436,19 +436,19 @@ def test_socket_pool_draws_every_socket_alike_and_ids_at_random(size: int) -> No
     from splitdns.upstream.socketpool import SocketPool
     from splitdns.upstream.transport import UpstreamStats
 
-    pool = SocketPool(("127.0.0.1", 9), socket.AF_INET, size, UpstreamStats())
-    indices: collections.Counter[int] = collections.Counter()
-    ids: set[int] = set()
-    for _ in range(50):
-        pool._draw()
-        indices.update((draw >> 16) % size for draw in pool.draws)
-        ids.update(draw & 0xFFFF for draw in pool.draws)
-    assert set(indices) == set(range(size))
-    expected = sum(indices.values()) / size
-    assert max(indices.values()) < 2 * expected + 10  # no socket favoured
-    assert len(ids) > 30000 and max(ids) > 0xF000
-
-    async def checkouts() -> None:
+    async def run() -> None:
+        pool = SocketPool(("127.0.0.1", 9), socket.AF_INET, size, UpstreamStats())
+        indices: collections.Counter[int] = collections.Counter()
+        ids: set[int] = set()
+        for _ in range(50):
+            pool._draw()
+            indices.update((draw >> 16) % size for draw in pool.draws)
+            ids.update(draw & 0xFFFF for draw in pool.draws)
+        assert len(pool.sockets) == size  # made with the first draw
+        assert set(indices) == set(range(size))
+        expected = sum(indices.values()) / size
+        assert max(indices.values()) < 2 * expected + 10  # no socket favoured
+        assert len(ids) > 30000 and max(ids) > 0xF000
         pool.draws = [0, 0, 0]  # socket 0, ID 0, three times over
         taken = []
         for _ in range(3):
@@ -457,8 +457,9 @@ def test_socket_pool_draws_every_socket_alike_and_ids_at_random(size: int) -> No
             taken.append((pooled, msg_id))
         assert len({msg_id for _, msg_id in taken}) == 3  # 0 once, then fresh random IDs
         pool.close()
+        assert not pool.sockets and not pool.draws
 
-    asyncio.run(checkouts())
+    asyncio.run(run())
 
 
 def test_socket_pool_setting() -> None:
