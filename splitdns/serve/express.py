@@ -407,7 +407,9 @@ class _Exchange:
             self.watched = False
             pooled = self.pooled
             if pooled is not None:
-                SocketPool.release(pooled, self.msg_id)
+                del pooled.receivers[self.msg_id]
+                if pooled.retiring:  # (release closes a retiring socket once drained)
+                    SocketPool.release(pooled, self.msg_id)
                 self.pooled = None
             elif self.sock is not None:
                 self.express.readiness.forget(self.fd)

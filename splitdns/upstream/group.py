@@ -154,7 +154,7 @@ class UpstreamGroup:
     def usable(self, member: Member, elapsed: float) -> None:
         """A usable reply from `member` after `elapsed` seconds, counted (the express lane's
         replies are counted here too)."""
-        self.stats.observe(member.name, elapsed, used=True)
+        self.stats.observe(member.name, elapsed, True)  # used
         health = member.health
         health.succeeded(elapsed)
         if health.changes:
