@@ -904,6 +904,9 @@ def extended_errors(data: bytes, message: Message) -> list[tuple[int, str]]:
     return found
 
 
+_BLANK_OPTION = struct.Struct("!HH")  # an EDNS option's code and length
+
+
 def strip_opt(data: bytes, message: Message) -> tuple[bytes, Message]:
     """Remove the upstream's OPT record: the client gets splitdns's own EDNS, not the upstream's.
 
@@ -919,8 +922,18 @@ def strip_opt(data: bytes, message: Message) -> tuple[bytes, Message]:
         records = [r for r in message.records if r.rtype != TYPE_OPT]
         return stripped, Message(msg_id, flags, message.questions, records)
     # OPT in the middle of the additional section: rare; let dnspython rebuild the message.
+    # The OPT's options go with it, so they are blanked first (one option of a local-use code
+    # over the same bytes): dnspython refuses some malformed ones, a 2-octet COOKIE say, that
+    # are dropped anyway (walk has checked that options fill the data exactly).
+    blanked = bytearray(data)
+    for opt in opts:
+        if opt.rdlength >= 4:
+            rdata, length = opt.rdata_offset, opt.rdlength
+            blanked[rdata : rdata + length] = _BLANK_OPTION.pack(65001, length - 4) + bytes(
+                length - 4
+            )
     try:
-        parsed = dns.message.from_wire(data, ignore_trailing=True)
+        parsed = dns.message.from_wire(bytes(blanked), ignore_trailing=True)
         parsed.use_edns(False)
         rebuilt = bytes(parsed.to_wire())
     except Exception as exc:  # a third-party parser: whatever it raises means "malformed"

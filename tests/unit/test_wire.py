@@ -152,6 +152,24 @@ def test_strip_opt() -> None:
     assert dns.message.from_wire(stripped).edns == -1
 
 
+def test_strip_opt_in_the_middle_of_the_additional_section() -> None:
+    """An OPT before another additional record is legal (RFC 6891 §6.1.1); its options go with
+    it, even one dnspython refuses (a 2-octet COOKIE, found by the coverage-guided fuzzer):
+    the rest of the reply stays, readable."""
+    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x01\x2c\x00\x04\xcb\x00\x70\xfa"
+    opt = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x06\x00\x0a\x00\x02ab"
+    glue = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x01\x2c\x00\x04\xcb\x00\x71\x03"
+    head = b"\x12\x34\x81\x80\x00\x01\x00\x01\x00\x00\x00\x02"
+    data = head + b"\x03www\x07example\x04test\x00\x00\x01\x00\x01" + answer + opt + glue
+    stripped, walked = wire.strip_opt(data, wire.walk(data))
+    parsed = dns.message.from_wire(stripped)
+    assert parsed.edns == -1 and [r.rtype for r in walked.records] == [1, 1]
+    assert [str(rr[0]) for rr in (*parsed.answer, *parsed.additional)] == [
+        "203.0.112.250",
+        "203.0.113.3",
+    ]
+
+
 def test_read_name_escapes_dots_inside_labels() -> None:
     data = b"\x03a.b\x03com\x00"
     assert wire.read_name(data, 0) == ("a\\.b.com", len(data))
