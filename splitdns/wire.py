@@ -904,7 +904,22 @@ def extended_errors(data: bytes, message: Message) -> list[tuple[int, str]]:
     return found
 
 
-_BLANK_OPTION = struct.Struct("!HH")  # an EDNS option's code and length
+_OPTION_HEAD = struct.Struct("!HH")  # an EDNS option's code and length
+_LOCAL_USE_OPTION = 65001  # RFC 6891 §9: 65001-65534 are for local and experimental use
+
+
+def blank_options(data: bytes, message: Message) -> bytes:
+    """`data` with its OPT record's options replaced by one option of a local-use code over
+    the same octets, for dnspython: it refuses some malformed options (a 2-octet COOKIE, say)
+    that splitdns drops anyway, since a client gets splitdns's own EDNS and never the
+    upstream's. (walk has checked that the options fill the OPT's data exactly.)"""
+    blanked = bytearray(data)
+    for record in message.records:
+        if record.rtype == TYPE_OPT and record.rdlength >= 4:
+            start, length = record.rdata_offset, record.rdlength
+            blanked[start : start + 4] = _OPTION_HEAD.pack(_LOCAL_USE_OPTION, length - 4)
+            blanked[start + 4 : start + length] = bytes(length - 4)
+    return bytes(blanked)
 
 
 def strip_opt(data: bytes, message: Message) -> tuple[bytes, Message]:
@@ -921,19 +936,10 @@ def strip_opt(data: bytes, message: Message) -> tuple[bytes, Message]:
         stripped = HEADER.pack(msg_id, flags, qd, an, ns, ar - 1) + data[HEADER_LEN : opts[0].start]
         records = [r for r in message.records if r.rtype != TYPE_OPT]
         return stripped, Message(msg_id, flags, message.questions, records)
-    # OPT in the middle of the additional section: rare; let dnspython rebuild the message.
-    # The OPT's options go with it, so they are blanked first (one option of a local-use code
-    # over the same bytes): dnspython refuses some malformed ones, a 2-octet COOKIE say, that
-    # are dropped anyway (walk has checked that options fill the data exactly).
-    blanked = bytearray(data)
-    for opt in opts:
-        if opt.rdlength >= 4:
-            rdata, length = opt.rdata_offset, opt.rdlength
-            blanked[rdata : rdata + length] = _BLANK_OPTION.pack(65001, length - 4) + bytes(
-                length - 4
-            )
+    # OPT in the middle of the additional section: rare; let dnspython rebuild the message
+    # (its options blanked first: they go with it).
     try:
-        parsed = dns.message.from_wire(bytes(blanked), ignore_trailing=True)
+        parsed = dns.message.from_wire(blank_options(data, message), ignore_trailing=True)
         parsed.use_edns(False)
         rebuilt = bytes(parsed.to_wire())
     except Exception as exc:  # a third-party parser: whatever it raises means "malformed"
