@@ -262,9 +262,7 @@ class Cache:
         """Store a made entry (its TTLs already decided); None if it is too big to keep."""
         if entry.size > self.settings.max_bytes:
             return None
-        old = self._entries.pop(key, None)  # (_drop's work, without a call per miss)
-        if old is not None:
-            self.bytes -= old.size
+        self._drop(key)
         self._entries[key] = entry
         self.bytes += entry.size
         while len(self._entries) > self.settings.size or self.bytes > self.settings.max_bytes:

@@ -402,19 +402,16 @@ class _Exchange:
                         )
                         rules.append(index)
                         break
-            # The exchange ends: off the deadlines, its socket or pooled ID given back, out of
-            # the coalescing table (close() and release(), without their calls on this path).
-            self.watched = False
+            # The exchange ends: off the deadlines, its socket or pooled ID given back. A
+            # pooled ID on a socket in service is the usual case, done here; close() does the
+            # rest (a fresh socket, a retiring one).
             pooled = self.pooled
-            if pooled is not None:
+            if pooled is not None and not pooled.retiring:
                 del pooled.receivers[self.msg_id]
-                if pooled.retiring:  # (release closes a retiring socket once drained)
-                    SocketPool.release(pooled, self.msg_id)
                 self.pooled = None
-            elif self.sock is not None:
-                self.express.readiness.forget(self.fd)
-                self.sock.close()
-                self.sock = None
+                self.watched = False
+            else:
+                self.close()
             route.group.usable(route.member, time.monotonic() - self.began)
             express = self.express
             leader = express.coalesce.let_go(self.coalescing, self)
