@@ -36,6 +36,16 @@ def real_answer() -> bytes:
     return bytes(r.to_wire())
 
 
+def dig(split: SplitDNS) -> str:
+    """What dig prints for www.example.test asked of splitdns (one try, five seconds)."""
+    binary = need("dig", "bind9-dnsutils")
+    return subprocess.run(
+        [binary, "@127.0.0.1", "-p", str(split.port), "-b", "127.0.0.1", "+tries=1", "+time=5",
+         "www.example.test"],
+        capture_output=True, text=True, timeout=30,
+    ).stdout  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[CannedUpstream]:
     canned = CannedUpstream()
@@ -79,12 +89,7 @@ def test_crafted_reply_then_real_answer(
     else:
         after = total(scrape(split.metrics_port), "splitdns_upstream_forged_replies_total")  # type: ignore[attr-defined]
         assert after == forged + 1
-    dig = need("dig", "bind9-dnsutils")
-    out = subprocess.run(
-        [dig, "@127.0.0.1", "-p", str(split.port), "-b", "127.0.0.1", "+tries=1", "+time=5",
-         "www.example.test"],
-        capture_output=True, text=True, timeout=30,
-    ).stdout  # fmt: skip
+    out = dig(split)
     assert "status: NOERROR" in out and "203.0.113." not in out and "WARNING" not in out, out
 
 
@@ -112,10 +117,5 @@ def test_an_opt_before_the_last_record_with_a_cookie_dnspython_refuses(
     assert [rd.to_text() for rrset in resp.answer for rd in rrset] == ["203.0.112.250"]
     assert [rd.to_text() for rrset in resp.additional for rd in rrset] == ["192.0.2.3"]
     upstream.replies = [reply]
-    dig = need("dig", "bind9-dnsutils")
-    out = subprocess.run(
-        [dig, "@127.0.0.1", "-p", str(split.port), "-b", "127.0.0.1", "+tries=1", "+time=5",
-         "www.example.test"],
-        capture_output=True, text=True, timeout=30,
-    ).stdout  # fmt: skip
+    out = dig(split)
     assert "status: NOERROR" in out and "192.0.2.3" in out and "COOKIE" not in out, out
