@@ -204,14 +204,14 @@ class Express:
                 exchange.pooled = pooled
                 exchange.msg_id = msg_id
                 pooled.receivers[msg_id] = exchange
-                self.deadlines.watch(exchange, wait, began)
+                self.deadlines.watch(exchange, wait)
                 pooled.sock.send(wire.upstream_packet(msg_id, flags, question, do))
             else:
                 upstream = route.upstream
                 exchange.msg_id = msg_id = wire.random_id()
                 exchange.sock = sock = fresh_socket(upstream.family, upstream.address)
                 exchange.fd = fd = sock.fileno()
-                self.deadlines.watch(exchange, wait, began)
+                self.deadlines.watch(exchange, wait)
                 self.readiness.watch(fd, exchange)
                 sock.send(wire.upstream_packet(msg_id, flags, question, do))
         except OSError:
@@ -272,7 +272,6 @@ class _Exchange:
         "sock",
         "tcp",
         "transport",
-        "wake_at",
         "watched",
     )
 
@@ -309,7 +308,6 @@ class _Exchange:
         self.pooled: Pooled | None = None  # with socket_pool: the socket asked on
         self.tcp: Attempt | None = None  # the TCP exchange after a truncated reply
         self.watched = False  # by the lane's deadlines, until it ends one way or another
-        self.wake_at: float  # set by the deadlines
         self.fd: int  # the fresh socket's, set with it
 
     @property

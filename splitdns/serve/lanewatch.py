@@ -28,7 +28,7 @@ class Waiting(Protocol):
     """One exchange in the lane, as its watchers see it."""
 
     watched: bool  # by the deadlines, until it ends one way or another
-    wake_at: float
+    began: float  # its time.monotonic() when it started: it gives up at began + its wait
 
     def expired(self) -> None: ...
 
@@ -48,10 +48,9 @@ class Deadlines:
         self.sweeper: asyncio.TimerHandle | None = None
         self.on_idle = on_idle  # called when the last deadline is gone
 
-    def watch(self, exchange: Waiting, wait: float, now: float) -> None:
-        """Watch `exchange` from `now` (its time.monotonic()) for `wait` seconds, rounded to
-        hundredths by the caller (a queue per wait: a few, not one per float)."""
-        exchange.wake_at = now + wait
+    def watch(self, exchange: Waiting, wait: float) -> None:
+        """Watch `exchange` for `wait` seconds from its start, rounded to hundredths by the
+        caller (a queue per wait: a few, not one per float)."""
         exchange.watched = True
         queue = self.queues.get(wait)
         if queue is None:
@@ -66,7 +65,8 @@ class Deadlines:
         self.sweeper = None
         now = time.monotonic()
         for wait, queue in list(self.queues.items()):
-            while queue and (not queue[0].watched or queue[0].wake_at <= now):
+            due = now - wait  # exchanges that began by then are due
+            while queue and (not queue[0].watched or queue[0].began <= due):
                 exchange = queue.popleft()
                 if exchange.watched:
                     try:

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any, cast
 
 from splitdns import wire
-from splitdns.answer.cache import Cache, Key
+from splitdns.answer.cache import Cache, Entry, Key
 from splitdns.answer.chain import Outcome, Request, Response, build_chain
 from splitdns.answer.ratelimit import RateLimiter
 from splitdns.answer.views import client_address, is_allowed
@@ -384,22 +384,31 @@ class Server:
         plan = self._clients[host] if host in self._clients else self._classify(host)
         if plan is None:
             return None
-        return self._hit(data, host, peeked, remembered, hit_key(data, peeked, plan)) or None
+        key = hit_key(data, peeked, plan)
+        now = self.cache.clock()
+        entry = self.cache.fresh(key, now)
+        if entry is None:
+            return None
+        return self._hit(data, host, peeked, remembered, key, entry, now) or None
 
     def _hit(
-        self, data: bytes, host: str, peeked: wire.Peeked, remembered: bool, key: Key
-    ) -> bytes | None:
-        """fast_answer for an allowed client (`key`: the question's in its view), but b""
-        for a hit due for prefetch (the chain's cache link answers it and refreshes it), so
-        the express lane can tell it from a miss. (`remembered`: `peeked` came from wire's
-        memo, else a hit is kept there.)"""
+        self,
+        data: bytes,
+        host: str,
+        peeked: wire.Peeked,
+        remembered: bool,
+        key: Key,
+        entry: Entry,
+        now: float,
+    ) -> bytes:
+        """fast_answer for an allowed client's hit (`key`: the question's in its view; `entry`:
+        the cache's fresh entry for it at `now`), but b"" for a hit due for prefetch (the
+        chain's cache link answers it and refreshes it), so the express lane can tell it from
+        a miss. The caller looks the entry up, so a miss costs no call here. (`remembered`:
+        `peeked` came from wire's memo, else a hit is kept there.)"""
         cache = self.cache
         msg_id, flags, name_end, qend, edns, do, limit = peeked
         view = key[0]
-        now = cache.clock()
-        entry = cache.fresh(key, now)
-        if entry is None:
-            return None
         if cache.settings.prefetch and cache.prefetch_due(entry, now):
             return b""  # the chain's cache link counts it and starts the refresh
         cache.stats.hits += 1
@@ -467,7 +476,14 @@ class Server:
                         do,
                         bool(flags & wire.CD),
                     )
-                    answer = self._hit(data, host, peeked, remembered, key)
+                    cache = self.cache
+                    now = cache.clock()
+                    entry = cache.fresh(key, now)
+                    answer = (
+                        None
+                        if entry is None
+                        else self._hit(data, host, peeked, remembered, key, entry, now)
+                    )
                 else:
                     answer = None
             else:
