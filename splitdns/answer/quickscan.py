@@ -102,10 +102,12 @@ def scan(data: bytes, msg_id: int, lname: bytes, qtype_class: bytes) -> Scan | N
     starts: dict[int, int] = {}
     pos = wire.HEADER_LEN
     remaining = len(lname)
-    while data[pos]:  # the question repeats ours (one plain name): its label starts
+    step = data[pos] + 1
+    while step > 1:  # the question repeats ours (one plain name): its label starts
         starts[pos] = remaining
-        remaining -= data[pos] + 1
-        pos += data[pos] + 1
+        remaining -= step
+        pos += step
+        step = data[pos] + 1
     starts[pos] = 1
     pos = qend
     total = an + ns + ar
@@ -117,11 +119,12 @@ def scan(data: bytes, msg_id: int, lname: bytes, qtype_class: bytes) -> Scan | N
     try:  # reading past the end (IndexError, struct.error) refuses the reply
         for i in range(total):
             start = pos
-            if data[pos] >= 0xC0:  # the usual owner: one pointer to a known name
-                if (((data[pos] & 0x3F) << 8) | data[pos + 1]) not in starts:
+            first = data[pos]
+            if first >= 0xC0:  # the usual owner: one pointer to a known name
+                if (((first & 0x3F) << 8) | data[pos + 1]) not in starts:
                     return None
                 pos += 2
-            elif not data[pos]:  # the root (an OPT's owner), as _name_end reads it
+            elif not first:  # the root (an OPT's owner), as _name_end reads it
                 starts[pos] = 1
                 pos += 1
             else:
