@@ -26,6 +26,7 @@ HOT_MODULES = [
     "splitdns/serve/server.py",
     "splitdns/serve/express.py",
     "splitdns/serve/lanewatch.py",
+    "splitdns/serve/replay.py",
     "splitdns/answer/quickscan.py",
 ]
 

@@ -91,6 +91,11 @@ class Entry:
         return bytes(buf)
 
 
+def _prefetch_at(entry: Entry) -> float:
+    """When an entry enters its last tenth of life, and prefetch (if on) refreshes it."""
+    return entry.expires - entry.ttl / 10
+
+
 def _ttl(data: bytes, offset: int) -> int:
     """A TTL as RFC 2181 §8 reads it: with the top bit set it means 0."""
     ttl: int = _TTL.unpack_from(data, offset)[0]
@@ -222,8 +227,27 @@ class Cache:
             self.settings.prefetch
             and not entry.prefetching
             and entry.ttl >= 10
-            and entry.expires - now <= entry.ttl / 10
+            and now >= _prefetch_at(entry)
         )
+
+    def same_until(self, entry: Entry, now: float) -> float:
+        """Until when a hit on `entry` reads exactly as it does at `now` and asks for nothing
+        else: its TTLs tick (`Entry.aged` counts whole seconds), it expires, or it becomes due
+        for prefetch, whichever comes first (serve/replay.py keeps answers that long)."""
+        until = entry.stored + int(now - entry.stored) + 1
+        if entry.expires < until:
+            until = entry.expires
+        if self.settings.prefetch and entry.ttl >= 10 and not entry.prefetching:
+            until = min(until, _prefetch_at(entry))
+        return until
+
+    def current(self, key: Key, entry: Entry) -> bool:
+        """Whether `entry` is still the one cached for `key`; if so it counts as just used (the
+        LRU order, as `fresh` keeps it)."""
+        if self._entries.get(key) is not entry:
+            return False
+        self._entries.move_to_end(key)
+        return True
 
     def wants_prefetch(self, entry: Entry, now: float) -> bool:
         """Refresh an entry in its last tenth of life (at most once), so hits never miss."""

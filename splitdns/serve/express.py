@@ -38,6 +38,7 @@ from splitdns.answer.cache import Entry, lifetime
 from splitdns.answer.chain import Coalesce, CoalesceKey, DohCanary, Outcome, Pipeline, Response
 from splitdns.answer.quickscan import scan
 from splitdns.config.model import Config, View
+from splitdns.serve import replay
 from splitdns.serve.lanewatch import Deadlines, Readiness
 from splitdns.serve.metrics import Counts, query_key
 from splitdns.serve.querylog import QueryLog
@@ -91,10 +92,10 @@ _QUERY_KEYS = {  # the query counter's labels by question type: forwarded, rewri
 class ViewPlan:
     """What a client's view means on the fast paths, decided once per view object: its name
     (the cache-hit key's first part) and, for the lane, the rewrite rules as integer maps in
-    precedence order (rewrite's plan of the view). The server memoises one per client address
-    and hands it to both."""
+    precedence order (rewrite's plan of the view), and its replayed hits (serve/replay.py). The
+    server memoises one per client address and hands it to both."""
 
-    __slots__ = ("maps4", "maps6", "name", "named", "shadowed_aaaa", "view")
+    __slots__ = ("maps4", "maps6", "name", "named", "replies", "shadowed_aaaa", "view")
 
     def __init__(self, view: View | None) -> None:
         self.view = view
@@ -107,6 +108,7 @@ class ViewPlan:
         v4_rules = any(r.source.version == 4 for r in rules)
         # ShadowedAnswers acts on AAAA questions here: they take the chain.
         self.shadowed_aaaa = view is not None and view.aaaa == "drop" and v4_rules
+        self.replies: dict[bytes, replay.Replay] = {}  # by the query's bytes after its ID
 
 
 class Express:

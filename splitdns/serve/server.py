@@ -22,7 +22,7 @@ from splitdns.answer.chain import Outcome, Request, Response, build_chain
 from splitdns.answer.ratelimit import RateLimiter
 from splitdns.answer.views import client_address, is_allowed
 from splitdns.config.model import Config, Endpoint, IPAddress, IPNetwork, View
-from splitdns.serve import follow, proxyv2
+from splitdns.serve import follow, proxyv2, replay
 from splitdns.serve.certs import CertificateError
 from splitdns.serve.clienttrap import ClientTrap
 from splitdns.serve.encrypted import EncryptedListeners
@@ -400,12 +400,14 @@ class Server:
         key: Key,
         entry: Entry,
         now: float,
+        replies: dict[bytes, replay.Replay] | None = None,
     ) -> bytes:
         """fast_answer for an allowed client's hit (`key`: the question's in its view; `entry`:
         the cache's fresh entry for it at `now`), but b"" for a hit due for prefetch (the
         chain's cache link answers it and refreshes it), so the express lane can tell it from
         a miss. The caller looks the entry up, so a miss costs no call here. (`remembered`:
-        `peeked` came from wire's memo, else a hit is kept there.)"""
+        `peeked` came from wire's memo, else a hit is kept there; `replies`: the client's
+        view's replayed hits, for a UDP answer.)"""
         cache = self.cache
         msg_id, flags, name_end, qend, edns, do, limit = peeked
         view = key[0]
@@ -416,12 +418,26 @@ class Server:
             wire.remember(data, peeked)
         answer = wire.assemble(msg_id, flags, data[12:qend], entry.aged(now), edns, do, limit)
         qtype = (data[name_end] << 8) | data[name_end + 1]
-        self.counts.queries[_HIT_LABELS.get(qtype) or query_key("udp", qtype, "cached")] += 1
+        label = _HIT_LABELS.get(qtype) or query_key("udp", qtype, "cached")
+        self.counts.queries[label] += 1
         if self.querylog.enabled:
             name = wire.read_name(data, 12)[0]
             host = str(self.address_of(host))
             self.querylog.record(host, name, qtype, view or None, "cached", 0.0)
+        elif replies is not None:
+            replay.keep(replies, data, answer, cache.same_until(entry, now), key, entry, label)
         return answer
+
+    def _replayed(self, data: bytes, known: replay.Replay) -> bytes | None:
+        """A kept hit's answer to the same query bytes with this query's ID, counted as a hit;
+        None once it would read differently or its entry is no longer the cached one."""
+        tail, until, key, entry, label = known
+        cache = self.cache
+        if cache.clock() >= until or not cache.current(key, entry):
+            return None
+        cache.stats.hits += 1
+        self.counts.queries[label] += 1
+        return data[:2] + tail
 
     def _classify(self, host: str) -> ViewPlan | None:
         """The plan of an allowed client's view (its name "" for no view), None if the client
@@ -462,12 +478,18 @@ class Server:
             if refusal is not None:
                 transport.sendto(refusal, addr)
             return
-        peeked, remembered = wire.peek_remembered(data)
-        plan = None
+        answer = plan = peeked = None
         try:
-            if peeked is not None and self.cache.enabled:  # (the client's view, decided once)
+            if self.cache.enabled:  # (the client's view, decided once)
                 plan = self._clients[host] if host in self._clients else self._classify(host)
-                if plan is not None:  # hit_key's, made once for the hit and the lane
+            if plan is not None:
+                if plan.replies:  # the same hit asked the same way within its second
+                    known = plan.replies.get(data[2:])
+                    if known is not None:
+                        answer = self._replayed(data, known)
+                if answer is None:
+                    peeked, remembered = wire.peek_remembered(data)
+                if peeked is not None:  # hit_key's, made once for the hit and the lane
                     _, flags, name_end, qend, _, do, _ = peeked
                     key = (
                         plan.name,
@@ -479,15 +501,10 @@ class Server:
                     cache = self.cache
                     now = cache.clock()
                     entry = cache.fresh(key, now)
-                    answer = (
-                        None
-                        if entry is None
-                        else self._hit(data, host, peeked, remembered, key, entry, now)
-                    )
-                else:
-                    answer = None
-            else:
-                answer = None
+                    if entry is not None:
+                        answer = self._hit(
+                            data, host, peeked, remembered, key, entry, now, plan.replies
+                        )
         except Exception:  # the fast path must never cost an answer: take the full path
             log.exception("cache fast path failed; answering the slow way")
             answer = plan = None

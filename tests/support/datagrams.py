@@ -23,12 +23,14 @@ class Captured:
         return False
 
 
-async def datagrams(server: Server, queries: list[bytes], seconds: float = 5.0) -> list[bytes]:
-    """Each query through Server.datagram; what was sent back once none is in flight (a
-    dropped query sends nothing). Fails if the server is still busy after `seconds`."""
+async def datagrams(
+    server: Server, queries: list[bytes], seconds: float = 5.0, host: str = "127.0.0.1"
+) -> list[bytes]:
+    """Each query through Server.datagram, from `host`; what was sent back once none is in
+    flight (a dropped query sends nothing). Fails if the server is still busy after `seconds`."""
     captured = Captured()
     for data in queries:
-        server.datagram(data, ("127.0.0.1", 5300), captured)
+        server.datagram(data, (host, 5300), captured)
     deadline = time.monotonic() + seconds
     while server.in_flight and time.monotonic() < deadline:
         await asyncio.sleep(0.001)
