@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dns.flags
+import dns.message
+import dns.query
 import dns.rcode
 import pytest
 
@@ -186,6 +188,37 @@ def test_kdig_agrees(server: SplitDNS, tmp_path: Path) -> None:
         timeout=20,
     ).stdout.split()
     assert out == ["alias.example.test.", "www.example.test.", "192.0.2.2"]
+
+
+def test_the_same_query_again_reads_the_same_to_real_clients(server: SplitDNS) -> None:
+    """kdig, `dig +nocookie` and a dnspython query re-sent send the same bytes but the ID, so
+    from the second time on splitdns replays the hit (serve/replay.py): each client must still
+    read its own ID, the same records and its own view's address."""
+    import subprocess
+
+    from tests.support.tools import need
+
+    kdig = need("kdig", "knot-dnsutils")
+    for source, address in (("127.0.0.1", "192.0.2.2"), ("127.0.0.2", "203.0.113.1")):
+        for _ in range(3):
+            out = server.dig("+nocookie", "www.example.test", source=source)
+            assert status(out) == "NOERROR", out
+            [(owner, ttl, rtype, data)] = answers(out)
+            assert (owner, rtype, data) == ("www.example.test.", "A", address)
+            assert 0 < ttl <= 300
+            where = ["@127.0.0.1", "-p", str(server.port), "-b", source]
+            short = subprocess.run(
+                [kdig, *where, "+short", "www.example.test"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.split()
+            assert short == [address]
+        q = dns.message.make_query("www.example.test", "A")
+        for msg_id in (1, 0xBEEF, 0xFFFF):
+            q.id = msg_id
+            r = dns.query.udp(q, "127.0.0.1", port=server.port, source=source, timeout=5)
+            assert r.id == msg_id and str(r.answer[0][0]) == address
 
 
 def explain(nsd: NSD, tmp_path: Path, *args: str) -> str:
