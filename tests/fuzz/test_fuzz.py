@@ -221,6 +221,27 @@ def check_answer(query: bytes, answer: bytes | None) -> None:
     assert message.id == struct.unpack("!H", query[:2])[0]
 
 
+def check_replay(loop: asyncio.AbstractEventLoop, server: Server, query: bytes) -> None:
+    """The same bytes twice more with other IDs, the clock held: when the first is kept as a
+    replayed hit (serve/replay.py), the replay must be that answer with the new ID."""
+    clock = server.cache.clock
+    now = clock()
+    server.cache.clock = lambda: now
+    try:
+        again = bytes([query[0] ^ 0x5A, query[1]]) + query[2:]
+        kept = loop.run_until_complete(flat_walk(server, again))
+        check_answer(again, kept)
+        plan = server._clients.get("127.0.0.1")
+        if kept is None or plan is None or query[2:] not in plan.replies:
+            return
+        event("replayed hit")
+        third = bytes([query[0] ^ 0xA5, query[1] ^ 0xFF]) + query[2:]
+        replayed = loop.run_until_complete(flat_walk(server, third))
+        assert replayed == third[:2] + kept[2:], (query.hex(), kept.hex(), replayed)
+    finally:
+        server.cache.clock = clock
+
+
 def test_fuzz_request_path(
     in_process: tuple[asyncio.AbstractEventLoop, Server, ScriptedUpstream, ErrorLog],
     queries: list[bytes],
@@ -261,6 +282,8 @@ def test_fuzz_request_path(
         if answer is not None and transport != "tcp":
             hit = server.fast_answer(query, "127.0.0.1")
             check_answer(query, hit)
+        if answer is not None and transport == "udp-flat":
+            check_replay(loop, server, query)
         assert not errors.messages, errors.messages
 
     run()
