@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from splitdns.answer.cache import Entry, Key
 
-REPLAYS = 1024  # answers kept per view; past it the view's replays start over (hot names
-# come back within a second)
+REPLAYS = 256  # answers kept per view; past it the view's replays start over (hot names come
+# back within a second). Answers are at most the client's UDP size: about 1 MiB a view at most.
 REPLAY_BYTES = 256  # queries longer than this (large EDNS options) are never kept
 
 #: (answer after the ID, good until (the cache's clock), cache key, entry, query counter label)

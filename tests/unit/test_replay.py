@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import io
 
+import dns.edns
 import dns.flags
 import dns.message
 
 from splitdns.config import model as config
+from splitdns.serve import replay
 from splitdns.serve.querylog import QueryLog
 from splitdns.serve.server import Server
 from tests.support.datagrams import datagrams
@@ -131,3 +133,19 @@ def test_nothing_is_kept_while_the_query_log_is_on() -> None:
         udp(server, www)
     assert replies(server) == {}
     assert len(logged.getvalue().splitlines()) == 3  # every hit logged
+
+
+def test_replays_are_bounded_per_view() -> None:
+    """Many shapes of one hot name (a client varying its EDNS size, say) start the view's
+    replays over instead of growing them; long queries are never kept."""
+    server, _, _ = make()
+    udp(server, query("www.example.test.", msg_id=1))
+    for payload in range(600, 600 + replay.REPLAYS + 50):
+        udp(server, query("www.example.test.", use_edns=0, payload=payload))
+    assert 0 < len(replies(server)) <= replay.REPLAYS
+    long = query(
+        "www.example.test.", use_edns=0, options=[dns.edns.GenericOption(65001, bytes(300))]
+    )
+    udp(server, long)
+    udp(server, long)
+    assert long[2:] not in replies(server)
