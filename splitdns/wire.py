@@ -856,12 +856,16 @@ PEEK_MEMO = 4096  # questions remembered, each at most PEEK_MEMO_BYTES long: ~1 
 PEEK_MEMO_BYTES = 256
 
 
-def peek_remembered(data: bytes) -> tuple[Peeked | None, bool]:
+def peek_remembered(data: bytes, after_id: bytes | None = None) -> tuple[Peeked | None, bool]:
     """`peek`, or what it read of the same bytes after the ID before (`remember`), and whether
     it came from the memo: a LAN asks the same few questions the same way over and over, and
     the cache-hit path then skips the walk over the name, a fifth of a hit's Python. The same
-    bytes always read the same, so the memo cannot be wrong."""
-    known = _PEEKED.get(data[2:]) if len(data) <= PEEK_MEMO_BYTES else None
+    bytes always read the same, so the memo cannot be wrong. (`after_id`: `data[2:]`, when the
+    caller has already cut it, so it is not cut and hashed again.)"""
+    if len(data) > PEEK_MEMO_BYTES:
+        known = None
+    else:
+        known = _PEEKED.get(data[2:] if after_id is None else after_id)
     if known is not None:
         return ((data[0] << 8) | data[1], *known), True
     return peek(data), False

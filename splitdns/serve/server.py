@@ -483,12 +483,14 @@ class Server:
             if self.cache.enabled:  # (the client's view, decided once)
                 plan = self._clients[host] if host in self._clients else self._classify(host)
             if plan is not None:
+                after_id = None
                 if plan.replies:  # the same hit asked the same way within its second
-                    known = plan.replies.get(data[2:])
+                    after_id = data[2:]
+                    known = plan.replies.get(after_id)
                     if known is not None:
                         answer = self._replayed(data, known)
                 if answer is None:
-                    peeked, remembered = wire.peek_remembered(data)
+                    peeked, remembered = wire.peek_remembered(data, after_id)
                 if peeked is not None:  # hit_key's, made once for the hit and the lane
                     _, flags, name_end, qend, _, do, _ = peeked
                     key = (
