@@ -8,7 +8,7 @@ import sys
 from splitdns.commands.loading import load_or_report
 from splitdns.config import model as configmod
 from splitdns.config.model import Config
-from splitdns.serve import certs
+from splitdns.serve import budgets, certs
 
 
 def command(args: argparse.Namespace) -> int:
@@ -67,6 +67,7 @@ def summary(config: Config) -> list[str]:
         f"allow: {', '.join(map(str, config.allow))}",
         f"timeout: {config.timeout:g} s",
         *tls_lines(config),
+        *limit_lines(config),
     ]
     fwd = config.forwarding
     for domain, specs in fwd.domains:
@@ -103,6 +104,21 @@ def summary(config: Config) -> list[str]:
         for pattern, addresses in view.hosts.wildcards:
             lines.append(f"  host {pattern} -> {', '.join(map(str, addresses))}")
     return lines
+
+
+def limit_lines(config: Config) -> list[str]:
+    """The budgets `serve` would put in force here (with this machine's descriptor limit,
+    raised to the hard one as serve raises it), and the deadlines."""
+    limits = config.limits
+    nofile = budgets.hard_nofile() if limits.raise_nofile else budgets.current_nofile()
+    sized = budgets.size(limits, nofile)
+    return [
+        f"limits: {sized.describe()}",
+        f"deadlines: TLS handshake {limits.handshake_timeout:g} s, DoH request "
+        f"{limits.request_timeout:g} s, idle {config.tcp_idle_timeout:g} s, connection age "
+        f"{limits.connection_max_age:g} s; {limits.streams_per_connection} queries per "
+        f"connection, {limits.buffered_per_connection} unfinished bytes per DoH connection",
+    ]
 
 
 def public_text(config: Config) -> str:

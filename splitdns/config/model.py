@@ -22,6 +22,7 @@ from splitdns.config.encrypted import (
     is_encrypted,
     split_url,
 )
+from splitdns.config.limits import LimitSettings, parse_limits
 from splitdns.config.nat import NatSettings, parse_nat
 from splitdns.config.tree import ConfigError, Node, dynamic_source, parse
 from splitdns.config.upstreams import Forwarding, UpstreamSpec, parse_upstream, upstreams_from_node
@@ -217,7 +218,7 @@ class Config:
     views: tuple[View, ...] = ()
     timeout: float = DEFAULT_TIMEOUT
     tcp_idle_timeout: float = 10.0
-    tcp_max_connections: int = 512
+    limits: LimitSettings = field(default_factory=LimitSettings)
     user: str | None = None  # None: $SPLITDNS_USER (the image sets splitdns), else nobody
     cache: CacheSettings = field(default_factory=CacheSettings)
     workers: int = 1
@@ -352,6 +353,7 @@ TOP_KEYS = frozenset(
         "timeout",
         "tcp_idle_timeout",
         "tcp_max_connections",
+        "limits",
         "user",
         "cache",
         "workers",
@@ -599,11 +601,11 @@ def from_node(root: Node) -> Config:
         config = replace(
             config, tcp_idle_timeout=keys["tcp_idle_timeout"].number(minimum=0.5, maximum=3600)
         )
-    if "tcp_max_connections" in keys:
-        config = replace(
-            config,
-            tcp_max_connections=keys["tcp_max_connections"].integer(minimum=1, maximum=100000),
-        )
+    if "tcp_max_connections" in keys:  # the older name of limits.connections
+        cap = keys["tcp_max_connections"].integer(minimum=1, maximum=1_000_000)
+        config = replace(config, limits=replace(config.limits, connections=cap))
+    if "limits" in keys:
+        config = replace(config, limits=parse_limits(keys["limits"], config.limits))
     if "user" in keys:
         config = replace(config, user=keys["user"].text())
     if "cache" in keys:

@@ -12,25 +12,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import ipaddress
 import logging
-import os
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-from hypercorn.asyncio import serve
+from hypercorn.app_wrappers import ASGIWrapper
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 
 from splitdns import wire
 from splitdns.config.model import Config, IPNetwork
+from splitdns.serve.connections import Connection
 
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = b"application/dns-message"
 MAX_MESSAGE = 65535
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -45,6 +48,17 @@ class Answerer(Protocol):
     def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]: ...
 
     async def respond(self, data: bytes, host: str, transport: str) -> bytes | None: ...
+
+
+def _base64url(encoded: str) -> bytes | None:
+    """RFC 8484 section 4.1: base64url (RFC 4648 section 5) without padding; anything else
+    (other characters, `=`, whitespace) is refused, not decoded leniently."""
+    if encoded.strip(_B64URL) or len(encoded) % 4 == 1:
+        return None
+    try:
+        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except (binascii.Error, ValueError):
+        return None
 
 
 def max_age(answer: bytes) -> int:
@@ -71,6 +85,12 @@ class DohApp:
         self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.serve(scope, receive, send)
+
+    async def serve(
+        self, scope: Scope, receive: Receive, send: Send, conn: Connection | None = None
+    ) -> None:
+        """One request on connection `conn` (the budget's record: its busy count and bytes)."""
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
@@ -81,13 +101,13 @@ class DohApp:
                     return
         if scope["type"] != "http":
             return
-        status, headers, body = await self.handle(scope, receive)
+        status, headers, body = await self.handle(scope, receive, conn)
         headers = [*headers, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def handle(
-        self, scope: Scope, receive: Receive
+        self, scope: Scope, receive: Receive, conn: Connection | None = None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         text = [(b"content-type", b"text/plain")]
         if scope["path"] != self.path:
@@ -101,33 +121,66 @@ class DohApp:
             encoded = values[0]
             if len(encoded) > MAX_MESSAGE * 4 // 3 + 4:
                 return 413, text, b"message too large\n"
-            try:
-                data = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-            except (binascii.Error, ValueError):
-                return 400, text, b"dns= is not base64url\n"
+            data = _base64url(encoded)
+            if data is None:
+                return 400, text, b"dns= is not base64url (RFC 4648 section 5, no padding)\n"
         elif method == "POST":
             headers = dict(scope.get("headers", []))
-            if headers.get(b"content-type", b"").split(b";")[0].strip() != MEDIA_TYPE:
+            media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if media != MEDIA_TYPE:  # (media types are case-insensitive: RFC 9110 8.3.1)
                 return 415, text, b"POST needs Content-Type: application/dns-message\n"
-            data = b""
-            while True:
-                message = await receive()
-                data += message.get("body", b"")
-                if len(data) > MAX_MESSAGE:
-                    return 413, text, b"message too large\n"
-                if not message.get("more_body", False):
-                    break
+            body = await self._body(receive, conn)
+            if isinstance(body, tuple):
+                return body[0], text, body[1]
+            data = body
         else:
             return 405, [*text, (b"allow", b"GET, POST")], b"GET or POST\n"
         host = self.client_of(scope)
         if host is None:
             return 400, text, b"a trusted proxy must name the client (X-Forwarded-For)\n"
-        limited, refusal = self.server.over_limit(data, host)
-        answer = refusal if limited else await self.server.respond(data, host, "doh")
+        if conn is not None:
+            conn.started()
+        try:
+            limited, refusal = self.server.over_limit(data, host)
+            answer = refusal if limited else await self.server.respond(data, host, "doh")
+        finally:
+            if conn is not None:
+                conn.finished()
         if answer is None:
             return 400, text, b"not a DNS query\n"
         cache = f"max-age={max_age(answer)}".encode()
         return 200, [(b"content-type", MEDIA_TYPE), (b"cache-control", cache)], answer
+
+    async def _body(self, receive: Receive, conn: Connection | None) -> bytes | tuple[int, bytes]:
+        """A POST's body within `limits.request_timeout`, its bytes counted against the
+        connection's `buffered_per_connection` while they are held; or (status, why)."""
+        limits = self.server.config.limits
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(limits.request_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return 400, b"the request was not finished\n"
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > MAX_MESSAGE:
+                        return 413, b"message too large\n"
+                    if conn is not None:
+                        conn.buffered += len(chunk)
+                        if conn.buffered > limits.buffered_per_connection:
+                            return 413, b"too many unfinished bytes on this connection\n"
+                    parts.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(parts)
+        except TimeoutError:
+            if conn is not None:
+                conn.timed_out = True
+            return 408, b"the request took too long\n"
+        finally:
+            if conn is not None:
+                conn.buffered -= size
 
     def client_of(self, scope: Scope) -> str | None:
         """The peer, or, from a `trusted_proxies` HTTP reverse proxy (nginx, Caddy, Traefik,
@@ -150,11 +203,11 @@ class DohApp:
 class _Config(HypercornConfig):
     """hypercorn's config with our own SSL context, so a certificate reload reaches it."""
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(self, context: ssl.SSLContext | None = None) -> None:
         super().__init__()
         self._context = context
 
-    def create_ssl_context(self) -> ssl.SSLContext:
+    def create_ssl_context(self) -> ssl.SSLContext | None:
         return self._context
 
     @property
@@ -162,34 +215,41 @@ class _Config(HypercornConfig):
         return True
 
 
-class DohListener:
-    """One `https://` listen address: a bound socket handed to hypercorn."""
+class DohServing:
+    """One `https://` listen address's HTTP side: hypercorn's per-connection server, run on
+    connections splitdns accepted, admitted and set TLS up for itself (serve/encrypted.py), so
+    the connection budget counts them from accept and can close any of them. hypercorn brings
+    HTTP/2 and HTTP/1.1; its limits are set from `limits:` (streams per connection, the idle
+    timeout), the whole-request deadline and bytes per connection are the app's."""
 
-    def __init__(
-        self, app: DohApp, sock: socket.socket, context: ssl.SSLContext, idle: float
+    def __init__(self, app: DohApp, config: Config) -> None:
+        hyper = _Config()
+        idle = config.tcp_idle_timeout
+        hyper.alpn_protocols = ["h2", "http/1.1"]
+        hyper.keep_alive_timeout = idle
+        hyper.read_timeout = int(max(1, idle))
+        hyper.accesslog = None
+        hyper.errorlog = logging.getLogger("splitdns.doh.http")
+        hyper.h2_max_concurrent_streams = config.limits.streams_per_connection
+        hyper.h2_max_header_list_size = 16384  # a DoH request's headers are a few hundred bytes
+        hyper.h11_max_incomplete_size = 16384
+        hyper.max_app_queue_size = 10
+        self.app = app
+        self.hyper = hyper
+        self.context = WorkerContext(None)
+
+    async def connection(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        host: str,
+        conn: Connection,
     ) -> None:
-        config = _Config(context)
-        # hypercorn gets its own descriptor of the socket: it closes that, we close ours
-        config.bind = [f"fd://{os.dup(sock.fileno())}"]
-        config.alpn_protocols = ["h2", "http/1.1"]
-        config.keep_alive_timeout = idle
-        config.ssl_handshake_timeout = idle
-        config.read_timeout = int(max(1, idle))
-        config.accesslog = None
-        config.errorlog = logging.getLogger("splitdns.doh.http")
-        config.max_app_queue_size = 100
-        self.sock = sock
-        self._stopping = asyncio.Event()
-        self._task = asyncio.ensure_future(
-            serve(app, config, shutdown_trigger=self._stopping.wait, mode="asgi")  # type: ignore[arg-type]
-        )
+        app = ASGIWrapper(functools.partial(self.app.serve, conn=conn))
+        loop = asyncio.get_running_loop()
+        await TCPServer(app, loop, self.hyper, self.context, {}, reader, writer)
 
-    async def close(self) -> None:
-        self._stopping.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), 5)
-        except (TimeoutError, asyncio.CancelledError):
-            self._task.cancel()
-        except Exception:  # hypercorn's own shutdown problems must not stop ours
-            log.exception("DoH listener did not stop cleanly")
-        self.sock.close()
+    async def stop(self) -> None:
+        """Tell open connections to close once their requests are done (their tasks are the
+        accept loop's to end)."""
+        await self.context.terminated.set()

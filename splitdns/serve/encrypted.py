@@ -10,17 +10,20 @@ log and metrics are the same as for plain DNS, decided by the real client addres
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from splitdns.config.encrypted import EncryptedListener
 from splitdns.config.model import Config, Endpoint, IPNetwork
 from splitdns.serve import certs
-from splitdns.serve.doh import DohApp, DohListener
+from splitdns.serve.connections import Connection, ConnectionBudget
+from splitdns.serve.doh import DohApp, DohServing
 from splitdns.serve.ports import bind_problem
 
 
@@ -28,6 +31,8 @@ class Serving(Protocol):
     """What the listeners need of the server (it hands itself in)."""
 
     config: Config
+    connections: ConnectionBudget
+    closing: bool
 
     async def tcp_client(
         self,
@@ -35,11 +40,14 @@ class Serving(Protocol):
         writer: asyncio.StreamWriter,
         transport: str = "tcp",
         client: str | None = None,
+        conn: Connection | None = None,
     ) -> None: ...
 
     def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]: ...
 
     def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool: ...
+
+    def allowed(self, host: str) -> bool: ...
 
     async def read_proxy_header(
         self, read_exactly: Callable[[int], Awaitable[bytes]], host: str
@@ -49,6 +57,9 @@ class Serving(Protocol):
 
 
 log = logging.getLogger(__name__)
+
+# serves one admitted connection once TLS is up: (reader, writer, client, its budget record)
+ServeOne = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str, Connection], Awaitable[None]]
 
 CERT_POLL = 1.0  # seconds between looks at the certificate files
 
@@ -75,8 +86,7 @@ class EncryptedListeners:
         self.files: certs.CertFiles | None = None
         self.pin = ""
         self.reloader: certs.Reloader | None = None
-        self._dot: list[asyncio.Server] = []
-        self._doh: list[DohListener] = []
+        self._doh: list[DohServing] = []
         self._watch: asyncio.Task[None] | None = None
         self._accepting: list[asyncio.Task[None]] = []
         self._sockets: list[socket.socket] = []
@@ -94,72 +104,106 @@ class EncryptedListeners:
         doh_context.options |= ssl.OP_NO_COMPRESSION  # RFC 7540 §9.2.1
         self.reloader = certs.Reloader(self.files, [dot_context, doh_context])
         bound: list[tuple[str, str]] = []
-        idle = config.tcp_idle_timeout
         for listener in config.encrypted:
             sock = _bind(listener)
             port = sock.getsockname()[1]
             shown = EncryptedListener(listener.kind, listener.host, port, listener.path)
-            if listener.kind == "dot" and config.trusted_proxies:
-                # a PROXY header comes before the TLS handshake: accept, read it, then TLS
-                sock.listen(256)
-                sock.setblocking(False)
-                self._accepting.append(asyncio.ensure_future(self._accept(sock, dot_context)))
-                self._sockets.append(sock)
-            elif listener.kind == "dot":
-                server = await asyncio.start_server(
-                    functools.partial(self.server.tcp_client, transport="dot"),
-                    sock=sock,
-                    ssl=dot_context,
-                    ssl_handshake_timeout=idle,
-                    backlog=256,
-                )
-                self._dot.append(server)
+            sock.listen(256)
+            sock.setblocking(False)
+            if listener.kind == "dot":
+                serve_one: ServeOne = self._dot_connection
+                context = dot_context
             else:
-                app = DohApp(self.server, listener.path)
-                self._doh.append(DohListener(app, sock, doh_context, idle))
+                doh = DohServing(DohApp(self.server, listener.path), config)
+                self._doh.append(doh)
+                serve_one, context = doh.connection, doh_context
+            self._accepting.append(
+                asyncio.ensure_future(self._accept(sock, listener.kind, context, serve_one))
+            )
+            self._sockets.append(sock)
             bound.append((listener.kind, str(shown)))
         if not self.files.self_signed:  # a made certificate is never renewed behind our back
             self._watch = asyncio.ensure_future(self._watch_certificate())
         return bound
 
-    async def _accept(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+    async def _accept(
+        self, sock: socket.socket, kind: str, context: ssl.SSLContext, serve_one: ServeOne
+    ) -> None:
+        """Accept, admit to the connection budget at once (before any byte is read), then
+        set the connection up in a task of its own."""
         loop = asyncio.get_running_loop()
+        budget = self.server.connections
         while True:
             try:
                 conn, addr = await loop.sock_accept(sock)
             except OSError:
                 await asyncio.sleep(0.1)  # out of descriptors: let connections finish
                 continue
-            task = asyncio.ensure_future(self._proxied_dot(conn, addr[0], context))
+            host = addr[0]
+            admitted = (
+                None if self.server.closing else budget.admit(host, kind, self.server.allowed(host))
+            )
+            if admitted is None:
+                _reset(conn)
+                continue
+            task = asyncio.ensure_future(self._connection(conn, host, admitted, context, serve_one))
+            admitted.task = task
             self._proxied.add(task)
             task.add_done_callback(self._proxied.discard)
 
-    async def _proxied_dot(self, conn: socket.socket, host: str, context: ssl.SSLContext) -> None:
-        """DoT on a listener with trusted proxies: a trusted sender's PROXY header is read off
-        the socket exactly (recv never takes more than asked, so the TLS handshake stays in the
-        kernel's buffer), then the connection is handed to asyncio's TLS."""
+    async def _connection(
+        self,
+        sock: socket.socket,
+        host: str,
+        conn: Connection,
+        context: ssl.SSLContext,
+        serve_one: ServeOne,
+    ) -> None:
+        """One admitted connection: a trusted sender's PROXY header (DoT), the TLS handshake
+        within `limits.handshake_timeout`, then the protocol; the budget is told when it ends.
+        A PROXY header is read off the socket exactly (recv never takes more than asked, so
+        the TLS handshake stays in the kernel's buffer) before asyncio's TLS takes over."""
         loop = asyncio.get_running_loop()
         config = self.server.config
-        conn.setblocking(False)
-        if self.server.trusted(host, config.trusted_proxies):
-            named = await self.server.read_proxy_header(
-                functools.partial(_recv_exactly, loop, conn), host
-            )
-            if named is None:
-                conn.close()
-                return
-            host = named
-        reader = asyncio.StreamReader(limit=2**16)
-        protocol = asyncio.StreamReaderProtocol(reader)
+        handshake = config.limits.handshake_timeout
+        sock.setblocking(False)
+        transport: asyncio.Transport | None = None
         try:
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol, conn, ssl=context, ssl_handshake_timeout=config.tcp_idle_timeout
-            )
-        except (TimeoutError, OSError, ssl.SSLError):
-            conn.close()
-            return
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        await self.server.tcp_client(reader, writer, transport="dot", client=host)
+            if conn.kind == "dot" and self.server.trusted(host, config.trusted_proxies):
+                named = await self.server.read_proxy_header(
+                    functools.partial(_recv_exactly, loop, sock), host
+                )
+                if named is None:
+                    return
+                host = named
+            reader = asyncio.StreamReader(limit=2**16)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            try:
+                async with asyncio.timeout(handshake + 0.5):
+                    transport, _ = await loop.connect_accepted_socket(
+                        lambda: protocol, sock, ssl=context, ssl_handshake_timeout=handshake
+                    )
+            except (TimeoutError, OSError, ssl.SSLError):
+                self.server.connections.closed["handshake"] += 1
+                return
+            conn.transport = transport
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            await serve_one(reader, writer, host, conn)
+        finally:
+            self.server.connections.release(conn)
+            if transport is not None:
+                transport.abort()
+            else:
+                sock.close()
+
+    async def _dot_connection(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        host: str,
+        conn: Connection,
+    ) -> None:
+        await self.server.tcp_client(reader, writer, transport="dot", client=host, conn=conn)
 
     async def _watch_certificate(self) -> None:
         while True:
@@ -170,18 +214,24 @@ class EncryptedListeners:
     async def stop(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
-        for server in self._dot:
-            server.close()
-        for task in [*self._accepting, *self._proxied]:
+        for task in self._accepting:
             task.cancel()
         for sock in self._sockets:
             sock.close()
         for doh in self._doh:
-            await doh.close()
-        for server in self._dot:
-            await server.wait_closed()
-        self._dot.clear()
+            await doh.stop()
+        for task in list(self._proxied):
+            task.cancel()
+        if self._proxied:
+            await asyncio.wait(set(self._proxied), timeout=5)
         self._doh.clear()
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close a refused connection with a RST, so nothing of it lingers on our side."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 async def _recv_exactly(loop: asyncio.AbstractEventLoop, conn: socket.socket, size: int) -> bytes:

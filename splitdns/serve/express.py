@@ -39,6 +39,7 @@ from splitdns.answer.chain import Coalesce, CoalesceKey, DohCanary, Outcome, Pip
 from splitdns.answer.quickscan import scan
 from splitdns.config.model import Config, View
 from splitdns.serve import replay
+from splitdns.serve.inflight import InFlight
 from splitdns.serve.lanewatch import Deadlines, Readiness
 from splitdns.serve.metrics import Counts, query_key
 from splitdns.serve.querylog import QueryLog
@@ -65,6 +66,7 @@ class LaneOwner(Protocol):
     counts: Counts
     querylog: QueryLog
     _flat: int  # UDP questions in flight without a task (the server waits for them to stop)
+    inflight: InFlight  # the server took a slot for each question the lane takes
 
     def respond_flat(
         self,
@@ -432,6 +434,7 @@ class _Exchange:
                     bare = entry.aged(now)
             server = express.server
             server._flat -= 1
+            server.inflight.give_back(self.host)
             counts = server.counts
             counts.express["answered"] += 1
             counts.queries[_QUERY_KEYS[self.coalescing[1]][1 if rules else 0]] += 1
@@ -511,7 +514,8 @@ class _Exchange:
         server.counts.express["handed"] += 1
         tried = self.route.member.name if reply is None and problem else None
         handover = Handover(self.deadline, reply, tried, problem)
-        try:
+        try:  # (the chain gives the in-flight slot back when it has answered)
             server.respond_flat(self.data, self.host, self.addr, self.transport, handover)
         except Exception:
+            server.inflight.give_back(self.host)
             log.exception("internal error handing a UDP query to the chain")

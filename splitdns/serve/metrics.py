@@ -110,6 +110,7 @@ class SplitdnsCollector(Collector):
             "chain, after asking upstream: unusual replies, failures)",
             counts.express,
         )
+        yield from _limit_families(srv)
         reloads = CounterMetricFamily("splitdns_config_reloads", "Reloads", labels=["result"])
         for result in ("ok", "rejected"):
             reloads.add_metric([result], counts.reloads[result])
@@ -178,6 +179,40 @@ class SplitdnsCollector(Collector):
             "Queries refused or dropped by rate limits",
             value=srv.limiter.limited,  # type: ignore[attr-defined]
         )
+
+
+def _limit_families(srv: object) -> Iterator[Metric]:
+    """The connection budget and the in-flight cap: what is held, what was refused, the sizes."""
+    connections = srv.connections  # type: ignore[attr-defined]
+    inflight = srv.inflight  # type: ignore[attr-defined]
+    sized = srv.budgets  # type: ignore[attr-defined]
+    yield GaugeMetricFamily(
+        "splitdns_connections_open",
+        "Client connections open (TCP, DoT, DoH)",
+        value=len(connections),
+    )
+    yield _by_result(
+        "splitdns_connections_closed",
+        "Client connections refused at accept or closed early: budget or client_share (refused, "
+        "every connection busy), evicted_budget or evicted_client_share (an idle or not-allowed "
+        "one closed to make room), handshake, idle, max_age, request_timeout",
+        connections.closed,
+    )
+    yield GaugeMetricFamily(
+        "splitdns_queries_in_flight",
+        "Queries past the cache awaiting an answer",
+        value=inflight.count,
+    )
+    yield _by_result(
+        "splitdns_queries_in_flight_refused",
+        "Queries not asked: client_share (that client holds its share) or full (all slots held)",
+        inflight.refused,
+    )
+    sizes = GaugeMetricFamily("splitdns_limit", "Limits in force", labels=["limit"])
+    for name in ("connections", "connections_per_client", "in_flight", "in_flight_per_client"):
+        sizes.add_metric([name], getattr(sized, name))
+    sizes.add_metric(["nofile"], sized.nofile)
+    yield sizes
 
 
 class MetricsServer:

@@ -22,11 +22,13 @@ from splitdns.answer.chain import Outcome, Request, Response, build_chain
 from splitdns.answer.ratelimit import RateLimiter
 from splitdns.answer.views import client_address, is_allowed
 from splitdns.config.model import Config, Endpoint, IPAddress, IPNetwork, View
-from splitdns.serve import follow, proxyv2, replay
+from splitdns.serve import budgets, follow, proxyv2, replay
 from splitdns.serve.certs import CertificateError
 from splitdns.serve.clienttrap import ClientTrap
+from splitdns.serve.connections import Connection, ConnectionBudget
 from splitdns.serve.encrypted import EncryptedListeners
 from splitdns.serve.express import DatagramSender, Express, ViewPlan
+from splitdns.serve.inflight import InFlight
 from splitdns.serve.metrics import QTYPES, Counts, MetricsServer, query_key
 from splitdns.serve.ports import bind_problem
 from splitdns.serve.privileges import service_user
@@ -39,8 +41,6 @@ log = logging.getLogger(__name__)
 
 ENCRYPTED = frozenset({"dot", "doh"})  # transports whose answers are padded (RFC 8467)
 
-MAX_TCP_PIPELINE = 32  # answers in flight per TCP connection before reading pauses
-CAP_WARNING_EVERY = 10.0  # seconds between "TCP connection limit" warnings
 CLIENT_MEMO_SIZE = 4096  # client address -> its view's plan (None: not allowed), for the fast paths
 _HIT_LABELS = {qtype: query_key("udp", qtype, "cached") for qtype in QTYPES}  # made once
 
@@ -59,8 +59,16 @@ class Server:
         self.counts = Counts()
         self.trap = ClientTrap(bool(config.views))
         self.express = self._make_express()
-        self._refused_tcp = 0
-        self._tcp_warned = -CAP_WARNING_EVERY
+        self.budgets = budgets.size(config.limits, budgets.current_nofile())
+        self.inflight = InFlight(self.budgets.in_flight, self.budgets.in_flight_per_client)
+        self.connections = ConnectionBudget(
+            self.budgets.connections,
+            self.budgets.connections_per_client,
+            config.tcp_idle_timeout,
+            config.limits.connection_max_age,
+            config.timeout + 2,
+            self._proxy_sender,
+        )
         self.metrics_server: MetricsServer | None = None
         self._follow: asyncio.Future[None] | None = None
         self.encrypted = EncryptedListeners(self, service_user(config.user))
@@ -116,6 +124,9 @@ class Server:
         self.cache = cache
         if config.rate_limit != old.rate_limit:
             self.limiter = RateLimiter(config.rate_limit)
+        if config.limits != old.limits or config.tcp_idle_timeout != old.tcp_idle_timeout:
+            self._apply_limits(budgets.size(config.limits, self.budgets.nofile))
+            notes.append(f"limits: {self.budgets.describe()}")
         if config.query_log != old.query_log:
             self.querylog.close()
             self.querylog = QueryLog(config.query_log)
@@ -124,6 +135,21 @@ class Server:
         self._trust = {}
         self.express = self._make_express()
         return notes
+
+    def _apply_limits(self, sized: budgets.Budgets) -> None:
+        """Budgets in force from now on (connections and queries already admitted stay)."""
+        config = self.config
+        self.budgets = sized
+        self.inflight.total = sized.in_flight
+        self.inflight.per_client = sized.in_flight_per_client
+        conns = self.connections
+        conns.total, conns.per_client = sized.connections, sized.connections_per_client
+        conns.idle, conns.max_age = config.tcp_idle_timeout, config.limits.connection_max_age
+        conns.grace = config.timeout + 2
+
+    def _proxy_sender(self, host: str) -> bool:
+        """A trusted proxy speaks for many clients: its connections have no per-client share."""
+        return bool(self.config.trusted_proxies) and self.trusted(host, self.config.trusted_proxies)
 
     def _make_express(self) -> Express | None:
         """The express lane for the current config, when it has anything to do."""
@@ -136,6 +162,17 @@ class Server:
     async def start(self) -> None:
         """Bind every listen address, UDP and TCP; an error here stops the start cleanly."""
         loop = asyncio.get_running_loop()
+        limits = self.config.limits
+        nofile = budgets.raise_nofile() if limits.raise_nofile else budgets.current_nofile()
+        self._apply_limits(budgets.size(limits, nofile))
+        if self.budgets.scaled:
+            log.warning(
+                "descriptor limit %d is too low for the configured limits; in force: %s "
+                "(raise LimitNOFILE / --ulimit nofile)",
+                nofile,
+                self.budgets.describe(),
+            )
+        self.connections.start()
         try:
             for endpoint in self.config.listen:
                 family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
@@ -217,6 +254,7 @@ class Server:
         self._udp.clear()
         for writer in list(self._tcp_writers):
             writer.close()
+        self.connections.stop()
         for tcp in self._tcp:
             await tcp.wait_closed()
         self._tcp.clear()
@@ -261,6 +299,9 @@ class Server:
         admitted = self.admit(data, host, transport)
         if not isinstance(admitted, Request):
             return admitted
+        if not self.inflight.take(host):  # over its share: this client waits, nobody else
+            response = Response(wire.make_error(admitted.query, wire.SERVFAIL), Outcome.SERVFAIL)
+            return self.conclude(admitted, response)
         try:
             response = await self.handler(admitted)
         except asyncio.CancelledError:
@@ -270,6 +311,8 @@ class Server:
                 "internal error answering %s from %s", admitted.query.question.name, admitted.client
             )
             response = Response(wire.make_error(admitted.query, wire.SERVFAIL), Outcome.SERVFAIL)
+        finally:
+            self.inflight.give_back(host)
         return self.conclude(admitted, response)
 
     def respond_flat(
@@ -281,9 +324,11 @@ class Server:
         handover: Handover | None = None,
     ) -> None:
         """respond() for UDP without a task: the chain's flat walk calls back with the answer.
-        (`handover`: what the express lane knows of a question it gives back.)"""
+        (`handover`: what the express lane knows of a question it gives back.) The caller took
+        an in-flight slot for `host`; it is given back here, once answered."""
         admitted = self.admit(data, host, "udp")
         if not isinstance(admitted, Request):
+            self.inflight.give_back(host)
             if admitted is not None:
                 transport.sendto(admitted, addr)
             return
@@ -292,6 +337,7 @@ class Server:
 
         def done(response: Response) -> None:
             self._flat -= 1
+            self.inflight.give_back(host)
             try:
                 answer = self.conclude(admitted, response)
             except Exception:  # a bug: logged; the client's retry may fare better
@@ -469,7 +515,8 @@ class Server:
             data, host = unwrapped
         if self.config.trusted_ecs and self.trusted(host, self.config.trusted_ecs):
             # the client is named inside the query: limits and the cache wait for the parse
-            self.respond_flat(data, host, addr, transport)
+            if self.inflight.take(host, shared=True):
+                self.respond_flat(data, host, addr, transport)
             return
         if not self.trap.done:
             self.trap.saw(host)
@@ -513,6 +560,8 @@ class Server:
         if answer:
             transport.sendto(answer, addr)
             return
+        if not self.inflight.take(host):
+            return  # over its share of queries in flight (or all full): dropped, counted
         express = self.express
         if answer is None and plan is not None and peeked is not None and express is not None:
             try:  # a miss (b"": a hit due for prefetch, the chain's)
@@ -523,6 +572,7 @@ class Server:
         try:
             self.respond_flat(data, host, addr, transport)
         except Exception:  # a bug: logged, the message dropped, the server goes on
+            self.inflight.give_back(host)
             log.exception("internal error taking a UDP query from %s", host)
 
     def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool:
@@ -566,50 +616,71 @@ class Server:
         writer: asyncio.StreamWriter,
         transport: str = "tcp",
         client: str | None = None,
+        conn: Connection | None = None,
     ) -> None:
         """One TCP (or, behind TLS, DoT) connection: RFC 7766 framing, pipelined queries
-        answered as they complete, a deadline per message, a cap on connections. `client` is
-        the address a PROXY header already named (DoT reads it before the TLS handshake)."""
+        answered as they complete, a deadline per message, the connection budget. `client` is
+        the address a PROXY header already named and `conn` the budget's record (DoT reads and
+        admits both before the TLS handshake); plain TCP is admitted here, at accept."""
         peer = writer.get_extra_info("peername")
-        if len(self._tcp_writers) >= self.config.tcp_max_connections or peer is None:
-            self._refused_tcp += 1
-            now = time.monotonic()
-            if now - self._tcp_warned >= CAP_WARNING_EVERY:  # a flood must not flood the log
-                self._tcp_warned = now
-                log.warning(
-                    "TCP connection limit (%d) reached: closed %d new connection(s) since the "
-                    "last warning",
-                    self.config.tcp_max_connections,
-                    self._refused_tcp,
-                )
-                self._refused_tcp = 0
-            writer.close()
-            return
-        host = client or peer[0]
-        trusted = self.config.trusted_proxies and self.trusted(host, self.config.trusted_proxies)
-        if client is None and trusted:
-            named = await self.read_proxy_header(reader.readexactly, host)
-            if named is None:
-                writer.close()
+        if conn is None:
+            if peer is None or self.closing:
+                writer.transport.abort()
                 return
-            host = named
-        if not self.trap.done:
-            self.trap.saw(host)
-        self._tcp_writers.add(writer)
-        pending: set[asyncio.Task[Any]] = set()
-        idle = self.config.tcp_idle_timeout
+            conn = self.connections.admit(peer[0], transport, self.allowed(peer[0]))
+            if conn is None:
+                writer.transport.abort()  # RST: nothing lingers in TIME_WAIT on our side
+                return
+            conn.transport = cast(asyncio.Transport, writer.transport)
         try:
-            while (data := await self._next_message(reader, idle)) is not None:
-                task = self.spawn(self._tcp_answer(data, host, writer, transport))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-                if len(pending) >= MAX_TCP_PIPELINE:
-                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if pending:
-                await asyncio.wait(pending, timeout=self.config.timeout + 1)
+            host = client or peer[0]
+            trusted = self.config.trusted_proxies and self.trusted(
+                host, self.config.trusted_proxies
+            )
+            if client is None and trusted:
+                named = await self.read_proxy_header(reader.readexactly, host)
+                if named is None:
+                    return
+                host = named
+            if not self.trap.done:
+                self.trap.saw(host)
+            self._tcp_writers.add(writer)
+            await self._serve_stream(reader, writer, host, transport, conn)
         finally:
+            self.connections.release(conn)
             self._tcp_writers.discard(writer)
             writer.close()
+
+    async def _serve_stream(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        host: str,
+        transport: str,
+        conn: Connection,
+    ) -> None:
+        pending: set[asyncio.Task[Any]] = set()
+        idle = self.config.tcp_idle_timeout
+        streams = self.config.limits.streams_per_connection
+
+        def finished(task: asyncio.Task[Any]) -> None:
+            pending.discard(task)
+            conn.finished()
+
+        while (data := await self._next_message(reader, idle)) is not None:
+            conn.started()
+            task = self.spawn(self._tcp_answer(data, host, writer, transport))
+            pending.add(task)
+            task.add_done_callback(finished)
+            if len(pending) >= streams:
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if pending:
+            await asyncio.wait(pending, timeout=self.config.timeout + 1)
+
+    def allowed(self, host: str) -> bool:
+        """Whether `host` may query at all (memoised): a connection from elsewhere is the
+        first the connection budget closes when it needs room."""
+        return self.trusted(host, self.config.allow) or self._proxy_sender(host)
 
     async def _next_message(self, reader: asyncio.StreamReader, idle: float) -> bytes | None:
         """The next RFC 7766 message, or None: the connection is done (closed, idle, a zero

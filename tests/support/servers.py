@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -36,15 +37,22 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Process:
     """A child process whose stderr is collected line by line."""
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: list[str], env: dict[str, str] | None = None, nofile: int | None = None
+    ) -> None:
         self.argv = argv
         self.lines: list[str] = []
+
+        def limit() -> None:  # soft and hard: the child cannot raise it
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
+            preexec_fn=limit if nofile is not None else None,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -102,7 +110,9 @@ class Process:
 class SplitDNS(Process):
     """`python -m splitdns serve` with a config file, listening on 127.0.0.1:<free port>."""
 
-    def __init__(self, tmp_path: Path, config_text: str | None, *extra: str) -> None:
+    def __init__(
+        self, tmp_path: Path, config_text: str | None, *extra: str, nofile: int | None = None
+    ) -> None:
         self.port = free_port()
         argv = [sys.executable, "-m", "splitdns", "serve", "--listen", f"127.0.0.1:{self.port}"]
         if config_text is not None:
@@ -110,7 +120,7 @@ class SplitDNS(Process):
             path.write_text(config_text)
             argv += ["-c", str(path)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        super().__init__([*argv, *extra], env=env)
+        super().__init__([*argv, *extra], env=env, nofile=nofile)
         try:
             self.startup = self.wait_for("serving")
         except BaseException:
