@@ -518,9 +518,13 @@ def parse_query(data: bytes) -> Query:
         padded = False
         ecs = None
         if an or ns or ar:
-            records = _read_records(data, pos, (an, ns, ar))[0]
+            records, pos = _read_records(data, pos, (an, ns, ar))
             last = records[-1] if records else None
             if last is not None and last.section == ADDITIONAL and _is_signature(data, last):
+                # relayed as it is, so it must at least be a signature (RFC 8945 section 5.1)
+                if last.rtype == TYPE_TSIG and last.rclass != 255:
+                    raise WireError("TSIG not of class ANY")
+                _check_rdata(data, last.rtype, last.rclass, last.rdata_offset, last.rdlength)
                 signed = data
             for record in records:
                 if record.rtype != TYPE_OPT:
@@ -531,6 +535,8 @@ def parse_query(data: bytes) -> Query:
                 version = (ext >> 16) & 0xFF
                 do = bool(ext & 0x8000)
                 padded, ecs = _client_options(data, record)
+        if pos != len(data):  # (BIND says "trailing garbage": FORMERR, as here)
+            raise WireError(f"{len(data) - pos} bytes after the last record")
     except WireError as exc:
         raise HeaderOnlyError(str(exc), msg_id, flags) from exc
     return Query(msg_id, flags, question, edns, payload, do, version, signed, padded, ecs)
@@ -687,8 +693,10 @@ def make_error(query: Query, rcode: int) -> bytes:
 
 def make_header_error(msg_id: int, flags: int, rcode: int) -> bytes:
     """An answer for a query whose question could not be read, or whose opcode splitdns does not
-    serve (FORMERR, NOTIMP): the header alone, the opcode echoed, RD/CD/AD/Z cleared."""
-    return HEADER.pack(msg_id, QR | RA | (flags & OPCODE_MASK) | (rcode & 0xF), 0, 0, 0, 0)
+    serve (FORMERR, NOTIMP): the header alone, the opcode echoed, RD/CD/AD/Z and RA cleared
+    (RA speaks of recursion for a query; nothing was understood here to recurse on, and
+    ISC's genreport flags RA on an unknown opcode's answer)."""
+    return HEADER.pack(msg_id, QR | (flags & OPCODE_MASK) | (rcode & 0xF), 0, 0, 0, 0)
 
 
 def make_answer(
@@ -726,14 +734,53 @@ def make_empty_zone_answer(query: Query, zone: str) -> bytes:
     return head + query.question.wire + soa
 
 
-def make_nodata(query: Query, zone: str, ttl: int) -> bytes:
-    """NODATA with an SOA for `zone` whose TTL and MINIMUM are `ttl`, so that stubs and
-    downstream caches can cache the empty answer (RFC 2308 §5) instead of asking every time."""
-    rdata = encode_name("localhost") + encode_name("nobody.invalid")
-    rdata += struct.pack("!5I", 1, 604800, 86400, 2419200, ttl)
-    soa = encode_name(zone) + struct.pack("!HHIH", TYPE_SOA, CLASS_IN, ttl, len(rdata)) + rdata
-    head = HEADER.pack(query.msg_id, _response_flags(query.flags, NOERROR), 1, 0, 1, 0)
-    return head + query.question.wire + soa
+class Soa(NamedTuple):
+    """A zone's SOA as an upstream gave it (names decoded, so it can be written again)."""
+
+    zone: str
+    mname: str
+    rname: str
+    numbers: tuple[int, int, int, int, int]  # serial, refresh, retry, expire, minimum
+    ttl: int
+
+
+def find_soa(data: bytes, message: Message | None = None) -> Soa | None:
+    """The first SOA in an answer's answer or authority section: the zone it speaks for."""
+    try:
+        message = message if message is not None else walk(data)
+        for r in message.records:
+            if r.rtype != TYPE_SOA or r.section == ADDITIONAL:
+                continue
+            mname, pos = read_name(data, r.rdata_offset)
+            rname, pos = read_name(data, pos)
+            numbers = struct.unpack_from("!5I", data, pos)
+            ttl = int.from_bytes(data[r.ttl_offset : r.ttl_offset + 4], "big")
+            return Soa(r.name, mname, rname, numbers, ttl)
+    except (WireError, struct.error):
+        return None
+    return None
+
+
+def make_nodata(query: Query, soa: Soa | None, ttl: int) -> bytes:
+    """NODATA with the zone's SOA, its TTL and MINIMUM no longer than `ttl`, so that stubs
+    and downstream caches can cache the empty answer (RFC 2308 section 5) for no longer than
+    what caused it; with no SOA known, none (nothing is made up)."""
+    head = HEADER.pack(query.msg_id, _response_flags(query.flags, NOERROR), 1, 0, int(bool(soa)), 0)
+    if soa is None:
+        return head + query.question.wire
+    serial, refresh, retry, expire, minimum = soa.numbers
+    bound = min(ttl, soa.ttl, minimum)
+    rdata = encode_name(soa.mname) + encode_name(soa.rname)
+    rdata += struct.pack("!5I", serial, refresh, retry, expire, min(minimum, ttl))
+    record = encode_name(soa.zone) + struct.pack("!HHIH", TYPE_SOA, CLASS_IN, bound, len(rdata))
+    return head + query.question.wire + record + rdata
+
+
+def make_local_nodata(query: Query, zone: str, ttl: int) -> bytes:
+    """NODATA for a name splitdns answers itself (DDR), with an SOA of its own for `zone`
+    (TTL and MINIMUM `ttl`), as RFC 6303's locally served zones carry."""
+    soa = Soa(zone, "localhost", "nobody.invalid", (1, 604800, 86400, 2419200, ttl), ttl)
+    return make_nodata(query, soa, ttl)
 
 
 def zero_negative_ttls(data: bytes, message: Message) -> bytes:
@@ -997,6 +1044,21 @@ def reply_matches(reply: Message, msg_id: int, query: Query) -> bool:
     question = query.question
     got = reply.questions[0]
     return (got.name, got.qtype, got.qclass) == (question.name, question.qtype, question.qclass)
+
+
+def names_question(data: bytes, msg_id: int, question: Question, exact: bytes | None) -> bool:
+    """Whether a reply that cannot be read (walk failed) still carries our ID, QR and our
+    question, read as raw bytes right after the header: the upstream's own broken answer,
+    not a forgery (a forger who could match ID, port and question could as well forge a
+    readable one). Case-insensitive unless 0x20 sent `exact`."""
+    sent = exact if exact is not None else question.wire
+    end = HEADER_LEN + len(sent)
+    if len(data) < end or data[2] & 0x80 == 0 or data[4:6] != b"\x00\x01":
+        return False
+    if (data[0] << 8) | data[1] != msg_id:
+        return False
+    got = data[HEADER_LEN:end]
+    return got == sent if exact is not None else got.lower() == sent.lower()
 
 
 def make_probe() -> tuple[int, bytes]:

@@ -285,7 +285,7 @@ class ShadowedAnswers(Link):
             changes = a.changes + tuple(
                 rewrite.Change(req.query.question.name, old, None, -1) for old in removed
             )
-            return self.nodata(req, a, aaaa.upstream, changes)
+            return await self.nodata(req, a, aaaa.upstream, changes, (aaaa, a))
         return aaaa
 
     async def drop_https(self, req: Request, v4: bool, v6: bool) -> Response:
@@ -297,7 +297,8 @@ class ShadowedAnswers(Link):
         if not rewritten or wire.rcode_of(answer.bare) != wire.NOERROR:
             return answer
         changes = tuple(c for r in rewritten for c in r.changes)
-        return self.nodata(req, rewritten[-1], answer.upstream, changes)
+        seen = (answer, *addresses)
+        return await self.nodata(req, rewritten[-1], answer.upstream, changes, seen)
 
     async def drop_v6_hints(self, req: Request, view: View) -> Response:
         answer, a = await _all(self.next(req), self._sibling(req, wire.TYPE_A))
@@ -322,16 +323,23 @@ class ShadowedAnswers(Link):
             rewritten=True,
         )
 
-    def nodata(
+    async def nodata(
         self,
         req: Request,
         evidence: Response,
         upstream: str | None,
         changes: tuple[rewrite.Change, ...],
+        seen: tuple[Response, ...],
     ) -> Response:
-        """NODATA with an SOA no longer-lived than the rewritten answer that caused it."""
+        """NODATA with the zone's SOA, no longer-lived than the rewritten answer that caused
+        it. The SOA comes from the answers already in hand, else from the name's SOA question
+        (asked through the cache: once per zone and SOA lifetime); none if no one gives one."""
         ttl = evidence.ttl_hint if evidence.ttl_hint is not None else _smallest_ttl(evidence)
-        empty = wire.make_nodata(req.query, req.query.question.name, ttl)
+        soa = next((s for r in seen if (s := wire.find_soa(r.bare)) is not None), None)
+        if soa is None:
+            asked = await self._sibling(req, wire.TYPE_SOA)
+            soa = wire.find_soa(asked.bare)
+        empty = wire.make_nodata(req.query, soa, ttl)
         return Response(empty, Outcome.FILTERED, changes, upstream, ttl_hint=ttl)
 
 

@@ -56,5 +56,5 @@ def answer(query: wire.Query, config: Config) -> bytes | None:
     if q.name not in names(config) or q.qclass != wire.CLASS_IN:
         return None
     if q.qtype != wire.TYPE_SVCB or not config.encrypted:
-        return wire.make_nodata(query, q.name, TTL)
+        return wire.make_local_nodata(query, q.name, TTL)
     return wire.make_answer(query, [(wire.TYPE_SVCB, TTL, rdata) for rdata in records(config)])

@@ -451,14 +451,23 @@ class _Exchange:
 
     def unusual(self, data: bytes) -> None:
         """Not the usual answer: the full walk and match decide, as for any reply."""
+        route = self.route
+        try:
+            query = wire.parse_query(self.data)
+        except wire.WireError:  # (the lane takes only queries that parse)
+            query = None
         try:
             message = wire.walk(data)
-            query = wire.parse_query(self.data)
-            matches = wire.reply_matches(message, self.msg_id, query)
-        except wire.WireError:
+            matches = query is not None and wire.reply_matches(message, self.msg_id, query)
+        except wire.WireError as exc:
             matches = False
-        route = self.route
-        if not matches:
+            if query is not None and wire.names_question(data, self.msg_id, query.question, None):
+                # the upstream's own broken answer: a failure now, not a forgery to wait out
+                self.close()
+                route.group._failed(route.member, "malformed")
+                self.hand_over(problem=f"{route.member.name}: malformed reply ({exc})")
+                return
+        if not matches or query is None:
             route.group.stats.forged += 1  # and the real answer is still awaited
             return
         if message.flags & wire.TC:

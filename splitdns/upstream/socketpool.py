@@ -22,7 +22,7 @@ import socket
 from typing import Protocol
 
 from splitdns import wire
-from splitdns.upstream.transport import UpstreamStats, Waiter
+from splitdns.upstream.transport import TransportError, UpstreamStats, Waiter
 
 ROTATE_AFTER = 10_000  # queries a pooled socket (and its port) serves before it is replaced
 
@@ -30,10 +30,19 @@ ROTATE_AFTER = 10_000  # queries a pooled socket (and its port) serves before it
 def deliver(data: bytes, waiting: dict[int, Waiter], stats: UpstreamStats) -> None:
     """Hand a reply to the query waiting for its ID on a shared connection (DoT, the socket
     pool) if it really answers that query: our question, our case with 0x20, no signature we
-    did not ask for. Anything else is counted as forged and dropped."""
+    did not ask for. Anything else is counted as forged and dropped, but for a reply that
+    cannot be read and still names our ID and question: the upstream's own broken answer,
+    which fails the exchange at once (the next upstream is asked, not the deadline waited)."""
     try:
         message = wire.walk(data)
-    except wire.WireError:
+    except wire.WireError as exc:
+        waiter = waiting.get((data[0] << 8) | data[1]) if len(data) >= 2 else None
+        if waiter is not None and wire.names_question(
+            data, (data[0] << 8) | data[1], waiter[0].question, waiter[1]
+        ):
+            if not waiter[2].done():
+                waiter[2].set_exception(TransportError("malformed", f"malformed reply ({exc})"))
+            return
         stats.forged += 1
         return
     waiter = waiting.get(message.msg_id)

@@ -191,6 +191,17 @@ def test_doh_cache_control_and_bad_requests(split: Split) -> None:
     assert raw_doh(split, "POST", "/dns-query", b"\x00\x01", "application/dns-message")[0] == 400
     formerr = raw_doh(split, "POST", "/dns-query", q.to_wire()[:14], "application/dns-message")
     assert formerr[0] == 200 and dns.message.from_wire(formerr[2]).rcode() == dns.rcode.FORMERR
+    # issue #32: media types are case-insensitive (RFC 9110 8.3.1) ...
+    mixed = raw_doh(split, "POST", "/dns-query", q.to_wire(), "Application/DNS-Message")
+    assert mixed[0] == 200 and dns.message.from_wire(mixed[2]).answer
+    # ... dns= is base64url without padding or other characters (RFC 8484 4.1) ...
+    for bad in (encoded[:-2] + "+/", encoded + "==", encoded[:10] + "." + encoded[10:]):
+        assert raw_doh(split, "GET", f"/dns-query?dns={bad}")[0] == 400, bad
+    # ... and a message with bytes after its question is FORMERR, not answered
+    trailing = raw_doh(
+        split, "POST", "/dns-query", q.to_wire() + b"\0\0", "application/dns-message"
+    )
+    assert trailing[0] == 200 and dns.message.from_wire(trailing[2]).rcode() == dns.rcode.FORMERR
 
 
 def dot_connection(port: int) -> ssl.SSLSocket:

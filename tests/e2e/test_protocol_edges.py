@@ -66,6 +66,16 @@ Q = good_query()
 OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"  # root owner, 1232 bytes, no options
 
 
+# a TSIG record (owner "k.", class ANY) whose data is not a TSIG's: relayed as it is, it would
+# reach the upstream as a signature nobody can read; FORMERR instead (issue #32)
+BROKEN_TSIG = b"\x01k\x00\x00\xfa\x00\xff\x00\x00\x00\x00\x00\x0c" + b"\x05hmac\x00" + b"\x01" * 6
+
+
+_TSIG_RDATA = b"\x0bhmac-sha256\x00" + b"\x00\x00\x60\x00\x00\x00\x01\x2c" + bytes(8)
+TSIG_OF_CLASS_IN = b"\x01k\x00\x00\xfa\x00\x01" + bytes(4) + struct.pack("!H", len(_TSIG_RDATA))
+TSIG_OF_CLASS_IN += _TSIG_RDATA
+
+
 def with_counts(data: bytes, an: int, ns: int, ar: int) -> bytes:
     return data[:6] + struct.pack("!HHH", an, ns, ar) + data[12:]
 
@@ -98,6 +108,13 @@ def opcode(data: bytes, op: int) -> bytes:
         (with_counts(Q, 0, 0, 1) + OPT[:-2] + b"\x00\x09\x00\x0a", "FORMERR"),  # rdlen too big
         (Q[:-4] + b"\xff\x00\x00\x01", "NOERROR"),  # unknown type: forwarded as is
         (Q[:-2] + b"\x00\x2a", "REFUSED"),  # unknown class
+        (Q + b"\x00\x00", "FORMERR"),  # bytes after the question
+        (with_counts(Q, 0, 0, 1) + OPT + b"junk", "FORMERR"),  # bytes after the last record
+        (with_counts(Q, 0, 0, 1) + BROKEN_TSIG, "FORMERR"),  # a signature that is none
+        (
+            with_counts(Q, 0, 0, 1) + BROKEN_TSIG[:-14] + b"\x00\x01" + BROKEN_TSIG[-12:],
+            "FORMERR",
+        ),  # TSIG of class IN
     ],
     ids=[
         "empty",
@@ -121,6 +138,10 @@ def opcode(data: bytes, op: int) -> bytes:
         "opt-rdlen",
         "type-65280",
         "class-42",
+        "trailing-bytes",
+        "after-last-record",
+        "tsig-unreadable",
+        "tsig-class-in",
     ],
 )
 def test_malformed_udp(server: SplitDNS, data: bytes, expect: str) -> None:
