@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Sequence
 
 from splitdns import __version__
-from splitdns.commands.health import LISTEN_ENV
+from splitdns.commands.loading import CONFIG_ENV, DEFAULT_PATH, LISTEN_ENV
 from splitdns.nat import TARGETS
 from splitdns.serve.loops import LOOP_FACTORIES
 
@@ -21,6 +21,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(f"splitdns.commands.{args.command}")
     status: int = module.command(args)
     return status
+
+
+CONFIG_HELP = (
+    f"zone mapping (default: ${CONFIG_ENV}, else {DEFAULT_PATH} if it exists, else the "
+    "embedded default)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,12 +40,13 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the DNS server until SIGINT/SIGTERM")
     serve.add_argument("--version", action="version", version=version)
-    serve.add_argument("-c", "--config", metavar="FILE", help="zone mapping (default: embedded)")
+    serve.add_argument("-c", "--config", metavar="FILE", help=CONFIG_HELP)
     serve.add_argument(
         "--listen",
         action="append",
         metavar="HOST:PORT",
-        help=f"listen here instead (repeatable; default: ${LISTEN_ENV}, comma-separated, if set)",
+        help=f"listen here instead (repeatable; default: the mapping's listen:, else "
+        f"${LISTEN_ENV}, comma-separated, if set)",
     )
     serve.add_argument(
         "--upstream",
@@ -60,11 +67,11 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a zone mapping and summarise it")
     check.add_argument("--version", action="version", version=version)
-    check.add_argument("-c", "--config", metavar="FILE", required=True, help="zone mapping")
+    check.add_argument("-c", "--config", metavar="FILE", help=CONFIG_HELP)
 
     nat = sub.add_parser("nat", help="print router NAT rules (forwards + hairpin) for the mapping")
     nat.add_argument("--version", action="version", version=version)
-    nat.add_argument("-c", "--config", metavar="FILE", required=True, help="zone mapping")
+    nat.add_argument("-c", "--config", metavar="FILE", help=CONFIG_HELP)
     nat.add_argument("--target", required=True, choices=sorted(TARGETS), help="rule syntax")
     nat.add_argument(
         "--hairpin",
@@ -76,14 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="show, step by step, how a question is answered")
     explain.add_argument("--version", action="version", version=version)
     explain.add_argument("name", help="the name to look up")
-    explain.add_argument("-c", "--config", metavar="FILE", help="zone mapping (default: embedded)")
+    explain.add_argument("-c", "--config", metavar="FILE", help=CONFIG_HELP)
     explain.add_argument("--client", default="127.0.0.1", metavar="IP", help="who asks")
     explain.add_argument("--type", default="A", dest="qtype", metavar="TYPE", help="query type")
     explain.add_argument("--upstream", action="append", metavar="HOST[:PORT]", help="override")
 
     doctor = sub.add_parser("doctor", help="check a live setup, one verdict per line")
     doctor.add_argument("--version", action="version", version=version)
-    doctor.add_argument("-c", "--config", metavar="FILE", required=True, help="zone mapping")
+    doctor.add_argument("-c", "--config", metavar="FILE", help=CONFIG_HELP)
     doctor.add_argument("--ddns", metavar="NAME", help="the DDNS name of the public address")
     doctor.add_argument(
         "--peer", metavar="HOST:PORT", help="a second splitdns for the same LAN: compare answers"
@@ -95,12 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--server",
         metavar="HOST:PORT",
-        help=f"a host name or address (default: the first address of -c FILE, else of "
-        f"${LISTEN_ENV}; a wildcard asks loopback; else 127.0.0.1:5353)",
+        help=f"a host name or address (default: the first listen address of the mapping, "
+        f"else of ${LISTEN_ENV}; a wildcard asks loopback; else 127.0.0.1:5353)",
     )
-    health.add_argument(
-        "-c", "--config", metavar="FILE", help="ask the first listen address of this file"
-    )
+    health.add_argument("-c", "--config", metavar="FILE", help=CONFIG_HELP)
     health.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
 
     profile = sub.add_parser(

@@ -115,7 +115,10 @@ class RefuseOutsiders(Link):
         self.next = next_link
 
     def before(self, req: Request) -> Response | None:
-        if not self.admission.decide(req.client)[0]:
+        allowed, view = self.admission.decide(req.client)
+        if not allowed:
+            if view is not None:  # a mistake in the mapping, not an outsider: say so
+                self.admission.refused_in_view(req.client, view)
             refused = wire.make_error(req.query, wire.REFUSED)
             return Response(refused, Outcome.REFUSED, ede=(wire.EDE_PROHIBITED, ""))
         return None

@@ -5,21 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from splitdns.commands.loading import load_or_report
+from splitdns.commands.loading import choose, load_or_report
 from splitdns.config import model as configmod
 from splitdns.config.model import Config
 from splitdns.serve import budgets, certs
 
 
 def command(args: argparse.Namespace) -> int:
-    config = load_or_report(args.config)
+    choice = choose(args.config)
+    config = load_or_report(choice.path)
     if config is None:
         return 1
     problem = certificate_problem(config)
     if problem is not None:
-        print(f"{args.config}: tls: {problem}", file=sys.stderr)
+        print(f"{config.source}: tls: {problem}", file=sys.stderr)
         return 1
-    print(f"{args.config}: OK")
+    print(f"{config.source}: OK")
+    if choice.origin != "-c":
+        print(choice.describe())
     for line in summary(config):
         print(line)
     for warning in configmod.cross_check(config):

@@ -19,13 +19,15 @@ import os
 import socket
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import dns.exception
 import dns.message
 import dns.rdatatype
 
 from splitdns import wire
-from splitdns.commands.loading import load_or_report
+from splitdns.commands.health import answers, health_target
+from splitdns.commands.loading import CONFIG_ENV, DEFAULT_PATH, choose, load_or_report
 from splitdns.config.model import Config, Endpoint, parse_endpoint
 from splitdns.config.upstreams import UpstreamSpec
 from splitdns.serve import follow
@@ -46,17 +48,28 @@ class Verdict:
 
 
 def serves_file(pid: int, path: str) -> bool:
-    """Whether the process is a `splitdns serve -c` of this very file."""
+    """Whether the process is a `splitdns serve` of this very file (`-c`, or with none, the
+    default every command takes: its $SPLITDNS_CONFIG, else the default path)."""
     argv = command_line(pid)
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        cwd = os.getcwd()
     for flag in ("-c", "--config"):
         if flag in argv[:-1]:
             given = argv[argv.index(flag) + 1]
-            try:
-                cwd = os.readlink(f"/proc/{pid}/cwd")
-            except OSError:
-                cwd = os.getcwd()
             return os.path.realpath(os.path.join(cwd, given)) == os.path.realpath(path)
-    return False
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    named = [
+        e.split(b"=", 1)[1].decode() for e in environ if e.startswith(CONFIG_ENV.encode() + b"=")
+    ]
+    given = (
+        named[0] if named and named[0] else (DEFAULT_PATH if os.path.exists(DEFAULT_PATH) else "")
+    )
+    return bool(given) and os.path.realpath(os.path.join(cwd, given)) == os.path.realpath(path)
 
 
 def check_listen(endpoint: Endpoint, config_path: str = "") -> Verdict:
@@ -68,7 +81,13 @@ def check_listen(endpoint: Endpoint, config_path: str = "") -> Verdict:
             return Verdict(WARN, f"listen {endpoint}: needs root or CAP_NET_BIND_SERVICE")
         except OSError as exc:
             owner = port_owner(endpoint.port)
-            if owner is None:
+            if owner is None:  # (another user's, or another PID namespace's: unseen here)
+                if answers(health_target(str(endpoint)), 1.0):
+                    return Verdict(
+                        OK,
+                        f"listen {endpoint}: served by splitdns (it answers splitdns's "
+                        "own health probe; the process is not visible from here)",
+                    )
                 return Verdict(
                     FAIL, f"listen {endpoint}: taken by another process ({exc.strerror})"
                 )
@@ -321,9 +340,11 @@ async def diagnose(
 
 
 def command(args: argparse.Namespace) -> int:
-    config = load_or_report(args.config)
+    choice = choose(args.config)
+    config = load_or_report(choice.path)
     if config is None:
         return 1
+    print(Verdict(OK, choice.describe()))
     verdicts = asyncio.run(diagnose(config, args.ddns, args.timeout, args.peer))
     for verdict in verdicts:
         print(verdict)

@@ -15,7 +15,7 @@ from splitdns.answer import localanswers, rewrite
 from splitdns.answer.chain import Outcome, Request
 from splitdns.answer.rebinding import Guard
 from splitdns.answer.views import client_address, is_allowed, select_view
-from splitdns.commands.loading import load_config
+from splitdns.commands.loading import choose, load_config
 from splitdns.config.model import Config, ConfigError
 from splitdns.config.upstreams import local_reverse_zone
 from splitdns.serve.server import Server
@@ -91,9 +91,11 @@ async def explain(config: Config, name: str, client: str, qtype: str) -> list[st
 
 
 def command(args: argparse.Namespace) -> int:
+    choice = choose(args.config)
     try:
-        config = load_config(args.config, None, args.upstream)
-        lines = asyncio.run(explain(config, args.name, args.client, args.qtype))
+        config = load_config(choice.path, None, args.upstream)
+        lines = [choice.describe()]
+        lines += asyncio.run(explain(config, args.name, args.client, args.qtype))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -9,11 +9,8 @@ import sys
 import time
 
 from splitdns import wire
-from splitdns.commands.loading import load_or_report
+from splitdns.commands.loading import LISTEN_ENV, choose, load_or_report
 from splitdns.config.model import parse_endpoint
-
-#: Listen addresses from the environment (containers, compose): `serve` and `health` agree.
-LISTEN_ENV = "SPLITDNS_LISTEN"
 
 
 def health_target(listen: str | None) -> str:
@@ -31,15 +28,37 @@ def health_target(listen: str | None) -> str:
 
 def command(args: argparse.Namespace) -> int:
     if args.server:
-        server = args.server
-    elif args.config:
-        config = load_or_report(args.config)
-        if config is None:
-            return 2
+        return probe(args.server, args.timeout)
+    choice = choose(args.config)
+    config = load_or_report(choice.path) if choice.path else None
+    if config is None and args.config:
+        return 2  # the file named with -c is broken: said above
+    if config is not None and config.listen_given and config.listen:
         server = health_target(str(config.listen[0]))
-    else:
+    else:  # (a broken default file must not fail the healthcheck of a server still serving)
         server = health_target(os.environ.get(LISTEN_ENV))
     return probe(server, args.timeout)
+
+
+def answers(address: str, timeout: float) -> bool:
+    """Whether a splitdns answers its own health probe at `address` (quietly)."""
+    try:
+        family, where, _ = resolve(address)
+    except ValueError:
+        return False
+    msg_id, query = wire.make_probe()
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(where)
+            sock.send(query)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if wire.is_answer_to(sock.recv(4096), msg_id):
+                    return True
+        except OSError:
+            return False
+    return False
 
 
 def resolve(server: str) -> tuple[int, tuple[str, int], str]:

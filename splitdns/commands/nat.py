@@ -8,19 +8,23 @@ import sys
 
 from splitdns import nat
 from splitdns.commands.check import public_text
-from splitdns.commands.loading import load_or_report
+from splitdns.commands.loading import choose, load_or_report
 from splitdns.config import model as configmod
 from splitdns.serve.follow import resolved_nat
 from splitdns.upstream.transport import UpstreamFailure
 
 
 def command(args: argparse.Namespace) -> int:
-    path: str = args.config
-    config = load_or_report(path)
+    config = load_or_report(choose(args.config).path)
     if config is None:
         return 1
+    path = config.source
     if config.nat is None:
-        print(f"{path}: no 'nat:' section to render", file=sys.stderr)
+        print(
+            f"{path}: no 'nat:' section to render (zones/port-forwards.yaml has one to start "
+            "from; README: `nat:` - the router side)",
+            file=sys.stderr,
+        )
         return 1
     try:
         settings = asyncio.run(resolved_nat(config))

@@ -45,6 +45,14 @@ def profile(doh: str | None, dot: str | None, addresses: list[str], name: str) -
     return plistlib.dumps(document)
 
 
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def command(args: argparse.Namespace) -> int:
     if args.doh:
         url = urlsplit(args.doh)
@@ -52,6 +60,13 @@ def command(args: argparse.Namespace) -> int:
             print(f"splitdns profile: --doh {args.doh!r}: expected https://HOST/dns-query",
                   file=sys.stderr)  # fmt: skip
             return 2
+    if args.dot and _is_address(args.dot):
+        print(
+            f"splitdns profile: warning: --dot {args.dot} is an address, but iOS and macOS "
+            "check the certificate against this name: give the name on the certificate "
+            f"(e.g. dns.home.example.com) and the address with --address {args.dot}",
+            file=sys.stderr,
+        )
     for address in args.address or []:
         try:
             ipaddress.ip_address(address)

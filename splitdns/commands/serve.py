@@ -18,8 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from splitdns import __version__
-from splitdns.commands.health import LISTEN_ENV
-from splitdns.commands.loading import load_config
+from splitdns.commands.loading import choose, listen_origin, load_config
 from splitdns.config import model as configmod
 from splitdns.config.model import Config, ConfigError
 from splitdns.serve.certs import CertificateError
@@ -33,15 +32,15 @@ WATCH_INTERVAL = 1.0  # seconds between looks at the config file's mtime and siz
 
 
 def command(args: argparse.Namespace) -> int:
-    if args.listen is None and os.environ.get(LISTEN_ENV):
-        args.listen = [a.strip() for a in os.environ[LISTEN_ENV].split(",") if a.strip()]
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    args.config = choose(args.config).path
     try:
         config = load_config(args.config, args.listen, args.upstream)
+        origin = listen_origin(config, args.listen)
         if args.workers is not None:
             if not 1 <= args.workers <= 64:
                 raise ValueError(f"--workers {args.workers}: must be 1-64")
@@ -63,30 +62,36 @@ def command(args: argparse.Namespace) -> int:
         return replace(fresh, workers=config.workers)
 
     if config.workers > 1:
-        return _supervise(config, factory, reload)
-    return _run_worker(config, factory, reload)
+        return _supervise(config, factory, reload, origin)
+    return _run_worker(config, factory, reload, origin)
 
 
 def _run_worker(
-    config: Config, factory: Callable[[], asyncio.AbstractEventLoop], reload: Callable[[], Config]
+    config: Config,
+    factory: Callable[[], asyncio.AbstractEventLoop],
+    reload: Callable[[], Config],
+    origin: str = "",
 ) -> int:
     with asyncio.Runner(loop_factory=factory) as runner:
         try:
-            return runner.run(_run(config, loop_name(factory), reload))
+            return runner.run(_run(config, loop_name(factory), reload, origin))
         except (OSError, PrivilegeError, CertificateError) as exc:
             print(f"splitdns: {exc}", file=sys.stderr)
             return 1
 
 
 def _supervise(
-    config: Config, factory: Callable[[], asyncio.AbstractEventLoop], reload: Callable[[], Config]
+    config: Config,
+    factory: Callable[[], asyncio.AbstractEventLoop],
+    reload: Callable[[], Config],
+    origin: str = "",
 ) -> int:
     """Fork `workers` processes that share each port; pass signals on; exit when all have."""
     children: list[int] = []
     for _ in range(config.workers):
         pid = os.fork()
         if pid == 0:
-            os._exit(_run_worker(config, factory, reload))
+            os._exit(_run_worker(config, factory, reload, origin))
         children.append(pid)
 
     def forward(signum: int, _frame: object) -> None:
@@ -130,7 +135,25 @@ async def _watch(server: Server, reload: Callable[[], Config]) -> None:
             st = os.stat(path)
         except OSError:
             return None
+        if st.st_nlink == 0:
+            orphaned()
         return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    told = False
+
+    def orphaned() -> None:
+        """The file was replaced (a new inode) behind a single-file bind mount, which keeps
+        showing the old, deleted one: edits can never reach us. Said once."""
+        nonlocal told
+        if not told:
+            told = True
+            log.warning(
+                "%s was replaced on the host (sed -i, an editor, git pull), but this single-file "
+                "mount still shows the old one, so the change cannot be seen: mount the "
+                "directory instead (-v DIR:%s:ro) and restart",
+                path,
+                os.path.dirname(path) or ".",
+            )
 
     seen = stamp()
     while True:
@@ -141,7 +164,7 @@ async def _watch(server: Server, reload: Callable[[], Config]) -> None:
             _try_reload(server, reload, "file changed")
 
 
-async def _run(config: Config, loop: str, reload: Callable[[], Config]) -> int:
+async def _run(config: Config, loop: str, reload: Callable[[], Config], origin: str = "") -> int:
     server = Server(config)
     await server.start()
     try:
@@ -151,7 +174,7 @@ async def _run(config: Config, loop: str, reload: Callable[[], Config]) -> int:
         raise
     if not config.upstreams:
         log.warning("no upstream servers: pass --upstream or set `upstreams:`")
-    log.info("%s", startup_line(config, server, loop, user))
+    log.info("%s", startup_line(config, server, loop, user, origin))
     settle_garbage_collector()
     stopping = asyncio.Event()
     running = asyncio.get_running_loop()
@@ -182,8 +205,12 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(max(1, GC_GEN0), second, third)
 
 
-def startup_line(config: Config, server: Server, loop: str, user: str | None) -> str:
+def startup_line(
+    config: Config, server: Server, loop: str, user: str | None, origin: str = ""
+) -> str:
     listening = ", ".join(f"{ep} ({kind})" for kind, ep in server.bound)
+    if origin:
+        listening += f" (from {origin})"
     ups = ", ".join(map(str, config.upstreams)) or "NONE (every query gets SERVFAIL)"
     if config.forwarding.domains:
         ups += f" + {len(config.forwarding.domains)} domain routes"
@@ -200,5 +227,15 @@ def startup_line(config: Config, server: Server, loop: str, user: str | None) ->
         tls = f"; {made}certificate {files.cert} pin-sha256 {server.encrypted.pin}"
     return (
         f"splitdns {__version__} serving {listening}; upstreams {ups} (from "
-        f"{config.upstreams_origin}); {what}; loop {loop}{who}{tls}"
+        f"{config.upstreams_origin}); {what}; loop {loop}; {build_name()}{who}{tls}"
+    )
+
+
+def build_name() -> str:
+    """Which build runs: the compiled modules (mypyc, scripts/build-compiled, the image's
+    default) or pure Python (the same source; `pip install .`, or where compiling failed)."""
+    from splitdns import wire
+
+    return (
+        "build compiled (mypyc)" if (wire.__file__ or "").endswith(".so") else "build pure Python"
     )

@@ -68,11 +68,20 @@ def split_url(text: str, parse_endpoint: object) -> EncryptedListener:
 
 
 def default_state_dir() -> Path:
-    """systemd's StateDirectory, else /var/lib/splitdns when we may write there (root, the
-    image), else the user's ~/.local/state/splitdns (the quick start)."""
+    """systemd's StateDirectory, else /var/lib/splitdns when we may write there (root) or it
+    was made for the service user (the image: root without DAC_OVERRIDE cannot write there,
+    the user it becomes can), else the user's ~/.local/state/splitdns (the quick start)."""
     if os.environ.get(STATE_ENV):
         return Path(os.environ[STATE_ENV].split(":")[0])
     system = Path("/var/lib/splitdns")
-    if os.access(system, os.W_OK) or (not system.exists() and os.access(system.parent, os.W_OK)):
+    try:
+        made_for_a_user = system.is_dir() and system.stat().st_uid != 0
+    except OSError:
+        made_for_a_user = False
+    if (
+        os.access(system, os.W_OK)
+        or made_for_a_user
+        or (not system.exists() and os.access(system.parent, os.W_OK))
+    ):
         return system
     return Path.home() / ".local" / "state" / "splitdns"

@@ -211,6 +211,7 @@ class Config:
 
     source: str
     listen: tuple[Endpoint, ...] = (Endpoint("127.0.0.1", 5353),)
+    listen_given: bool = False  # the file says `listen:` ($SPLITDNS_LISTEN then stays unused)
     upstreams: tuple[UpstreamSpec, ...] = ()  # the default list (see forwarding for domains)
     upstreams_origin: str = "config"
     forwarding: Forwarding = field(default_factory=Forwarding)
@@ -315,7 +316,8 @@ def _network(node: Node) -> IPNetwork:
             ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise node.error(f"{text!r} is not an address or network") from None
-        raise node.error(f"{text!r} has host bits set (did you mean its network?)") from None
+        meant = ipaddress.ip_network(text, strict=False)
+        raise node.error(f"{text!r} has host bits set (did you mean {meant}?)") from None
 
 
 def _address(node: Node) -> IPAddress:
@@ -577,7 +579,7 @@ def from_node(root: Node) -> Config:
                     raise item.error(str(exc)) from None
             else:
                 plain.append(_endpoint(item, 53))
-        config = replace(config, listen=tuple(plain), encrypted=tuple(encrypted))
+        config = replace(config, listen=tuple(plain), encrypted=tuple(encrypted), listen_given=True)
     if "upstreams" in keys:
         ups, forwarding = upstreams_from_node(keys["upstreams"])
         config = replace(config, upstreams=ups, forwarding=forwarding)
@@ -665,12 +667,34 @@ def rewrite_targets(config: Config) -> frozenset[ipaddress.IPv4Address]:
     return frozenset(f.target for f in config.nat.forwards if any(f.target in t for t in targets))
 
 
+def views_outside_allow(config: Config) -> list[str]:
+    """Views whose clients `allow` leaves out: those clients would get REFUSED, the view
+    never used for them (a warning, not an error: `allow` may be narrowed on purpose)."""
+    warnings: list[str] = []
+    for view in config.views:
+        for net in view.clients:
+            inside = [a for a in config.allow if a.version == net.version and a.overlaps(net)]
+            if not inside:
+                how = "outside"
+            elif any(_inside(net, a) for a in inside):
+                continue
+            else:
+                how = "partly outside"
+            warnings.append(
+                f"views.{view.name}.clients: {net} is {how} allow "
+                f"({', '.join(map(str, config.allow))}): those clients get REFUSED, never "
+                f"view {view.name}; add {net} to allow"
+            )
+    return warnings
+
+
 def cross_check(config: Config) -> list[str]:
-    """Warnings where the DNS rewrite and the NAT forwards disagree (printed by `check`)."""
+    """What `check` warns about: views whose clients `allow` refuses, and where the DNS
+    rewrite and the NAT forwards disagree."""
+    warnings = views_outside_allow(config)
     nat = config.nat
     if nat is None:
-        return []
-    warnings: list[str] = []
+        return warnings
     served = rewrite_targets(config)
     for fwd in nat.forwards:
         if fwd.translated and fwd.target in served:
@@ -706,7 +730,9 @@ def loads(text: str, source: str) -> Config:
 
 
 def load(path: str | os.PathLike[str]) -> Config:
-    """Load and validate a zone mapping file; raises ConfigError naming file, line and key."""
+    """Load and validate a zone mapping file; raises ConfigError naming file, line and key.
+    An empty (or all-comment) file is an error: a mapping that says nothing is a mistake
+    (a failed copy, the wrong file mounted), not a wish for the defaults."""
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -714,7 +740,10 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(name, 0, "", f"cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(name, 0, "", f"not UTF-8 text: {exc.reason}") from None
-    return loads(text, name)
+    node = parse(text, name)
+    if isinstance(node.raw, yaml.ScalarNode) and node.raw.tag.endswith(":null"):
+        raise ConfigError(name, 0, "", "empty: nothing configured; delete it to use the defaults")
+    return from_node(node)
 
 
 def load_default() -> Config:

@@ -11,6 +11,7 @@ SHA-256 of the public key (what `kdig +tls-pin` and Android/iOS profiles take).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import ipaddress
@@ -18,6 +19,7 @@ import logging
 import os
 import pwd
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +120,35 @@ def ensure(config: Config, user: str | None = None) -> CertFiles:
     return files
 
 
+@contextlib.contextmanager
+def acting_as(user: str | None) -> Iterator[bool]:
+    """Run the block with `user`'s effective uid and gid when root is about to become that
+    user: the certificate is made and read as the one who will use it, in a state directory
+    that user owns, with no CHOWN or DAC_OVERRIDE capability (a container's `--cap-drop ALL`
+    with SETUID and SETGID back). Yields whether it switched; root's ids come back after."""
+    entry = None
+    if user and os.geteuid() == 0:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            entry = None  # dropping privileges will say the user does not exist
+    if entry is None or entry.pw_uid == 0:
+        yield False
+        return
+    try:
+        os.setegid(entry.pw_gid)
+        os.seteuid(entry.pw_uid)
+    except OSError:  # no CAP_SETUID/SETGID: as root, as before
+        os.setegid(0)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
 def _hand_over(files: CertFiles, user: str) -> None:
     try:
         entry = pwd.getpwnam(user)
@@ -132,8 +163,8 @@ def check(files: CertFiles) -> None:
     for path in (files.cert, files.key):
         if not path.exists():
             raise CertificateError(f"{path}: no such file")
-        if not os.access(path, os.R_OK):
-            raise CertificateError(f"{path}: not readable by this user (uid {os.getuid()})")
+        if not os.access(path, os.R_OK, effective_ids=os.access in os.supports_effective_ids):
+            raise CertificateError(f"{path}: not readable by this user (uid {os.geteuid()})")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(files.cert, files.key)

@@ -97,12 +97,17 @@ class EncryptedListeners:
         config = self.server.config
         if not config.encrypted:
             return []
-        self.files = certs.ensure(config, self.user)
-        self.pin = certs.pin(self.files)
-        dot_context = certs.server_context(self.files, ["dot"])
-        doh_context = certs.server_context(self.files, ["h2", "http/1.1"])
-        doh_context.options |= ssl.OP_NO_COMPRESSION  # RFC 7540 §9.2.1
-        self.reloader = certs.Reloader(self.files, [dot_context, doh_context])
+        switched = False
+        try:  # as the user splitdns becomes (its files, its state directory)...
+            with certs.acting_as(self.user) as switched:
+                files, pin, dot_context, doh_context = self._certificate(config, None)
+        except (PermissionError, certs.CertificateError):
+            if not switched:
+                raise
+            # ... or, where that user may not write or read there, as root, as before
+            files, pin, dot_context, doh_context = self._certificate(config, self.user)
+        self.files, self.pin = files, pin
+        self.reloader = certs.Reloader(files, [dot_context, doh_context])
         bound: list[tuple[str, str]] = []
         for listener in config.encrypted:
             sock = _bind(listener)
@@ -125,6 +130,19 @@ class EncryptedListeners:
         if not self.files.self_signed:  # a made certificate is never renewed behind our back
             self._watch = asyncio.ensure_future(self._watch_certificate())
         return bound
+
+    @staticmethod
+    def _certificate(
+        config: Config, hand_to: str | None
+    ) -> tuple[certs.CertFiles, str, ssl.SSLContext, ssl.SSLContext]:
+        """The certificate (made if it is the self-signed one and missing), its pin, and a TLS
+        context for DoT and one for DoH; `hand_to`: who a pair made here by root is handed to."""
+        files = certs.ensure(config, hand_to)
+        pin = certs.pin(files)
+        dot_context = certs.server_context(files, ["dot"])
+        doh_context = certs.server_context(files, ["h2", "http/1.1"])
+        doh_context.options |= ssl.OP_NO_COMPRESSION  # RFC 7540 §9.2.1
+        return files, pin, dot_context, doh_context
 
     async def _accept(
         self, sock: socket.socket, kind: str, context: ssl.SSLContext, serve_one: ServeOne

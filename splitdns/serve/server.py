@@ -97,9 +97,10 @@ class Server:
         old = self.config
         config = follow.carry_over(old, config)
         notes: list[str] = []
-        if config.listen != old.listen:
-            notes.append("listen addresses changed: restart splitdns to apply them")
-        config = replace(config, listen=old.listen, workers=old.workers)
+        changed = listener_changes(old, config)
+        if changed:
+            notes.append(f"listeners changed, restart splitdns to apply them: {changed}")
+        config = replace(config, listen=old.listen, encrypted=old.encrypted, workers=old.workers)
         upstreams = self.upstreams
         cache = self.cache
         old_upstreams = (old.upstreams, old.forwarding, old.timeout)
@@ -745,6 +746,16 @@ class Server:
                     await writer.drain()
             except (ConnectionError, TimeoutError):
                 writer.close()
+
+
+def listener_changes(old: Config, new: Config) -> str:
+    """What a reload would change of the listeners (sockets are bound once, at start): "" if
+    nothing, else each address added (+) or removed (-)."""
+    before = {str(e) for e in old.listen} | {str(e) for e in old.encrypted}
+    after = {str(e) for e in new.listen} | {str(e) for e in new.encrypted}
+    return ", ".join(
+        [f"+ {a}" for a in sorted(after - before)] + [f"- {a}" for a in sorted(before - after)]
+    )
 
 
 def hit_key(data: bytes, peeked: wire.Peeked, plan: ViewPlan) -> Key:

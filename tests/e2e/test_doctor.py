@@ -41,7 +41,8 @@ def test_doctor_verdicts(tmp_path: Path, fake: FakeUpstream) -> None:
             "    - {proto: udp, port: 27015, to: 192.0.2.9}\n"
         )
         out = doctor(conf, "--ddns", "home.example.test", "--timeout", "1")
-    lines = out.stdout.splitlines()
+    said, *lines = out.stdout.splitlines()
+    assert said.startswith("ok    config: ") and said.endswith(" (from -c)"), said
     assert out.returncode == 1, out.stdout + out.stderr
     assert lines[0].startswith(f"FAIL  listen 127.0.0.1:{busy}: taken by ")
     assert "(pid " in lines[0]
@@ -79,7 +80,8 @@ def test_doctor_on_a_healthy_setup_with_a_domain_only_upstream(tmp_path: Path, f
         out = doctor(conf, "--timeout", "1")
     finally:
         proc.stop()
-    lines = out.stdout.splitlines()
+    said, *lines = out.stdout.splitlines()
+    assert said.startswith("ok    config: ") and said.endswith(" (from -c)"), said
     assert out.returncode == 0, out.stdout + out.stderr
     assert lines[0].startswith(f"ok    listen 127.0.0.1:{proc.port}: served by splitdns (pid ")
     assert lines[0].endswith("with this file")
