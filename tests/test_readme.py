@@ -13,6 +13,7 @@ base is reused when already built.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,8 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.container import BASE_IMAGE, HOST_CA_BUNDLE, Podman
+from tests.support.container import BASE_IMAGE, BUILD_IMAGE, HOST_CA_BUNDLE, Podman
+from tests.support.fakeupstream import FakeUpstream
 from tests.support.servers import free_port
+from tests.support.tools import need
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -107,57 +110,148 @@ def test_own_mapping_commands_work_from_the_venv(clean_copy: Path) -> None:
     assert "answered" in said
 
 
+MAPPING = """\
+# the README's container, with a mapping of the test's own (loopback ports, never port 53)
+listen: ["127.0.0.1:{plain}", "tls://127.0.0.1:{dot}", "https://127.0.0.1:{doh}/dns-query"]
+upstreams: ["{upstream}"]
+allow: [127.0.0.0/8]
+views:
+  - name: lan
+    clients: [127.0.0.1/32]
+    rewrite:
+      - {{from: 203.0.113.1, to: 127.0.0.5}}
+"""
+
+
+def with_extras(command: str, extras: list[str]) -> str:
+    """The README's podman command with the README's own extra lines for this machine (a CA
+    bundle where a proxy intercepts TLS, rlimits where podman's defaults are above the host's)."""
+    ca, limits = extras
+    if command.startswith("podman build"):
+        added = [ca] if HOST_CA_BUNDLE.exists() else []
+        added += [limits, "--network host"]  # (RUN steps on the host network: no bridge here)
+        return command.replace("podman build", "podman build " + " ".join(added), 1)
+    if command.startswith("podman run"):
+        return command.replace("podman run", f"podman run {limits}", 1)
+    return command
+
+
+def shell(command: str, cwd: Path, env: dict[str, str], timeout: float = 900) -> str:
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert done.returncode == 0, f"{command}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    return done.stdout
+
+
+def kdig_short(port: int, transport: str, name: str) -> str:
+    kdig = need("kdig", "knot-dnsutils")
+    argv = [kdig, "@127.0.0.1", "-p", str(port), transport, "+short", "+timeout=5", "+retry=0"]
+    out = subprocess.run([*argv, name], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip()
+
+
+@pytest.mark.timeout(900)  # two Debian bases and a compiled build on a fresh machine
 def test_container_commands_build_and_run_the_image(clean_copy: Path, tmp_path: Path) -> None:
+    """Issue #30's acceptance: the README's build and run lines as printed (plus its own lines
+    for this machine), a mapping with tls:// and https:// listeners, the README's three
+    capabilities only: kdig +tls, kdig +https and curl --doh-url get the LAN answer from the
+    container; the healthcheck is in the image and passes; `sed -i` on the host's mapping
+    changes the answer within 2 s; explain and doctor inside report on the mapping the server
+    runs (doctor passes); the compiled build, and no compiler in the image."""
     podman = Podman(tmp_path)
-    base, build = commands("container-build")
+    ca_base, dev_base, build = commands("container-build")
+    extras = commands("container-extras")
     run, health = commands("container-run")
-    if not podman.image_exists(BASE_IMAGE):  # the README calls this step optional
-        done = subprocess.run(
-            ["bash", "-o", "pipefail", "-c", base],
-            cwd=clean_copy, env=podman.env, capture_output=True, text=True, timeout=900,
-        )  # fmt: skip
-        if done.returncode != 0:
-            pytest.skip(f"mmdebstrap could not build the base here: {done.stderr[-300:]}")
+    for image, line in ((BASE_IMAGE, ca_base), (BUILD_IMAGE, dev_base)):
+        if not podman.image_exists(image):  # the README calls these optional
+            done = subprocess.run(
+                ["bash", "-o", "pipefail", "-c", line],
+                cwd=clean_copy, env=podman.env, capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            if done.returncode != 0:
+                pytest.skip(f"mmdebstrap could not build {image} here: {done.stderr[-300:]}")
+    image = "localhost/splitdns:latest"
+    podman.run("rmi", "--force", image, check=False)  # (a rebuild would orphan the old one)
     dangling_before = set(podman.run("images", "-q", "--filter", "dangling=true").stdout.split())
     began = time.monotonic()
-    # podman's RUN steps on the host network (the README's default would make a bridge and
-    # firewall rules on this host, which the tests may not touch)
-    on_host = build.replace("podman build", "podman build --network host")
-    if HOST_CA_BUNDLE.exists():  # pip in the build trusts what this host trusts (a TLS proxy)
-        on_host = on_host.replace(
-            "podman build", f"podman build -v {HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"
-        )
-    built = subprocess.run(
-        ["bash", "-c", on_host],
-        cwd=clean_copy, env=podman.env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    shell(with_extras(build, extras), clean_copy, podman.env)
     built_in = time.monotonic() - began
-    port = free_port()
+    dangling = set(podman.run("images", "-q", "--filter", "dangling=true").stdout.split())
+    assert dangling <= dangling_before, "the README's build left a dangling image"
+    inspected = json.loads(podman.run("image", "inspect", image).stdout)[0]
+    assert inspected["Healthcheck"]["Test"] == ["CMD", "/opt/splitdns/bin/splitdns", "health"]
+    size = int(podman.run("image", "inspect", "--format", "{{.Size}}", image).stdout)
+    which = (
+        "import shutil, splitdns.wire as w; "
+        "print(w.__file__, shutil.which('gcc'), shutil.which('cc'))"
+    )
+    python = "/opt/splitdns/bin/python"
+    probe = podman.run(
+        "run", "--rm", *extras[1].split(), "--entrypoint", python, image, "-c", which
+    ).stdout  # fmt: skip
+    wire_file, gcc, cc = probe.split()
+    assert wire_file.endswith(".so") and gcc == cc == "None", probe
+
+    upstream = FakeUpstream().add("www.example.test. 300 IN A 203.0.113.1").start()
+    plain, dot, doh = free_port(), free_port(), free_port()
+    mapping = clean_copy / "zones" / "home.yaml"
+    mapping.write_text(MAPPING.format(plain=plain, dot=dot, doh=doh, upstream=upstream.address))
     name = "splitdns"
     podman.remove(name)
+    podman.run("volume", "rm", "--force", "splitdns-state", check=False)
     try:
-        started = subprocess.run(["bash", "-c", run.replace("0.0.0.0:53", f"127.0.0.1:{port}")],
-                                 cwd=clean_copy, env=podman.env, capture_output=True, text=True,
-                                 timeout=120)  # fmt: skip
-        assert started.returncode == 0, started.stdout + started.stderr
+        shell(with_extras(run, extras), clean_copy, podman.env, timeout=120)
         deadline = time.monotonic() + 20
-        while True:
+        said = ""
+        while time.monotonic() < deadline:
             said = subprocess.run(["bash", "-c", health], cwd=clean_copy, env=podman.env,
-                                  capture_output=True, text=True, timeout=60)  # fmt: skip
-            if said.returncode == 0 or time.monotonic() > deadline:
+                                  capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+            if said.startswith("healthy"):
                 break
             time.sleep(0.3)
         logs = podman.run("logs", name, check=False)
-        assert said.stdout.strip() == f"healthy: 127.0.0.1:{port} answered", (
-            said.stdout + said.stderr + logs.stdout + logs.stderr
-        )
+        startup = logs.stdout + logs.stderr
+        assert said.strip() == f"healthy: 127.0.0.1:{plain} answered", said + startup
+        assert "build compiled (mypyc)" in startup and "from the mapping's listen:" in startup
+        # DoT and DoH from the container, with only the README's capabilities
+        assert kdig_short(dot, "+tls", "www.example.test") == "127.0.0.5", startup
+        assert kdig_short(doh, "+https", "www.example.test") == "127.0.0.5", startup
+        assert curl_doh(doh, "www.example.test") == "127.0.0.5"
+        healthy = podman.run("healthcheck", "run", name, check=False)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        # an edit on the host, as sed -i makes it (a new file), reaches the server within 2 s
+        shell("sed -i 's/127.0.0.5/127.0.0.6/' zones/home.yaml", clean_copy, podman.env)
+        edited = time.monotonic()
+        while kdig_short(plain, "+notcp", "www.example.test") != "127.0.0.6":
+            assert time.monotonic() - edited < 2.0, "the edit did not reach the container"
+            time.sleep(0.1)
+        took = time.monotonic() - edited
+        # commands inside the container use the mapping the server runs, and say so
+        explained = podman.run("exec", name, "splitdns", "explain", "www.example.test").stdout
+        assert explained.startswith("config: /etc/splitdns/home.yaml (from $SPLITDNS_CONFIG)")
+        assert "127.0.0.6" in explained.split("final answer:")[1], explained
+        doctor = podman.run("exec", name, "splitdns", "doctor", check=False)
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        assert f"listen 127.0.0.1:{plain}: served by splitdns" in doctor.stdout, doctor.stdout
         user = podman.run("top", name, "user").stdout.split()[1:]
-        print(f"\ncontainer: built in {built_in:.1f} s from {BASE_IMAGE}; runs as {user}")
-        assert user == ["splitdns"]  # the README's mapping names no user: the image's default
+        print(f"\ncontainer: built in {built_in:.1f} s ({size / 1e6:.0f} MB, compiled, no "
+              f"compiler); DoT, DoH and curl answered; an edit served {took:.2f} s after "
+              f"sed -i; runs as {user}")  # fmt: skip
+        assert user == ["splitdns"]
     finally:
         podman.remove(name)
-        podman.run("rmi", "--force", "localhost/splitdns:latest", check=False)
-        dangling = set(podman.run("images", "-q", "--filter", "dangling=true").stdout.split())
-        for leftover in dangling - dangling_before:  # the build stage the README's build keeps
-            podman.run("rmi", "--force", leftover, check=False)
+        podman.run("volume", "rm", "--force", "splitdns-state", check=False)
+        upstream.stop()
+        podman.run("rmi", "--force", image, check=False)
+
+
+def curl_doh(port: int, name: str) -> str:
+    """The address curl resolves `name` to over DoH (its verbose output names it)."""
+    curl = need("curl", "curl")
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    out = subprocess.run([curl, "-sv", "--max-time", "5", "--noproxy", "*", "--doh-insecure",
+                          "--doh-url", f"https://127.0.0.1:{port}/dns-query",
+                          f"http://{name}:9/"], capture_output=True, text=True, timeout=30,
+                         env=env)  # fmt: skip
+    found = re.search(r"Trying (\d+\.\d+\.\d+\.\d+):9", out.stderr)
+    return found.group(1) if found else out.stderr[-500:]

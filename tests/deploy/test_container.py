@@ -19,6 +19,8 @@ from tests.support.fakeupstream import FakeUpstream
 from tests.support.servers import free_port
 from tests.support.tools import need
 
+pytestmark = pytest.mark.timeout(900)  # the image's compiled build, bases made when missing
+
 IMAGE = "localhost/splitdns:test"
 CONFIG = 'upstreams: ["{upstream}"]\n' + REWRITE_VIEW  # no user: the image's SPLITDNS_USER
 
@@ -127,15 +129,19 @@ def test_compose_file_validates_and_comes_up(
     podman: Podman, image: str, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     compose = venv_tool("podman-compose", "podman-compose")
-    conf = tmp_path / "splitdns.yaml"
-    conf.write_text(CONFIG.format(upstream=upstream.address))
-    port = free_port()
+    port, dot, doh = free_port(), free_port(), free_port()
+    conf = tmp_path / "home.yaml"  # a mapping with DoT and DoH: nothing more than compose's caps
+    conf.write_text(
+        f'listen: ["127.0.0.1:{port}", "tls://127.0.0.1:{dot}", "https://127.0.0.1:{doh}/dns-query"]\n'
+        + CONFIG.format(upstream=upstream.address)
+    )
     project = f"sdtest{port}"
     env = dict(
         podman.env,
         SPLITDNS_IMAGE=image,
-        SPLITDNS_CONFIG=str(conf),
-        SPLITDNS_LISTEN=f"127.0.0.1:{port}",
+        SPLITDNS_DIR=str(conf.parent),
+        SPLITDNS_FILE=conf.name,
+        SPLITDNS_LISTEN="127.0.0.1:9",  # unused: the mapping says listen:
         PATH=f"{Path(podman.binary).parent}:{os.environ.get('PATH', '')}",
     )
 
@@ -152,12 +158,19 @@ def test_compose_file_validates_and_comes_up(
     config = run("config")
     assert config.returncode == 0, config.stderr
     assert "network_mode: host" in config.stdout and "read_only: true" in config.stdout
-    assert f"SPLITDNS_LISTEN: 127.0.0.1:{port}" in config.stdout
+    assert "SPLITDNS_CONFIG: /etc/splitdns/home.yaml" in config.stdout, config.stdout
     try:
         up = run("up", "--detach")
         assert up.returncode == 0, up.stdout + up.stderr
-        wait_answer(port, "www.example.test")
+        wait_answer(port, "www.example.test")  # (the mapping's listen:, not SPLITDNS_LISTEN)
         assert dig(port, "www.example.test") == "192.0.2.2"
+        kdig = need("kdig", "knot-dnsutils")
+        for transport, where in (("+tls", dot), ("+https", doh)):
+            got = subprocess.run(
+                [kdig, "@127.0.0.1", "-p", str(where), transport, "+short", "+timeout=5",
+                 "www.example.test"], capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert got.stdout.strip() == "192.0.2.2", (transport, got.stdout + got.stderr)
     finally:
         down = run("down")
     assert down.returncode == 0, down.stdout + down.stderr

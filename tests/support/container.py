@@ -23,6 +23,8 @@ from tests.support.tools import need
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/debian-python:local"
+BUILD_IMAGE = "localhost/debian-python-dev:local"  # the build stage's: a C compiler, headers
+BUILD_PACKAGES = ("python3-dev", "gcc", "libc6-dev")
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 
@@ -104,8 +106,14 @@ class Podman:
                 + (err.decode(errors="replace")[-400:] or imported.stderr.decode()[-400:])
             )
 
+    def ensure_build_image(self) -> None:
+        """The build stage's base: the runtime base's packages plus a C compiler and headers."""
+        self.ensure_base_image(BUILD_IMAGE, BUILD_PACKAGES)
+
     def build(self, tag: str, base: str = BASE_IMAGE) -> float:
-        """Build deploy/Dockerfile from the repository; returns the seconds it took."""
+        """Build deploy/Dockerfile from the repository (compiled in the build stage); returns
+        the seconds it took."""
+        self.ensure_build_image()
         volumes = []
         if HOST_CA_BUNDLE.exists():  # pip in the build trusts what this host trusts
             volumes = ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
@@ -120,6 +128,8 @@ class Podman:
             "host",
             "--build-arg",
             f"BASE={base}",
+            "--build-arg",
+            f"BUILD_BASE={BUILD_IMAGE}",
             *volumes,
             "-f",
             str(ROOT / "deploy" / "Dockerfile"),
