@@ -12,17 +12,19 @@ from collections.abc import Sequence
 
 from splitdns import __version__
 from splitdns.commands.loading import CONFIG_ENV, DEFAULT_PATH, LISTEN_ENV
+from splitdns.migrate.sources import FORMATS
 from splitdns.nat import TARGETS
 from splitdns.serve.loops import LOOP_FACTORIES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    module = importlib.import_module(f"splitdns.commands.{args.command}")
+    module = importlib.import_module(f"splitdns.commands.{MODULES.get(args.command, args.command)}")
     status: int = module.command(args)
     return status
 
 
+MODULES = {"import": "importing"}  # commands whose module has another name (a keyword)
 CONFIG_HELP = (
     f"zone mapping (default: ${CONFIG_ENV}, else {DEFAULT_PATH} if it exists, else the "
     "embedded default)"
@@ -119,6 +121,28 @@ def _parser() -> argparse.ArgumentParser:
         "--address", action="append", metavar="IP", help="the server's address (repeatable)"
     )
     profile.add_argument("--name", default="splitdns", help="the name the device shows")
+
+    imp = sub.add_parser(
+        "import",
+        help="turn another server's local overrides into a zone mapping, and prove it answers "
+        "the same",
+    )
+    imp.add_argument("--version", action="version", version=version)
+    imp.add_argument("file", help="AdGuardHome.yaml, pihole.toml, custom.list, dnsmasq.conf, "
+                     "unbound.conf, a Technitium Split Horizon config, Corefile, Blocky's "
+                     "config.yml or /etc/hosts")  # fmt: skip
+    imp.add_argument("--from", dest="source_format", choices=FORMATS,
+                     help="the file's format (default: told from its content)")  # fmt: skip
+    imp.add_argument("--upstream", action="append", metavar="HOST[:PORT]",
+                     help="where to ask public answers (default: resolv.conf's)")  # fmt: skip
+    imp.add_argument("-o", "--output", metavar="FILE", help="write the mapping here (else stdout)")
+    imp.add_argument("--report", metavar="FILE", help="write the report here")
+    imp.add_argument("--lan", action="append", metavar="CIDR",
+                     help="the LAN view's clients (default: the private ranges)")  # fmt: skip
+    imp.add_argument("--offline", action="store_true",
+                     help="ask no upstream: every entry becomes a hosts entry")  # fmt: skip
+    imp.add_argument("--verify", action="store_true",
+                     help="start splitdns on the result; compare every name's answer")  # fmt: skip
 
     lab = sub.add_parser("lab", help="build a namespace lab and run the hairpin story live (root)")
     lab.add_argument("--version", action="version", version=version)

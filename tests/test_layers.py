@@ -18,13 +18,14 @@ LAYERS = {
     "config": 1,
     "upstream": 2,
     "nat": 2,
+    "migrate": 2,
     "answer": 3,
     "serve": 4,
     "commands": 5,
     "cli": 6,
     "__main__": 7,
 }
-ORDER = "cli -> commands -> serve -> answer -> upstream | nat -> config -> wire"
+ORDER = "cli -> commands -> serve -> answer -> upstream | nat | migrate -> config -> wire"
 
 
 def module_name(path: Path, root: Path) -> str:

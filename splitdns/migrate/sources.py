@@ -1,0 +1,393 @@
+"""Reading other servers' local overrides, one reader per format, each from the format's
+documented syntax; `detect` tells them apart by content when `--from` is not given.
+
+adguard   AdGuardHome.yaml: filtering.rewrites (schema 31+; older files: dns.rewrites) with
+          domain/answer/enabled, and `$dnsrewrite` lines in user_rules
+pihole    Pi-hole v6 pihole.toml [dns] hosts and cnameRecords; v5 custom.list ("IP name") and
+          05-pihole-custom-cname.conf ("cname=alias,target")
+dnsmasq   address=/name/IP, host-record=, cname=, alias= (a rule by address already)
+unbound   local-data, local-zone ... redirect, view: with access-control-view, response-ip
+technitium the Split Horizon app's config (networks, groups' externalToInternalTranslation)
+coredns   a Corefile's hosts blocks
+blocky    customDNS.mapping
+hosts     /etc/hosts
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from splitdns.migrate.entries import (
+    DirectRule,
+    Entry,
+    ImportError_,
+    IPAddress,
+    Source,
+    SourceView,
+    address,
+    clean_name,
+)
+
+FORMATS = ("adguard", "pihole", "dnsmasq", "unbound", "technitium", "coredns", "blocky", "hosts")
+
+
+def detect(path: str, text: str) -> str:
+    """The format of `text`, by what only that format says; ImportError_ when none fits."""
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and ("groups" in data or "networks" in data):
+            return "technitium"
+    if re.search(r"^\s*\[dns\]\s*$", text, re.M) or re.search(r"^\s*cnameRecords\s*=", text, re.M):
+        return "pihole"
+    if re.search(r"^\s*(server|view|local-zone|local-data)\s*:", text, re.M) and re.search(
+        r"local-data\s*:|response-ip\s*:|local-zone\s*:", text
+    ):
+        return "unbound"
+    if re.search(r"^\s*(address|host-record|cname|alias)=", text, re.M):
+        return "pihole" if Path(path).name.endswith("pihole-custom-cname.conf") else "dnsmasq"
+    if re.search(r"^\s*customDNS\s*:", text, re.M):
+        return "blocky"
+    if re.search(r"^\s*(filtering|dns)\s*:", text, re.M) and "rewrites" in text:
+        return "adguard"
+    if re.search(r"\bhosts\b[^\n{]*\{", text):
+        return "coredns"
+    if any(_hosts_line(line) for line in text.splitlines()):
+        return "pihole" if Path(path).name == "custom.list" else "hosts"
+    raise ImportError_(
+        f"{path}: not a format splitdns import knows ({', '.join(FORMATS)}); name it with --from"
+    )
+
+
+def read(path: str, fmt: str | None = None) -> Source:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportError_(f"{path}: cannot read: {exc}") from None
+    fmt = fmt or detect(path, text)
+    source = Source(path, fmt)
+    READERS[fmt](source, text)
+    return source
+
+
+# --------------------------------------------------------------------------- line formats
+
+
+def _hosts_line(line: str) -> tuple[IPAddress, list[str]] | None:
+    words = line.split("#", 1)[0].split()
+    if len(words) < 2:
+        return None
+    ip = address(words[0])
+    return (ip, [clean_name(w) for w in words[1:]]) if ip is not None else None
+
+
+def _hosts(source: Source, text: str) -> None:
+    """/etc/hosts and Pi-hole v5 custom.list: `IP name [alias...]`."""
+    for number, line in enumerate(text.splitlines(), 1):
+        parsed = _hosts_line(line)
+        if parsed is None:
+            if line.split("#", 1)[0].strip():
+                source.skipped.append((f"{source.path}:{number}", "not `IP name`"))
+            continue
+        ip, names = parsed
+        for name in names:
+            if ip.is_loopback or name in ("localhost", "ip6-localhost", "ip6-loopback"):
+                continue  # the host's own names, nothing a LAN asks for
+            source.entries.append(Entry(name, f"{source.path}:{number}", (ip,)))
+
+
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text.strip().strip('"'), strict=False)
+
+
+def _dnsmasq(source: Source, text: str) -> None:
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        where = f"{source.path}:{number}"
+        key = key.strip()
+        if key == "address":
+            parts = value.split("/")
+            if len(parts) < 3:
+                source.skipped.append((where, "address= without /name/"))
+                continue
+            names, answer = [n for n in parts[1:-1] if n], parts[-1].strip()
+            ip = address(answer)
+            for name in names:
+                if ip is None:  # address=/name/ (NXDOMAIN) or /#: a block, not an override
+                    source.skipped.append((where, f"{name}: not an address ({answer or 'none'})"))
+                else:  # dnsmasq's /name/ covers the name and everything below it
+                    source.entries.append(Entry(clean_name(name), where, (ip,)))
+                    source.entries.append(Entry("*." + clean_name(name), where, (ip,)))
+        elif key == "host-record":
+            fields = [f.strip() for f in value.split(",")]
+            ips = [ip for f in fields if (ip := address(f)) is not None]
+            names = [clean_name(f) for f in fields if address(f) is None and not f.isdigit()]
+            for name in names:
+                source.entries.append(Entry(name, where, tuple(ips)))
+        elif key == "cname":
+            fields = [f.strip() for f in value.split(",")]
+            if fields and fields[-1].isdigit():
+                fields.pop()
+            if len(fields) < 2:
+                source.skipped.append((where, "cname= needs an alias and a target"))
+                continue
+            for alias in fields[:-1]:
+                source.entries.append(
+                    Entry(clean_name(alias), where, target=clean_name(fields[-1]))
+                )
+        elif key == "alias":
+            fields = [f.strip() for f in value.split(",")]
+            try:
+                old, new = fields[0], fields[1]
+                if "-" in old:
+                    source.skipped.append((where, "alias= with a range: write it as a network"))
+                    continue
+                mask = fields[2] if len(fields) > 2 else "255.255.255.255"
+                src = ipaddress.ip_network(f"{old}/{mask}", strict=False)
+                dst = ipaddress.ip_network(f"{new}/{mask}", strict=False)
+            except (ValueError, IndexError):
+                source.skipped.append((where, f"alias={value}: not old-IP,new-IP[,mask]"))
+                continue
+            source.rules.append(DirectRule(src, dst, where))
+
+
+def _pihole(source: Source, text: str) -> None:
+    if source.path.endswith(".toml") or re.search(r"^\s*\[dns\]", text, re.M):
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ImportError_(f"{source.path}: TOML: {exc}") from None
+        dns = data.get("dns", {})
+        for i, line in enumerate(dns.get("hosts", [])):
+            parsed = _hosts_line(str(line))
+            if parsed is None:
+                source.skipped.append((f"{source.path}: dns.hosts[{i}]", "not `IP name`"))
+                continue
+            ip, names = parsed
+            for name in names:
+                source.entries.append(Entry(name, f"{source.path}: dns.hosts[{i}]", (ip,)))
+        for i, line in enumerate(dns.get("cnameRecords", [])):
+            fields = [clean_name(f) for f in str(line).split(",")]
+            if fields and fields[-1].isdigit():
+                fields.pop()
+            for alias in fields[:-1]:
+                where = f"{source.path}: dns.cnameRecords[{i}]"
+                source.entries.append(Entry(alias, where, target=fields[-1]))
+        return
+    if re.search(r"^\s*cname=", text, re.M):
+        _dnsmasq(source, text)
+    else:
+        _hosts(source, text)
+
+
+def _coredns(source: Source, text: str) -> None:
+    inside = False
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if re.match(r"hosts\b[^{]*\{", line):
+            inside = True
+            continue
+        if inside and line.startswith("}"):
+            inside = False
+            continue
+        if inside:
+            parsed = _hosts_line(line)
+            if parsed is not None:
+                ip, names = parsed
+                for name in names:
+                    source.entries.append(Entry(name, f"{source.path}:{number}", (ip,)))
+
+
+# --------------------------------------------------------------------------- YAML formats
+
+
+def _yaml(source: Source, text: str) -> Any:
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ImportError_(f"{source.path}: YAML: {exc}") from None
+
+
+def _adguard(source: Source, text: str) -> None:
+    data = _yaml(source, text)
+    filtering = data.get("filtering") or {}
+    rewrites, where = filtering.get("rewrites"), "filtering.rewrites"
+    if rewrites is None:
+        rewrites, where = (data.get("dns") or {}).get("rewrites") or [], "dns.rewrites"
+    for i, item in enumerate(rewrites):
+        origin = f"{source.path}: {where}[{i}]"
+        name = clean_name(str(item.get("domain", "")))
+        answer = str(item.get("answer", "")).strip()
+        enabled = bool(item.get("enabled", True))
+        ip = address(answer)
+        if answer.upper() in ("A", "AAAA"):
+            entry = Entry(name, origin, keep=True, enabled=enabled)
+        elif ip is not None:
+            entry = Entry(name, origin, (ip,), enabled=enabled)
+        else:
+            entry = Entry(name, origin, target=clean_name(answer), enabled=enabled)
+        source.entries.append(entry)
+    rules = (data.get("user_rules") or []) or filtering.get("user_rules") or []
+    for i, rule in enumerate(rules):
+        found = re.match(r"^\|\|([^\^$]+)\^\$dnsrewrite=(.+)$", str(rule).strip())
+        if not found:
+            continue
+        origin = f"{source.path}: user_rules[{i}]"
+        name, value = clean_name(found.group(1)), found.group(2)
+        parts = value.split(";")
+        answer = parts[-1] if len(parts) == 3 and parts[1].upper() in ("A", "AAAA") else value
+        ip = address(answer)
+        if ip is not None:
+            source.entries.append(Entry(name, origin, (ip,)))
+        elif len(parts) == 3 and parts[1].upper() == "CNAME":
+            source.entries.append(Entry(name, origin, target=clean_name(parts[2])))
+        else:
+            source.skipped.append((origin, f"$dnsrewrite={value}: not a simple address or CNAME"))
+
+
+def _blocky(source: Source, text: str) -> None:
+    data = _yaml(source, text)
+    mapping = (data.get("customDNS") or {}).get("mapping") or {}
+    for name, value in mapping.items():
+        ips = [ip for part in str(value).split(",") if (ip := address(part)) is not None]
+        origin = f"{source.path}: customDNS.mapping.{name}"
+        if ips:
+            source.entries.append(Entry(clean_name(str(name)), origin, tuple(ips)))
+            source.entries.append(Entry("*." + clean_name(str(name)), origin, tuple(ips)))
+        else:
+            source.skipped.append((origin, f"{value}: not an address"))
+
+
+# --------------------------------------------------------------------------- Unbound
+
+
+def _unbound(source: Source, text: str) -> None:
+    view = ""
+    redirects: dict[tuple[str, str], str] = {}  # (view, zone) -> origin of local-zone redirect
+    datas: list[tuple[str, str, str]] = []  # (view, record text, origin)
+    response: dict[str, tuple[str, str]] = {}  # response-ip network -> (action, origin)
+    response_data: list[tuple[str, str, str]] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        where = f"{source.path}:{number}"
+        if not line:
+            continue
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key in ("server", "forward-zone", "stub-zone", "remote-control"):
+            view = ""
+        elif key == "view":
+            view = "?"
+        elif key == "name" and view == "?":
+            view = value.strip('"')
+        elif key == "local-data":
+            datas.append((view, value.strip('"'), where))
+        elif key == "local-zone":
+            words = value.split()
+            if len(words) >= 2 and words[1] == "redirect":
+                redirects[(view, clean_name(words[0]))] = where
+        elif key == "access-control-view":
+            net, _, name = value.partition(" ")
+            _add_view_client(source, name.strip().strip('"'), _network(net), where)
+        elif key == "response-ip":
+            net, _, action = value.partition(" ")
+            response[net.strip()] = (action.strip(), where)
+        elif key == "response-ip-data":
+            net, _, record = value.partition(" ")
+            response_data.append((net.strip(), record.strip().strip('"'), where))
+    for view_name, record, where in datas:
+        words = record.split()
+        while len(words) > 3 and (words[1].isdigit() or words[1].upper() == "IN"):
+            words.pop(1)  # a TTL, the class
+        if len(words) < 3 or words[1].upper() not in ("A", "AAAA", "CNAME"):
+            source.skipped.append((where, f"{record}: only A, AAAA and CNAME are imported"))
+            continue
+        name, rtype, value = clean_name(words[0]), words[1].upper(), words[2]
+        # local-zone redirect: the zone and everything below it
+        names = [name, "*." + name] if (view_name, name) in redirects else [name]
+        for each in names:
+            if rtype == "CNAME":
+                source.entries.append(Entry(each, where, target=clean_name(value), view=view_name))
+            elif (ip := address(value)) is not None:
+                source.entries.append(Entry(each, where, (ip,), view=view_name))
+    for net, record, where in response_data:
+        action = response.get(net, ("", ""))[0]
+        words = record.split()
+        if action != "redirect" or len(words) != 2 or words[0].upper() not in ("A", "AAAA"):
+            source.skipped.append(
+                (where, f"response-ip-data {record}: not a redirect to an address")
+            )
+            continue
+        try:
+            src = _network(net)
+            dst = ipaddress.ip_network(words[1], strict=False)
+        except ValueError:
+            source.skipped.append((where, f"{net} -> {words[1]}: not addresses"))
+            continue
+        if src.num_addresses != dst.num_addresses:
+            source.skipped.append((where, f"{src} -> {dst}: sizes differ"))
+            continue
+        source.rules.append(DirectRule(src, dst, where))
+
+
+def _add_view_client(
+    source: Source, name: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network, where: str
+) -> None:
+    for i, view in enumerate(source.views):
+        if view.name == name:
+            source.views[i] = SourceView(name, (*view.clients, net))
+            return
+    source.views.append(SourceView(name, (net,)))
+
+
+# --------------------------------------------------------------------------- Technitium
+
+
+def _technitium(source: Source, text: str) -> None:
+    """The Split Horizon app's config: `networkGroupMap` (client network -> group) and each
+    group's `externalToInternalTranslation` (public -> internal, addresses or networks)."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ImportError_(f"{source.path}: JSON: {exc}") from None
+    for net, group in (data.get("networkGroupMap") or {}).items():
+        _add_view_client(source, str(group), _network(net), f"{source.path}: networkGroupMap")
+    for i, group in enumerate(data.get("groups") or []):
+        name = str(group.get("name", f"group{i}"))
+        origin = f"{source.path}: groups[{i}]"
+        if not group.get("enabled", True):
+            source.skipped.append((origin, f"group {name} is disabled"))
+            continue
+        for public, internal in (group.get("externalToInternalTranslation") or {}).items():
+            try:
+                src, dst = _network(public), _network(internal)
+            except ValueError:
+                source.skipped.append((origin, f"{public} -> {internal}: not addresses"))
+                continue
+            source.rules.append(DirectRule(src, dst, origin, view=name))
+
+
+READERS: dict[str, Callable[[Source, str], None]] = {
+    "adguard": _adguard,
+    "pihole": _pihole,
+    "dnsmasq": _dnsmasq,
+    "unbound": _unbound,
+    "technitium": _technitium,
+    "coredns": _coredns,
+    "blocky": _blocky,
+    "hosts": _hosts,
+}
