@@ -12,7 +12,7 @@ import ipaddress
 import os
 import secrets
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -146,6 +146,11 @@ class Query(NamedTuple):
         if not self.edns:
             return CLASSIC_UDP
         return max(CLASSIC_UDP, min(self.payload, MAX_UDP))
+
+    def with_name(self, name: str, qtype: int) -> Query:
+        """The same query for another name and type (a DNS64 PTR's in-addr.arpa lookup)."""
+        wire = encode_name(name) + struct.pack("!HH", qtype, self.question.qclass)
+        return self._replace(question=Question(name, qtype, self.question.qclass, wire))
 
     def with_type(self, qtype: int) -> Query:
         """The same query for another type (used to look up A beside AAAA)."""
@@ -774,6 +779,63 @@ def make_nodata(query: Query, soa: Soa | None, ttl: int) -> bytes:
     rdata += struct.pack("!5I", serial, refresh, retry, expire, min(minimum, ttl))
     record = encode_name(soa.zone) + struct.pack("!HHIH", TYPE_SOA, CLASS_IN, bound, len(rdata))
     return head + query.question.wire + record + rdata
+
+
+def aaaa_from_a(
+    query: Query,
+    a_answer: bytes,
+    make: Callable[[ipaddress.IPv4Address], ipaddress.IPv6Address | None],
+    cap: int,
+) -> tuple[bytes, int]:
+    """DNS64 (RFC 6147 section 5.1.7): an AAAA answer to `query` made from an A answer: its
+    CNAME chain kept, each A record's address mapped by `make` (None leaves it out), every TTL
+    no longer than `cap`. Returns the bare answer and how many AAAA records it holds."""
+    message = walk(a_answer)
+    records = bytearray()
+    count = made = 0
+    for r in message.records:
+        if r.section != ANSWER or r.rclass != CLASS_IN:
+            continue
+        ttl = min(int.from_bytes(a_answer[r.ttl_offset : r.ttl_offset + 4], "big"), cap)
+        if r.rtype == TYPE_CNAME:
+            rdata = encode_name(read_cname_target(a_answer, r))
+            rtype = TYPE_CNAME
+        elif r.rtype == TYPE_A and r.rdlength == 4:
+            v4 = ipaddress.IPv4Address(a_answer[r.rdata_offset : r.rdata_offset + 4])
+            v6 = make(v4)
+            if v6 is None:
+                continue
+            rdata, rtype = v6.packed, TYPE_AAAA
+            made += 1
+        else:
+            continue
+        records += encode_name(r.name) + struct.pack("!HHIH", rtype, CLASS_IN, ttl, len(rdata))
+        records += rdata
+        count += 1
+    head = HEADER.pack(query.msg_id, _response_flags(query.flags, NOERROR), 1, count, 0, 0)
+    return head + query.question.wire + bytes(records), made
+
+
+def cname_then(query: Query, target: str, ttl: int, answer: bytes) -> bytes:
+    """An answer to `query`: a CNAME to `target`, then the records of `answer`'s answer
+    section (the answer for `target`: RFC 6147 section 5.3.1's PTR under the NAT64 prefix)."""
+    message = walk(answer)
+    rdata = encode_name(target)
+    out = bytearray(encode_name(query.question.name))
+    out += struct.pack("!HHIH", TYPE_CNAME, CLASS_IN, ttl, len(rdata)) + rdata
+    count = 1
+    for r in message.records:
+        if r.section != ANSWER or r.rtype not in (TYPE_PTR, TYPE_CNAME):
+            continue
+        target_name = read_name(answer, r.rdata_offset)[0]
+        body = encode_name(target_name)
+        rttl = int.from_bytes(answer[r.ttl_offset : r.ttl_offset + 4], "big")
+        out += encode_name(r.name) + struct.pack("!HHIH", r.rtype, r.rclass, rttl, len(body))
+        out += body
+        count += 1
+    rcode = message.rcode if count == 1 else NOERROR
+    head = HEADER.pack(query.msg_id, _response_flags(query.flags, rcode), 1, count, 0, 0)
+    return head + query.question.wire + bytes(out)
 
 
 def make_local_nodata(query: Query, zone: str, ttl: int) -> bytes:

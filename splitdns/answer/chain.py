@@ -25,6 +25,7 @@ from splitdns.answer import ddr, localanswers, rewrite, svcb
 from splitdns.answer.cache import Cache, make_key
 from splitdns.answer.rebinding import Guard
 from splitdns.answer.views import Admission
+from splitdns.config.dns64 import embeds_non_global, extract, reverse_v6, synthesize
 from splitdns.config.model import Config, IPAddress, View
 from splitdns.config.upstreams import Forwarding, local_reverse_zone
 from splitdns.upstream.forwarder import Forwarder
@@ -347,6 +348,126 @@ class ShadowedAnswers(Link):
 
 
 _SHADOWING = frozenset({wire.TYPE_AAAA, *svcb.TYPES})
+
+
+class SynthesizedPointers(Link):
+    """RFC 6147 section 5.3.1: a PTR question for an address under a DNS64 view's prefix is
+    a CNAME to the in-addr.arpa name of the IPv4 address it embeds, answered from there by the
+    whole chain (hosts, RFC 6303 zones, the upstreams). Above the local reverse zones: a
+    network-specific prefix may sit inside one (2001:db8::/32)."""
+
+    def __init__(self, next_link: Handler) -> None:
+        self.next = next_link
+        self.whole: Handler = next_link  # build_chain hands it the chain's top
+
+    @staticmethod
+    def address(req: Request) -> ipaddress.IPv4Address | None:
+        view = req.view
+        if view is None or view.dns64 is None or req.query.question.qtype != wire.TYPE_PTR:
+            return None
+        v6 = reverse_v6(req.query.question.name)
+        if v6 is None or v6 not in view.dns64.prefix:
+            return None
+        return extract(view.dns64.prefix, v6)
+
+    def before(self, req: Request) -> Response | None:
+        return TAKE_CHAIN if self.address(req) is not None else None
+
+    async def __call__(self, req: Request) -> Response:
+        v4 = self.address(req)
+        if v4 is None:
+            return await self.next(req)
+        target = v4.reverse_pointer
+        query = req.query.with_name(target, wire.TYPE_PTR)
+        answer = await self.whole(Request(query, req.client, req.transport, req.view))
+        data = wire.cname_then(req.query, target, DNS64_TTL_WITHOUT_SOA, answer.bare)
+        return Response(data, Outcome.LOCAL, answer.changes, answer.upstream)
+
+
+DNS64_TTL_WITHOUT_SOA = 600  # RFC 6147 section 5.1.7: when the AAAA answer carries no SOA
+
+
+class Synthesize(Link):
+    """DNS64 (RFC 6147) for views with `dns64:`: an AAAA question whose name has no usable
+    AAAA but has A records gets AAAA made from them, after the view's rewrite, so IPv6-only
+    clients keep the split horizon.
+
+    For an A the view rewrote (inside a rule's `to`): the server's own IPv6 address when the
+    view names one (`servers`), else the prefix + the internal address with a network-specific
+    prefix, else nothing (the well-known prefix must not embed it: RFC 6052 section 3.1);
+    never the public address synthesized. An upstream's own synthesized AAAA (inside the
+    view's prefix) counts as none: it embeds the public address. No AAAA made at all: NODATA
+    with the zone's SOA. CD=1: no synthesis (the client validates: section 5.5).
+    """
+
+    def __init__(self, next_link: Handler) -> None:
+        self.next = next_link
+        self.lookup: Handler = next_link  # A lookups: through the cache (build_chain wires it)
+        self.nodata: ShadowedAnswers | None = None  # its NODATA with the zone's SOA
+
+    @staticmethod
+    def applies(req: Request) -> bool:
+        view = req.view
+        return (
+            view is not None
+            and view.dns64 is not None
+            and req.query.question.qtype == wire.TYPE_AAAA
+            and not req.query.flags & wire.CD
+        )
+
+    def before(self, req: Request) -> Response | None:
+        return TAKE_CHAIN if self.applies(req) else None
+
+    async def __call__(self, req: Request) -> Response:
+        if not self.applies(req):
+            return await self.next(req)
+        aaaa = await self.next(req)
+        view = req.view
+        assert view is not None and view.dns64 is not None
+        settings = view.dns64
+        if wire.rcode_of(aaaa.bare) != wire.NOERROR:
+            return aaaa  # NXDOMAIN and failures pass (section 5.1.2)
+        usable = [
+            a
+            for a in _addresses(aaaa, wire.TYPE_AAAA)
+            if not any(a in net for net in settings.synthetic)
+        ]
+        if usable:
+            return aaaa
+        a = await self.lookup(Request(req.query.with_type(wire.TYPE_A), req.client,
+                                      req.transport, view))  # fmt: skip
+        if wire.rcode_of(a.bare) != wire.NOERROR or not _addresses(a, wire.TYPE_A):
+            return aaaa
+        soa = wire.find_soa(aaaa.bare)
+        cap = min(soa.ttl, soa.numbers[4]) if soa is not None else DNS64_TTL_WITHOUT_SOA
+        targets = [r.target for r in view.rules if r.target.version == 4]
+        made: list[rewrite.Change] = []
+
+        def make(v4: ipaddress.IPv4Address) -> ipaddress.IPv6Address | None:
+            internal = any(v4 in net for net in targets)
+            v6: ipaddress.IPv6Address | None
+            if internal and settings.server_for(v4) is not None:
+                v6 = settings.server_for(v4)
+            elif settings.well_known and embeds_non_global(v4):
+                v6 = None  # the WKP must not embed it; the public address is no answer
+            else:
+                v6 = synthesize(settings.prefix, v4)
+            if internal or v6 is None:
+                made.append(rewrite.Change(req.query.question.name, v4, v6, -2, "dns64"))
+            return v6
+
+        data, count = wire.aaaa_from_a(req.query, a.bare, make, cap)
+        if count == 0 and self.nodata is not None:
+            empty = await self.nodata.nodata(req, a, a.upstream, tuple(made), (aaaa, a))
+            empty.notes.append("dns64: no AAAA can be made for this view (see `splitdns doctor`)")
+            return empty
+        return Response(
+            wire.set_flags(data, clear_bits=wire.AD),
+            Outcome.REWRITTEN if made else Outcome.FORWARDED,
+            (*a.changes, *made),
+            a.upstream,
+            rewritten=bool(made) or a.rewritten,
+        )
 
 
 async def _all(*asks: Awaitable[Response]) -> list[Response]:
@@ -732,12 +853,18 @@ def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None
     coalesce = Coalesce(handler)  # right above forward: one upstream query per question
     handler = Rewrite(coalesce)  # above the shared answer: each view rewrites its own copy
     shadowed = ShadowedAnswers(handler)  # above rewrite: it needs to know the A was rewritten
-    handler = CacheLink(cache, shadowed)  # stores final answers, after rewrite and AAAA policy
+    dns64 = Synthesize(shadowed)  # above the AAAA policy: it makes AAAA where none is left
+    dns64.nodata = shadowed
+    handler = CacheLink(cache, dns64)  # stores final answers, after rewrite and AAAA policy
     shadowed.lookup = handler  # its A/AAAA lookups are answered from (and stored in) the cache
+    dns64.lookup = handler
     if config.forwarding.local_reverse:
         handler = LocalReverse(
             config.forwarding, handler
         )  # private reverse zones never leave the LAN
+    pointers = SynthesizedPointers(handler)
+    if any(v.dns64 is not None for v in config.views):
+        handler = pointers  # above the reverse zones: a NAT64 prefix may sit inside one
     handler = LocalHosts(handler)  # before the cache: local data is never aged or stale
     if config.doh_canary:
         handler = DohCanary(handler)  # before the cache: a local policy answer, never stored
@@ -747,6 +874,7 @@ def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None
     handler = RelaySigned(upstreams, handler)  # signed: nothing below may touch the bytes
     handler = RefuseUnsupported(handler)  # cheap protocol policy before any work
     handler = RefuseOutsiders(admission, handler)  # first: outsiders get nothing but REFUSED
+    pointers.whole = handler
     links: list[Link] = []
     step: Handler = handler
     while isinstance(step, Link):

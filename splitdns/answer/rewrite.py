@@ -24,10 +24,18 @@ class Change(NamedTuple):
     name: str
     old: IPAddress
     new: IPAddress | None  # None: removed (a public ipv6hint beside a rewritten IPv4 answer)
-    rule: int  # the rule's index; -1 for a removal by the view's `aaaa: drop`
-    field: str = ""  # "" for an A/AAAA record, else "ipv4hint" or "ipv6hint"
+    rule: int  # the rule's index; -1 for a removal by the view's `aaaa: drop`; -2: DNS64
+    field: str = ""  # "" for an A/AAAA record, else "ipv4hint", "ipv6hint" or "dns64"
 
     def describe(self) -> str:
+        if self.field == "dns64":
+            if self.new is None:
+                return (
+                    f"{self.name} AAAA for {self.old}: none (dns64: the well-known prefix must "
+                    "not embed a non-global address; give the server's IPv6 address in "
+                    "dns64.servers, or use a network-specific prefix)"
+                )
+            return f"{self.name} AAAA {self.new} made from {self.old} (dns64)"
         where = f"{self.name} {self.field}".rstrip()
         if self.new is None:
             return f"{where} {self.old} removed (aaaa: drop)"

@@ -28,6 +28,7 @@ import dns.rdatatype
 from splitdns import wire
 from splitdns.commands.health import answers, health_target
 from splitdns.commands.loading import CONFIG_ENV, DEFAULT_PATH, choose, load_or_report
+from splitdns.config import model as configmod
 from splitdns.config.model import Config, Endpoint, parse_endpoint
 from splitdns.config.upstreams import UpstreamSpec
 from splitdns.serve import follow
@@ -105,6 +106,18 @@ def check_listen(endpoint: Endpoint, config_path: str = "") -> Verdict:
                 FAIL, f"listen {endpoint}: taken by {name} (pid {pid}) ({exc.strerror}){hint}"
             )
     return Verdict(OK, f"listen {endpoint}: free")
+
+
+def check_dns64(config: Config) -> list[Verdict]:
+    """For each DNS64 view's rule: what an IPv6-only client gets for the rewritten names and
+    what the server then sees as the client (configmod.dns64_cases)."""
+    verdicts = []
+    for view in config.views:
+        for rule, case, what in configmod.dns64_cases(view):
+            level = WARN if case == "nodata" else OK
+            said = f"dns64 view {view.name}, rewrite[{rule.index}] -> {rule.target}: "
+            verdicts.append(Verdict(level, f"{said}IPv6-only clients get {what}"))
+    return verdicts
 
 
 def probe_name(config: Config, spec: UpstreamSpec) -> str:
@@ -334,6 +347,7 @@ async def diagnose(
     verdicts += await check_public(config, ddns)
     verdicts += await check_hairpin(config, timeout)
     verdicts += await check_signed(config, ddns, timeout)
+    verdicts += check_dns64(config)
     if peer:
         verdicts += await check_peer(config, peer, ddns, timeout)
     return verdicts

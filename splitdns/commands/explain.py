@@ -74,7 +74,11 @@ async def explain(config: Config, name: str, client: str, qtype: str) -> list[st
     request = Request(query, address, "tcp")
     response = await server.handler(request)
     policy = [c for c in response.changes if c not in result.changes]
-    if response.outcome is Outcome.FILTERED and view is not None:
+    dns64 = [c for c in policy if c.field == "dns64"]
+    policy = [c for c in policy if c.field != "dns64"]
+    for change in dns64:
+        out.append(f"dns64: {change.describe()}")
+    if response.outcome is Outcome.FILTERED and view is not None and not dns64:
         why = "aaaa: drop" if query.question.qtype == wire.TYPE_AAAA else "https: drop"
         rewritten = ", ".join(sorted({c.name for c in policy if c.new is not None})) or "it"
         out.append(

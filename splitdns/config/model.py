@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from splitdns.config.dns64 import Dns64, parse_dns64
 from splitdns.config.encrypted import (
     EncryptedListener,
     TlsSettings,
@@ -155,6 +156,7 @@ class View:
     hosts: Hosts = field(default_factory=Hosts)
     hosts_ttl: int = DEFAULT_HOSTS_TTL
     https: str = "rewrite"  # rewrite | drop | keep: HTTPS/SVCB hints for rewritten names
+    dns64: Dns64 | None = None  # AAAA synthesized for this view's clients (RFC 6147)
 
     def matches(self, client: IPAddress) -> bool:
         return any(client in net for net in self.clients)
@@ -383,7 +385,9 @@ CACHE_INT_KEYS = {
     "stale_max_age": (0, 604800),
 }
 CACHE_BOOL_KEYS = frozenset({"serve_stale", "prefetch"})
-VIEW_KEYS = frozenset({"name", "clients", "rewrite", "aaaa", "https", "hosts", "hosts_ttl"})
+VIEW_KEYS = frozenset(
+    {"name", "clients", "rewrite", "aaaa", "https", "hosts", "hosts_ttl", "dns64"}
+)
 RULE_KEYS = frozenset({"from", "to", "names"})
 
 
@@ -489,7 +493,14 @@ def _view(node: Node, earlier: list[View]) -> View:
     hosts = _hosts(keys["hosts"]) if "hosts" in keys else Hosts()
     ttl = keys["hosts_ttl"].integer(minimum=0, maximum=604800) if "hosts_ttl" in keys else 300
     https = keys["https"].choice(("rewrite", "drop", "keep")) if "https" in keys else "rewrite"
-    return View(name, tuple(clients), tuple(rules), aaaa, hosts, ttl, https)
+    dns64 = parse_dns64(keys["dns64"]) if "dns64" in keys else None
+    if dns64 is not None:
+        for rule in rules:
+            if rule.target.version == 6 and rule.target.overlaps(dns64.prefix):
+                raise keys["dns64"].error(
+                    f"prefix {dns64.prefix} overlaps rewrite[{rule.index}]'s target {rule.target}"
+                )
+    return View(name, tuple(clients), tuple(rules), aaaa, hosts, ttl, https, dns64)
 
 
 def _inside(inner: IPNetwork, outer: IPNetwork) -> bool:
@@ -688,10 +699,56 @@ def views_outside_allow(config: Config) -> list[str]:
     return warnings
 
 
+def dns64_cases(view: View) -> list[tuple[Rule, str, str]]:
+    """For each IPv4 rule of a DNS64 view: (rule, case, what IPv6-only clients get) where
+    case is "server" (its own IPv6 address: the server sees the client), "nat64" (the
+    prefix + the internal address: through NAT64, the server sees the NAT64's address) or
+    "nodata" (the well-known prefix cannot embed it: no AAAA at all)."""
+    settings = view.dns64
+    out: list[tuple[Rule, str, str]] = []
+    if settings is None:
+        return out
+    for rule in view.rules:
+        if rule.target.version != 4:
+            continue
+        targets = list(rule.target) if rule.target.num_addresses <= 256 else []
+        paired = [t for t in targets if settings.server_for(t) is not None]
+        if targets and len(paired) == len(targets):
+            shown = ", ".join(str(settings.server_for(t)) for t in paired)
+            out.append((rule, "server", f"{shown}: the server sees the client's own address"))
+        elif not settings.well_known:
+            out.append(
+                (rule, "nat64", f"{settings.prefix} + {rule.target}: through NAT64, the server "
+                 "sees the NAT64's address, not the client")
+            )  # fmt: skip
+        elif rule.target.network_address.is_global:
+            out.append((rule, "nat64", f"{settings.prefix} + {rule.target} through NAT64"))
+        else:
+            out.append(
+                (rule, "nodata", f"no AAAA: the well-known prefix must not embed {rule.target} "
+                 "(RFC 6052 3.1)")
+            )  # fmt: skip
+    return out
+
+
+def dns64_dead_ends(config: Config) -> list[str]:
+    """DNS64 views that can only answer NODATA for some rewritten names: said, not refused."""
+    warnings = []
+    for view in config.views:
+        for rule, case, what in dns64_cases(view):
+            if case == "nodata":
+                warnings.append(
+                    f"views.{view.name}.dns64: IPv6-only clients get {what} for names "
+                    f"rewrite[{rule.index}] rewrites; give the server's IPv6 address in "
+                    "dns64.servers, or use a network-specific prefix"
+                )
+    return warnings
+
+
 def cross_check(config: Config) -> list[str]:
     """What `check` warns about: views whose clients `allow` refuses, and where the DNS
     rewrite and the NAT forwards disagree."""
-    warnings = views_outside_allow(config)
+    warnings = views_outside_allow(config) + dns64_dead_ends(config)
     nat = config.nat
     if nat is None:
         return warnings

@@ -108,8 +108,11 @@ class ViewPlan:
         self.maps6 = plan.maps6 if plan is not None else ()
         self.named = any(r.names for r in rules)  # rules that look at names: the chain's
         v4_rules = any(r.source.version == 4 for r in rules)
-        # ShadowedAnswers acts on AAAA questions here: they take the chain.
-        self.shadowed_aaaa = view is not None and view.aaaa == "drop" and v4_rules
+        # ShadowedAnswers (aaaa: drop) and Synthesize (dns64) act on AAAA questions here:
+        # they take the chain.
+        self.shadowed_aaaa = view is not None and (
+            (view.aaaa == "drop" and v4_rules) or view.dns64 is not None
+        )
         self.replies: dict[bytes, replay.Replay] = {}  # by the query's bytes after its ID
 
 

@@ -90,7 +90,8 @@ class SplitdnsCollector(Collector):
             labels=["view", "rule", "record"],
         )
         for (view, rule, record), n in sorted(counts.rewrites.items()):
-            rewrites.add_metric([view, str(rule) if rule >= 0 else "aaaa_drop", record], n)
+            label = str(rule) if rule >= 0 else ("aaaa_drop" if rule == -1 else "dns64")
+            rewrites.add_metric([view, label, record], n)
         yield rewrites
         yield _by_result(
             "splitdns_proxy_headers",
