@@ -152,4 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument(
         "--rules", choices=["nftables", "iptables"], default="nftables", help="router rules"
     )
+    lab.add_argument(
+        "--ipv6-mostly",
+        action="store_true",
+        help="the IPv6-mostly story instead: an IPv6-only client, a real NAT64 (tayga), DNS64",
+    )
     return parser

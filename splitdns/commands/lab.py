@@ -25,6 +25,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Self
 from pathlib import Path
 
 from splitdns.commands.loading import load_or_report
@@ -109,7 +110,7 @@ class Lab:
 
     # ------------------------------------------------------------------ build / tear down
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         check_possible()
         try:
             self.build()
@@ -420,6 +421,10 @@ def story(
 
 def command(args: argparse.Namespace) -> int:
     """`splitdns lab`: the story on a throwaway namespace network, one verdict per step."""
+    if getattr(args, "ipv6_mostly", False):
+        from splitdns.commands import lab64
+
+        return lab64.command(args)
     forwards: tuple[LabForward, ...] = DEFAULT_FORWARDS
     if args.config:
         config = load_or_report(args.config)
