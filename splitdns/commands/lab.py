@@ -25,8 +25,8 @@ import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Self
 from pathlib import Path
+from typing import Self
 
 from splitdns.commands.loading import load_or_report
 
