@@ -176,10 +176,13 @@ def test_a_reload_that_adds_listeners_names_them() -> None:
     conf.chmod(0o644)
     proc = serve(conf, environ(), "-c", str(conf))
     try:
-        conf.write_text(
+        fresh = folder / "home.yaml.new"  # written whole, then put in place (no half file)
+        fresh.write_text(
             f'listen: ["127.0.0.1:{port}", "tls://127.0.0.1:{dot}"]\nupstreams: [127.0.0.1:9]\n'
             f"state_dir: {folder / 'state'}\n"
         )
+        fresh.chmod(0o644)
+        os.replace(fresh, conf)
         line = proc.wait_for("reloaded (", timeout=10)
         assert (
             f"listeners changed, restart splitdns to apply them: + tls://127.0.0.1:{dot}" in line

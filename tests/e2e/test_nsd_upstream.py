@@ -234,7 +234,9 @@ def explain(nsd: NSD, tmp_path: Path, *args: str) -> str:
         timeout=30,
     )
     assert out.returncode == 0, out.stderr
-    return out.stdout
+    said, _, rest = out.stdout.partition("\n")  # explain names the mapping it used first
+    assert said == f"config: {conf} (from -c)", said
+    return rest
 
 
 def test_explain_a_rewritten_name(nsd: NSD, tmp_path: Path) -> None:
