@@ -46,19 +46,24 @@ def answers(address: str, timeout: float) -> bool:
         family, where, _ = resolve(address)
     except ValueError:
         return False
+    return _unanswered(family, where, timeout) is None
+
+
+def _unanswered(family: int, address: tuple[str, int], timeout: float) -> str | None:
+    """Send the CH-class probe; None when the server answers it, else why not."""
     msg_id, query = wire.make_probe()
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         try:
-            sock.connect(where)
+            sock.connect(address)
             sock.send(query)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if wire.is_answer_to(sock.recv(4096), msg_id):
-                    return True
-        except OSError:
-            return False
-    return False
+                    return None
+        except OSError as exc:
+            return str(exc) or "no answer"
+    return f"no answer within {timeout:g} s"
 
 
 def resolve(server: str) -> tuple[int, tuple[str, int], str]:
@@ -87,19 +92,9 @@ def probe(server: str, timeout: float) -> int:
     except ValueError as exc:
         print(f"splitdns health: {exc}", file=sys.stderr)
         return 2
-    msg_id, query = wire.make_probe()
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(address)
-            sock.send(query)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if wire.is_answer_to(sock.recv(4096), msg_id):
-                    print(f"healthy: {shown} answered")
-                    return 0
-        except OSError as exc:
-            print(f"unhealthy: {shown}: {exc or 'no answer'}")
-            return 1
-    print(f"unhealthy: {shown}: no answer within {timeout:g} s")
+    problem = _unanswered(family, address, timeout)
+    if problem is None:
+        print(f"healthy: {shown} answered")
+        return 0
+    print(f"unhealthy: {shown}: {problem}")
     return 1

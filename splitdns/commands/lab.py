@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 from splitdns.commands.loading import load_or_report
 
@@ -65,6 +65,9 @@ DIAL = textwrap.dedent(
         print("no connection:", e)
     """
 )
+
+
+L = TypeVar("L", bound="Lab")
 
 
 class LabError(RuntimeError):
@@ -123,18 +126,8 @@ class Lab:
         self.teardown()
 
     def build(self) -> None:
-        for role in ("router", "switch", "server", "client", "outside"):
-            run("ip", "netns", "add", self.ns(role))
-            self.created.append(self.ns(role))
-            self.exec(role, "ip", "link", "set", "lo", "up")
+        self.wan(("router", "switch", "server", "client", "outside"), (OUTSIDE, AUTH_DNS))
         t = self.tag
-        # WAN link: router <-> outside
-        self._veth(f"w{t}r", "router", f"w{t}o", "outside")
-        self.exec("router", "ip", "addr", "add", f"{PUBLIC}/24", "dev", f"w{t}r")
-        self.exec("router", "ip", "addr", "add", f"{ROUTER_OUT}/24", "dev", f"w{t}r")
-        self.exec("outside", "ip", "addr", "add", f"{OUTSIDE}/24", "dev", f"w{t}o")
-        self.exec("outside", "ip", "addr", "add", f"{AUTH_DNS}/24", "dev", f"w{t}o")
-        self.exec("outside", "ip", "route", "add", "default", "via", ROUTER_OUT)
         # LAN: a bridge in the switch namespace, one port per box
         self.exec("switch", "ip", "link", "add", "br0", "type", "bridge")
         self.exec("switch", "ip", "link", "set", "br0", "up")
@@ -146,6 +139,21 @@ class Lab:
             if role != "router":
                 self.exec(role, "ip", "route", "add", "default", "via", ROUTER_LAN)
         self.exec("router", "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+    def wan(self, roles: tuple[str, ...], outside: tuple[str, ...]) -> None:
+        """The namespaces of `roles`, and the WAN link: router (the public address) <->
+        outside (`outside`'s addresses, routed through the router)."""
+        for role in roles:
+            run("ip", "netns", "add", self.ns(role))
+            self.created.append(self.ns(role))
+            self.exec(role, "ip", "link", "set", "lo", "up")
+        t = self.tag
+        self._veth(f"w{t}r", "router", f"w{t}o", "outside")
+        self.exec("router", "ip", "addr", "add", f"{PUBLIC}/24", "dev", f"w{t}r")
+        self.exec("router", "ip", "addr", "add", f"{ROUTER_OUT}/24", "dev", f"w{t}r")
+        for address in outside:
+            self.exec("outside", "ip", "addr", "add", f"{address}/24", "dev", f"w{t}o")
+        self.exec("outside", "ip", "route", "add", "default", "via", ROUTER_OUT)
 
     def _veth(self, a: str, ns_a: str, b: str, ns_b: str) -> None:
         run(
@@ -452,14 +460,23 @@ def command(args: argparse.Namespace) -> int:
         f"server {SERVER} | client {CLIENT} | rules: {args.rules}"
     )
 
+    return run_story(Lab, lambda net, say: story(net, args.rules, forwards, say))
+
+
+def run_story(
+    make: Callable[[], L], tell: Callable[[L, Callable[[Step], None]], list[Step]]
+) -> int:
+    """Build a lab, tell its story one verdict a line, tear it down: 0 when every step
+    behaved as the story says."""
+
     def say(step: Step) -> None:
         print(f"{step.verdict:23}  {step.title}: {step.observed}", flush=True)
 
     try:
-        with Lab() as net:
-            steps = story(net, args.rules, forwards, say)
+        with make() as net:
+            steps = tell(net, say)
     except LabError as exc:
         print(f"splitdns lab: {exc}", file=sys.stderr)
         return 1
     print("lab: torn down")
-    return 0 if all(s.ok for s in steps) else 1
+    return 0 if steps and all(s.ok for s in steps) else 1

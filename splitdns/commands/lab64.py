@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from splitdns.commands.lab import Lab, LabError, Step, run, wait_until
+from splitdns.commands.lab import Lab, LabError, Step, run_story, wait_until
 
 PUBLIC = "203.0.113.1"
 SERVER4, SERVER6 = "192.0.2.2", "2001:db8:1::2"
@@ -35,7 +35,7 @@ CLIENT6 = "2001:db8:1::10"
 NSP = "2001:db8:64::/96"
 POOL = "192.0.2.128/25"
 TAYGA4 = "192.0.2.129"
-AUTH, DNS64_UPSTREAM, ROUTER_OUT = "198.51.100.53", "198.51.100.54", "198.51.100.1"
+AUTH, DNS64_UPSTREAM = "198.51.100.53", "198.51.100.54"
 ZONE = """$ORIGIN example.test.
 $TTL 60
 @ SOA ns hostmaster 1 3600 600 86400 60
@@ -79,17 +79,8 @@ class Lab64(Lab):
     def build(self) -> None:
         if not shutil.which("tayga"):
             raise LabError("the IPv6-mostly lab needs tayga (a NAT64): apt-get install tayga")
-        for role in ("router", "switch", "server", "client6", "outside"):
-            run("ip", "netns", "add", self.ns(role))
-            self.created.append(self.ns(role))
-            self.exec(role, "ip", "link", "set", "lo", "up")
+        self.wan(("router", "switch", "server", "client6", "outside"), (AUTH, DNS64_UPSTREAM))
         t = self.tag
-        self._veth(f"w{t}r", "router", f"w{t}o", "outside")
-        self.exec("router", "ip", "addr", "add", f"{PUBLIC}/24", "dev", f"w{t}r")
-        self.exec("router", "ip", "addr", "add", f"{ROUTER_OUT}/24", "dev", f"w{t}r")
-        for address in (AUTH, DNS64_UPSTREAM):
-            self.exec("outside", "ip", "addr", "add", f"{address}/24", "dev", f"w{t}o")
-        self.exec("outside", "ip", "route", "add", "default", "via", ROUTER_OUT)
         self.exec("switch", "ip", "link", "add", "br0", "type", "bridge")
         self.exec("switch", "ip", "link", "set", "br0", "up")
         for role, v4, v6 in (
@@ -314,14 +305,4 @@ def command(args: object) -> int:
         f"{NSP} <-> {POOL} | server {SERVER4}, {SERVER6}"
     )
 
-    def say(step: Step) -> None:
-        print(f"{step.verdict:23}  {step.title}: {step.observed}", flush=True)
-
-    try:
-        with Lab64() as net:
-            steps = story(net, say)
-    except LabError as exc:
-        print(f"splitdns lab: {exc}", file=sys.stderr)
-        return 1
-    print("lab: torn down")
-    return 0 if steps and all(s.ok for s in steps) else 1
+    return run_story(Lab64, story)

@@ -4,7 +4,6 @@ by itself; `splitdns lab --ipv6-mostly` prints the same steps."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,25 +11,13 @@ from pathlib import Path
 import pytest
 
 from splitdns.commands import lab64
-from tests.support.tools import need
+from tests.support.tools import need_root
 
 
 @pytest.fixture(autouse=True)
 def _needs_root() -> None:
-    if os.geteuid() != 0:
-        reason = "the lab needs root to create network namespaces"
-        if os.environ.get("SPLITDNS_REQUIRE_REAL") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    for tool, package in (
-        ("tayga", "tayga"),
-        ("nft", "nftables"),
-        ("nsd", "nsd"),
-        ("unbound", "unbound"),
-        ("dig", "bind9-dnsutils"),
-        ("ss", "iproute2"),
-    ):
-        need(tool, package)  # fmt: skip
+    need_root(("tayga", "tayga"), ("nft", "nftables"), ("nsd", "nsd"), ("unbound", "unbound"),
+              ("dig", "bind9-dnsutils"), ("ss", "iproute2"))  # fmt: skip
 
 
 def test_dns64_keeps_the_split_horizon_through_a_real_nat64() -> None:

@@ -3,7 +3,6 @@ splitdns loaded with `nft -f` and `iptables-restore`, splitdns and NSD serving r
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,24 +10,13 @@ from pathlib import Path
 import pytest
 
 from splitdns.commands import lab
-from tests.support.tools import need
+from tests.support.tools import need_root
 
 
 @pytest.fixture(autouse=True)
 def _needs_root() -> None:
-    if os.geteuid() != 0:
-        reason = "the lab needs root to create network namespaces"
-        if os.environ.get("SPLITDNS_REQUIRE_REAL") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    for tool, package in (
-        ("nft", "nftables"),
-        ("iptables-restore", "iptables"),
-        ("nsd", "nsd"),
-        ("dig", "bind9-dnsutils"),
-        ("ss", "iproute2"),
-    ):
-        need(tool, package)
+    need_root(("nft", "nftables"), ("iptables-restore", "iptables"), ("nsd", "nsd"),
+              ("dig", "bind9-dnsutils"), ("ss", "iproute2"))  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["nftables", "iptables"])

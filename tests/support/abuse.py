@@ -127,24 +127,29 @@ async def doh_unfinished(port: int, source: str, tally: Tally, hold: float, stre
     writer.close()
 
 
-async def tls_halfopen(port: int, source: str, tally: Tally, hold: float) -> None:
+async def _plain(port: int, source: str, tally: Tally) -> Any:
+    """A plain TCP connection (reader, writer), counted as opened; None, counted as refused."""
     try:
-        reader, writer = await _connect(port, source, False)
+        connection = await _connect(port, source, False)
     except (OSError, TimeoutError):
         tally.refused += 1
-        return
+        return None
     tally.opened += 1
-    await _until_closed(reader, tally, hold, time.monotonic())
-    writer.close()
+    return connection
+
+
+async def tls_halfopen(port: int, source: str, tally: Tally, hold: float) -> None:
+    connection = await _plain(port, source, tally)
+    if connection is not None:
+        await _until_closed(connection[0], tally, hold, time.monotonic())
+        connection[1].close()
 
 
 async def tcp_trickle(port: int, source: str, tally: Tally, hold: float, oversized: bool) -> None:
-    try:
-        reader, writer = await _connect(port, source, False)
-    except (OSError, TimeoutError):
-        tally.refused += 1
+    connection = await _plain(port, source, tally)
+    if connection is None:
         return
-    tally.opened += 1
+    reader, writer = connection
     opened = time.monotonic()
     message = wire.make_query("trickle.example.test", wire.TYPE_A)
     data = (b"\xff\xff" + b"\0" * 100) if oversized else struct.pack("!H", len(message)) + message

@@ -8,6 +8,18 @@ import shutil
 import pytest
 
 
+def need_root(*tools: tuple[str, str]) -> None:
+    """Root (namespaces, podman) and each (binary, package); skip with the reason, or fail
+    where SPLITDNS_REQUIRE_REAL=1."""
+    if os.geteuid() != 0:
+        reason = "needs root (it creates network namespaces)"
+        if os.environ.get("SPLITDNS_REQUIRE_REAL") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    for binary, package in tools:
+        need(binary, package)
+
+
 def need(binary: str, package: str) -> str:
     """Path of `binary`; skip with a reason if absent (fail when SPLITDNS_REQUIRE_REAL=1)."""
     path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/sbin")
