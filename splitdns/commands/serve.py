@@ -122,30 +122,34 @@ def _try_reload(server: Server, reload: Callable[[], Config], why: str) -> None:
     log.info("reloaded (%s): %s", why, "; ".join(notes))
 
 
-async def _watch(server: Server, reload: Callable[[], Config]) -> None:
-    """Reload when the config file changes (mtime or size), polled: no inotify needed."""
+def file_stamp(path: str) -> tuple[int, int, int, int] | None:
+    """(inode, mtime, size, links) of the config file; None when it cannot be seen. stat
+    follows symlinks: a Kubernetes ConfigMap update swaps the `..data` link to a new
+    directory, so the inode changes even when size and time would not."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_nlink)
+
+
+async def _watch(
+    server: Server,
+    reload: Callable[[], Config],
+    seen: tuple[int, int, int, int] | None,
+) -> None:
+    """Reload when the config file changes (inode, mtime or size), polled: no inotify needed.
+    `seen`: its stamp when it was loaded, so a change made while the server started counts."""
     path = server.config.source
     if not os.path.exists(path):
         return
-
-    def stamp() -> tuple[int, int, int] | None:
-        # stat follows symlinks: a Kubernetes ConfigMap update swaps the `..data` link to a
-        # new directory, so the inode changes even when size and time would not
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        if st.st_nlink == 0:
-            orphaned()
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
     told = False
-
-    def orphaned() -> None:
-        """The file was replaced (a new inode) behind a single-file bind mount, which keeps
-        showing the old, deleted one: edits can never reach us. Said once."""
-        nonlocal told
-        if not told:
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL)
+        now = file_stamp(path)
+        if now is not None and now[3] == 0 and not told:
+            # replaced (a new inode) behind a single-file bind mount, which keeps showing the
+            # old, deleted one: edits can never reach us. Said once.
             told = True
             log.warning(
                 "%s was replaced on the host (sed -i, an editor, git pull), but this single-file "
@@ -154,17 +158,13 @@ async def _watch(server: Server, reload: Callable[[], Config]) -> None:
                 path,
                 os.path.dirname(path) or ".",
             )
-
-    seen = stamp()
-    while True:
-        await asyncio.sleep(WATCH_INTERVAL)
-        now = stamp()
-        if now is not None and now != seen:
+        if now is not None and (seen is None or now[:3] != seen[:3]):
             seen = now
             _try_reload(server, reload, "file changed")
 
 
 async def _run(config: Config, loop: str, reload: Callable[[], Config], origin: str = "") -> int:
+    loaded = file_stamp(config.source)
     server = Server(config)
     await server.start()
     try:
@@ -181,7 +181,7 @@ async def _run(config: Config, loop: str, reload: Callable[[], Config], origin: 
     for sig in (signal.SIGINT, signal.SIGTERM):
         running.add_signal_handler(sig, stopping.set)
     running.add_signal_handler(signal.SIGHUP, _try_reload, server, reload, "SIGHUP")
-    watcher = asyncio.ensure_future(_watch(server, reload))
+    watcher = asyncio.ensure_future(_watch(server, reload, loaded))
     await stopping.wait()
     watcher.cancel()
     log.info("shutting down: draining in-flight queries")
