@@ -79,6 +79,8 @@ ZONE = example_zone(
     "syn A 203.0.113.1",
     "syn AAAA 64:ff9b::cb00:7101",
     "alias CNAME pub",
+    "mapped A 9.9.9.9",
+    "mapped AAAA ::ffff:909:909",
 )
 CONFIG = """\
 upstreams: ["127.0.0.1:{nsd}"]
@@ -148,6 +150,8 @@ def test_an_upstreams_own_synthesis_of_the_public_address_is_replaced(split: Spl
 
 def test_real_aaaa_records_cnames_cd_and_outsiders(split: SplitDNS) -> None:
     assert addresses(aaaa(split, "v6.example.test", "127.0.0.11")) == ["2001:db8::5"]
+    # an IPv4-mapped AAAA is excluded by default (RFC 6147 5.1.4): made from the A instead
+    assert addresses(aaaa(split, "mapped.example.test", "127.0.0.11")) == ["64:ff9b::909:909"]
     chained = aaaa(split, "alias.example.test", "127.0.0.11")
     assert [r.rdtype for r in chained.answer] == [dns.rdatatype.CNAME, dns.rdatatype.AAAA]
     assert addresses(chained) == ["64:ff9b::909:909"]
