@@ -19,7 +19,10 @@ from splitdns.serve.loops import LOOP_FACTORIES
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    module = importlib.import_module(f"splitdns.commands.{MODULES.get(args.command, args.command)}")
+    name = MODULES.get(args.command, args.command)
+    if name == "lab" and args.ipv6_mostly:
+        name = "lab64"  # the IPv6-mostly story: a lab of its own
+    module = importlib.import_module(f"splitdns.commands.{name}")
     status: int = module.command(args)
     return status
 

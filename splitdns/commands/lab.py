@@ -429,10 +429,6 @@ def story(
 
 def command(args: argparse.Namespace) -> int:
     """`splitdns lab`: the story on a throwaway namespace network, one verdict per step."""
-    if getattr(args, "ipv6_mostly", False):
-        from splitdns.commands import lab64
-
-        return lab64.command(args)
     forwards: tuple[LabForward, ...] = DEFAULT_FORWARDS
     if args.config:
         config = load_or_report(args.config)
