@@ -278,7 +278,7 @@ def test_unconstructible_yaml_is_a_config_error(snippet: str, expected: str) -> 
         (
             GOOD_VIEW + "    rewrites: []\n",
             "t.yaml:4: views[0].rewrites: unknown key: did you mean 'rewrite'? (known keys: "
-            "aaaa, clients, hosts, hosts_ttl, https, name, rewrite)",
+            "aaaa, clients, dns64, hosts, hosts_ttl, https, name, rewrite)",
         ),
     ],
 )
