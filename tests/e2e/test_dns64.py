@@ -85,6 +85,7 @@ ZONE = example_zone(
 CONFIG = """\
 upstreams: ["127.0.0.1:{nsd}"]
 allow: [127.0.0.0/8]
+query_log: {{path: "-"}}
 views:
   - name: wkp
     clients: [127.0.0.11/32]
@@ -139,6 +140,8 @@ def test_a_rewritten_name_never_gets_its_public_address_synthesized(split: Split
     assert addresses(aaaa(split, "www.example.test", "127.0.0.12")) == ["fd00::2"]
     # a network-specific prefix + the internal address
     assert addresses(aaaa(split, "www.example.test", "127.0.0.13")) == ["2001:db8:64::c000:202"]
+    # the query log says so
+    split.wait_for('"to":"2001:db8:64::c000:202","rule":-2,"in":"dns64"')
 
 
 def test_an_upstreams_own_synthesis_of_the_public_address_is_replaced(split: SplitDNS) -> None:
