@@ -404,6 +404,8 @@ class Synthesize(Link):
         self.next = next_link
         self.lookup: Handler = next_link  # A lookups: through the cache (build_chain wires it)
         self.nodata: ShadowedAnswers | None = None  # its NODATA with the zone's SOA
+        #: the upstreams' own NAT64 prefixes, found at start (RFC 7050: serve/server.py)
+        self.discovered: tuple[ipaddress.IPv6Network, ...] = ()
 
     @staticmethod
     def applies(req: Request) -> bool:
@@ -430,7 +432,7 @@ class Synthesize(Link):
         usable = [
             a
             for a in _addresses(aaaa, wire.TYPE_AAAA)
-            if not any(a in net for net in settings.synthetic)
+            if not any(a in net for net in (*settings.synthetic, *self.discovered))
         ]
         if usable:
             return aaaa

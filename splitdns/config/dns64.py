@@ -7,7 +7,8 @@ split horizon does for synthesized addresses.
       exclude: ["::ffff:0:0/96"]      # AAAA answers in these do not count (RFC 6147 5.1.4)
       servers: {192.168.1.2: "fd00::2"}   # a rewritten IPv4 target's own IPv6 address
       upstream_prefixes: ["64:ff9b::/96"] # where an upstream doing DNS64 synthesizes (its AAAA
-                                          # there embed public addresses: made again here)
+                                          # there embed public addresses: made again here);
+                                          # serve also discovers them (RFC 7050) at start
 
 The well-known prefix must never embed a non-global IPv4 address (RFC 6052 section 3.1: NAT64
 gateways refuse it), so with it a name rewritten to a private address gets the server's own
@@ -134,6 +135,23 @@ def reverse_v6(name: str) -> ipaddress.IPv6Address | None:
     if any(len(n) != 1 or n not in "0123456789abcdef" for n in nibbles):
         return None
     return ipaddress.IPv6Address(int("".join(reversed(nibbles)), 16))
+
+
+#: RFC 7050 section 2.2: the well-known IPv4 addresses of ipv4only.arpa.
+WELL_KNOWN_V4 = (ipaddress.IPv4Address("192.0.0.170"), ipaddress.IPv4Address("192.0.0.171"))
+
+
+def prefix_from_probe(v6: ipaddress.IPv6Address) -> ipaddress.IPv6Network | None:
+    """RFC 7050 section 3: the NAT64 prefix an AAAA answer for ipv4only.arpa was made with,
+    found by where a well-known address sits in it (the longest prefix that fits)."""
+    for length in reversed(PREFIX_LENGTHS):
+        candidate = ipaddress.IPv6Network((int(v6) >> (128 - length) << (128 - length), length))
+        if (
+            extract(candidate, v6) in WELL_KNOWN_V4
+            and synthesize(candidate, extract(candidate, v6)) == v6
+        ):
+            return candidate
+    return None
 
 
 def embeds_non_global(v4: ipaddress.IPv4Address) -> bool:

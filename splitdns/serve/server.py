@@ -8,19 +8,22 @@ unexpected exception becomes SERVFAIL with the query's ID and question, never a 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
+from ipaddress import IPv6Network
 from typing import Any, cast
 
 from splitdns import wire
 from splitdns.answer.cache import Cache, Entry, Key
-from splitdns.answer.chain import Outcome, Request, Response, build_chain
+from splitdns.answer.chain import Outcome, Request, Response, Synthesize, build_chain
 from splitdns.answer.ratelimit import RateLimiter
 from splitdns.answer.views import client_address, is_allowed
+from splitdns.config.dns64 import prefix_from_probe
 from splitdns.config.model import Config, Endpoint, IPAddress, IPNetwork, View
 from splitdns.serve import budgets, follow, proxyv2, replay
 from splitdns.serve.certs import CertificateError
@@ -71,6 +74,8 @@ class Server:
         )
         self.metrics_server: MetricsServer | None = None
         self._follow: asyncio.Future[None] | None = None
+        self._discovery: asyncio.Future[None] | None = None
+        self.nat64_prefixes: tuple[IPv6Network, ...] = ()  # the upstreams' own (RFC 7050)
         self.encrypted = EncryptedListeners(self, service_user(config.user))
         self._clients: dict[str, ViewPlan | None] = {}  # None: not allowed
         self._plans: dict[int, tuple[View | None, ViewPlan]] = {}
@@ -121,6 +126,7 @@ class Server:
         self.config = config
         self.upstreams = upstreams
         self.pipeline = build_chain(config, upstreams, cache)
+        self._tell_synthesis(self.nat64_prefixes)
         self.handler = self.pipeline.handler
         self.cache = cache
         if config.rate_limit != old.rate_limit:
@@ -151,6 +157,39 @@ class Server:
     def _proxy_sender(self, host: str) -> bool:
         """A trusted proxy speaks for many clients: its connections have no per-client share."""
         return bool(self.config.trusted_proxies) and self.trusted(host, self.config.trusted_proxies)
+
+    async def _discover_nat64(self) -> None:
+        """RFC 7050: ask the upstreams for ipv4only.arpa AAAA; an upstream doing DNS64 answers
+        with its own NAT64 prefix, whose AAAA answers embed public addresses (the DNS64 views
+        make them again from their rewritten A). Once, at start; logged."""
+        query = wire.parse_query(wire.make_query("ipv4only.arpa", wire.TYPE_AAAA))
+        try:
+            reply = await self.upstreams.resolve(query)
+        except Exception as exc:  # (any failure: discovery is a nicety, never fatal)
+            log.info("NAT64 prefix discovery (RFC 7050): no answer from the upstreams (%s)", exc)
+            return
+        found: list[IPv6Network] = []
+        for record in reply.message.records:
+            if record.section == wire.ANSWER and record.rtype == wire.TYPE_AAAA:
+                raw = reply.data[record.rdata_offset : record.rdata_offset + record.rdlength]
+                prefix = prefix_from_probe(ipaddress.IPv6Address(raw))
+                if prefix is not None and prefix not in found:
+                    found.append(prefix)
+        if found:
+            log.info(
+                "NAT64 prefix discovered from the upstreams (RFC 7050): %s; their AAAA answers "
+                "there are made again by the DNS64 views",
+                ", ".join(map(str, found)),
+            )
+        else:
+            log.info("NAT64 prefix discovery (RFC 7050): the upstreams do no DNS64")
+        self.nat64_prefixes = tuple(found)
+        self._tell_synthesis(self.nat64_prefixes)
+
+    def _tell_synthesis(self, prefixes: tuple[IPv6Network, ...]) -> None:
+        for link in self.pipeline.links:
+            if isinstance(link, Synthesize):
+                link.discovered = prefixes
 
     def _make_express(self) -> Express | None:
         """The express lane for the current config, when it has anything to do."""
@@ -215,6 +254,8 @@ class Server:
             self._follow = asyncio.ensure_future(
                 follow.follow_forever(lambda: self.config, lambda: self.upstreams, self.reload)
             )
+            if any(v.dns64 is not None for v in self.config.views):
+                self._discovery = asyncio.ensure_future(self._discover_nat64())
             if self.config.metrics is not None:
                 self.metrics_server = MetricsServer(lambda: self)
                 metrics = self.config.metrics
@@ -236,6 +277,8 @@ class Server:
         self.closing = True
         if self._follow is not None:
             self._follow.cancel()
+        if self._discovery is not None:
+            self._discovery.cancel()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         await self.encrypted.stop()

@@ -25,7 +25,7 @@ import dns.rdatatype
 import pytest
 
 from splitdns.config import model
-from splitdns.config.dns64 import extract, synthesize
+from splitdns.config.dns64 import extract, prefix_from_probe, synthesize
 from splitdns.config.tree import ConfigError
 from tests.support.servers import NSD, SplitDNS
 from tests.support.tools import need
@@ -81,7 +81,17 @@ ZONE = example_zone(
     "alias CNAME pub",
     "mapped A 9.9.9.9",
     "mapped AAAA ::ffff:909:909",
+    "own A 203.0.113.1",
+    "own AAAA 2001:db8:99::cb00:7101",  # an upstream's DNS64 with a prefix of its own
 )
+#: what an upstream doing DNS64 with 2001:db8:99::/96 answers for RFC 7050's well-known name
+IPV4ONLY = """$ORIGIN ipv4only.arpa.
+$TTL 300
+@ SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60
+@ NS ns.example.test.
+@ AAAA 2001:db8:99::c000:aa
+@ AAAA 2001:db8:99::c000:ab
+"""
 CONFIG = """\
 upstreams: ["127.0.0.1:{nsd}"]
 allow: [127.0.0.0/8]
@@ -105,7 +115,7 @@ views:
 @pytest.fixture(scope="module")
 def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SplitDNS]:
     work = tmp_path_factory.mktemp("dns64")
-    nsd = NSD(work / "nsd", {"example.test": ZONE})
+    nsd = NSD(work / "nsd", {"example.test": ZONE, "ipv4only.arpa": IPV4ONLY})
     proc = SplitDNS(work, CONFIG.format(nsd=nsd.port))
     yield proc
     code = proc.stop()
@@ -149,6 +159,25 @@ def test_an_upstreams_own_synthesis_of_the_public_address_is_replaced(split: Spl
     assert addresses(aaaa(split, "syn.example.test", "127.0.0.13")) == ["2001:db8:64::c000:202"]
     # a client in no dns64 view gets the upstream's answer as it is
     assert addresses(aaaa(split, "syn.example.test", "127.0.0.2")) == ["64:ff9b::cb00:7101"]
+
+
+def test_an_upstreams_own_prefix_is_discovered_rfc7050(split: SplitDNS) -> None:
+    line = split.wait_for("NAT64 prefix discovered from the upstreams (RFC 7050)")
+    assert line.endswith(
+        "NAT64 prefix discovered from the upstreams (RFC 7050): 2001:db8:99::/96; their AAAA "
+        "answers there are made again by the DNS64 views"
+    ), line
+    assert addresses(aaaa(split, "own.example.test", "127.0.0.12")) == ["fd00::2"]
+    assert addresses(aaaa(split, "own.example.test", "127.0.0.13")) == ["2001:db8:64::c000:202"]
+    assert addresses(aaaa(split, "own.example.test", "127.0.0.2")) == ["2001:db8:99::cb00:7101"]
+
+
+def test_prefix_from_probe_at_every_length() -> None:
+    for prefix, _ in RFC6052_EXAMPLES:
+        net = ipaddress.IPv6Network(prefix)
+        probe = synthesize(net, ipaddress.IPv4Address("192.0.0.170"))
+        assert prefix_from_probe(probe) == net, prefix
+    assert prefix_from_probe(ipaddress.IPv6Address("2001:db8::1")) is None
 
 
 def test_real_aaaa_records_cnames_cd_and_outsiders(split: SplitDNS) -> None:
