@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from splitdns.commands.lab import Lab, LabError, Step, run_story, wait_until
+from splitdns.commands.lab import ZONE, Lab, LabError, Step, run_story, wait_until
 
 PUBLIC = "203.0.113.1"
 SERVER4, SERVER6 = "192.0.2.2", "2001:db8:1::2"
@@ -36,13 +36,6 @@ NSP = "2001:db8:64::/96"
 POOL = "192.0.2.128/25"
 TAYGA4 = "192.0.2.129"
 AUTH, DNS64_UPSTREAM = "198.51.100.53", "198.51.100.54"
-ZONE = """$ORIGIN example.test.
-$TTL 60
-@ SOA ns hostmaster 1 3600 600 86400 60
-@ NS ns
-ns A 198.51.100.53
-www A 203.0.113.1
-"""
 
 #: A dual-stack TCP server that answers every connection with the peer address it sees.
 PEER_SERVER6 = textwrap.dedent(

@@ -172,7 +172,9 @@ def test_compose_file_validates_and_comes_up(
             )  # fmt: skip
             assert got.stdout.strip() == "192.0.2.2", (transport, got.stdout + got.stderr)
     finally:
-        down = run("down")
+        down = run("down", "--volumes")
+        # (podman-compose leaves a named volume behind all the same: removed by name)
+        podman.run("volume", "rm", "--force", f"{project}_splitdns-state", check=False)
     assert down.returncode == 0, down.stdout + down.stderr
     left = podman.run("ps", "--all", "--filter", f"label=io.podman.compose.project={project}")
     assert project not in left.stdout
