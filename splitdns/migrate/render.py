@@ -15,7 +15,7 @@ def mapping(plan: Plan, upstreams: list[str], when: str) -> str:
     out = [
         f"# splitdns zone mapping, imported from {source.path} ({source.format}) by",
         f"# `splitdns import` on {when}: {summary(plan)}.",
-        "# Check it with `splitdns check -c FILE`; see the README for every key.",
+        "# Check it with `splitdns check -c FILE`; docs/configuration.md has every key.",
     ]
     if upstreams:
         out.append(f"upstreams: [{', '.join(_q(u) for u in upstreams)}]")
