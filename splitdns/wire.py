@@ -717,20 +717,11 @@ def make_answer(
     return bytes(out)
 
 
-#: RFC 6303 section 3: the SOA of a locally served empty zone.
-_EMPTY_ZONE_SOA = (
-    encode_name("localhost")
-    + encode_name("nobody.invalid")
-    + struct.pack("!5I", 1, 604800, 86400, 2419200, 10800)
-)
-
-
 def make_empty_zone_answer(query: Query, zone: str) -> bytes:
     """NXDOMAIN below `zone`, NODATA at its apex (its SOA when asked), with the SOA for negative
     caching: what an RFC 6303 locally served zone says."""
     apex = query.question.name == zone
-    soa = encode_name(zone) + struct.pack("!HHIH", TYPE_SOA, CLASS_IN, 10800, len(_EMPTY_ZONE_SOA))
-    soa += _EMPTY_ZONE_SOA
+    soa = _soa_record(local_soa(zone, 10800), 10800)
     answers = 1 if apex and query.question.qtype == TYPE_SOA else 0
     rcode = NOERROR if apex else NXDOMAIN
     head = HEADER.pack(
@@ -773,12 +764,21 @@ def make_nodata(query: Query, soa: Soa | None, ttl: int) -> bytes:
     head = HEADER.pack(query.msg_id, _response_flags(query.flags, NOERROR), 1, 0, int(bool(soa)), 0)
     if soa is None:
         return head + query.question.wire
+    return head + query.question.wire + _soa_record(soa, ttl)
+
+
+def _soa_record(soa: Soa, ttl: int) -> bytes:
+    """`soa` as a record, its TTL and MINIMUM no longer than `ttl`."""
     serial, refresh, retry, expire, minimum = soa.numbers
-    bound = min(ttl, soa.ttl, minimum)
     rdata = encode_name(soa.mname) + encode_name(soa.rname)
     rdata += struct.pack("!5I", serial, refresh, retry, expire, min(minimum, ttl))
-    record = encode_name(soa.zone) + struct.pack("!HHIH", TYPE_SOA, CLASS_IN, bound, len(rdata))
-    return head + query.question.wire + record + rdata
+    head = struct.pack("!HHIH", TYPE_SOA, CLASS_IN, min(ttl, soa.ttl, minimum), len(rdata))
+    return encode_name(soa.zone) + head + rdata
+
+
+def local_soa(zone: str, ttl: int) -> Soa:
+    """The SOA of a zone splitdns answers itself (RFC 6303 section 3's; TTL, MINIMUM `ttl`)."""
+    return Soa(zone, "localhost", "nobody.invalid", (1, 604800, 86400, 2419200, ttl), ttl)
 
 
 def aaaa_from_a(
@@ -841,8 +841,7 @@ def cname_then(query: Query, target: str, ttl: int, answer: bytes) -> bytes:
 def make_local_nodata(query: Query, zone: str, ttl: int) -> bytes:
     """NODATA for a name splitdns answers itself (DDR), with an SOA of its own for `zone`
     (TTL and MINIMUM `ttl`), as RFC 6303's locally served zones carry."""
-    soa = Soa(zone, "localhost", "nobody.invalid", (1, 604800, 86400, 2419200, ttl), ttl)
-    return make_nodata(query, soa, ttl)
+    return make_nodata(query, local_soa(zone, ttl), ttl)
 
 
 def zero_negative_ttls(data: bytes, message: Message) -> bytes:

@@ -278,12 +278,13 @@ class ShadowedAnswers(Link):
         policy = self.policy(req)
         return await (policy() if policy is not None else self.next(req))
 
-    def _sibling(self, req: Request, qtype: int) -> Awaitable[Response]:
+    def sibling(self, req: Request, qtype: int) -> Awaitable[Response]:
+        """The same question for another type, through the cache (build_chain wires it)."""
         query = req.query.with_type(qtype)
         return self.lookup(Request(query, req.client, req.transport, req.view))
 
     async def drop_aaaa(self, req: Request) -> Response:
-        aaaa, a = await _all(self.next(req), self._sibling(req, wire.TYPE_A))
+        aaaa, a = await _all(self.next(req), self.sibling(req, wire.TYPE_A))
         if a.rewritten and not aaaa.rewritten and wire.rcode_of(aaaa.bare) == wire.NOERROR:
             removed = _addresses(aaaa, wire.TYPE_AAAA)
             changes = a.changes + tuple(
@@ -294,8 +295,8 @@ class ShadowedAnswers(Link):
 
     async def drop_https(self, req: Request, v4: bool, v6: bool) -> Response:
         asks = [self.next(req)]
-        asks += [self._sibling(req, wire.TYPE_A)] if v4 else []
-        asks += [self._sibling(req, wire.TYPE_AAAA)] if v6 else []
+        asks += [self.sibling(req, wire.TYPE_A)] if v4 else []
+        asks += [self.sibling(req, wire.TYPE_AAAA)] if v6 else []
         answer, *addresses = await asyncio.gather(*asks)
         rewritten = [r for r in (answer, *addresses) if r.rewritten]
         if not rewritten or wire.rcode_of(answer.bare) != wire.NOERROR:
@@ -305,7 +306,7 @@ class ShadowedAnswers(Link):
         return await self.nodata(req, rewritten[-1], answer.upstream, changes, seen)
 
     async def drop_v6_hints(self, req: Request, view: View) -> Response:
-        answer, a = await _all(self.next(req), self._sibling(req, wire.TYPE_A))
+        answer, a = await _all(self.next(req), self.sibling(req, wire.TYPE_A))
         if not a.rewritten or wire.rcode_of(answer.bare) != wire.NOERROR:
             return answer
         internal = [r.target for r in view.rules if r.target.version == 6]
@@ -341,7 +342,7 @@ class ShadowedAnswers(Link):
         ttl = evidence.ttl_hint if evidence.ttl_hint is not None else _smallest_ttl(evidence)
         soa = next((s for r in seen if (s := wire.find_soa(r.bare)) is not None), None)
         if soa is None:
-            asked = await self._sibling(req, wire.TYPE_SOA)
+            asked = await self.sibling(req, wire.TYPE_SOA)
             soa = wire.find_soa(asked.bare)
         empty = wire.make_nodata(req.query, soa, ttl)
         return Response(empty, Outcome.FILTERED, changes, upstream, ttl_hint=ttl)
@@ -400,10 +401,9 @@ class Synthesize(Link):
     with the zone's SOA. CD=1: no synthesis (the client validates: section 5.5).
     """
 
-    def __init__(self, next_link: Handler) -> None:
-        self.next = next_link
-        self.lookup: Handler = next_link  # A lookups: through the cache (build_chain wires it)
-        self.nodata: ShadowedAnswers | None = None  # its NODATA with the zone's SOA
+    def __init__(self, shadowed: ShadowedAnswers) -> None:
+        self.next = shadowed  # below it: the AAAA policy, whose sibling lookups and NODATA
+        self.shadowed = shadowed  # (with the zone's SOA) it shares
         #: the upstreams' own NAT64 prefixes, found at start (RFC 7050: serve/server.py)
         self.discovered: tuple[ipaddress.IPv6Network, ...] = ()
 
@@ -436,8 +436,7 @@ class Synthesize(Link):
         ]
         if usable:
             return aaaa
-        a = await self.lookup(Request(req.query.with_type(wire.TYPE_A), req.client,
-                                      req.transport, view))  # fmt: skip
+        a = await self.shadowed.sibling(req, wire.TYPE_A)
         if wire.rcode_of(a.bare) != wire.NOERROR or not _addresses(a, wire.TYPE_A):
             return aaaa
         soa = wire.find_soa(aaaa.bare)
@@ -447,20 +446,16 @@ class Synthesize(Link):
 
         def make(v4: ipaddress.IPv4Address) -> ipaddress.IPv6Address | None:
             internal = any(v4 in net for net in targets)
-            v6: ipaddress.IPv6Address | None
-            if internal and settings.server_for(v4) is not None:
-                v6 = settings.server_for(v4)
-            elif settings.well_known and embeds_non_global(v4):
-                v6 = None  # the WKP must not embed it; the public address is no answer
-            else:
-                v6 = synthesize(settings.prefix, v4)
+            v6 = settings.server_for(v4) if internal else None  # the server's own address
+            if v6 is None and not (settings.well_known and embeds_non_global(v4)):
+                v6 = synthesize(settings.prefix, v4)  # (the WKP must not embed a non-global)
             if internal or v6 is None:
                 made.append(rewrite.Change(req.query.question.name, v4, v6, -2, "dns64"))
             return v6
 
         data, count = wire.aaaa_from_a(req.query, a.bare, make, cap)
-        if count == 0 and self.nodata is not None:
-            empty = await self.nodata.nodata(req, a, a.upstream, tuple(made), (aaaa, a))
+        if count == 0:
+            empty = await self.shadowed.nodata(req, a, a.upstream, tuple(made), (aaaa, a))
             empty.notes.append("dns64: no AAAA can be made for this view (see `splitdns doctor`)")
             return empty
         return Response(
@@ -856,10 +851,8 @@ def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None
     handler = Rewrite(coalesce)  # above the shared answer: each view rewrites its own copy
     shadowed = ShadowedAnswers(handler)  # above rewrite: it needs to know the A was rewritten
     dns64 = Synthesize(shadowed)  # above the AAAA policy: it makes AAAA where none is left
-    dns64.nodata = shadowed
     handler = CacheLink(cache, dns64)  # stores final answers, after rewrite and AAAA policy
     shadowed.lookup = handler  # its A/AAAA lookups are answered from (and stored in) the cache
-    dns64.lookup = handler
     if config.forwarding.local_reverse:
         handler = LocalReverse(
             config.forwarding, handler

@@ -8,14 +8,13 @@ unexpected exception becomes SERVFAIL with the query's ID and question, never a 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
-from ipaddress import IPv6Network
+from ipaddress import IPv6Address, IPv6Network
 from typing import Any, cast
 
 from splitdns import wire
@@ -172,7 +171,7 @@ class Server:
         for record in reply.message.records:
             if record.section == wire.ANSWER and record.rtype == wire.TYPE_AAAA:
                 raw = reply.data[record.rdata_offset : record.rdata_offset + record.rdlength]
-                prefix = prefix_from_probe(ipaddress.IPv6Address(raw))
+                prefix = prefix_from_probe(IPv6Address(raw))
                 if prefix is not None and prefix not in found:
                     found.append(prefix)
         if found:

@@ -36,10 +36,9 @@ def deliver(data: bytes, waiting: dict[int, Waiter], stats: UpstreamStats) -> No
     try:
         message = wire.walk(data)
     except wire.WireError as exc:
-        waiter = waiting.get((data[0] << 8) | data[1]) if len(data) >= 2 else None
-        if waiter is not None and wire.names_question(
-            data, (data[0] << 8) | data[1], waiter[0].question, waiter[1]
-        ):
+        msg_id = (data[0] << 8) | data[1] if len(data) >= 2 else -1
+        waiter = waiting.get(msg_id)
+        if waiter is not None and wire.names_question(data, msg_id, waiter[0].question, waiter[1]):
             if not waiter[2].done():
                 waiter[2].set_exception(TransportError("malformed", f"malformed reply ({exc})"))
             return
