@@ -147,6 +147,12 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--verify", action="store_true",
                      help="start splitdns on the result; compare every name's answer")  # fmt: skip
 
+    passwd = sub.add_parser(
+        "passwd", help="write the dashboard's password file (a salted hash), asked at the terminal"
+    )
+    passwd.add_argument("--version", action="version", version=version)
+    passwd.add_argument("file", help="where to write it (dashboard.password_file)")
+
     lab = sub.add_parser("lab", help="build a namespace lab and run the hairpin story live (root)")
     lab.add_argument("--version", action="version", version=version)
     lab.add_argument(

@@ -1,8 +1,5 @@
-"""`splitdns explain`: what splitdns does with one question from one client, step by step.
-
-It walks the same pure pieces the server uses (admission, view, hosts, upstream, rewrite) and
-then asks the real chain for the final answer, so what it prints is what a client would get.
-"""
+"""`splitdns explain`: what splitdns does with one question from one client, step by step
+(serve/explaining.py walks it; the dashboard's explain form asks the same)."""
 
 from __future__ import annotations
 
@@ -10,88 +7,9 @@ import argparse
 import asyncio
 import sys
 
-from splitdns import wire
-from splitdns.answer import localanswers, rewrite
-from splitdns.answer.chain import Outcome, Request
-from splitdns.answer.rebinding import Guard
-from splitdns.answer.views import client_address, is_allowed, select_view
 from splitdns.commands.loading import choose, load_config
-from splitdns.config.model import Config, ConfigError
-from splitdns.config.upstreams import local_reverse_zone
-from splitdns.serve.server import Server
-from splitdns.upstream.forwarder import Forwarder
-from splitdns.upstream.transport import UpstreamFailure
-
-
-async def explain(config: Config, name: str, client: str, qtype: str) -> list[str]:
-    address = client_address(client)
-    data = wire.make_query(name, wire.type_code(qtype))
-    query = wire.parse_query(data)
-    out = [f"question: {query.question.name} {qtype.upper()} from {address}"]
-    if not is_allowed(config.allow, address):
-        out.append(f"allow: {address} is outside `allow` -> REFUSED")
-        return out
-    view = select_view(config.views, address)
-    if view is None:
-        out.append("view: none (allowed, in no view): plain forwarding, answers untouched")
-    else:
-        out.append(f"view: {view.name} (clients {', '.join(map(str, view.clients))})")
-        local = localanswers.answer(query, view)
-        if local is not None:
-            out.append(f"hosts: answered locally from view {view.name}'s hosts (never forwarded)")
-            out += [f"  {line}" for line in wire.answer_lines(local)]
-            return out
-    zone = local_reverse_zone(config.forwarding, query.question.name)
-    if zone is not None:
-        out.append(f"reverse zone {zone}: private range, answered locally (RFC 6303) -> NXDOMAIN")
-        return out
-    forwarder = Forwarder(config)
-    out.append(f"route: {forwarder.describe(query.question.name)}")
-    try:
-        reply = await forwarder.resolve(query)
-    except UpstreamFailure as exc:
-        out.append(f"upstream: all failed ({exc}) -> SERVFAIL")
-        return out
-    finally:
-        await forwarder.aclose()
-    bare, message = wire.strip_opt(reply.data, reply.message)
-    out.append(f"upstream: {reply.upstream} answered over {reply.transport}:")
-    out += [f"  {line}" for line in wire.answer_lines(bare)]
-    guard = Guard(config)
-    if guard.applies_to(query.question.name):
-        filtered = guard.filter(bare, message)
-        if filtered is not None:
-            bare, removed = filtered
-            message = wire.walk(bare)
-            out.append(f"rebinding guard: removed {removed} private address(es) from that answer")
-    result = rewrite.rewrite(bare, query.question.name, view, message)
-    rules = {r.index: r for r in view.rules} if view is not None else {}
-    if not result.changes:
-        out.append("rewrite: no rule matched: the answer passes unchanged")
-    for change in result.changes:
-        out.append(f"rewrite: {change.describe()} ({rules[change.rule]})")
-    server = Server(config)
-    request = Request(query, address, "tcp")
-    response = await server.handler(request)
-    policy = [c for c in response.changes if c not in result.changes]
-    dns64 = [c for c in policy if c.field == "dns64"]
-    policy = [c for c in policy if c.field != "dns64"]
-    for change in dns64:
-        out.append(f"dns64: {change.describe()}")
-    if response.outcome is Outcome.FILTERED and view is not None and not dns64:
-        why = "aaaa: drop" if query.question.qtype == wire.TYPE_AAAA else "https: drop"
-        rewritten = ", ".join(sorted({c.name for c in policy if c.new is not None})) or "it"
-        out.append(
-            f"{why}: the view rewrites {rewritten}, so this answer is NODATA (with an SOA, "
-            "so clients cache it)"
-        )
-        policy = [c for c in policy if c.new is None]
-    for change in policy:
-        out.append(f"{'aaaa: drop' if change.new is None else 'rewrite'}: {change.describe()}")
-    final = wire.finalize(query, response.bare, None)
-    out.append("final answer:")
-    out += [f"  {line}" for line in wire.answer_lines(final)]
-    return out
+from splitdns.config.model import ConfigError
+from splitdns.serve.explaining import explain
 
 
 def command(args: argparse.Namespace) -> int:

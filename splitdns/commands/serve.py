@@ -23,8 +23,10 @@ from splitdns.config import model as configmod
 from splitdns.config.model import Config, ConfigError
 from splitdns.serve.certs import CertificateError
 from splitdns.serve.loops import loop_factory, loop_name
+from splitdns.serve.operating import OperatorListeners
 from splitdns.serve.privileges import PrivilegeError, drop_root, service_user
 from splitdns.serve.server import Server
+from splitdns.serve.webapi import build_name
 
 log = logging.getLogger("splitdns")
 
@@ -114,10 +116,10 @@ def _try_reload(server: Server, reload: Callable[[], Config], why: str) -> None:
     try:
         config = reload()
     except (ConfigError, ValueError) as exc:
-        server.counts.reloads["rejected"] += 1
+        server.note_reload(why, str(exc))
         log.error("reload (%s) rejected, still serving the previous config: %s", why, exc)
         return
-    server.counts.reloads["ok"] += 1
+    server.note_reload(why, None)
     notes = server.reload(config)
     log.info("reloaded (%s): %s", why, "; ".join(notes))
 
@@ -167,9 +169,12 @@ async def _run(config: Config, loop: str, reload: Callable[[], Config], origin: 
     loaded = file_stamp(config.source)
     server = Server(config)
     await server.start()
+    operator = OperatorListeners(server)
     try:
+        await operator.start()
         user = drop_root(service_user(config.user))
-    except PrivilegeError:
+    except (OSError, PrivilegeError, CertificateError):
+        await operator.stop()
         await server.stop(0)
         raise
     if not config.upstreams:
@@ -185,6 +190,7 @@ async def _run(config: Config, loop: str, reload: Callable[[], Config], origin: 
     await stopping.wait()
     watcher.cancel()
     log.info("shutting down: draining in-flight queries")
+    await operator.stop()
     await server.stop(drain=min(config.timeout + 0.5, 5.0))
     log.info("stopped")
     return 0
@@ -228,14 +234,4 @@ def startup_line(
     return (
         f"splitdns {__version__} serving {listening}; upstreams {ups} (from "
         f"{config.upstreams_origin}); {what}; loop {loop}; {build_name()}{who}{tls}"
-    )
-
-
-def build_name() -> str:
-    """Which build runs: the compiled modules (mypyc, scripts/build-compiled, the image's
-    default) or pure Python (the same source; `pip install .`, or where compiling failed)."""
-    from splitdns import wire
-
-    return (
-        "build compiled (mypyc)" if (wire.__file__ or "").endswith(".so") else "build pure Python"
     )

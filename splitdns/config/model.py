@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from splitdns.config.dashboard import DashboardSettings, parse_dashboard
 from splitdns.config.dns64 import Dns64, parse_dns64
 from splitdns.config.encrypted import (
     EncryptedListener,
@@ -229,6 +230,7 @@ class Config:
     doh_canary: bool = True
     query_log: QueryLogSettings = field(default_factory=QueryLogSettings)
     metrics: Endpoint | None = None
+    dashboard: DashboardSettings | None = None
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     rebinding: RebindingSettings = field(default_factory=RebindingSettings)
     encrypted: tuple[EncryptedListener, ...] = ()  # tls:// and https:// listen addresses
@@ -367,6 +369,7 @@ TOP_KEYS = frozenset(
         "rebinding_guard",
         "query_log",
         "metrics",
+        "dashboard",
         "tls",
         "state_dir",
         "resolver_name",
@@ -641,6 +644,8 @@ def from_node(root: Node) -> Config:
         config = replace(config, query_log=log_settings)
     if "metrics" in keys:
         config = replace(config, metrics=_endpoint(keys["metrics"], None))
+    if "dashboard" in keys:
+        config = replace(config, dashboard=parse_dashboard(keys["dashboard"], parse_endpoint))
     if "doh_canary" in keys:
         config = replace(config, doh_canary=keys["doh_canary"].boolean())
     if "tls" in keys:

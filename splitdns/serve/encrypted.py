@@ -162,7 +162,7 @@ class EncryptedListeners:
                 None if self.server.closing else budget.admit(host, kind, self.server.allowed(host))
             )
             if admitted is None:
-                _reset(conn)
+                reset(conn)
                 continue
             task = asyncio.ensure_future(self._connection(conn, host, admitted, context, serve_one))
             admitted.task = task
@@ -245,7 +245,7 @@ class EncryptedListeners:
         self._doh.clear()
 
 
-def _reset(sock: socket.socket) -> None:
+def reset(sock: socket.socket) -> None:
     """Close a refused connection with a RST, so nothing of it lingers on our side."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

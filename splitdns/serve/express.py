@@ -30,6 +30,7 @@ import _socket
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any, Protocol
 
 from splitdns import wire
@@ -41,6 +42,7 @@ from splitdns.config.model import Config, View
 from splitdns.serve import replay
 from splitdns.serve.inflight import InFlight
 from splitdns.serve.lanewatch import Deadlines, Readiness
+from splitdns.serve.livefeed import Tapped
 from splitdns.serve.metrics import Counts, query_key
 from splitdns.serve.querylog import QueryLog
 from splitdns.upstream.forwarder import Forwarder
@@ -65,6 +67,7 @@ class LaneOwner(Protocol):
     config: Config
     counts: Counts
     querylog: QueryLog
+    tap: deque[Tapped] | None  # a dashboard watches: the lane stands aside
     _flat: int  # UDP questions in flight without a task (the server waits for them to stop)
     inflight: InFlight  # the server took a slot for each question the lane takes
 
@@ -143,6 +146,7 @@ class Express:
         return (
             pipeline.cache.enabled
             and not server.querylog.enabled
+            and server.tap is None
             and not config.rebinding.enabled
             and not config.forwarding.case_randomization
         )
@@ -442,7 +446,7 @@ class _Exchange:
             counts.express["answered"] += 1
             counts.queries[_QUERY_KEYS[self.coalescing[1]][1 if rules else 0]] += 1
             for index in rules:
-                counts.rewrites[(plan.name, index, "address")] += 1
+                counts.rewrote(plan.name, index, self.data[wire.HEADER_LEN : self.reply_to[2]])
             msg_id, query_flags, _, qend, edns, do, limit = self.reply_to
             question = self.data[wire.HEADER_LEN : qend]
             answer = wire.assemble(msg_id, query_flags, question, bare, edns, do, limit)

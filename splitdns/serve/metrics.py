@@ -3,14 +3,14 @@
 Incrementing a dict entry costs far less than a labelled prometheus_client Counter, and the
 cache-hit path counts every answer. Labels are all low-cardinality and server-controlled: a
 fixed set of query types plus "other", outcomes, transports, configured upstreams, view names
-and rule indexes; never a client-controlled string. Served at /metrics, with /healthz beside.
+and rule indexes; never a client-controlled string. Served at /metrics (serve/webapp.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import (
@@ -19,8 +19,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import generate_latest
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
 
 from splitdns.upstream.transport import LATENCY_BUCKETS
 
@@ -42,6 +41,9 @@ QTYPES = {
 }
 
 
+RECENT_NAMES = 5
+
+
 class Counts:
     """What the server counts as it answers (no locks: one event loop)."""
 
@@ -52,6 +54,18 @@ class Counts:
         self.proxy: Counter[str] = Counter()  # PROXY v2 headers: ok, local, missing, ...
         self.ecs: Counter[str] = Counter()  # ECS as the client: used, absent, ambiguous
         self.express: Counter[str] = Counter()  # UDP misses in the express lane: answered, handed
+        # the last names each (view, rule) rewrote, for the dashboard: (unix time, the name as
+        # text, or as the question's wire bytes from the express lane)
+        self.recent: dict[tuple[str, int], deque[tuple[float, str | bytes]]] = {}
+
+    def rewrote(self, view: str, rule: int, name: str | bytes) -> None:
+        """Count one rewrite by `rule` of `view` and remember the name (rewrites come with
+        misses, never on the cache-hit path)."""
+        self.rewrites[(view, rule, "address")] += 1
+        recent = self.recent.get((view, rule))
+        if recent is None:
+            recent = self.recent[(view, rule)] = deque(maxlen=RECENT_NAMES)
+        recent.append((time.time(), name))
 
     def query(self, transport: str, qtype: int, outcome: str) -> None:
         self.queries[query_key(transport, qtype, outcome)] += 1
@@ -214,48 +228,3 @@ def _limit_families(srv: object) -> Iterator[Metric]:
         sizes.add_metric([name], getattr(sized, name))
     sizes.add_metric(["nofile"], sized.nofile)
     yield sizes
-
-
-class MetricsServer:
-    """A tiny HTTP/1.0 listener: GET /metrics and GET /healthz, nothing else."""
-
-    def __init__(self, server: Callable[[], object]) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SplitdnsCollector(server))
-        self._listener: asyncio.Server | None = None
-
-    async def start(self, host: str, port: int) -> None:
-        self._listener = await asyncio.start_server(self._handle, host, port, reuse_address=True)
-
-    async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            await self._listener.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(5):
-                request = await reader.readline()
-                while (await reader.readline()).strip():
-                    pass
-            parts = request.decode("latin-1").split()
-            path = parts[1] if len(parts) >= 2 else ""
-            if parts and parts[0] == "GET" and path == "/metrics":
-                body, status, kind = (
-                    generate_latest(self.registry),
-                    "200 OK",
-                    "text/plain; version=0.0.4",
-                )
-            elif parts and parts[0] == "GET" and path == "/healthz":
-                body, status, kind = b"ok\n", "200 OK", "text/plain"
-            else:
-                body, status, kind = b"not found\n", "404 Not Found", "text/plain"
-            head = (
-                f"HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n\r\n"
-            )
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeError):
-            pass
-        finally:
-            writer.close()

@@ -12,6 +12,7 @@ import logging
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from ipaddress import IPv6Address, IPv6Network
@@ -31,10 +32,12 @@ from splitdns.serve.connections import Connection, ConnectionBudget
 from splitdns.serve.encrypted import EncryptedListeners
 from splitdns.serve.express import DatagramSender, Express, ViewPlan
 from splitdns.serve.inflight import InFlight
-from splitdns.serve.metrics import QTYPES, Counts, MetricsServer, query_key
+from splitdns.serve.livefeed import LiveFeed, Tapped
+from splitdns.serve.metrics import QTYPES, Counts, query_key
 from splitdns.serve.ports import bind_problem
 from splitdns.serve.privileges import service_user
 from splitdns.serve.querylog import QueryLog
+from splitdns.serve.samples import History
 from splitdns.serve.wildcardudp import WildcardUdp, enable_pktinfo, is_wildcard
 from splitdns.upstream.forwarder import Forwarder
 from splitdns.upstream.transport import Handover
@@ -60,6 +63,8 @@ class Server:
         self.querylog = QueryLog(config.query_log)
         self.counts = Counts()
         self.trap = ClientTrap(bool(config.views))
+        # while a dashboard watches: one tuple per answer (serve/livefeed.py), else None
+        self.tap: deque[Tapped] | None = None
         self.express = self._make_express()
         self.budgets = budgets.size(config.limits, budgets.current_nofile())
         self.inflight = InFlight(self.budgets.in_flight, self.budgets.in_flight_per_client)
@@ -71,7 +76,12 @@ class Server:
             config.timeout + 2,
             self._proxy_sender,
         )
-        self.metrics_server: MetricsServer | None = None
+        self.started_at = time.time()
+        self.last_reload: tuple[float, str, str | None] | None = None  # (when, why, error)
+        self.follow_changes: dict[str, float] = {}  # a follow/interface source -> last change
+        self.history = History(lambda: self)
+        self._sampling: asyncio.Future[None] | None = None
+        self.feed = LiveFeed(self._watched, lambda: self.config.query_log.hide_clients)
         self._follow: asyncio.Future[None] | None = None
         self._discovery: asyncio.Future[None] | None = None
         self.nat64_prefixes: tuple[IPv6Network, ...] = ()  # the upstreams' own (RFC 7050)
@@ -141,6 +151,25 @@ class Server:
         self._trust = {}
         self.express = self._make_express()
         return notes
+
+    def note_reload(self, why: str, error: str | None) -> None:
+        """Remember the last reload's result for the dashboard (and count it)."""
+        self.counts.reloads["rejected" if error else "ok"] += 1
+        self.last_reload = (time.time(), why, error)
+
+    def _followed(self, config: Config) -> list[str]:
+        """A follow/interface source moved: note when, for the dashboard, then reload."""
+        now = time.time()
+        for key in follow.followed(config):
+            if follow.current(config, key) != follow.current(self.config, key):
+                self.follow_changes[key] = now
+        return self.reload(config)
+
+    def _watched(self, tap: deque[Tapped] | None) -> None:
+        """A dashboard began (a deque) or stopped (None) watching the live queries: the
+        express lane stands aside meanwhile (its answers would not be seen)."""
+        self.tap = tap
+        self.express = self._make_express()
 
     def _apply_limits(self, sized: budgets.Budgets) -> None:
         """Budgets in force from now on (connections and queries already admitted stay)."""
@@ -251,18 +280,11 @@ class Server:
             for kind, shown in await self.encrypted.start():
                 self.bound.append((kind, shown))
             self._follow = asyncio.ensure_future(
-                follow.follow_forever(lambda: self.config, lambda: self.upstreams, self.reload)
+                follow.follow_forever(lambda: self.config, lambda: self.upstreams, self._followed)
             )
+            self._sampling = asyncio.ensure_future(self.history.run())
             if any(v.dns64 is not None for v in self.config.views):
                 self._discovery = asyncio.ensure_future(self._discover_nat64())
-            if self.config.metrics is not None:
-                self.metrics_server = MetricsServer(lambda: self)
-                metrics = self.config.metrics
-                try:
-                    await self.metrics_server.start(metrics.host, metrics.port)
-                except OSError as exc:
-                    raise bind_problem(metrics, "metrics, HTTP", exc) from None
-                self.bound.append(("metrics", self.config.metrics))
         except (OSError, CertificateError):
             await self.stop(0)
             raise
@@ -278,8 +300,9 @@ class Server:
             self._follow.cancel()
         if self._discovery is not None:
             self._discovery.cancel()
-        if self.metrics_server is not None:
-            await self.metrics_server.stop()
+        if self._sampling is not None:
+            self._sampling.cancel()
+        self.feed.stop()
         await self.encrypted.stop()
         for tcp in self._tcp:
             tcp.close()
@@ -437,7 +460,10 @@ class Server:
         view = request.view.name if request.view is not None else None
         self.counts.query(transport, query.question.qtype, str(response.outcome))
         for change in response.changes:
-            self.counts.rewrites[(view or "", change.rule, change.field or "address")] += 1
+            if change.field:
+                self.counts.rewrites[(view or "", change.rule, change.field)] += 1
+            else:
+                self.counts.rewrote(view or "", change.rule, change.name)
         if self.querylog.enabled:
             self.querylog.record(
                 str(client),
@@ -448,6 +474,20 @@ class Server:
                 time.monotonic() - request.started,
                 response.changes,
                 response.upstream,
+            )
+        if self.tap is not None:
+            self.tap.append(
+                (
+                    str(client),
+                    query.question.name,
+                    query.question.qtype,
+                    view,
+                    str(response.outcome),
+                    time.monotonic() - request.started,
+                    response.changes,
+                    response.upstream,
+                    transport,
+                )
             )
         if response.final:
             return wire.relayed(query, response.bare, limit)
@@ -602,6 +642,8 @@ class Server:
             answer = plan = None
         if answer:
             transport.sendto(answer, addr)
+            if self.tap is not None and plan is not None:  # a dashboard watches
+                self.tap.append((host, data, plan.name))
             return
         if not self.inflight.take(host):
             return  # over its share of queries in flight (or all full): dropped, counted

@@ -1,0 +1,179 @@
+"""Queries as they are answered, for the dashboards that watch, and nothing when none does.
+
+While a browser is subscribed the server appends one small tuple per answer to `tap` (a
+bounded deque: a cache hit costs one append, its name is read later); every TICK this module
+reads what came, makes rows, counts clients, and hands each subscriber the rows its filter
+keeps, at most ROWS_PER_TICK of them (the rest are counted as skipped: a page cannot show
+thousands a second anyway). When the last subscriber leaves, the tap is taken away again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from splitdns import wire
+from splitdns.answer.rewrite import Change
+from splitdns.serve.metrics import QTYPES
+
+TICK = 0.25
+TAP_SIZE = 8192  # answers kept between two ticks; more are lost to the stream (counted)
+ROWS_PER_TICK = 40  # per subscriber
+QUEUE_SIZE = 32  # ticks' batches waiting for a slow browser
+MAX_SUBSCRIBERS = 8
+CLIENTS_KEPT = 1024
+
+Tapped = tuple[Any, ...]  # (host, data, view) for a hit; more fields for a chain answer
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What one subscriber wants: exact client, view and outcome, a part of the name."""
+
+    client: str = ""
+    name: str = ""
+    view: str = ""
+    outcome: str = ""
+    rewritten: bool = False
+
+    def keeps(self, row: dict[str, Any]) -> bool:
+        if self.client and row["client"] != self.client:
+            return False
+        if self.view and row["view"] != self.view:
+            return False
+        if self.outcome and row["outcome"] != self.outcome:
+            return False
+        if self.rewritten and not row["rewritten"]:
+            return False
+        return not self.name or self.name in row["name"]
+
+
+class Subscriber:
+    def __init__(self, wanted: Filter) -> None:
+        self.filter = wanted
+        self.queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_SIZE)
+        self.skipped = 0
+
+
+class LiveFeed:
+    """The subscribers, the tap while there are any, and the clients seen meanwhile."""
+
+    def __init__(
+        self, watched: Callable[[deque[Tapped] | None], None], hidden: Callable[[], bool]
+    ) -> None:
+        self.watched = watched  # tells the server to tap (a deque) or not (None)
+        self.hidden = hidden  # query_log.hide_clients, read when rows are made
+        self.subscribers: set[Subscriber] = set()
+        self.tap: deque[Tapped] = deque(maxlen=TAP_SIZE)
+        self.clients: dict[str, list[Any]] = {}  # host -> [answers, view, last seen]
+        self.watching_since: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, wanted: Filter) -> Subscriber | None:
+        """A new subscriber (the tap starts with the first), None when MAX_SUBSCRIBERS watch."""
+        if len(self.subscribers) >= MAX_SUBSCRIBERS:
+            return None
+        subscriber = Subscriber(wanted)
+        self.subscribers.add(subscriber)
+        if self._task is None:
+            self.tap.clear()
+            self.watching_since = self.watching_since or time.time()
+            self._task = asyncio.ensure_future(self._drain())
+            self.watched(self.tap)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+        if not self.subscribers and self._task is not None:
+            self._task.cancel()
+            self._task = None
+            self.watched(None)
+
+    def stop(self) -> None:
+        for subscriber in list(self.subscribers):
+            self.unsubscribe(subscriber)
+
+    async def _drain(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self.deliver()
+
+    def deliver(self) -> None:
+        """Rows from what the tap holds, to every subscriber (one JSON batch per tick)."""
+        tapped = list(self.tap)
+        self.tap.clear()
+        hidden = self.hidden()
+        now = time.time()
+        rows = [make_row(item, now, hidden) for item in tapped]
+        if not hidden:
+            self._count(rows, now)
+        for subscriber in list(self.subscribers):
+            kept = [row for row in rows if subscriber.filter.keeps(row)]
+            shown = kept[-ROWS_PER_TICK:]
+            skipped = len(kept) - len(shown) + subscriber.skipped
+            if not shown and not skipped:
+                continue
+            batch = json.dumps({"rows": shown, "skipped": skipped}, separators=(",", ":"))
+            try:
+                subscriber.queue.put_nowait(batch)
+                subscriber.skipped = 0
+            except asyncio.QueueFull:  # a browser that does not read: it misses these
+                subscriber.skipped = skipped + len(shown)
+
+    def _count(self, rows: Sequence[dict[str, Any]], now: float) -> None:
+        clients = self.clients
+        for row in rows:
+            seen = clients.get(row["client"])
+            if seen is None:
+                if len(clients) >= CLIENTS_KEPT:  # keep the busier half
+                    busiest = sorted(clients.items(), key=lambda kv: -kv[1][0])
+                    self.clients = clients = dict(busiest[: CLIENTS_KEPT // 2])
+                seen = clients[row["client"]] = [0, row["view"], now]
+            seen[0] += 1
+            seen[1], seen[2] = row["view"], now
+
+    def top_clients(self, count: int = 10) -> list[dict[str, Any]]:
+        busiest = sorted(self.clients.items(), key=lambda kv: (-kv[1][0], kv[0]))[:count]
+        return [
+            {"client": host, "answers": n, "view": view, "last_seen": round(seen, 1)}
+            for host, (n, view, seen) in busiest
+        ]
+
+
+def make_row(item: Tapped, now: float, hidden: bool) -> dict[str, Any]:
+    """A tapped answer as the page shows it."""
+    if len(item) == 3:  # a cache hit: (host, query bytes, view)
+        host, data, view = item
+        name, end = wire.read_name(data, wire.HEADER_LEN)
+        qtype = (data[end] << 8) | data[end + 1]
+        outcome, ms, changes, upstream, transport = "cached", 0.0, (), None, "udp"
+    else:
+        host, name, qtype, view, outcome, latency, changes, upstream, transport = item
+        ms = round(latency * 1000, 3)
+    return {
+        "time": round(now, 3),
+        "client": "hidden" if hidden else host,
+        "name": name.lower(),
+        "type": QTYPES.get(qtype, f"TYPE{qtype}"),
+        "view": view or "",
+        "outcome": outcome,
+        "ms": ms,
+        "upstream": upstream,
+        "transport": transport,
+        "rewritten": [_change(change) for change in cast(Sequence[Change], changes)],
+    }
+
+
+def _change(change: Change) -> dict[str, Any]:
+    return {
+        "name": change.name,
+        "from": str(change.old),
+        "to": None if change.new is None else str(change.new),
+        "rule": change.rule,
+        "field": change.field,
+    }

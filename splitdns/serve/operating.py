@@ -1,0 +1,61 @@
+"""The operator's listeners beside the DNS ones: the dashboard's address and, where it is
+another, the `metrics:` address (which then serves /metrics and /healthz only). Started by
+`splitdns serve` after the DNS listeners, before root is dropped (a port below 1024, a
+password file only root may read); their addresses join the server's `bound` list.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from splitdns.config.model import Endpoint
+from splitdns.serve import certs
+from splitdns.serve.operator import OperatorListener
+from splitdns.serve.privileges import service_user
+from splitdns.serve.server import Server
+from splitdns.serve.webapp import Operator
+
+
+class OperatorListeners:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.listeners: list[OperatorListener] = []
+
+    async def start(self) -> None:
+        """Bind them; OSError (with the address and what it is for) if one cannot be."""
+        server = self.server
+        config = server.config
+        dashboard = config.dashboard
+        try:
+            if dashboard is not None:
+                endpoint = Endpoint(dashboard.host, dashboard.port)
+                context = self._tls_context() if dashboard.https else None
+                app = Operator(server, dashboard=True, https=dashboard.https).app()
+                listener = OperatorListener(app, context)
+                bound = await listener.start(endpoint, "dashboard, HTTP")
+                self.listeners.append(listener)
+                scheme = "https" if dashboard.https else "http"
+                server.bound.append(("dashboard", f"{scheme}://{bound}/"))
+                if config.metrics == endpoint:
+                    server.bound.append(("metrics", bound))
+                    return
+            if config.metrics is not None:
+                listener = OperatorListener(Operator(server, dashboard=False).app())
+                bound = await listener.start(config.metrics, "metrics, HTTP")
+                self.listeners.append(listener)
+                server.bound.append(("metrics", bound))
+        except OSError:
+            await self.stop()
+            raise
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The DoT/DoH certificate's (made as theirs is, if no listener made it already)."""
+        files = self.server.encrypted.files
+        if files is None:
+            files = certs.ensure(self.server.config, service_user(self.server.config.user))
+        return certs.server_context(files, ["h2", "http/1.1"])
+
+    async def stop(self) -> None:
+        for listener in self.listeners:
+            await listener.stop()
+        self.listeners.clear()

@@ -1,0 +1,345 @@
+"""The operator's web application (Starlette): the dashboard page, its JSON under /api, the
+live query stream (server-sent events), the explain form's answers, /metrics and /healthz.
+
+Read-only by design: the YAML file is the one source of truth (watched and reloaded), so the
+page shows and explains but never edits. Every response carries a Content-Security-Policy of
+`default-src 'self'` (the page's scripts and styles are files of this package, none from any
+other origin: the LAN may be offline); a bad request value gets a 4xx naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from splitdns.serve import webapi
+from splitdns.serve.explaining import explain
+from splitdns.serve.metrics import SplitdnsCollector
+from splitdns.serve.server import Server
+from splitdns.serve.webauth import COOKIE, SESSION_SECONDS, Gate, PasswordFile
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+CSP = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
+HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+KEEPALIVE = 15.0  # seconds between comments on an idle live stream (finds closed browsers)
+LOGIN_BODY = 4096
+EXPLAIN_RATE, EXPLAIN_BURST = 1.0, 5.0  # per address: one a second, five at once
+
+
+class SecurityHeaders:
+    """Adds HEADERS to every response (pure ASGI, so streams pass through untouched)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class Operator:
+    """The routes over one running server. `dashboard`: False serves /metrics and /healthz
+    only (a `metrics:` address apart from the dashboard's)."""
+
+    def __init__(self, server: Server, dashboard: bool, https: bool = False) -> None:
+        self.server = server
+        self.dashboard = dashboard
+        self.https = https
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SplitdnsCollector(lambda: server))
+        self.gate = Gate(
+            PasswordFile(
+                lambda: server.config.dashboard.password_file if server.config.dashboard else None
+            )
+        )
+        self._explains: dict[str, list[float]] = {}
+
+    def app(self) -> ASGIApp:
+        routes: list[BaseRoute] = [
+            Route("/metrics", self.metrics),
+            Route("/healthz", self.healthz),
+        ]
+        if self.dashboard:
+            routes += [
+                Route("/", self.page),
+                Route("/login", self.login_page, methods=["GET"]),
+                Route("/login", self.login, methods=["POST"]),
+                Route("/logout", self.logout, methods=["POST"]),
+                Route("/api/status", self.api(self._status)),
+                Route("/api/series", self.api(lambda: self.server.history.series())),
+                Route("/api/rules", self.api(lambda: webapi.rules(self.server))),
+                Route("/api/clients", self.api(lambda: webapi.clients(self.server))),
+                Route("/api/stream", self.stream),
+                Route("/api/explain", self.explain),
+                Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            ]
+        app = Starlette(routes=routes)
+        app.add_exception_handler(404, _not_found if self.dashboard else _metrics_only)
+        app.add_exception_handler(405, _not_allowed)
+        return SecurityHeaders(app)
+
+    # ------------------------------------------------------------------ open to all
+
+    async def metrics(self, request: Request) -> Response:
+        body = await asyncio.get_running_loop().run_in_executor(
+            None, generate_latest, self.registry
+        )
+        return Response(body, media_type="text/plain; version=0.0.4")
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    # ------------------------------------------------------------------ logging in
+
+    def _session(self, request: Request) -> bool:
+        return self.gate.valid(request.cookies.get(COOKIE))
+
+    async def login_page(self, request: Request) -> Response:
+        if not self.gate.required or self._session(request):
+            return RedirectResponse("/", 303)
+        return _login_page()
+
+    async def login(self, request: Request) -> Response:
+        refused = _cross_site(request)
+        if refused is not None:
+            return refused
+        if not self.gate.required:
+            return RedirectResponse("/", 303)
+        host = _peer(request)
+        wait = self.gate.locked_for(host)
+        if wait > 0:
+            why = f"Too many failed logins from {host}: try again in {wait:.0f} s."
+            return _login_page(why, 429, wait)
+        body = await _bounded_body(request, LOGIN_BODY)
+        if body is None:
+            return _login_page("The login form is too large.", 413)
+        try:
+            fields = parse_qs(body.decode("utf-8"), max_num_fields=4)
+        except (UnicodeDecodeError, ValueError):
+            return _login_page("The login form could not be read.", 400)
+        password = (fields.get("password") or [""])[0]
+        token = await self.gate.login(host, password)
+        if token is None:
+            return _login_page("Wrong password.", 401)
+        response = RedirectResponse("/", 303)
+        response.set_cookie(
+            COOKIE,
+            token,
+            max_age=SESSION_SECONDS,
+            path="/",
+            secure=self.https,
+            httponly=True,
+            samesite="strict",
+        )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        refused = _cross_site(request)
+        if refused is not None:
+            return refused
+        self.gate.logout(request.cookies.get(COOKIE))
+        response = RedirectResponse("/login" if self.gate.required else "/", 303)
+        response.delete_cookie(COOKIE, path="/", secure=self.https, httponly=True,
+                               samesite="strict")  # fmt: skip
+        return response
+
+    # ------------------------------------------------------------------ the dashboard
+
+    async def page(self, request: Request) -> Response:
+        if not self._session(request):
+            return RedirectResponse("/login", 303)
+        return _file("index.html")
+
+    def _status(self) -> dict[str, Any]:
+        return {**webapi.status(self.server), "login": self.gate.required}
+
+    def api(self, build: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            if not self._session(request):
+                return _refused(401, "log in first")
+            if request.query_params:
+                return _refused(400, f"unknown parameter {next(iter(request.query_params))!r}")
+            return _json(build())
+
+        return endpoint
+
+    async def stream(self, request: Request) -> Response:
+        if not self._session(request):
+            return _refused(401, "log in first")
+        try:
+            wanted = webapi.stream_filter(_params(request), self.server)
+        except webapi.BadRequest as exc:
+            return _refused(400, str(exc))
+        feed = self.server.feed
+        subscriber = feed.subscribe(wanted)
+        if subscriber is None:
+            return _refused(429, "too many live streams are open: close another dashboard tab")
+
+        async def events() -> Any:
+            try:
+                yield "retry: 3000\n\n"
+                while True:
+                    try:
+                        batch = await asyncio.wait_for(subscriber.queue.get(), KEEPALIVE)
+                    except TimeoutError:
+                        yield ": still here\n\n"
+                        continue
+                    yield f"data: {batch}\n\n"
+            finally:
+                feed.unsubscribe(subscriber)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
+
+    async def explain(self, request: Request) -> Response:
+        if not self._session(request):
+            return _refused(401, "log in first")
+        try:
+            name, client, qtype = webapi.explain_question(_params(request))
+        except webapi.BadRequest as exc:
+            return _refused(400, str(exc))
+        wait = self._explain_wait(_peer(request))
+        if wait > 0:
+            return _refused(429, f"explain answers one question a second: wait {wait:.1f} s", wait)
+        server = self.server
+        try:
+            async with asyncio.timeout(server.config.timeout * 3 + 2):
+                lines = await explain(server.config, name, client, qtype, server)
+        except TimeoutError:
+            return _refused(504, "no answer in time (see the upstreams' health)")
+        except ValueError as exc:
+            return _refused(400, str(exc))
+        return _json({"name": name, "client": client, "type": qtype, "lines": lines})
+
+    def _explain_wait(self, host: str) -> float:
+        """A token bucket per address: seconds to wait, or 0 (a token taken)."""
+        now = time.monotonic()
+        bucket = self._explains.get(host)
+        if bucket is None:
+            if len(self._explains) >= 1024:
+                self._explains.clear()
+            bucket = self._explains[host] = [EXPLAIN_BURST, now]
+        tokens = min(EXPLAIN_BURST, bucket[0] + (now - bucket[1]) * EXPLAIN_RATE)
+        bucket[1] = now
+        if tokens < 1:
+            bucket[0] = tokens
+            return (1 - tokens) / EXPLAIN_RATE
+        bucket[0] = tokens - 1
+        return 0.0
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _json(data: Any) -> Response:
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
+
+
+def _refused(status: int, why: str, retry: float = 0.0) -> Response:
+    headers = {"cache-control": "no-store"}
+    if retry:
+        headers["retry-after"] = str(max(1, round(retry)))
+    return JSONResponse({"error": why}, status_code=status, headers=headers)
+
+
+def _file(name: str) -> Response:
+    return FileResponse(STATIC / name, headers={"cache-control": "no-store"})
+
+
+def _login_page(message: str = "", status: int = 200, retry: float = 0.0) -> Response:
+    page = (STATIC / "login.html").read_text(encoding="utf-8")
+    page = page.replace("<!--message-->", html.escape(message))
+    headers = {"cache-control": "no-store"}
+    if retry:
+        headers["retry-after"] = str(max(1, round(retry)))
+    return HTMLResponse(page, status_code=status, headers=headers)
+
+
+def _params(request: Request) -> dict[str, str]:
+    """The query string's parameters, each once (a repeated one keeps its last value)."""
+    return dict(request.query_params.items())
+
+
+def _peer(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _cross_site(request: Request) -> Response | None:
+    """A form posted from another origin (the session cookie is SameSite=Strict already)."""
+    origin = request.headers.get("origin")
+    if origin is None:  # not a browser's cross-site form (those always send Origin)
+        return None
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    if origin != own:
+        return _refused(403, "a form from another site was refused")
+    return None
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return _refused(404, f"nothing at {request.url.path[:100]}")
+
+
+async def _metrics_only(request: Request, exc: Exception) -> Response:
+    return _refused(
+        404, "this address serves /metrics and /healthz; the dashboard is at dashboard.listen"
+    )
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return _refused(405, f"{request.method} is not used at {request.url.path[:100]}")
