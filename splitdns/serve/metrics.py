@@ -126,6 +126,11 @@ class SplitdnsCollector(Collector):
             counts.express,
         )
         yield from _limit_families(srv)
+        yield GaugeMetricFamily(
+            "splitdns_dashboard_streams",
+            "Live query streams open on the dashboard (while none is, nothing is tapped)",
+            value=len(srv.feed.subscribers),  # type: ignore[attr-defined]
+        )
         reloads = CounterMetricFamily("splitdns_config_reloads", "Reloads", labels=["result"])
         for result in ("ok", "rejected"):
             reloads.add_metric([result], counts.reloads[result])

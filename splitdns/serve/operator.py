@@ -3,16 +3,20 @@
 splitdns accepts the connections itself (as for DoH) and hands each to hypercorn's
 per-connection server, so it can bound them: a small budget of its own (never the DNS one, so
 a browser or a scraper cannot take a DNS client's place, nor the other way round), a share per
-address, a deadline for a TLS handshake, hypercorn's read and keep-alive timeouts. `https://`
+address (when it is used up, that address's oldest idle keep-alive connection makes room:
+browsers keep a pool of them), a deadline for a TLS handshake, hypercorn's read and keep-alive
+timeouts. `https://`
 uses the DoT/DoH certificate (made, if none is given, like theirs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
+import time
 from collections import Counter
 from typing import Any
 
@@ -27,9 +31,21 @@ from splitdns.serve.ports import bind_problem
 
 log = logging.getLogger(__name__)
 
-CONNECTIONS = 64
-PER_CLIENT = 16
+CONNECTIONS = 128
+PER_CLIENT = 32
 HANDSHAKE = 5.0
+
+
+class Held:
+    """One accepted connection: whose, since when, requests in progress, its task."""
+
+    __slots__ = ("busy", "host", "opened", "task")
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.opened = time.monotonic()
+        self.busy = 0
+        self.task: asyncio.Task[None] | None = None
 
 
 class _Config(HypercornConfig):
@@ -63,9 +79,10 @@ class OperatorListener:
         hyper.max_app_queue_size = 10
         self.hyper = hyper
         self.context = context
-        self.wrapped = ASGIWrapper(app)
         self.worker = WorkerContext(None)
+        self.app = app
         self.open: Counter[str] = Counter()
+        self.held: set[Held] = set()
         self.refused = 0
         self._socket: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
@@ -98,16 +115,35 @@ class OperatorListener:
                 await asyncio.sleep(0.1)  # out of descriptors: let connections finish
                 continue
             host = addr[0]
-            if sum(self.open.values()) >= CONNECTIONS or self.open[host] >= PER_CLIENT:
+            if not self._room_for(host):
                 self.refused += 1
                 reset(conn)
                 continue
             self.open[host] += 1
-            task = asyncio.ensure_future(self._serve(conn, host))
+            held = Held(host)
+            self.held.add(held)
+            task = held.task = asyncio.ensure_future(self._serve(conn, held))
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)
 
-    async def _serve(self, sock: socket.socket, host: str) -> None:
+    def _room_for(self, host: str) -> bool:
+        """Whether a new connection from `host` fits, after closing an idle one if need be:
+        that host's oldest when it holds its share, anyone's oldest when all are taken."""
+        full = len(self.held) >= CONNECTIONS
+        if not full and self.open[host] < PER_CLIENT:
+            return True
+        idle = [h for h in self.held if not h.busy and (full or h.host == host)]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda h: h.opened)
+        if oldest.task is not None:
+            oldest.task.cancel()
+        self.held.discard(oldest)  # its count goes when its task ends
+        self.open[oldest.host] -= 1
+        oldest.busy = -1  # counted out already
+        return True
+
+    async def _serve(self, sock: socket.socket, held: Held) -> None:
         loop = asyncio.get_running_loop()
         transport: asyncio.Transport | None = None
         try:
@@ -124,11 +160,14 @@ class OperatorListener:
             except (TimeoutError, OSError, ssl.SSLError):
                 return
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-            await TCPServer(self.wrapped, loop, self.hyper, self.worker, {}, reader, writer)
+            app = ASGIWrapper(functools.partial(_counted, self.app, held))
+            await TCPServer(app, loop, self.hyper, self.worker, {}, reader, writer)
         finally:
-            self.open[host] -= 1
-            if self.open[host] <= 0:
-                del self.open[host]
+            if held.busy >= 0:  # (an evicted one was counted out when it was chosen)
+                self.held.discard(held)
+                self.open[held.host] -= 1
+            if self.open[held.host] <= 0:
+                del self.open[held.host]
             if transport is not None:
                 transport.abort()
             else:
@@ -144,3 +183,14 @@ class OperatorListener:
             task.cancel()
         if self._connections:
             await asyncio.wait(set(self._connections), timeout=5)
+
+
+async def _counted(app: Any, held: Held, scope: Any, receive: Any, send: Any) -> None:
+    """`app` for one request, with its connection marked busy meanwhile."""
+    if held.busy >= 0:
+        held.busy += 1
+    try:
+        await app(scope, receive, send)
+    finally:
+        if held.busy > 0:
+            held.busy -= 1

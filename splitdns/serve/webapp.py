@@ -51,7 +51,7 @@ CSP = (
 HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
 ]
 KEEPALIVE = 15.0  # seconds between comments on an idle live stream (finds closed browsers)
@@ -310,14 +310,17 @@ def _peer(request: Request) -> str:
 
 
 def _cross_site(request: Request) -> Response | None:
-    """A form posted from another origin (the session cookie is SameSite=Strict already)."""
-    origin = request.headers.get("origin")
-    if origin is None:  # not a browser's cross-site form (those always send Origin)
-        return None
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-    if origin != own:
+    """A form posted from another site (the session cookie is SameSite=Strict already): told
+    by Sec-Fetch-Site where the browser sends it, else by Origin; neither: not a browser."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        if site in ("same-origin", "none"):
+            return None
         return _refused(403, "a form from another site was refused")
-    return None
+    origin = request.headers.get("origin")
+    if origin is None or origin == f"{request.url.scheme}://{request.url.netloc}":
+        return None  # (HTTP/2 has no Host header: the URL's netloc is the server's address)
+    return _refused(403, "a form from another site was refused")
 
 
 async def _bounded_body(request: Request, limit: int) -> bytes | None:
