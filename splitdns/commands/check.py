@@ -71,6 +71,7 @@ def summary(config: Config) -> list[str]:
         f"timeout: {config.timeout:g} s",
         *tls_lines(config),
         *limit_lines(config),
+        *operator_lines(config),
     ]
     fwd = config.forwarding
     for domain, specs in fwd.domains:
@@ -106,6 +107,26 @@ def summary(config: Config) -> list[str]:
             lines.append(f"  host {name} -> {', '.join(map(str, addresses))}")
         for pattern, addresses in view.hosts.wildcards:
             lines.append(f"  host {pattern} -> {', '.join(map(str, addresses))}")
+    return lines
+
+
+def operator_lines(config: Config) -> list[str]:
+    """Where the dashboard and /metrics are served, and who may open the dashboard."""
+    lines = []
+    board = config.dashboard
+    if board is None:
+        lines.append("dashboard: off (dashboard: {listen: 127.0.0.1:5380} turns it on)")
+    else:
+        who = (
+            f"password from {board.password_file}"
+            if board.password_file
+            else "no password: loopback, this machine only"
+        )
+        lines.append(f"dashboard: {board} ({who}); /metrics and /healthz there too")
+    if config.metrics is not None and (
+        board is None or (board.host, board.port) != (config.metrics.host, config.metrics.port)
+    ):
+        lines.append(f"metrics: http://{config.metrics}/metrics (and /healthz)")
     return lines
 
 

@@ -1,11 +1,14 @@
 """The operator's listeners beside the DNS ones: the dashboard's address and, where it is
-another, the `metrics:` address (which then serves /metrics and /healthz only). Started by
+another, the `metrics:` address (which then serves /metrics and /healthz only; a dashboard
+that cannot bind is logged and DNS goes on, a metrics address that cannot stops the start,
+as it always has). Started by
 `splitdns serve` after the DNS listeners, before root is dropped (a port below 1024, a
 password file only root may read); their addresses join the server's `bound` list.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 
 from splitdns.config.model import Endpoint
@@ -14,6 +17,8 @@ from splitdns.serve.operator import OperatorListener
 from splitdns.serve.privileges import service_user
 from splitdns.serve.server import Server
 from splitdns.serve.webapp import Operator
+
+log = logging.getLogger(__name__)
 
 
 class OperatorListeners:
@@ -32,13 +37,17 @@ class OperatorListeners:
                 context = self._tls_context() if dashboard.https else None
                 app = Operator(server, dashboard=True, https=dashboard.https).app()
                 listener = OperatorListener(app, context)
-                bound = await listener.start(endpoint, "dashboard, HTTP")
-                self.listeners.append(listener)
-                scheme = "https" if dashboard.https else "http"
-                server.bound.append(("dashboard", f"{scheme}://{bound}/"))
-                if config.metrics == endpoint:
-                    server.bound.append(("metrics", bound))
-                    return
+                try:
+                    bound = await listener.start(endpoint, "dashboard, HTTP")
+                except OSError as exc:  # DNS matters more: it is served without the page
+                    log.error("%s; DNS is served without the dashboard", exc)
+                else:
+                    self.listeners.append(listener)
+                    scheme = "https" if dashboard.https else "http"
+                    server.bound.append(("dashboard", f"{scheme}://{bound}/"))
+                    if config.metrics == endpoint:
+                        server.bound.append(("metrics", bound))
+                        return
             if config.metrics is not None:
                 listener = OperatorListener(Operator(server, dashboard=False).app())
                 bound = await listener.start(config.metrics, "metrics, HTTP")

@@ -835,11 +835,21 @@ class Server:
 def listener_changes(old: Config, new: Config) -> str:
     """What a reload would change of the listeners (sockets are bound once, at start): "" if
     nothing, else each address added (+) or removed (-)."""
-    before = {str(e) for e in old.listen} | {str(e) for e in old.encrypted}
-    after = {str(e) for e in new.listen} | {str(e) for e in new.encrypted}
+    before = {str(e) for e in old.listen} | {str(e) for e in old.encrypted} | _operator(old)
+    after = {str(e) for e in new.listen} | {str(e) for e in new.encrypted} | _operator(new)
     return ", ".join(
         [f"+ {a}" for a in sorted(after - before)] + [f"- {a}" for a in sorted(before - after)]
     )
+
+
+def _operator(config: Config) -> set[str]:
+    """The dashboard's and metrics' addresses, as listener_changes shows them."""
+    shown = set()
+    if config.dashboard is not None:
+        shown.add(f"dashboard {config.dashboard}")
+    if config.metrics is not None:
+        shown.add(f"metrics {config.metrics}")
+    return shown
 
 
 def hit_key(data: bytes, peeked: wire.Peeked, plan: ViewPlan) -> Key:

@@ -88,12 +88,23 @@ class Operator:
         self.https = https
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SplitdnsCollector(lambda: server))
-        self.gate = Gate(
-            PasswordFile(
-                lambda: server.config.dashboard.password_file if server.config.dashboard else None
-            )
-        )
+        self.started = server.config.dashboard
+        self.gate = Gate(PasswordFile(self._password_path))
         self._explains: dict[str, list[float]] = {}
+
+    def _password_path(self) -> str | None:
+        """The current mapping's password file while it names the address this listener
+        was bound to; after a reload that moved or dropped `dashboard:` (a restart applies
+        that), the one it started with: a reload can never open a listener beyond loopback."""
+        now, started = self.server.config.dashboard, self.started
+        if started is None:
+            return None
+        same = now is not None and (now.host, now.port, now.https) == (
+            started.host,
+            started.port,
+            started.https,
+        )
+        return now.password_file if same and now is not None else started.password_file
 
     def app(self) -> ASGIApp:
         routes: list[BaseRoute] = [

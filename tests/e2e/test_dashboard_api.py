@@ -7,7 +7,10 @@ connections from one address while DNS goes on answering.
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import socket
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -240,3 +243,27 @@ def test_a_crowd_of_connections_from_one_address_leaves_dns_and_others_served(
         for sock in crowd:
             sock.close()
     assert call(dash.url + "/healthz")[:2] == (200, "ok\n")
+
+
+def test_a_reload_that_drops_the_section_keeps_the_password(nsd: NSD) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="splitdns-dash-"))
+    folder.chmod(0o755)
+    secret = folder / "pw"
+    write_hash(str(secret), make_hash("the right one"))
+    secret.chmod(0o644)
+    server = start(folder, nsd, extra=f"  password_file: {secret}\n")
+    try:
+        assert call(server.url + "/api/status")[0] == 401
+        path = next(folder.glob("splitdns-*.yaml"))
+        text = path.read_text()
+        cut = text.replace(f"dashboard:\n  listen: {server.url[7:]}\n", "")
+        cut = cut.replace(f"  password_file: {secret}\n", "")
+        assert "dashboard" not in cut
+        path.write_text(cut)
+        path.chmod(0o644)
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for("restart splitdns to apply them: - dashboard")
+        assert call(server.url + "/api/status")[0] == 401  # still shut
+    finally:
+        server.stop()
+        shutil.rmtree(folder)
