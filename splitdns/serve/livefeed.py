@@ -2,9 +2,10 @@
 
 While a browser is subscribed the server appends one small tuple per answer to `tap` (a
 bounded deque: a cache hit costs one append, its name is read later); every TICK this module
-reads what came, makes rows, counts clients, and hands each subscriber the rows its filter
-keeps, at most ROWS_PER_TICK of them (the rest are counted as skipped: a page cannot show
-thousands a second anyway). When the last subscriber leaves, the tap is taken away again.
+counts clients off what came and hands each subscriber the newest rows its filter keeps, at
+most ROWS_PER_TICK of them, made only for those (the rest are counted as skipped: a page
+cannot show thousands a second anyway). When the last subscriber leaves, the tap is taken
+away again.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from splitdns.serve.metrics import QTYPES
 TICK = 0.25
 TAP_SIZE = 8192  # answers kept between two ticks; more are lost to the stream (counted)
 ROWS_PER_TICK = 40  # per subscriber
+SCANNED = 2000  # answers looked at per subscriber and tick (newest first)
 QUEUE_SIZE = 32  # ticks' batches waiting for a slow browser
 MAX_SUBSCRIBERS = 8
 CLIENTS_KEPT = 1024
@@ -104,20 +106,37 @@ class LiveFeed:
             self.deliver()
 
     def deliver(self) -> None:
-        """Rows from what the tap holds, to every subscriber (one JSON batch per tick)."""
+        """Rows from what the tap holds, to every subscriber (one JSON batch per tick). Rows
+        are made newest first and only as many as a subscriber is shown (at most SCANNED
+        answers looked at per tick): with thousands a second, the page shows the latest and
+        counts the rest, and the server's cost stays bounded."""
         tapped = list(self.tap)
         self.tap.clear()
+        if not tapped:
+            return
         hidden = self.hidden()
         now = time.time()
-        rows = [make_row(item, now, hidden) for item in tapped]
         if not hidden:
-            self._count(rows, now)
+            self._count(tapped, now)
+        made: dict[int, dict[str, Any]] = {}  # rows shared by the subscribers
         for subscriber in list(self.subscribers):
-            kept = [row for row in rows if subscriber.filter.keeps(row)]
-            shown = kept[-ROWS_PER_TICK:]
-            skipped = len(kept) - len(shown) + subscriber.skipped
+            wanted = subscriber.filter
+            shown: list[dict[str, Any]] = []
+            index = len(tapped)
+            while index and len(shown) < ROWS_PER_TICK and len(tapped) - index < SCANNED:
+                index -= 1
+                item = tapped[index]
+                if wanted.client and (hidden or item[0] != wanted.client):
+                    continue
+                row = made.get(index)
+                if row is None:
+                    row = made[index] = make_row(item, now, hidden)
+                if wanted.keeps(row):
+                    shown.append(row)
+            skipped = index + subscriber.skipped  # the older ones, not looked at
             if not shown and not skipped:
                 continue
+            shown.reverse()
             batch = json.dumps({"rows": shown, "skipped": skipped}, separators=(",", ":"))
             try:
                 subscriber.queue.put_nowait(batch)
@@ -125,17 +144,20 @@ class LiveFeed:
             except asyncio.QueueFull:  # a browser that does not read: it misses these
                 subscriber.skipped = skipped + len(shown)
 
-    def _count(self, rows: Sequence[dict[str, Any]], now: float) -> None:
+    def _count(self, tapped: Sequence[Tapped], now: float) -> None:
+        """Every answer counts for its client (read off the tuples: no row is made)."""
         clients = self.clients
-        for row in rows:
-            seen = clients.get(row["client"])
+        for item in tapped:
+            host = item[0]
+            seen = clients.get(host)
             if seen is None:
                 if len(clients) >= CLIENTS_KEPT:  # keep the busier half
                     busiest = sorted(clients.items(), key=lambda kv: -kv[1][0])
                     self.clients = clients = dict(busiest[: CLIENTS_KEPT // 2])
-                seen = clients[row["client"]] = [0, row["view"], now]
+                seen = clients[host] = [0, "", now]
             seen[0] += 1
-            seen[1], seen[2] = row["view"], now
+            seen[1] = (item[2] if len(item) == 3 else item[3]) or ""
+            seen[2] = now
 
     def top_clients(self, count: int = 10) -> list[dict[str, Any]]:
         busiest = sorted(self.clients.items(), key=lambda kv: (-kv[1][0], kv[0]))[:count]

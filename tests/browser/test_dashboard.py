@@ -9,6 +9,7 @@ new name is a cache miss the rewrite rule counts.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shutil
 import subprocess
@@ -321,3 +322,34 @@ def test_metrics_stay_where_they_were(dash: Dash) -> None:
     assert "splitdns_queries_total" in body and "splitdns_dashboard_streams" in body
     with urllib.request.urlopen(dash.url + "/healthz", timeout=5) as reply:
         assert reply.read() == b"ok\n"
+
+
+def test_a_screenshot_of_a_working_dashboard(page: Any, dash: Dash, tmp_path: Path) -> None:
+    """The README's picture is this test's (SPLITDNS_SCREENSHOT=docs/dashboard.png writes it
+    there; SPLITDNS_SCREENSHOT_SECONDS=N first answers queries for N seconds, so the plots
+    have an hour's shape to show)."""
+    seconds = float(os.environ.get("SPLITDNS_SCREENSHOT_SECONDS", "0"))
+    clients = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+    until = time.monotonic() + seconds
+    for i in itertools.count():  # bounded: 3 queries per round, at most `seconds` long
+        source = clients[i % len(clients)]
+        dig(dash, "www.example.test" if i % 4 else next(names), source=source)
+        if time.monotonic() >= until and i >= 12:
+            break
+        time.sleep(0.05)
+    live(page, dash.url)
+    for i in range(6):
+        dig(dash, "www.example.test" if i % 2 else next(names), source=clients[i % 2])
+    page.locator("#stream-rows tr").nth(3).wait_for(timeout=3000)
+    page.fill("#explain-name", "www.example.test")
+    page.fill("#explain-client", "127.0.0.1")
+    page.click("#explain-form button")
+    page.locator("#explain-out").filter(has_text="final answer").wait_for()
+    page.locator("#clients tr td.mono").first.wait_for(timeout=6000)
+    shot = tmp_path / "dashboard.png"
+    page.screenshot(path=str(shot), full_page=True)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20000
+    wanted = os.environ.get("SPLITDNS_SCREENSHOT")
+    if wanted:
+        Path(wanted).write_bytes(data)
