@@ -13,6 +13,7 @@ base is reused when already built.
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import re
@@ -20,6 +21,9 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +119,7 @@ MAPPING = """\
 listen: ["127.0.0.1:{plain}", "tls://127.0.0.1:{dot}", "https://127.0.0.1:{doh}/dns-query"]
 upstreams: ["{upstream}"]
 allow: [127.0.0.0/8]
+dashboard: {{listen: "127.0.0.1:{dash}", password_file: /etc/splitdns/dashboard.passwd}}
 views:
   - name: lan
     clients: [127.0.0.1/32]
@@ -162,6 +167,7 @@ def test_container_commands_build_and_run_the_image(clean_copy: Path, tmp_path: 
     ca_base, dev_base, build = commands("container-build")
     extras = commands("container-extras")
     run, health = commands("container-run")
+    (password,) = commands("container-dashboard")
     for image, line in ((BASE_IMAGE, ca_base), (BUILD_IMAGE, dev_base)):
         if not podman.image_exists(image):  # the README calls these optional
             done = subprocess.run(
@@ -193,13 +199,23 @@ def test_container_commands_build_and_run_the_image(clean_copy: Path, tmp_path: 
     assert wire_file.endswith(".so") and gcc == cc == "None", probe
 
     upstream = FakeUpstream().add("www.example.test. 300 IN A 203.0.113.1").start()
-    plain, dot, doh = free_port(), free_port(), free_port()
+    plain, dot, doh, dash = free_port(), free_port(), free_port(), free_port()
     mapping = clean_copy / "zones" / "home.yaml"
-    mapping.write_text(MAPPING.format(plain=plain, dot=dot, doh=doh, upstream=upstream.address))
+    mapping.write_text(
+        MAPPING.format(plain=plain, dot=dot, doh=doh, dash=dash, upstream=upstream.address)
+    )
     name = "splitdns"
     podman.remove(name)
     podman.run("volume", "rm", "--force", "splitdns-state", check=False)
     try:
+        # the dashboard's password, written by the image as the README says (asked twice)
+        written = subprocess.run(
+            ["bash", "-c", with_extras(password, extras)], cwd=clean_copy, env=podman.env,
+            input="container horse\ncontainer horse\n", capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert written.returncode == 0, written.stdout + written.stderr
+        assert (clean_copy / "zones" / "dashboard.passwd").read_text().startswith("scrypt$")
         shell(with_extras(run, extras), clean_copy, podman.env, timeout=120)
         deadline = time.monotonic() + 20
         said = ""
@@ -217,6 +233,7 @@ def test_container_commands_build_and_run_the_image(clean_copy: Path, tmp_path: 
         assert kdig_short(dot, "+tls", "www.example.test") == "127.0.0.5", startup
         assert kdig_short(doh, "+https", "www.example.test") == "127.0.0.5", startup
         assert curl_doh(doh, "www.example.test") == "127.0.0.5"
+        assert_dashboard_logs_in(dash, "container horse")
         healthy = podman.run("healthcheck", "run", name, check=False)
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
         # an edit on the host, as sed -i makes it (a new file), reaches the server within 2 s
@@ -243,6 +260,26 @@ def test_container_commands_build_and_run_the_image(clean_copy: Path, tmp_path: 
         podman.run("volume", "rm", "--force", "splitdns-state", check=False)
         upstream.stop()
         podman.run("rmi", "--force", image, check=False)
+
+
+def assert_dashboard_logs_in(port: int, password: str) -> None:
+    """The container's dashboard: shut without a session, open with the right password."""
+    base = f"http://127.0.0.1:{port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        opener.open(base + "/api/status", timeout=10)
+        raise AssertionError("the dashboard answered without a login")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+    jar = http.cookiejar.CookieJar()
+    opener.add_handler(urllib.request.HTTPCookieProcessor(jar))
+    form = urllib.parse.urlencode({"password": password}).encode()
+    with opener.open(base + "/login", data=form, timeout=30) as page:
+        assert page.status == 200 and b"dashboard.js" in page.read()
+    with opener.open(base + "/api/status", timeout=10) as reply:
+        status = json.loads(reply.read())
+    assert status["login"] is True and status["upstreams"][0]["up"] is True, status
+    assert "compiled" in status["build"] and status["config_file"] == "/etc/splitdns/home.yaml"
 
 
 def curl_doh(port: int, name: str) -> str:

@@ -479,9 +479,9 @@ class Server:
             self.tap.append(
                 (
                     str(client),
+                    view or "",
                     query.question.name,
                     query.question.qtype,
-                    view,
                     str(response.outcome),
                     time.monotonic() - request.started,
                     response.changes,
@@ -643,7 +643,7 @@ class Server:
         if answer:
             transport.sendto(answer, addr)
             if self.tap is not None and plan is not None:  # a dashboard watches
-                self.tap.append((host, data, plan.name))
+                self.tap.append((host, plan.name, data))
             return
         if not self.inflight.take(host):
             return  # over its share of queries in flight (or all full): dropped, counted

@@ -89,7 +89,7 @@ def test_quantiles_interpolate_inside_their_bucket() -> None:
 
 
 def hit(name: str, host: str = "192.0.2.7", view: str = "lan") -> tuple[Any, ...]:
-    return (host, wire.make_query(name, wire.TYPE_A), view)
+    return (host, view, wire.make_query(name, wire.TYPE_A))
 
 
 def test_the_feed_taps_only_while_subscribed_and_bounds_what_it_sends() -> None:
