@@ -72,6 +72,7 @@ class OperatorListener:
         hyper.keep_alive_timeout = 30
         hyper.read_timeout = 30
         hyper.accesslog = None
+        hyper.include_server_header = False
         hyper.errorlog = logging.getLogger("splitdns.dashboard.http")
         hyper.h11_max_incomplete_size = 16384
         hyper.h2_max_concurrent_streams = 16

@@ -5,6 +5,7 @@ changes it): health, rules with their counters, the clients seen, and checked re
 from __future__ import annotations
 
 import ipaddress
+import os
 import time
 from typing import Any
 
@@ -66,7 +67,11 @@ def status(server: Server) -> dict[str, Any]:
         "build": build_name(),
         "now": round(time.time(), 1),
         "serving_since": round(server.started_at, 1),
-        "config_file": "embedded default" if config.source == EMBEDDED_SOURCE else config.source,
+        "config_file": (
+            "embedded default"
+            if config.source == EMBEDDED_SOURCE
+            else os.path.abspath(config.source)
+        ),
         "reload": reload,
         "listeners": listeners,
         "upstreams": upstreams(server),
@@ -78,6 +83,10 @@ def status(server: Server) -> dict[str, Any]:
         "views": [v.name for v in config.views],
         "hide_clients": config.query_log.hide_clients,
     }
+
+
+def _mapping_file(path: str) -> str:
+    return "embedded default" if path == EMBEDDED_SOURCE else os.path.abspath(path)
 
 
 def upstreams(server: Server) -> list[dict[str, Any]]:

@@ -133,9 +133,8 @@ class Operator:
     # ------------------------------------------------------------------ open to all
 
     async def metrics(self, request: Request) -> Response:
-        body = await asyncio.get_running_loop().run_in_executor(
-            None, generate_latest, self.registry
-        )
+        # on the event loop, as the counters change there (a thread would read them mid-way)
+        body = generate_latest(self.registry)
         return Response(body, media_type="text/plain; version=0.0.4")
 
     async def healthz(self, request: Request) -> Response:
@@ -264,6 +263,9 @@ class Operator:
             return _refused(504, "no answer in time (see the upstreams' health)")
         except ValueError as exc:
             return _refused(400, str(exc))
+        except Exception as exc:  # a bug: logged; the page gets a reason, never a traceback
+            log.exception("explain %s %s for %s failed", name, qtype, client)
+            return _refused(500, f"explain failed: {type(exc).__name__}")
         return _json({"name": name, "client": client, "type": qtype, "lines": lines})
 
     def _explain_wait(self, host: str) -> float:

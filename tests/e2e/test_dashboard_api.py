@@ -35,6 +35,10 @@ views:
     clients: [127.0.0.1/32]
     rewrite:
       - {{from: 203.0.113.1, to: 127.0.0.5}}
+  - name: followers
+    clients: [127.0.0.3/32]
+    rewrite:
+      - {{from: {{follow: mail.example.test}}, to: 127.0.0.9}}
 """
 
 
@@ -123,13 +127,18 @@ def test_status_rules_and_series_read_the_running_server(dash: Dash) -> None:
     assert dash.dig("+short", "www.example.test") == "127.0.0.5\n"
     got, status, _ = call(dash.url + "/api/status")
     assert got == 200
-    assert status["login"] is False and status["views"] == ["lan"]
+    assert status["login"] is False and status["views"] == ["lan", "followers"]
     assert status["upstreams"][0]["up"] is True and status["upstreams"][0]["p50_ms"] > 0
     kinds = {entry["kind"] for entry in status["listeners"]}
     assert {"udp+tcp", "dashboard", "metrics"} <= kinds
     _, rules, _ = call(dash.url + "/api/rules")
-    (rule,) = rules
+    rule, followed = rules
     assert rule["from"] == "203.0.113.1/32" and rule["to"] == "127.0.0.5/32"
+    assert rule["dynamic"] is None
+    assert followed["view"] == "followers" and followed["from"] == "follow mail.example.test"
+    dynamic = followed["dynamic"]
+    assert dynamic["kind"] == "follow" and dynamic["current"] == "203.0.113.1", followed
+    assert abs(dynamic["changed_at"] - time.time()) < 120
     assert rule["rewrites"] >= 1 and rule["recent"][0]["name"] == "www.example.test"
     _, series, _ = call(dash.url + "/api/series")
     assert series["interval"] == 10.0 and set(series["qps"]) >= {"cached", "rewritten"}
