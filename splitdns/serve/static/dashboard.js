@@ -119,10 +119,11 @@ function ms(value) {
 
 // ---------------------------------------------------------------- the last hour
 
-function plot(id, series, data) {
+function plot(id, series, data, scales) {
   const target = $(id);
   const width = Math.max(300, target.clientWidth || 360);
   const opts = { width, height: 200, series: [{}, ...series], axes: [{}, { size: 50 }], legend: { live: false } };
+  if (scales) opts.scales = scales;
   if (plots[id] && plots[id].series.length === series.length + 1) {
     plots[id].setData(data);
     return;
@@ -140,7 +141,8 @@ async function refreshSeries() {
   if (typeof uPlot === "undefined") return;
   const names = Object.keys(s.qps);
   plot("plot-qps", names.map((n) => ({ label: n, stroke: COLORS[n], width: 2 })), [s.time, ...names.map((n) => s.qps[n])]);
-  plot("plot-hits", [{ label: "hit ratio", stroke: COLORS.forwarded, width: 2 }], [s.time, s.hit_ratio]);
+  plot("plot-hits", [{ label: "hit ratio", stroke: COLORS.forwarded, width: 2 }], [s.time, s.hit_ratio],
+    { y: { range: [0, 1] } });
   const ups = Object.keys(s.latency_ms);
   plot("plot-latency", ups.map((n, i) => ({ label: n, stroke: LINE_COLORS[i % LINE_COLORS.length], width: 2, spanGaps: true })),
     [s.time, ...ups.map((n) => s.latency_ms[n])]);
