@@ -132,7 +132,7 @@ def verify(plan: translate.Plan, text: str, upstreams: list[str]) -> int:
     folder = Path(tempfile.mkdtemp(prefix="splitdns-verify-"))
     folder.chmod(0o755)  # (started as root, splitdns reads it again as its user)
     sources_by_view: dict[str, str] = {}
-    lines = text.splitlines()
+    lines = [line for line in text.splitlines() if line != render.DASHBOARD]  # (no page here)
     for i, view in enumerate(plan.views):
         host = f"127.0.0.{10 + i}"
         sources_by_view[view.name] = host

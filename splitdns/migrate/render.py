@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from splitdns.migrate.translate import Plan, PlanView
 
+DASHBOARD = 'dashboard: {listen: "127.0.0.1:5380"}'
+
 
 def _q(text: str) -> str:
     return f'"{text}"' if text.startswith("*") or ":" in text else text
@@ -22,7 +24,12 @@ def mapping(plan: Plan, upstreams: list[str], when: str) -> str:
     clients = [str(c) for v in plan.views for c in v.clients]
     if clients:
         out.append(f'allow: [127.0.0.0/8, "::1/128", {", ".join(_q(c) for c in clients)}]')
-    out.append("views:")
+    out += [
+        "# The dashboard, on this machine only (for the LAN: `splitdns passwd FILE`, then",
+        "# password_file: FILE and a LAN listen address).",
+        DASHBOARD,
+        "views:",
+    ]
     for view in plan.views:
         out += _view(view)
     return "\n".join(out) + "\n"
