@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -119,7 +120,7 @@ MAPPING = """\
 listen: ["127.0.0.1:{plain}", "tls://127.0.0.1:{dot}", "https://127.0.0.1:{doh}/dns-query"]
 upstreams: ["{upstream}"]
 allow: [127.0.0.0/8]
-dashboard: {{listen: "127.0.0.1:{dash}", password_file: /etc/splitdns/dashboard.passwd}}
+dashboard: {{listen: "https://127.0.0.1:{dash}", password_file: /etc/splitdns/dashboard.passwd}}
 views:
   - name: lan
     clients: [127.0.0.1/32]
@@ -234,6 +235,10 @@ def test_container_commands_build_and_run_the_image(clean_copy: Path, tmp_path: 
         assert kdig_short(doh, "+https", "www.example.test") == "127.0.0.5", startup
         assert curl_doh(doh, "www.example.test") == "127.0.0.5"
         assert_dashboard_logs_in(dash, "container horse")
+        # over https, with the certificate DoT and DoH present (the one the pin names)
+        assert ssl.get_server_certificate(("127.0.0.1", dash)) == ssl.get_server_certificate(
+            ("127.0.0.1", doh)
+        )
         healthy = podman.run("healthcheck", "run", name, check=False)
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
         # an edit on the host, as sed -i makes it (a new file), reaches the server within 2 s
@@ -263,9 +268,15 @@ def test_container_commands_build_and_run_the_image(clean_copy: Path, tmp_path: 
 
 
 def assert_dashboard_logs_in(port: int, password: str) -> None:
-    """The container's dashboard: shut without a session, open with the right password."""
-    base = f"http://127.0.0.1:{port}"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    """The container's dashboard (https, a self-signed certificate): shut without a session,
+    open with the right password."""
+    base = f"https://127.0.0.1:{port}"
+    unverified = ssl.create_default_context()
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=unverified)
+    )
     try:
         opener.open(base + "/api/status", timeout=10)
         raise AssertionError("the dashboard answered without a login")

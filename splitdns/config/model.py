@@ -754,6 +754,13 @@ def cross_check(config: Config) -> list[str]:
     """What `check` warns about: views whose clients `allow` refuses, and where the DNS
     rewrite and the NAT forwards disagree."""
     warnings = views_outside_allow(config) + dns64_dead_ends(config)
+    board = config.dashboard
+    if board is not None and not board.loopback and not board.https:
+        warnings.append(
+            f"dashboard.listen: {board} is plain HTTP beyond loopback: the password and the "
+            "session cookie cross the LAN readable by anyone on it; listen on https:// (the "
+            "DoT/DoH certificate, made if none is given)"
+        )
     nat = config.nat
     if nat is None:
         return warnings

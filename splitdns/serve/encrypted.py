@@ -97,15 +97,7 @@ class EncryptedListeners:
         config = self.server.config
         if not config.encrypted:
             return []
-        switched = False
-        try:  # as the user splitdns becomes (its files, its state directory)...
-            with certs.acting_as(self.user) as switched:
-                files, pin, dot_context, doh_context = self._certificate(config, None)
-        except (PermissionError, certs.CertificateError):
-            if not switched:
-                raise
-            # ... or, where that user may not write or read there, as root, as before
-            files, pin, dot_context, doh_context = self._certificate(config, self.user)
+        files, pin, dot_context, doh_context = certificate(config, self.user)
         self.files, self.pin = files, pin
         self.reloader = certs.Reloader(files, [dot_context, doh_context])
         bound: list[tuple[str, str]] = []
@@ -130,19 +122,6 @@ class EncryptedListeners:
         if not self.files.self_signed:  # a made certificate is never renewed behind our back
             self._watch = asyncio.ensure_future(self._watch_certificate())
         return bound
-
-    @staticmethod
-    def _certificate(
-        config: Config, hand_to: str | None
-    ) -> tuple[certs.CertFiles, str, ssl.SSLContext, ssl.SSLContext]:
-        """The certificate (made if it is the self-signed one and missing), its pin, and a TLS
-        context for DoT and one for DoH; `hand_to`: who a pair made here by root is handed to."""
-        files = certs.ensure(config, hand_to)
-        pin = certs.pin(files)
-        dot_context = certs.server_context(files, ["dot"])
-        doh_context = certs.server_context(files, ["h2", "http/1.1"])
-        doh_context.options |= ssl.OP_NO_COMPRESSION  # RFC 7540 §9.2.1
-        return files, pin, dot_context, doh_context
 
     async def _accept(
         self, sock: socket.socket, kind: str, context: ssl.SSLContext, serve_one: ServeOne
@@ -243,6 +222,34 @@ class EncryptedListeners:
         if self._proxied:
             await asyncio.wait(set(self._proxied), timeout=5)
         self._doh.clear()
+
+
+def certificate(
+    config: Config, user: str | None
+) -> tuple[certs.CertFiles, str, ssl.SSLContext, ssl.SSLContext]:
+    """The certificate (made if it is the self-signed one and missing), its pin, and a TLS
+    context for DoT and one for HTTPS (DoH, the dashboard): read or made as `user`, the one
+    splitdns becomes (its files, its state directory, which root without DAC_OVERRIDE may
+    not write, as in the image), else as root, handed to `user`."""
+    switched = False
+    try:
+        with certs.acting_as(user) as switched:
+            return _certificate(config, None)
+    except (PermissionError, certs.CertificateError):
+        if not switched:
+            raise
+        return _certificate(config, user)
+
+
+def _certificate(
+    config: Config, hand_to: str | None
+) -> tuple[certs.CertFiles, str, ssl.SSLContext, ssl.SSLContext]:
+    files = certs.ensure(config, hand_to)
+    pin = certs.pin(files)
+    dot_context = certs.server_context(files, ["dot"])
+    doh_context = certs.server_context(files, ["h2", "http/1.1"])
+    doh_context.options |= ssl.OP_NO_COMPRESSION  # RFC 7540 §9.2.1
+    return files, pin, dot_context, doh_context
 
 
 def reset(sock: socket.socket) -> None:

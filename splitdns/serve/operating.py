@@ -13,6 +13,7 @@ import ssl
 
 from splitdns.config.model import Endpoint
 from splitdns.serve import certs
+from splitdns.serve.encrypted import certificate
 from splitdns.serve.operator import OperatorListener
 from splitdns.serve.privileges import service_user
 from splitdns.serve.server import Server
@@ -58,10 +59,11 @@ class OperatorListeners:
             raise
 
     def _tls_context(self) -> ssl.SSLContext:
-        """The DoT/DoH certificate's (made as theirs is, if no listener made it already)."""
+        """The DoT/DoH certificate's (read or made as theirs is, if no listener has it)."""
         files = self.server.encrypted.files
         if files is None:
-            files = certs.ensure(self.server.config, service_user(self.server.config.user))
+            config = self.server.config
+            return certificate(config, service_user(config.user))[3]
         return certs.server_context(files, ["h2", "http/1.1"])
 
     async def stop(self) -> None:

@@ -137,3 +137,17 @@ def test_hidden_clients_stay_hidden_in_rows_and_counts() -> None:
         feed.stop()
 
     asyncio.run(scenario())
+
+
+def test_check_warns_when_the_password_would_cross_the_lan_in_clear(tmp_path: Path) -> None:
+    from splitdns.config.model import cross_check
+    from splitdns.config.passwords import write_hash
+
+    pw = tmp_path / "pw"
+    write_hash(str(pw), make_hash("correct horse", n=2**10))
+    plain = loads(f"dashboard: {{listen: 0.0.0.0:5380, password_file: {pw}}}\n", "/m.yaml")
+    (warning,) = [w for w in cross_check(plain) if w.startswith("dashboard")]
+    assert "plain HTTP beyond loopback" in warning and "https://" in warning
+    tls = loads(f"dashboard: {{listen: https://0.0.0.0:5380, password_file: {pw}}}\n", "/m.yaml")
+    loopback = loads("dashboard: {listen: 127.0.0.1:5380}\n", "/m.yaml")
+    assert not [w for c in (tls, loopback) for w in cross_check(c) if w.startswith("dashboard")]
