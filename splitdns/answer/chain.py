@@ -840,7 +840,7 @@ def _broken(req: Request, exc: BaseException, above: list[Link]) -> Response:
 
 def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None) -> Pipeline:
     """The order of the links, outermost first (each reason is why it stands there)."""
-    cache = cache or Cache(config.cache)
+    cache = cache if cache is not None else Cache(config.cache)  # (an empty one is falsy)
     handler: Handler = Forward(upstreams)  # last: only what nobody else answered leaves the LAN
     guard = Guard(config)
     if guard.enabled:

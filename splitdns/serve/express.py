@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -67,7 +68,7 @@ class LaneOwner(Protocol):
     config: Config
     counts: Counts
     querylog: QueryLog
-    tap: deque[Tapped] | None  # a dashboard watches: the lane stands aside
+    tap: deque[Tapped] | None  # a dashboard watches: each answer is told to it
     _flat: int  # UDP questions in flight without a task (the server waits for them to stop)
     inflight: InFlight  # the server took a slot for each question the lane takes
 
@@ -92,6 +93,23 @@ _QUERY_KEYS = {  # the query counter's labels by question type: forwarded, rewri
     qtype_class: (query_key("udp", qtype, _FORWARDED), query_key("udp", qtype, _REWRITTEN))
     for qtype_class, qtype in zip(_A_AAAA, (wire.TYPE_A, wire.TYPE_AAAA), strict=True)
 }
+
+
+def _changes(
+    before: bytes, after: bytes, addresses: list[tuple[int, int]], rules: list[int]
+) -> list[tuple[str, str, int]]:
+    """(old address, new address, rule) of each record the lane rewrote, in order (only
+    while a dashboard watches): the reply before and after, at the records' offsets."""
+    changed = []
+    used = iter(rules)
+    for rtype, offset in addresses:
+        size = 4 if rtype == wire.TYPE_A else 16
+        old, new = before[offset : offset + size], after[offset : offset + size]
+        if old != new:
+            changed.append(
+                (str(ipaddress.ip_address(old)), str(ipaddress.ip_address(new)), next(used, -1))
+            )
+    return changed
 
 
 class ViewPlan:
@@ -146,7 +164,6 @@ class Express:
         return (
             pipeline.cache.enabled
             and not server.querylog.enabled
-            and server.tap is None
             and not config.rebinding.enabled
             and not config.forwarding.case_randomization
         )
@@ -452,6 +469,19 @@ class _Exchange:
             answer = wire.assemble(msg_id, query_flags, question, bare, edns, do, limit)
             if not self.transport.is_closing():
                 self.transport.sendto(answer, self.addr)
+            tap = server.tap
+            if tap is not None:  # a dashboard watches (serve/livefeed.py's lane shape)
+                tap.append(
+                    (
+                        self.host,
+                        plan.name,
+                        self.data,
+                        _REWRITTEN if rules else _FORWARDED,
+                        time.monotonic() - self.began,
+                        _changes(data, bare, addresses, rules),
+                        route.member.name,
+                    )
+                )
         except Exception:  # a bug: logged; the chain answers instead
             log.exception("express lane failed on a reply; the chain answers")
             self.hand_over()

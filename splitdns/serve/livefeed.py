@@ -31,8 +31,9 @@ QUEUE_SIZE = 32  # ticks' batches waiting for a slow browser
 MAX_SUBSCRIBERS = 8
 CLIENTS_KEPT = 1024
 
-#: (host, view, query bytes) for a cache hit; (host, view, name, qtype, outcome, seconds,
-#: changes, upstream, transport) for an answer from the chain
+#: (host, view, query bytes) for a cache hit; (host, view, query bytes, outcome, seconds,
+#: [(old, new, rule)], upstream) for the express lane's miss; (host, view, name, qtype,
+#: outcome, seconds, changes, upstream, transport) for an answer from the chain
 Tapped = tuple[Any, ...]
 _HOST = operator.itemgetter(0)
 _HOST_VIEW = operator.itemgetter(0, 1)
@@ -184,9 +185,37 @@ def make_row(item: Tapped, now: float, hidden: bool) -> dict[str, Any]:
         name, end = wire.read_name(data, wire.HEADER_LEN)
         qtype = (data[end] << 8) | data[end + 1]
         outcome, ms, changes, upstream, transport = "cached", 0.0, (), None, "udp"
+    elif len(item) == 7:  # the express lane's miss: its changes as (old, new, rule)
+        host, view, data, outcome, latency, lane, upstream = item
+        name, end = wire.read_name(data, wire.HEADER_LEN)
+        qtype = (data[end] << 8) | data[end + 1]
+        ms, transport = round(latency * 1000, 3), "udp"
+        rewritten = [
+            {"name": name.lower(), "from": old, "to": new, "rule": rule, "field": ""}
+            for old, new, rule in lane
+        ]
+        return _row(now, hidden, host, name, qtype, view, outcome, ms, upstream, transport,
+                    rewritten)  # fmt: skip
     else:
         host, view, name, qtype, outcome, latency, changes, upstream, transport = item
         ms = round(latency * 1000, 3)
+    rewritten = [_change(change) for change in cast(Sequence[Change], changes)]
+    return _row(now, hidden, host, name, qtype, view, outcome, ms, upstream, transport, rewritten)
+
+
+def _row(
+    now: float,
+    hidden: bool,
+    host: str,
+    name: str,
+    qtype: int,
+    view: str,
+    outcome: str,
+    ms: float,
+    upstream: str | None,
+    transport: str,
+    rewritten: list[dict[str, Any]],
+) -> dict[str, Any]:
     return {
         "time": round(now, 3),
         "client": "hidden" if hidden else host,
@@ -197,7 +226,7 @@ def make_row(item: Tapped, now: float, hidden: bool) -> dict[str, Any]:
         "ms": ms,
         "upstream": upstream,
         "transport": transport,
-        "rewritten": [_change(change) for change in cast(Sequence[Change], changes)],
+        "rewritten": rewritten,
     }
 
 

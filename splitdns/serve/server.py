@@ -166,10 +166,9 @@ class Server:
         return self.reload(config)
 
     def _watched(self, tap: deque[Tapped] | None) -> None:
-        """A dashboard began (a deque) or stopped (None) watching the live queries: the
-        express lane stands aside meanwhile (its answers would not be seen)."""
+        """A dashboard began (a deque) or stopped (None) watching the live queries: every
+        answer is appended to it meanwhile (cache hits, the express lane, the chain)."""
         self.tap = tap
-        self.express = self._make_express()
 
     def _apply_limits(self, sized: budgets.Budgets) -> None:
         """Budgets in force from now on (connections and queries already admitted stay)."""

@@ -181,6 +181,7 @@ def streams(dash: Dash) -> float:
 
 
 def test_the_stream_is_tapped_only_while_someone_watches(dash: Dash) -> None:
+    dash.dig("www.example.test")  # cached from here on
     assert streams(dash) == 0
     port = int(dash.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -195,7 +196,9 @@ def test_the_stream_is_tapped_only_while_someone_watches(dash: Dash) -> None:
         event = read_event(sock, time.monotonic() + 3)
         names = [row["name"] for row in event["rows"]]
         assert names == ["www.example.test"], event
-        assert event["rows"][0]["outcome"] == "cached" and event["rows"][0]["view"] == "lan"
+        assert event["rows"][0]["outcome"] == "cached" and event["rows"][0]["view"] == "lan", (
+            json.dumps(event)
+        )
     deadline = time.monotonic() + 5
     while streams(dash) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -276,3 +279,21 @@ def test_a_reload_that_drops_the_section_keeps_the_password(nsd: NSD) -> None:
     finally:
         server.stop()
         shutil.rmtree(folder)
+
+
+def test_a_miss_the_express_lane_answers_shows_its_rewrite_in_the_stream(dash: Dash) -> None:
+    port = int(dash.url.rsplit(":", 1)[1])
+    lane = total(scrape(dash.metrics), "splitdns_express_lane_total", result="answered")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /api/stream?rewritten=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        assert dash.dig("+short", "two.example.test") == "127.0.0.5\n198.51.100.9\n"
+        event = read_event(sock, time.monotonic() + 3)
+    (row,) = event["rows"]
+    assert row["name"] == "two.example.test" and row["outcome"] == "rewritten", row
+    assert row["upstream"] and row["ms"] > 0 and row["view"] == "lan"
+    assert [(c["from"], c["to"], c["rule"]) for c in row["rewritten"]] == [
+        ("203.0.113.1", "127.0.0.5", 0)
+    ]
+    # answered by the lane while watched (it does not stand aside)
+    assert total(scrape(dash.metrics), "splitdns_express_lane_total", result="answered") > lane

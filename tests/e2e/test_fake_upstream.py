@@ -451,6 +451,24 @@ def test_follow_switches_the_rewrite_when_the_ddns_name_moves(
         assert proc.stop() == 0
 
 
+def test_the_cache_keeps_answering_after_a_follow_source_is_resolved(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    """The first resolution of a followed name reloads the views while the cache is still
+    empty; an empty cache once counted as none there (`cache or Cache(...)`: it has a length),
+    so the chain got a new one the server's fast path never read: no answer was ever cached
+    again. Now the same question twice asks the upstream once."""
+    fake.add("home.example.test. 300 IN A 203.0.113.7", "www.example.test. 300 IN A 203.0.113.7")
+    proc = SplitDNS(tmp_path, dynamic_rule(fake, "{follow: home.example.test}"))
+    try:
+        proc.wait_for("follow: home.example.test is now 203.0.113.7 (was unresolved)")
+        for _ in range(3):
+            assert a_values(proc.query("www.example.test")) == ["192.0.2.2"]
+        assert fake.count("www.example.test") == 1
+    finally:
+        assert proc.stop() == 0
+
+
 def test_interface_source_reads_the_interfaces_address(tmp_path: Path, fake: FakeUpstream) -> None:
     from splitdns.serve.follow import interface_address
 

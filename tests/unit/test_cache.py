@@ -326,3 +326,15 @@ def test_hits_and_misses_are_counted_once() -> None:
     assert (server.cache.stats.hits, server.cache.stats.misses) == (0, 1)
     ask(server, query("www.example.test."))  # answered on the fast path
     assert (server.cache.stats.hits, server.cache.stats.misses) == (1, 1)
+
+
+def test_a_reload_while_the_cache_is_empty_keeps_one_cache() -> None:
+    """An empty cache is falsy (it has a length): a reload once made the chain a new one
+    beside the server's, and no answer was ever read from the cache again."""
+    cfg = config.loads(
+        "upstreams: [127.0.0.1]\nviews: [{name: lan, clients: [127.0.0.1/32]}]\n", "t"
+    )
+    server = Server(cfg)
+    assert len(server.cache) == 0
+    server.reload(cfg)
+    assert server.cache is server.pipeline.cache
