@@ -353,3 +353,48 @@ def test_a_screenshot_of_a_working_dashboard(page: Any, dash: Dash, tmp_path: Pa
     wanted = os.environ.get("SPLITDNS_SCREENSHOT")
     if wanted:
         Path(wanted).write_bytes(data)
+
+
+AXE = Path(__file__).resolve().parents[1] / "fixtures" / "axe" / "axe.min.js"
+
+
+def serious_problems(page: Any) -> list[str]:
+    """What axe-core finds serious or critical on the page as it stands."""
+    page.add_script_tag(path=str(AXE))
+    found = page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+        for v in found["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+def test_axe_finds_no_serious_accessibility_problem(
+    browser: Any, dash: Dash, upstream: NSD, tmp_path: Path
+) -> None:
+    """axe-core (Deque's engine, vendored in tests/fixtures) on the page with rows, rules and
+    an explanation in it, and on the login page. Its script is injected, which the page's CSP
+    forbids by design, so these contexts bypass CSP; every other test runs under it."""
+    context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    live(page, dash.url)
+    dig(dash, next(names))
+    page.locator("#stream-rows tr").first.wait_for(timeout=3000)
+    page.fill("#explain-name", "www.example.test")
+    page.click("#explain-form button")
+    page.locator("#explain-out").filter(has_text="final answer").wait_for()
+    page.wait_for_timeout(1600)  # the new rows' highlight has faded
+    assert not (problems := serious_problems(page)), "\n".join(problems)
+    secret = tmp_path / "pw"
+    write_hash(str(secret), make_hash("correct horse battery"))
+    shut = start(tmp_path, upstream, extra=f"  password_file: {secret}\n")
+    try:
+        login = context.new_page()
+        login.goto(shut.url + "/login")
+        login.fill("#password", "wrong password")
+        login.click("button[type=submit]")
+        expect(login.locator("#message")).to_have_text("Wrong password.")
+        assert not (problems := serious_problems(login)), "\n".join(problems)
+    finally:
+        shut.stop()
+    context.close()
