@@ -200,19 +200,21 @@ class DohApp:
             return None
 
 
-class _Config(HypercornConfig):
-    """hypercorn's config with our own SSL context, so a certificate reload reaches it."""
+class OwnTls(HypercornConfig):
+    """hypercorn's config where splitdns sets TLS up itself, on connections it accepted
+    (hypercorn gets the TLS stream, or plain HTTP when `tls` is False): no context of its own,
+    so a certificate reload reaches every new connection."""
 
-    def __init__(self, context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, tls: bool = True) -> None:
         super().__init__()
-        self._context = context
+        self._tls = tls
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
-        return self._context
+        return None
 
     @property
     def ssl_enabled(self) -> bool:
-        return True
+        return self._tls
 
 
 class DohServing:
@@ -223,7 +225,7 @@ class DohServing:
     timeout), the whole-request deadline and bytes per connection are the app's."""
 
     def __init__(self, app: DohApp, config: Config) -> None:
-        hyper = _Config()
+        hyper = OwnTls()
         idle = config.tcp_idle_timeout
         hyper.alpn_protocols = ["h2", "http/1.1"]
         hyper.keep_alive_timeout = idle

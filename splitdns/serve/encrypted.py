@@ -16,7 +16,7 @@ import logging
 import socket
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from splitdns.config.encrypted import EncryptedListener
@@ -128,15 +128,8 @@ class EncryptedListeners:
     ) -> None:
         """Accept, admit to the connection budget at once (before any byte is read), then
         set the connection up in a task of its own."""
-        loop = asyncio.get_running_loop()
         budget = self.server.connections
-        while True:
-            try:
-                conn, addr = await loop.sock_accept(sock)
-            except OSError:
-                await asyncio.sleep(0.1)  # out of descriptors: let connections finish
-                continue
-            host = addr[0]
+        async for conn, host in accepting(sock):
             admitted = (
                 None if self.server.closing else budget.admit(host, kind, self.server.allowed(host))
             )
@@ -222,6 +215,19 @@ class EncryptedListeners:
         if self._proxied:
             await asyncio.wait(set(self._proxied), timeout=5)
         self._doh.clear()
+
+
+async def accepting(sock: socket.socket) -> AsyncIterator[tuple[socket.socket, str]]:
+    """Each connection accepted on `sock` and its peer's address, for ever (when descriptors
+    run out, accepting waits a moment for connections to finish)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            conn, addr = await loop.sock_accept(sock)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        yield conn, addr[0]
 
 
 def certificate(

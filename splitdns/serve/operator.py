@@ -23,10 +23,10 @@ from typing import Any
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
-from hypercorn.config import Config as HypercornConfig
 
 from splitdns.config.model import Endpoint
-from splitdns.serve.encrypted import reset
+from splitdns.serve.doh import OwnTls
+from splitdns.serve.encrypted import accepting, reset
 from splitdns.serve.ports import bind_problem
 
 log = logging.getLogger(__name__)
@@ -48,26 +48,11 @@ class Held:
         self.task: asyncio.Task[None] | None = None
 
 
-class _Config(HypercornConfig):
-    """hypercorn's config with a TLS context of ours (or none)."""
-
-    def __init__(self, context: ssl.SSLContext | None) -> None:
-        super().__init__()
-        self._context = context
-
-    def create_ssl_context(self) -> ssl.SSLContext | None:
-        return self._context
-
-    @property
-    def ssl_enabled(self) -> bool:
-        return self._context is not None
-
-
 class OperatorListener:
     """One address serving `app` (an ASGI application) over HTTP/1.1 (and HTTP/2 with TLS)."""
 
     def __init__(self, app: Any, context: ssl.SSLContext | None = None) -> None:
-        hyper = _Config(context)
+        hyper = OwnTls(tls=context is not None)
         hyper.alpn_protocols = ["h2", "http/1.1"]
         hyper.keep_alive_timeout = 30
         hyper.read_timeout = 30
@@ -108,14 +93,7 @@ class OperatorListener:
         return Endpoint(endpoint.host, sock.getsockname()[1])
 
     async def _accept(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, addr = await loop.sock_accept(sock)
-            except OSError:
-                await asyncio.sleep(0.1)  # out of descriptors: let connections finish
-                continue
-            host = addr[0]
+        async for conn, host in accepting(sock):
             if not self._room_for(host):
                 self.refused += 1
                 reset(conn)
