@@ -65,17 +65,23 @@ CERT_POLL = 1.0  # seconds between looks at the certificate files
 
 
 def _bind(listener: EncryptedListener) -> socket.socket:
-    family = socket.AF_INET6 if listener.family_v6 else socket.AF_INET
+    kind = "DNS over TLS" if listener.kind == "dot" else "DNS over HTTPS"
+    return bind_stream(Endpoint(listener.host, listener.port), kind)
+
+
+def bind_stream(endpoint: Endpoint, what: str) -> socket.socket:
+    """A TCP socket bound to `endpoint` (IPv6 only for an IPv6 address); OSError names the
+    address and `what` it was for."""
+    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((listener.host, listener.port))
+        sock.bind((endpoint.host, endpoint.port))
     except OSError as exc:
         sock.close()
-        kind = "DNS over TLS" if listener.kind == "dot" else "DNS over HTTPS"
-        raise bind_problem(Endpoint(listener.host, listener.port), kind, exc) from None
+        raise bind_problem(endpoint, what, exc) from None
     return sock
 
 

@@ -26,8 +26,7 @@ from hypercorn.asyncio.worker_context import WorkerContext
 
 from splitdns.config.model import Endpoint
 from splitdns.serve.doh import OwnTls
-from splitdns.serve.encrypted import accepting, reset
-from splitdns.serve.ports import bind_problem
+from splitdns.serve.encrypted import accepting, bind_stream, reset
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +75,8 @@ class OperatorListener:
 
     async def start(self, endpoint: Endpoint, what: str) -> Endpoint:
         """Bind and listen; returns the address as bound (port 0 picks one)."""
-        family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((endpoint.host, endpoint.port))
-            sock.listen(64)
-        except OSError as exc:
-            sock.close()
-            raise bind_problem(endpoint, what, exc) from None
+        sock = bind_stream(endpoint, what)
+        sock.listen(64)
         sock.setblocking(False)
         self._socket = sock
         self._accepting = asyncio.ensure_future(self._accept(sock))
