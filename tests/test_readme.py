@@ -16,7 +16,9 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import os
+import pty
 import re
+import select
 import shutil
 import signal
 import ssl
@@ -209,13 +211,11 @@ def test_container_commands_build_and_run_the_image(clean_copy: Path, tmp_path: 
     podman.remove(name)
     podman.run("volume", "rm", "--force", "splitdns-state", check=False)
     try:
-        # the dashboard's password, written by the image as the README says (asked twice)
-        written = subprocess.run(
-            ["bash", "-c", with_extras(password, extras)], cwd=clean_copy, env=podman.env,
-            input="container horse\ncontainer horse\n", capture_output=True, text=True,
-            timeout=120,
-        )  # fmt: skip
-        assert written.returncode == 0, written.stdout + written.stderr
+        # the dashboard's password, written by the image as the README says: at a terminal,
+        # answering its two prompts as a person would (getpass flushes input typed early)
+        answers = [("password:", "container horse"), ("again:", "container horse")]
+        code, said = at_a_terminal(with_extras(password, extras), clean_copy, podman.env, answers)
+        assert code == 0, said
         assert (clean_copy / "zones" / "dashboard.passwd").read_text().startswith("scrypt$")
         shell(with_extras(run, extras), clean_copy, podman.env, timeout=120)
         deadline = time.monotonic() + 20
@@ -265,6 +265,42 @@ def test_container_commands_build_and_run_the_image(clean_copy: Path, tmp_path: 
         podman.run("volume", "rm", "--force", "splitdns-state", check=False)
         upstream.stop()
         podman.run("rmi", "--force", image, check=False)
+
+
+def at_a_terminal(
+    command: str, cwd: Path, env: dict[str, str], answers: list[tuple[str, str]]
+) -> tuple[int, str]:
+    """Run `command` on a pseudo-terminal, typing each answer once its prompt shows; (exit
+    status, what the terminal showed). Bounded: 120 s."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdin=slave,
+                            stdout=slave, stderr=slave, start_new_session=True)  # fmt: skip
+    os.close(slave)
+    shown, answered_to = b"", 0
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the other side closed
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            if answers and answers[0][0].encode() in shown[answered_to:]:
+                answered_to = len(shown)
+                os.write(master, answers.pop(0)[1].encode() + b"\n")
+            if proc.poll() is not None and not ready:
+                break
+        code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
+    return code, shown.decode("utf-8", "replace")
 
 
 def assert_dashboard_logs_in(port: int, password: str) -> None:

@@ -34,6 +34,6 @@ def command(args: argparse.Namespace) -> int:
         return 1
     print(
         f"wrote {args.file} (owner-only). Point the mapping at it:\n"
-        f"  dashboard:\n    listen: 0.0.0.0:5380\n    password_file: {args.file}"
+        f"  dashboard:\n    listen: https://0.0.0.0:5380\n    password_file: {args.file}"
     )
     return 0

@@ -12,7 +12,6 @@ import logging
 import ssl
 
 from splitdns.config.model import Endpoint
-from splitdns.serve import certs
 from splitdns.serve.encrypted import certificate
 from splitdns.serve.operator import OperatorListener
 from splitdns.serve.privileges import service_user
@@ -59,12 +58,10 @@ class OperatorListeners:
             raise
 
     def _tls_context(self) -> ssl.SSLContext:
-        """The DoT/DoH certificate's (read or made as theirs is, if no listener has it)."""
-        files = self.server.encrypted.files
-        if files is None:
-            config = self.server.config
-            return certificate(config, service_user(config.user))[3]
-        return certs.server_context(files, ["h2", "http/1.1"])
+        """The DoT/DoH certificate's, read (or made) as theirs is: as the user splitdns
+        becomes, whose key root without DAC_OVERRIDE (the image's) may not read."""
+        config = self.server.config
+        return certificate(config, service_user(config.user))[3]
 
     async def stop(self) -> None:
         for listener in self.listeners:
