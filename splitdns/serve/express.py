@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import _socket
 import asyncio
-import ipaddress
 import logging
 import time
 from collections import deque
@@ -97,18 +96,19 @@ _QUERY_KEYS = {  # the query counter's labels by question type: forwarded, rewri
 
 def _changes(
     before: bytes, after: bytes, addresses: list[tuple[int, int]], rules: list[int]
-) -> list[tuple[str, str, int]]:
-    """(old address, new address, rule) of each record the lane rewrote, in order (only
-    while a dashboard watches): the reply before and after, at the records' offsets."""
+) -> list[tuple[bytes, bytes, int]]:
+    """(old address, new address, rule) of each record the lane rewrote, in order, as bytes
+    (only while a dashboard watches; read as text for the rows shown): the reply before and
+    after, at the records' offsets."""
+    if not rules:
+        return []
     changed = []
     used = iter(rules)
     for rtype, offset in addresses:
         size = 4 if rtype == wire.TYPE_A else 16
         old, new = before[offset : offset + size], after[offset : offset + size]
         if old != new:
-            changed.append(
-                (str(ipaddress.ip_address(old)), str(ipaddress.ip_address(new)), next(used, -1))
-            )
+            changed.append((old, new, next(used, -1)))
     return changed
 
 

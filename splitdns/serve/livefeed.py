@@ -11,6 +11,7 @@ away again.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import operator
 import time
@@ -32,10 +33,9 @@ MAX_SUBSCRIBERS = 8
 CLIENTS_KEPT = 1024
 
 #: (host, view, query bytes) for a cache hit; (host, view, query bytes, outcome, seconds,
-#: [(old, new, rule)], upstream) for the express lane's miss; (host, view, name, qtype,
-#: outcome, seconds, changes, upstream, transport) for an answer from the chain
+#: [(old, new, rule)] with addresses as bytes, upstream) for the express lane's miss; (host,
+#: view, name, qtype, outcome, seconds, changes, upstream, transport) from the chain
 Tapped = tuple[Any, ...]
-_HOST = operator.itemgetter(0)
 _HOST_VIEW = operator.itemgetter(0, 1)
 
 
@@ -78,9 +78,8 @@ class LiveFeed:
         self.hidden = hidden  # query_log.hide_clients, read when rows are made
         self.subscribers: set[Subscriber] = set()
         self.tap: deque[Tapped] = deque(maxlen=TAP_SIZE)
-        self.answers: Counter[str] = Counter()  # by client, while watched
-        self.views: dict[str, str] = {}  # client -> the view it was last answered in
-        self.seen: dict[str, float] = {}  # client -> when
+        self.answers: Counter[tuple[str, str]] = Counter()  # (client, view), while watched
+        self.seen: dict[tuple[str, str], float] = {}  # (client, view) -> when last
         self.watching_since: float | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -153,17 +152,15 @@ class LiveFeed:
                 subscriber.skipped = skipped + len(shown)
 
     def _count(self, tapped: Sequence[Tapped], now: float) -> None:
-        """Every answer counts for its client, read off the tuples at C speed (no row made,
-        no Python step per answer)."""
-        hosts = list(map(_HOST, tapped))
-        self.answers.update(hosts)
-        self.views.update(map(_HOST_VIEW, tapped))
-        self.seen.update(dict.fromkeys(hosts, now))
+        """Every answer counts for its client and view: one pass at C speed over the tuples
+        (no row made, no Python step per answer), then a step per client seen this tick."""
+        tick = Counter(map(_HOST_VIEW, tapped))
+        self.answers.update(tick)
+        self.seen.update(dict.fromkeys(tick, now))
         if len(self.answers) > CLIENTS_KEPT:  # keep the busier half
             kept = dict(self.answers.most_common(CLIENTS_KEPT // 2))
             self.answers = Counter(kept)
-            self.views = {h: v for h, v in self.views.items() if h in kept}
-            self.seen = {h: t for h, t in self.seen.items() if h in kept}
+            self.seen = {k: t for k, t in self.seen.items() if k in kept}
 
     def top_clients(self, count: int = 10) -> list[dict[str, Any]]:
         busiest = sorted(self.answers.items(), key=lambda kv: (-kv[1], kv[0]))[:count]
@@ -171,10 +168,10 @@ class LiveFeed:
             {
                 "client": host,
                 "answers": n,
-                "view": self.views.get(host, ""),
-                "last_seen": round(self.seen.get(host, 0.0), 1),
+                "view": view,
+                "last_seen": round(self.seen.get((host, view), 0.0), 1),
             }
-            for host, n in busiest
+            for (host, view), n in busiest
         ]
 
 
@@ -191,7 +188,13 @@ def make_row(item: Tapped, now: float, hidden: bool) -> dict[str, Any]:
         qtype = (data[end] << 8) | data[end + 1]
         ms, transport = round(latency * 1000, 3), "udp"
         rewritten = [
-            {"name": name.lower(), "from": old, "to": new, "rule": rule, "field": ""}
+            {
+                "name": name.lower(),
+                "from": str(ipaddress.ip_address(old)),
+                "to": str(ipaddress.ip_address(new)),
+                "rule": rule,
+                "field": "",
+            }
             for old, new, rule in lane
         ]
         return _row(now, hidden, host, name, qtype, view, outcome, ms, upstream, transport,

@@ -641,8 +641,9 @@ class Server:
             answer = plan = None
         if answer:
             transport.sendto(answer, addr)
-            if self.tap is not None and plan is not None:  # a dashboard watches
-                self.tap.append((host, plan.name, data))
+            tap = self.tap
+            if tap is not None and plan is not None:  # a dashboard watches
+                tap.append((host, plan.name, data))
             return
         if not self.inflight.take(host):
             return  # over its share of queries in flight (or all full): dropped, counted
