@@ -25,7 +25,7 @@ from splitdns.answer.rewrite import Change
 from splitdns.serve.metrics import QTYPES
 
 TICK = 0.25
-TAP_SIZE = 8192  # answers kept between two ticks; more are lost to the stream (counted)
+TAP_SIZE = 8192  # answers kept a tick (32 k a second); beyond, neither shown nor counted
 ROWS_PER_TICK = 40  # per subscriber
 SCANNED = 2000  # answers looked at per subscriber and tick (newest first)
 QUEUE_SIZE = 32  # ticks' batches waiting for a slow browser

@@ -32,7 +32,7 @@ from splitdns.serve.connections import Connection, ConnectionBudget
 from splitdns.serve.encrypted import EncryptedListeners
 from splitdns.serve.express import DatagramSender, Express, ViewPlan
 from splitdns.serve.inflight import InFlight
-from splitdns.serve.livefeed import LiveFeed, Tapped
+from splitdns.serve.livefeed import TAP_SIZE, LiveFeed, Tapped
 from splitdns.serve.metrics import QTYPES, Counts, query_key
 from splitdns.serve.ports import bind_problem
 from splitdns.serve.privileges import service_user
@@ -642,8 +642,8 @@ class Server:
         if answer:
             transport.sendto(answer, addr)
             tap = self.tap
-            if tap is not None and plan is not None:  # a dashboard watches
-                tap.append((host, plan.name, data))
+            if tap is not None and plan is not None and len(tap) < TAP_SIZE:  # watched
+                tap.append((host, plan.name, data))  # (beyond TAP_SIZE a tick: not even made)
             return
         if not self.inflight.take(host):
             return  # over its share of queries in flight (or all full): dropped, counted
