@@ -36,7 +36,8 @@ CLIENTS_KEPT = 1024
 #: [(old, new, rule)] with addresses as bytes, upstream) for the express lane's miss; (host,
 #: view, name, qtype, outcome, seconds, changes, upstream, transport) from the chain
 Tapped = tuple[Any, ...]
-_HOST_VIEW = operator.itemgetter(0, 1)
+_HOST = operator.itemgetter(0)
+_VIEW = operator.itemgetter(1)
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,9 @@ class LiveFeed:
         self.hidden = hidden  # query_log.hide_clients, read when rows are made
         self.subscribers: set[Subscriber] = set()
         self.tap: deque[Tapped] = deque(maxlen=TAP_SIZE)
-        self.answers: Counter[tuple[str, str]] = Counter()  # (client, view), while watched
-        self.seen: dict[tuple[str, str], float] = {}  # (client, view) -> when last
+        self.answers: Counter[str] = Counter()  # by client, while watched
+        self.views: dict[str, str] = {}  # client -> the view it was last answered in
+        self.seen: dict[str, float] = {}  # client -> when last
         self.watching_since: float | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -152,15 +154,18 @@ class LiveFeed:
                 subscriber.skipped = skipped + len(shown)
 
     def _count(self, tapped: Sequence[Tapped], now: float) -> None:
-        """Every answer counts for its client and view: one pass at C speed over the tuples
-        (no row made, no Python step per answer), then a step per client seen this tick."""
-        tick = Counter(map(_HOST_VIEW, tapped))
+        """Every answer counts for its client: C passes over the tuples that allocate
+        nothing (a Counter over the hosts, whose hashes strings keep; each host's view, last
+        one wins), then a step per client seen this tick."""
+        tick = Counter(map(_HOST, tapped))
         self.answers.update(tick)
+        self.views.update(zip(map(_HOST, tapped), map(_VIEW, tapped), strict=True))
         self.seen.update(dict.fromkeys(tick, now))
         if len(self.answers) > CLIENTS_KEPT:  # keep the busier half
             kept = dict(self.answers.most_common(CLIENTS_KEPT // 2))
             self.answers = Counter(kept)
-            self.seen = {k: t for k, t in self.seen.items() if k in kept}
+            self.views = {h: v for h, v in self.views.items() if h in kept}
+            self.seen = {h: t for h, t in self.seen.items() if h in kept}
 
     def top_clients(self, count: int = 10) -> list[dict[str, Any]]:
         busiest = sorted(self.answers.items(), key=lambda kv: (-kv[1], kv[0]))[:count]
@@ -168,10 +173,10 @@ class LiveFeed:
             {
                 "client": host,
                 "answers": n,
-                "view": view,
-                "last_seen": round(self.seen.get((host, view), 0.0), 1),
+                "view": self.views.get(host, ""),
+                "last_seen": round(self.seen.get(host, 0.0), 1),
             }
-            for (host, view), n in busiest
+            for host, n in busiest
         ]
 
 
