@@ -61,7 +61,11 @@ class OperatorListeners:
         """The DoT/DoH certificate's, read (or made) as theirs is: as the user splitdns
         becomes, whose key root without DAC_OVERRIDE (the image's) may not read."""
         config = self.server.config
-        return certificate(config, service_user(config.user))[3]
+        context = certificate(config, service_user(config.user))[3]
+        reloader = self.server.encrypted.reloader
+        if reloader is not None:  # renewed files reach the dashboard as they reach DoT/DoH
+            reloader.contexts.append(context)
+        return context
 
     async def stop(self) -> None:
         for listener in self.listeners:

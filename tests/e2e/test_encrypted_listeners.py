@@ -314,8 +314,14 @@ def test_certificate_files_reload_without_dropping_open_connections(
     shutil.copy(first_cert, cert)
     shutil.copy(first_key, key)
     key.chmod(0o644)
-    proc = start(tmp_path, nsd.port, f"tls: {{cert: {cert}, key: {key}}}\n")
+    board = free_port()  # an https dashboard shares the certificate, and its renewal
+    proc = start(
+        tmp_path,
+        nsd.port,
+        f"tls: {{cert: {cert}, key: {key}}}\ndashboard: {{listen: 'https://127.0.0.1:{board}'}}\n",
+    )
     try:
+        assert ssl.get_server_certificate(("127.0.0.1", board)) == first_cert.read_text()
         with dot_connection(proc.dot) as old:
             before = hashlib.sha256(old.getpeercert(binary_form=True) or b"").hexdigest()
             renewed = tmp_path / "renewed"
@@ -332,6 +338,7 @@ def test_certificate_files_reload_without_dropping_open_connections(
                     break
                 time.sleep(0.3)
             assert after != before, "the new certificate was never served:\n" + proc.output
+            assert ssl.get_server_certificate(("127.0.0.1", board)) == cert.read_text()
             q = dns.message.make_query("www.example.test", "A")
             wire = q.to_wire()
             old.sendall(struct.pack("!H", len(wire)) + wire)
