@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,17 @@ import pytest
 from tests.support.fakeupstream import FakeUpstream
 from tests.support.servers import NSD
 from tests.support.zones import example_zone
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped with SIGTERM (a CI timeout, `kill`) unwinds as Ctrl-C does: every
+    fixture's teardown runs, so no namespace, container or server the tests made is left."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+
 
 TEST_ZONE = example_zone(
     "@       A    203.0.113.1",

@@ -17,11 +17,15 @@ Used by tests (tests/lab) and by `splitdns lab`. Needs root; always tears itself
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +85,58 @@ def check_possible() -> None:
         raise LabError("the lab needs iproute2 ('ip'): apt-get install iproute2")
 
 
+ROLES = frozenset({"switch", "client", "client6", "router", "server", "outside"})
+_LEFTOVER = re.compile(r"sd(\d+)-(\w+)$")
+
+
+def stop_on_signals() -> dict[int, object]:
+    """SIGTERM and SIGHUP end the lab as Ctrl-C does (a KeyboardInterrupt through its
+    `with`), so its namespaces go even when a test runner or a terminal is stopped, and the
+    runner stops too; the old handlers, to put back. Only the main thread may set them."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
+def restore_signals(saved: dict[int, object]) -> None:
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)  # type: ignore[arg-type]
+    saved.clear()
+
+
+def sweep_leftovers() -> list[str]:
+    """Delete the namespaces an earlier lab left (killed before its teardown: SIGKILL, a
+    power cut): those named sd<PID>-<a lab role> whose process <PID> is gone, with what still
+    runs in them and the /etc/netns folder `ip netns exec` reads. A live owner's are kept."""
+    swept = []
+    for line in run("ip", "netns", "list", check=False).splitlines():
+        name = line.split()[0] if line.split() else ""
+        found = _LEFTOVER.match(name)
+        if found is None or found.group(2) not in ROLES or _alive(int(found.group(1))):
+            continue
+        for pid in run("ip", "netns", "pids", name, check=False).split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)  # the dead lab's nsd, unbound, tayga...
+        run("ip", "netns", "del", name, check=False)
+        shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
+        swept.append(name)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run(*argv: str, check: bool = True, timeout: float = 30) -> str:
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
@@ -90,11 +146,13 @@ def run(*argv: str, check: bool = True, timeout: float = 30) -> str:
 
 @dataclass
 class Lab:
-    """Namespaces named with a per-run suffix, so parallel or leftover labs never collide."""
+    """Namespaces named with the process's ID, so parallel labs never collide and a dead
+    run's leftovers are told from a live one's."""
 
-    tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
+    tag: str = field(default_factory=lambda: str(os.getpid()))  # (sweep_leftovers reads it)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
+    _signals: dict[int, object] = field(default_factory=dict)
 
     def ns(self, role: str) -> str:
         return f"sd{self.tag}-{role}"
@@ -115,15 +173,21 @@ class Lab:
 
     def __enter__(self) -> Self:
         check_possible()
+        sweep_leftovers()
+        self._signals = stop_on_signals()
         try:
             self.build()
         except BaseException:
             self.teardown()
+            restore_signals(self._signals)
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.teardown()
+        try:
+            self.teardown()
+        finally:
+            restore_signals(self._signals)
 
     def build(self) -> None:
         self.wan(("router", "switch", "server", "client", "outside"), (OUTSIDE, AUTH_DNS))

@@ -179,3 +179,38 @@ def test_queries_only_from_the_gateway_log_the_container_trap(tmp_path: Path) ->
     warnings = [line for line in output.splitlines() if "views cannot tell clients apart" in line]
     assert len(warnings) == 1, output
     assert f"{lab.ROUTER_LAN}, this host's gateway" in warnings[0]
+
+
+def test_a_killed_labs_namespaces_are_swept_by_the_next_and_a_live_ones_kept() -> None:
+    """A lab killed before its teardown (SIGKILL) leaves sd<PID>-<role> namespaces; the next
+    lab deletes those of dead processes, with what runs in them, and keeps a live one's."""
+    import os
+    import signal
+    import time
+
+    from splitdns.commands.lab import sweep_leftovers
+    from tests.support.tools import need_root
+
+    need_root(("ip", "iproute2"))
+    sleeper = subprocess.Popen(["sleep", "60"])  # a PID that is ours and will be dead
+    dead = sleeper.pid
+    sleeper.kill()
+    sleeper.wait(10)
+    gone, kept = f"sd{dead}-router", f"sd{os.getpid()}-server"
+    for name in (gone, kept):
+        subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+    inside = subprocess.Popen(["ip", "netns", "exec", gone, "sleep", "60"])
+    try:
+        time.sleep(0.2)
+        swept = sweep_leftovers()
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                check=True, timeout=30).stdout  # fmt: skip
+        assert gone in swept and gone not in listed
+        assert kept not in swept and kept in listed
+        assert inside.wait(10) == -signal.SIGKILL  # what ran in it went with it
+    finally:
+        if inside.poll() is None:
+            inside.kill()
+            inside.wait(10)
+        for name in (gone, kept):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
