@@ -17,7 +17,6 @@ import logging
 import socket
 import ssl
 import time
-from collections import Counter
 from typing import Any
 
 from hypercorn.app_wrappers import ASGIWrapper
@@ -66,9 +65,7 @@ class OperatorListener:
         self.context = context
         self.worker = WorkerContext(None)
         self.app = app
-        self.open: Counter[str] = Counter()
         self.held: set[Held] = set()
-        self.refused = 0
         self._socket: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -85,10 +82,8 @@ class OperatorListener:
     async def _accept(self, sock: socket.socket) -> None:
         async for conn, host in accepting(sock):
             if not self._room_for(host):
-                self.refused += 1
                 reset(conn)
                 continue
-            self.open[host] += 1
             held = Held(host)
             self.held.add(held)
             task = held.task = asyncio.ensure_future(self._serve(conn, held))
@@ -99,17 +94,15 @@ class OperatorListener:
         """Whether a new connection from `host` fits, after closing an idle one if need be:
         that host's oldest when it holds its share, anyone's oldest when all are taken."""
         full = len(self.held) >= CONNECTIONS
-        if not full and self.open[host] < PER_CLIENT:
+        if not full and sum(1 for h in self.held if h.host == host) < PER_CLIENT:
             return True
         idle = [h for h in self.held if not h.busy and (full or h.host == host)]
         if not idle:
             return False
         oldest = min(idle, key=lambda h: h.opened)
+        self.held.discard(oldest)  # out of the count now; its task ends at its next step
         if oldest.task is not None:
             oldest.task.cancel()
-        self.held.discard(oldest)  # its count goes when its task ends
-        self.open[oldest.host] -= 1
-        oldest.busy = -1  # counted out already
         return True
 
     async def _serve(self, sock: socket.socket, held: Held) -> None:
@@ -132,11 +125,7 @@ class OperatorListener:
             app = ASGIWrapper(functools.partial(_counted, self.app, held))
             await TCPServer(app, loop, self.hyper, self.worker, {}, reader, writer)
         finally:
-            if held.busy >= 0:  # (an evicted one was counted out when it was chosen)
-                self.held.discard(held)
-                self.open[held.host] -= 1
-            if self.open[held.host] <= 0:
-                del self.open[held.host]
+            self.held.discard(held)
             if transport is not None:
                 transport.abort()
             else:
@@ -156,10 +145,8 @@ class OperatorListener:
 
 async def _counted(app: Any, held: Held, scope: Any, receive: Any, send: Any) -> None:
     """`app` for one request, with its connection marked busy meanwhile."""
-    if held.busy >= 0:
-        held.busy += 1
+    held.busy += 1
     try:
         await app(scope, receive, send)
     finally:
-        if held.busy > 0:
-            held.busy -= 1
+        held.busy -= 1
