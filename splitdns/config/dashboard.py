@@ -8,7 +8,8 @@ salted hash written by `splitdns passwd`); `https://` uses the DoT/DoH certifica
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 from splitdns.config.passwords import PasswordError, read_hash
 from splitdns.config.tree import Node
@@ -24,6 +25,9 @@ class DashboardSettings:
     port: int = DEFAULT_PORT
     https: bool = False
     password_file: str | None = None
+    #: Host names the page may be opened by besides loopback's, the listen address and this
+    #: machine's own name (a request naming any other is refused: DNS rebinding)
+    names: tuple[str, ...] = ()
 
     @property
     def loopback(self) -> bool:
@@ -38,7 +42,7 @@ class DashboardSettings:
         return f"{'https' if self.https else 'http'}://{host}:{self.port}/"
 
 
-KEYS = frozenset({"listen", "password_file"})
+KEYS = frozenset({"listen", "names", "password_file"})
 
 
 def parse_dashboard(node: Node, parse_endpoint: object) -> DashboardSettings:
@@ -73,7 +77,9 @@ def parse_dashboard(node: Node, parse_endpoint: object) -> DashboardSettings:
             raise where.error(
                 f"{path}: {_why(exc)} (write one with: splitdns passwd {path})"
             ) from None
-        settings = DashboardSettings(settings.host, settings.port, settings.https, path)
+        settings = replace(settings, password_file=path)
+    if "names" in keys:
+        settings = replace(settings, names=tuple(_host_name(n) for n in keys["names"].items()))
     if not settings.loopback and settings.password_file is None:
         place = keys.get("listen", node)
         raise place.error(
@@ -81,6 +87,18 @@ def parse_dashboard(node: Node, parse_endpoint: object) -> DashboardSettings:
             "one with: splitdns passwd FILE), or listen on loopback (127.0.0.1)"
         )
     return settings
+
+
+def _host_name(node: Node) -> str:
+    """One of `names`: a DNS name the operator types in the browser's address bar."""
+    text = node.text().strip().lower().rstrip(".")
+    labels = text.split(".")
+    if not text or len(text) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise node.error(f"{text!r} is not a host name (letters, digits, '-' and dots)")
+    return text
+
+
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 def _is_scalar(node: Node) -> bool:

@@ -35,7 +35,7 @@ class OperatorListeners:
             if dashboard is not None:
                 endpoint = Endpoint(dashboard.host, dashboard.port)
                 context = self._tls_context() if dashboard.https else None
-                app = Operator(server, dashboard=True, https=dashboard.https).app()
+                app = Operator(server, True, dashboard.host, https=dashboard.https).app()
                 listener = OperatorListener(app, context)
                 try:
                     bound = await listener.start(endpoint, "dashboard, HTTP")
@@ -49,7 +49,7 @@ class OperatorListeners:
                         server.bound.append(("metrics", bound))
                         return
             if config.metrics is not None:
-                listener = OperatorListener(Operator(server, dashboard=False).app())
+                listener = OperatorListener(Operator(server, False, config.metrics.host).app())
                 bound = await listener.start(config.metrics, "metrics, HTTP")
                 self.listeners.append(listener)
                 server.bound.append(("metrics", bound))

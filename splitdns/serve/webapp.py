@@ -40,6 +40,7 @@ from splitdns.serve.explaining import explain
 from splitdns.serve.metrics import SplitdnsCollector
 from splitdns.serve.server import Server
 from splitdns.serve.webauth import COOKIE, SESSION_SECONDS, Gate, PasswordFile
+from splitdns.serve.webhosts import CheckHost, Hosts
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,9 @@ class Operator:
     """The routes over one running server. `dashboard`: False serves /metrics and /healthz
     only (a `metrics:` address apart from the dashboard's)."""
 
-    def __init__(self, server: Server, dashboard: bool, https: bool = False) -> None:
+    def __init__(
+        self, server: Server, dashboard: bool, listen_host: str, https: bool = False
+    ) -> None:
         self.server = server
         self.dashboard = dashboard
         self.https = https
@@ -91,6 +94,14 @@ class Operator:
         self.started = server.config.dashboard
         self.gate = Gate(PasswordFile(self._password_path))
         self._explains: dict[str, list[float]] = {}
+        self.hosts = Hosts(listen_host, self._names)
+
+    def _names(self) -> tuple[str, ...]:
+        """Names the mapping gives this listener (read per request: a reload may add some)."""
+        config = self.server.config
+        board = config.dashboard
+        names = board.names if board is not None else ()
+        return (*names, config.resolver_name) if config.resolver_name else names
 
     def _password_path(self) -> str | None:
         """The current mapping's password file while it names the address this listener
@@ -128,7 +139,7 @@ class Operator:
         app = Starlette(routes=routes)
         app.add_exception_handler(404, _not_found if self.dashboard else _metrics_only)
         app.add_exception_handler(405, _not_allowed)
-        return SecurityHeaders(app)
+        return SecurityHeaders(CheckHost(app, self.hosts))
 
     # ------------------------------------------------------------------ open to all
 
@@ -151,7 +162,7 @@ class Operator:
         return _login_page()
 
     async def login(self, request: Request) -> Response:
-        refused = _cross_site(request)
+        refused = _cross_site(request, self.hosts)
         if refused is not None:
             return refused
         if not self.gate.required:
@@ -185,7 +196,7 @@ class Operator:
         return response
 
     async def logout(self, request: Request) -> Response:
-        refused = _cross_site(request)
+        refused = _cross_site(request, self.hosts)
         if refused is not None:
             return refused
         self.gate.logout(request.cookies.get(COOKIE))
@@ -322,17 +333,19 @@ def _peer(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
 
-def _cross_site(request: Request) -> Response | None:
+def _cross_site(request: Request, hosts: Hosts) -> Response | None:
     """A form posted from another site (the session cookie is SameSite=Strict already): told
-    by Sec-Fetch-Site where the browser sends it, else by Origin; neither: not a browser."""
+    by Sec-Fetch-Site where the browser sends it, else by Origin, which must name one of the
+    listener's own hosts (never compared with the request's Host: a rebound name would
+    match itself); neither: not a browser."""
     site = request.headers.get("sec-fetch-site")
     if site is not None:
         if site in ("same-origin", "none"):
             return None
         return _refused(403, "a form from another site was refused")
     origin = request.headers.get("origin")
-    if origin is None or origin == f"{request.url.scheme}://{request.url.netloc}":
-        return None  # (HTTP/2 has no Host header: the URL's netloc is the server's address)
+    if origin is None or hosts.origin_allowed(origin):
+        return None
     return _refused(403, "a form from another site was refused")
 
 

@@ -123,6 +123,29 @@ def test_the_wrong_method_and_a_foreign_form_are_refused(dash: Dash) -> None:
     assert got == 403
 
 
+@pytest.mark.parametrize(
+    "path", ["/", "/api/clients", "/api/status", "/api/stream", "/api/explain?name=a.test",
+             "/metrics", "/login"]
+)  # fmt: skip
+def test_a_rebound_name_is_refused_before_any_route(dash: Dash, path: str) -> None:
+    """DNS rebinding: a page at evil.example, its name pointed at 127.0.0.1, asks the
+    dashboard with its own name as Host; the default dashboard has no password."""
+    port = dash.url.rsplit(":", 1)[1]
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+        got, body, _ = call(dash.url + path, headers={"Host": host})
+        assert got == 421, (host, body)
+        assert "add the name to dashboard.names" in body["error"]
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]", f"{socket.gethostname()}"):
+        got, body, _ = call(dash.url + "/healthz", headers={"Host": host})
+        assert got == 200, (host, body)
+    # a form's Origin must be one of ours, whatever Host says
+    got, body, _ = call(dash.url + "/logout", "POST", b"",
+                        {"Origin": f"http://evil.example:{port}"})  # fmt: skip
+    assert got == 403
+    got, _, _ = call(dash.url + "/logout", "POST", b"", {"Origin": f"http://localhost:{port}"})
+    assert got == 200  # (the redirect to the page, followed)
+
+
 def test_status_rules_and_series_read_the_running_server(dash: Dash) -> None:
     assert dash.dig("+short", "www.example.test") == "127.0.0.5\n"
     got, status, _ = call(dash.url + "/api/status")
@@ -186,7 +209,7 @@ def test_the_stream_is_tapped_only_while_someone_watches(dash: Dash) -> None:
     port = int(dash.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(
-            b"GET /api/stream?name=www.example&view=lan HTTP/1.1\r\nHost: x\r\n"
+            b"GET /api/stream?name=www.example&view=lan HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Accept: text/event-stream\r\n\r\n"
         )
         time.sleep(0.3)
@@ -243,13 +266,13 @@ def test_a_crowd_of_connections_from_one_address_leaves_dns_and_others_served(
     try:
         for _ in range(200):  # idle, half-sent and trickling: more than its share
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            sock.sendall(b"GET /api/status HTTP/1.1\r\nHost: x\r\n")  # never finished
+            sock.sendall(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
             crowd.append(sock)
         assert dash.dig("+short", "www.example.test") == "127.0.0.5\n"
         # another address still gets in (127.0.0.2 is loopback too)
         with socket.create_connection(("127.0.0.1", port), timeout=5,
                                       source_address=("127.0.0.2", 0)) as other:  # fmt: skip
-            other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            other.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             assert other.recv(1000).startswith(b"HTTP/1.1 200")
     finally:
         for sock in crowd:
@@ -285,7 +308,7 @@ def test_a_miss_the_express_lane_answers_shows_its_rewrite_in_the_stream(dash: D
     port = int(dash.url.rsplit(":", 1)[1])
     lane = total(scrape(dash.metrics), "splitdns_express_lane_total", result="answered")
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET /api/stream?rewritten=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /api/stream?rewritten=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         time.sleep(0.3)
         assert dash.dig("+short", "two.example.test") == "127.0.0.5\n198.51.100.9\n"
         event = read_event(sock, time.monotonic() + 3)
