@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from splitdns import wire
 from splitdns.config.model import CacheSettings
@@ -41,10 +42,12 @@ class Entry:
     __slots__ = (
         "_aged",
         "_aged_at",
+        "changes",
         "data",
         "expires",
         "outcome",
         "prefetching",
+        "rewritten",
         "size",
         "stored",
         "ttl",
@@ -59,14 +62,20 @@ class Entry:
         now: float,
         outcome: str,
         exact: bool = False,
+        rewritten: bool = False,
+        changes: tuple[Any, ...] = (),
     ) -> None:
-        """`exact`: `data` already carries `ttls` (none was clamped): at age 0 it is the answer."""
+        """`exact`: `data` already carries `ttls` (none was clamped): at age 0 it is the answer.
+        `rewritten`: the question's own answer was (chain.Response's); `changes`: what was
+        rewritten (rewrite.Change), for the dashboard's rows of cached answers."""
         self.data = data
         self.ttls = ttls
         self.ttl = ttl
         self.stored = now
         self.expires = now + ttl
         self.outcome = outcome
+        self.rewritten = rewritten
+        self.changes = changes
         self.size = len(data) + ENTRY_OVERHEAD
         self.prefetching = False
         self._aged_at = 0 if exact else -1  # clamped TTLs: computed even at age 0
@@ -265,6 +274,8 @@ class Cache:
         now: float,
         ttl_hint: int | None = None,
         message: wire.Message | None = None,
+        rewritten: bool = False,
+        changes: tuple[Any, ...] = (),
     ) -> Entry | None:
         """Store an answer if it may be cached; returns the entry stored.
 
@@ -280,7 +291,7 @@ class Cache:
             ttl = min(ttl_hint, self.settings.max_ttl) if ttl == 0 else min(ttl, ttl_hint)
         if ttl <= 0:
             return None
-        return self.keep(key, Entry(data, ttls, ttl, now, outcome))
+        return self.keep(key, Entry(data, ttls, ttl, now, outcome, False, rewritten, changes))
 
     def keep(self, key: Key, entry: Entry) -> Entry | None:
         """Store a made entry (its TTLs already decided); None if it is too big to keep."""

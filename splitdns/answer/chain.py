@@ -71,7 +71,10 @@ class Response:
     upstream: str | None = None
     notes: list[str] = field(default_factory=list)
     ttl_hint: int | None = None  # cache lifetime for answers without TTLs of their own
-    rewritten: bool = False  # some address in it was rewritten (also when served from cache)
+    #: the question's own answer (its answer section, along its CNAME chain) was rewritten,
+    #: also when served from the cache; glue rewritten alone leaves it False: the AAAA/HTTPS
+    #: policies decide on where the name itself points
+    rewritten: bool = False
     final: bool = False  # the client gets these bytes as they are, but for the ID (signed)
     message: wire.Message | None = None  # the walk of `bare`, when one is at hand
     #: An Extended DNS Error for the client (RFC 8914): info code and reason, or None.
@@ -511,7 +514,7 @@ class Rewrite(Link):
             Outcome.REWRITTEN,
             result.changes,
             resp.upstream,
-            rewritten=True,
+            rewritten=result.answered,
             message=None if result.rebuilt else resp.message,
         )
 
@@ -541,7 +544,7 @@ class CacheLink(Link):
             entry.aged(now),
             Outcome.CACHED,
             ttl_hint=entry.ttl,
-            rewritten=entry.outcome == Outcome.REWRITTEN,
+            rewritten=entry.rewritten,
         )
 
     def key(self, req: Request) -> tuple[str, bytes, bytes, bool, bool]:
@@ -562,8 +565,9 @@ class CacheLink(Link):
                 return Response(stale_answer, Outcome.STALE, notes=resp.notes, ede=ede)
         if resp.outcome in _CACHEABLE and req.query.rd:  # RD=0 answers are nobody else's
             entry = self.cache.put(
-                key, resp.bare, str(resp.outcome), now, resp.ttl_hint, resp.message
-            )
+                key, resp.bare, str(resp.outcome), now, resp.ttl_hint, resp.message,
+                resp.rewritten, resp.changes,
+            )  # fmt: skip
             if entry is not None:
                 # Clamped TTLs, the same as later hits will show. A copy: with coalescing the
                 # response may be shared by other views' requests.

@@ -26,13 +26,16 @@ _A, _AAAA, _OPT, _SOA, _IN = (
 )
 _RR = struct.Struct("!HHIH").unpack_from  # wire.RR_FIXED's: type, class, TTL, data length
 _ADDRESSES = frozenset({_A, _AAAA})
+#: added to the type of an address outside the answer section (glue): its owner is another
+#: name, so the lane leaves a rewrite of it to the chain, which credits that name
+GLUE = 0x10000
 
 
 #: What the lane needs of a checked reply, offsets into it (a plain tuple: a NamedTuple's
 #: constructor was a twentieth of the scan): flags; records in the answer section; where the
 #: trailing OPT record begins (-1 without one); (TTL offset, TTL) of every record but the
 #: OPT; the smallest and the largest of those TTLs; (type, data offset) of each A/AAAA
-#: outside the authority section.
+#: outside the authority section (the type + GLUE in the additional section).
 Scan = tuple[int, int, int, list[tuple[int, int]], int, int, list[tuple[int, int]]]
 
 
@@ -139,8 +142,10 @@ def scan(data: bytes, msg_id: int, lname: bytes, qtype_class: bytes) -> Scan | N
             if rtype in _ADDRESSES:
                 if rclass != _IN or ttl & 0x80000000 or rdlength != (4 if rtype == _A else 16):
                     return None
-                if i < an or i >= authority_end:
+                if i < an:
                     addresses.append((rtype, rdata))
+                elif i >= authority_end:
+                    addresses.append((rtype + GLUE, rdata))
             elif rtype == _OPT:
                 if i != total - 1 or i < authority_end or data[start] != 0:
                     return None

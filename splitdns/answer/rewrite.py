@@ -26,6 +26,9 @@ class Change(NamedTuple):
     new: IPAddress | None  # None: removed (a public ipv6hint beside a rewritten IPv4 answer)
     rule: int  # the rule's index; -1 for a removal by the view's `aaaa: drop`; -2: DNS64
     field: str = ""  # "" for an A/AAAA record, else "ipv4hint", "ipv6hint" or "dns64"
+    #: outside the answer section (glue, an HTTPS record's additional data): says nothing of
+    #: where the question's own name points, so no AAAA/HTTPS policy decides on it
+    glue: bool = False
 
     def describe(self) -> str:
         if self.field == "dns64":
@@ -46,6 +49,11 @@ class Rewritten(NamedTuple):
     data: bytes
     changes: tuple[Change, ...] = ()
     rebuilt: bool = False  # offsets changed (RRSIGs removed): an earlier walk no longer fits
+
+    @property
+    def answered(self) -> bool:
+        """Whether the question's own answer (the answer section) was rewritten."""
+        return any(not c.glue for c in self.changes)
 
 
 def specificity(rule: Rule) -> tuple[int, int, int]:
@@ -186,7 +194,9 @@ def rewrite(
         if patched is None:
             patched = bytearray(data)
         patched[offset : offset + record.rdlength] = new.packed
-        changes.append(Change(record.name, address, new, rule.index))
+        changes.append(
+            Change(record.name, address, new, rule.index, "", record.section != wire.ANSWER)
+        )
         rewritten_sets.add((record.section, record.name, record.rtype))
     if patched is None:
         return Rewritten(data)
@@ -222,7 +232,14 @@ def _rewrite_hints(
         size = len(new.packed)
         patched[hint.offset : hint.offset + size] = new.packed
         changes.append(
-            Change(record.name, hint.address, new, rule.index, svcb.HINT_NAMES[hint.key])
+            Change(
+                record.name,
+                hint.address,
+                new,
+                rule.index,
+                svcb.HINT_NAMES[hint.key],
+                record.section != wire.ANSWER,
+            )
         )
     return patched
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -37,7 +38,7 @@ from splitdns import wire
 from splitdns.answer import ddr, rewrite
 from splitdns.answer.cache import Entry, lifetime
 from splitdns.answer.chain import Coalesce, CoalesceKey, DohCanary, Outcome, Pipeline, Response
-from splitdns.answer.quickscan import scan
+from splitdns.answer.quickscan import GLUE, scan
 from splitdns.config.model import Config, View
 from splitdns.serve import replay
 from splitdns.serve.inflight import InFlight
@@ -105,11 +106,25 @@ def _changes(
     changed = []
     used = iter(rules)
     for rtype, offset in addresses:
-        size = 4 if rtype == wire.TYPE_A else 16
+        size = 4 if rtype & 0xFF == wire.TYPE_A else 16
         old, new = before[offset : offset + size], after[offset : offset + size]
         if old != new:
             changed.append((old, new, next(used, -1)))
     return changed
+
+
+def _cached_changes(
+    query: bytes, before: bytes, after: bytes, addresses: list[tuple[int, int]], rules: list[int]
+) -> tuple[rewrite.Change, ...]:
+    """What the lane rewrote, as the chain tells it (kept with the cached answer for the
+    dashboard's rows of hits); only for a rewritten answer, so a plain miss pays nothing."""
+    if not rules:
+        return ()
+    name = wire.parse_query(query).question.name
+    return tuple(
+        rewrite.Change(name, ipaddress.ip_address(old), ipaddress.ip_address(new), rule)
+        for old, new, rule in _changes(before, after, addresses, rules)
+    )
 
 
 class ViewPlan:
@@ -410,14 +425,16 @@ class _Exchange:
                 forwarded = bytes(out)
             rules: list[int] = []
             for rtype, offset in addresses:
-                maps = plan.maps4 if rtype == wire.TYPE_A else plan.maps6
+                maps = plan.maps4 if rtype & 0xFF == wire.TYPE_A else plan.maps6
                 if not maps:
                     continue
-                size = 4 if rtype == wire.TYPE_A else 16
+                size = 4 if rtype & 0xFF == wire.TYPE_A else 16
                 value = int.from_bytes(out[offset : offset + size], "big")
                 for low_end, high_end, target, index in maps:
                     if low_end <= value <= high_end:
-                        if plan.named:  # a rule may depend on names: the chain's rewrite
+                        # a rule may depend on names, or glue (another name's address) is
+                        # rewritten: the chain's rewrite, which credits each name its own
+                        if plan.named or rtype & GLUE:
                             self.close()
                             route.group.usable(route.member, time.monotonic() - self.began)
                             reply = Reply(data, wire.walk(data), route.member.name, "udp")
@@ -453,7 +470,11 @@ class _Exchange:
             if ttl > 0:
                 now = cache.clock()
                 outcome = _REWRITTEN if rules else _FORWARDED
-                entry = cache.keep(self.cache_key, Entry(bare, kept_ttls, ttl, now, outcome, exact))
+                entry = cache.keep(
+                    self.cache_key,
+                    Entry(bare, kept_ttls, ttl, now, outcome, exact, bool(rules),
+                          _cached_changes(self.data, data, bare, addresses, rules)),
+                )  # fmt: skip
                 if entry is not None and not exact:
                     bare = entry.aged(now)
             server = express.server

@@ -162,6 +162,14 @@ SHAPES: dict[str, tuple[Script, bool]] = {  # name: (script, the lane answers it
             authority=("example.test. 3600 IN NS ns.example.test.",),
             additional=("ns.example.test. 3600 IN A 203.0.113.2",),
         ),
+        False,  # glue on the public address: the chain rewrites it and credits ns.
+    ),
+    "two A, NS and glue no rule maps": (
+        answer(
+            "www.example.test. 300 IN A 203.0.113.1,203.0.113.5,198.51.100.9",
+            authority=("example.test. 3600 IN NS ns.example.test.",),
+            additional=("ns.example.test. 3600 IN A 198.51.100.2",),
+        ),
         True,
     ),
     "a CNAME chain": (

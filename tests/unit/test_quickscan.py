@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitdns import wire
-from splitdns.answer.quickscan import scan
+from splitdns.answer.quickscan import GLUE, scan
 
 NAME = b"\x03www\x07example\x04test\x00"
 A_IN = b"\x00\x01\x00\x01"
@@ -70,7 +70,7 @@ def agrees(data: bytes) -> None:
     if ttls:
         assert (low, high) == (min(t for _, t in ttls), max(t for _, t in ttls))
     assert addresses == [
-        (r.rtype, r.rdata_offset)
+        (r.rtype + (GLUE if r.section == wire.ADDITIONAL else 0), r.rdata_offset)
         for r in records
         if r.rtype in (wire.TYPE_A, wire.TYPE_AAAA) and r.section != wire.AUTHORITY
     ]
