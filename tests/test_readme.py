@@ -32,23 +32,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.container import BASE_IMAGE, BUILD_IMAGE, HOST_CA_BUNDLE, Podman
+from tests.support.container import BASE_IMAGE, HOST_CA_BUNDLE, Podman
 from tests.support.fakeupstream import FakeUpstream
+from tests.support.readme import commands
 from tests.support.servers import free_port
 from tests.support.tools import need
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-
-
-def commands(name: str) -> list[str]:
-    """The shell commands of the README block marked `name`, one per logical line."""
-    text = README.read_text()
-    match = re.search(rf"<!-- readme-test: {re.escape(name)} -->\n```sh\n(.*?)```", text, re.S)
-    assert match, f"README.md has no block marked readme-test: {name}"
-    joined = match.group(1).replace("\\\n", " ")
-    lines = [line.split(" # ")[0].strip() for line in joined.splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
 
 
 @pytest.fixture(scope="module")
@@ -167,18 +158,17 @@ def test_container_commands_build_and_run_the_image(clean_copy: Path, tmp_path: 
     changes the answer within 2 s; explain and doctor inside report on the mapping the server
     runs (doctor passes); the compiled build, and no compiler in the image."""
     podman = Podman(tmp_path)
-    ca_base, dev_base, build = commands("container-build")
+    machines = machine_store()
+    assert podman.store() != machines.get("store"), "the tests' podman must have its own store"
+    _, _, build = commands("container-build")
     extras = commands("container-extras")
     run, health = commands("container-run")
     (password,) = commands("container-dashboard")
-    for image, line in ((BASE_IMAGE, ca_base), (BUILD_IMAGE, dev_base)):
-        if not podman.image_exists(image):  # the README calls these optional
-            done = subprocess.run(
-                ["bash", "-o", "pipefail", "-c", line],
-                cwd=clean_copy, env=podman.env, capture_output=True, text=True, timeout=900,
-            )  # fmt: skip
-            if done.returncode != 0:
-                pytest.skip(f"mmdebstrap could not build {image} here: {done.stderr[-300:]}")
+    podman.ensure_base_image(BASE_IMAGE)  # the README's own lines, as printed
+    podman.ensure_build_image()
+    stated_base, stated_image = stated_sizes()
+    base_size = int(podman.run("image", "inspect", "--format", "{{.Size}}", BASE_IMAGE).stdout)
+    assert abs(base_size / 1e6 - stated_base) <= stated_base * 0.1, (base_size, stated_base)
     image = "localhost/splitdns:latest"
     podman.run("rmi", "--force", image, check=False)  # (a rebuild would orphan the old one)
     dangling_before = set(podman.run("images", "-q", "--filter", "dangling=true").stdout.split())
@@ -190,6 +180,7 @@ def test_container_commands_build_and_run_the_image(clean_copy: Path, tmp_path: 
     inspected = json.loads(podman.run("image", "inspect", image).stdout)[0]
     assert inspected["Healthcheck"]["Test"] == ["CMD", "/opt/splitdns/bin/splitdns", "health"]
     size = int(podman.run("image", "inspect", "--format", "{{.Size}}", image).stdout)
+    assert abs(size / 1e6 - stated_image) <= stated_image * 0.1, (size, stated_image)
     which = (
         "import shutil, splitdns.wire as w; "
         "print(w.__file__, shutil.which('gcc'), shutil.which('cc'))"
@@ -255,6 +246,25 @@ def test_container_commands_build_and_run_the_image(clean_copy: Path, tmp_path: 
         doctor = podman.run("exec", name, "splitdns", "doctor", check=False)
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
         assert f"listen 127.0.0.1:{plain}: served by splitdns" in doctor.stdout, doctor.stdout
+        # every subcommand inside the container: an answer or a one-line error, never a
+        # traceback (check read the certificate as root without DAC_OVERRIDE and crashed)
+        checked = podman.run("exec", name, "splitdns", "check", check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "pin-sha256: " in checked.stdout and "certificate: self-signed" in checked.stdout
+        inside: list[tuple[list[str], int | None]] = [
+            (["health"], 0),
+            (["nat", "--target", "nftables"], 1),  # (no nat: section: said in a line)
+            (["profile", "--dot", "dns.example.test"], 0),
+            (["lab"], 1),  # (root with network namespaces only: said in a line)
+            (["passwd", "/tmp/pw"], 1),  # (no terminal and no standard input)
+            (["import", "/etc/hostname", "--offline"], None),
+            (["--version"], 0),
+        ]
+        for argv, expected in inside:
+            ran = podman.run("exec", name, "splitdns", *argv, check=False)
+            out = ran.stdout + ran.stderr
+            assert "Traceback" not in out, (argv, out)
+            assert expected is None or ran.returncode == expected, (argv, ran.returncode, out)
         user = podman.run("top", name, "user").stdout.split()[1:]
         print(f"\ncontainer: built in {built_in:.1f} s ({size / 1e6:.0f} MB, compiled, no "
               f"compiler); DoT, DoH and curl answered; an edit served {took:.2f} s after "
@@ -265,6 +275,37 @@ def test_container_commands_build_and_run_the_image(clean_copy: Path, tmp_path: 
         podman.run("volume", "rm", "--force", "splitdns-state", check=False)
         upstream.stop()
         podman.run("rmi", "--force", image, check=False)
+    assert machine_store() == machines, "the machine's own podman store was touched"
+
+
+def machine_store() -> dict[str, str]:
+    """What the machine's own podman store holds (a user's containers, volumes, images): the
+    tests' podman has a store of its own, so this must not change while they run."""
+    podman = shutil.which("podman")
+    if podman is None:
+        return {}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERS_")}
+    listings = {
+        "store": ["info", "--format", "{{.Store.GraphRoot}}"],
+        "containers": ["ps", "--all", "--format", "{{.ID}} {{.Names}} {{.Image}}"],
+        "volumes": ["volume", "ls", "--format", "{{.Name}} {{.Mountpoint}}"],
+        "images": ["images", "--all", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}"],
+    }
+    return {
+        what: subprocess.run(
+            [podman, *argv], capture_output=True, text=True, env=env, timeout=60
+        ).stdout.strip()
+        for what, argv in listings.items()
+    }
+
+
+def stated_sizes() -> tuple[float, float]:
+    """The sizes in MB the README states for the runtime base and the image."""
+    text = README.read_text()
+    base = re.search(r"the runtime \((\d+) MB\)", text)
+    image = re.search(r"# the image \((\d+) MB", text)
+    assert base and image, "README.md no longer states the base's and the image's sizes"
+    return float(base.group(1)), float(image.group(1))
 
 
 def at_a_terminal(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from splitdns.commands.loading import choose, load_or_report
 from splitdns.config import model as configmod
 from splitdns.config.model import Config
 from splitdns.serve import budgets, certs
+from splitdns.serve.privileges import service_user
 
 
 def command(args: argparse.Namespace) -> int:
@@ -36,26 +38,34 @@ def certificate_problem(config: Config) -> str | None:
     if not config.encrypted:
         return None
     files = certs.files_for(config)
-    if files.self_signed and not files.cert.exists():
-        return None
     try:
-        certs.check(files)
+        with certs.acting_as(service_user(config.user)):  # as serve reads them (see tls_lines)
+            if files.self_signed and not files.cert.exists():
+                return None
+            certs.check(files)
     except certs.CertificateError as exc:
         return str(exc)
+    except OSError as exc:
+        return f"{exc.filename or files.cert}: {exc.strerror or exc} (as uid {os.geteuid()})"
     return None
 
 
 def tls_lines(config: Config) -> list[str]:
+    """The encrypted listeners and the certificate, read as the user `serve` becomes: in the
+    image the state directory is that user's, and root there has no DAC_OVERRIDE."""
     if not config.encrypted:
         return []
     lines = [f"encrypted: {', '.join(map(str, config.encrypted))}"]
     files = certs.files_for(config)
-    if files.self_signed and not files.cert.exists():
+    with certs.acting_as(service_user(config.user)):
+        made_yet = not files.self_signed or files.cert.exists()
+        pin = certs.pin(files) if made_yet else ""
+    if not made_yet:
         lines.append(f"certificate: self-signed, made at first start in {files.cert}")
     else:
         made = "self-signed " if files.self_signed else ""
         lines.append(f"certificate: {made}{files.cert} (key {files.key})")
-        lines.append(f"pin-sha256: {certs.pin(files)}  (kdig +tls-pin=..., Android/iOS pinning)")
+        lines.append(f"pin-sha256: {pin}  (kdig +tls-pin=..., Android/iOS pinning)")
     if config.resolver_name:
         lines.append(f"resolver name: {config.resolver_name} (DDR: _dns.{config.resolver_name})")
     return lines

@@ -504,6 +504,11 @@ def command(args: argparse.Namespace) -> int:
             else []
         )
         defaults = ", ".join(f"{f.port} -> {f.inner}" for f in DEFAULT_FORWARDS)
+        print(
+            f"lab: {args.config}'s addresses, views and rewrite rules are not used: the lab "
+            "plays the story on a network of its own (the addresses below) with a mapping "
+            "made for it; only the file's TCP forwards (nat:) are taken"
+        )
         if config.nat is None:
             print(f"lab: {args.config} has no nat: section; using the lab's forwards {defaults}")
         elif not any(f.ports == f.target_ports for f in tcp):

@@ -21,6 +21,7 @@ from splitdns import __version__
 from splitdns.commands.loading import choose, listen_origin, load_config
 from splitdns.config import model as configmod
 from splitdns.config.model import Config, ConfigError
+from splitdns.serve import lognoise
 from splitdns.serve.certs import CertificateError
 from splitdns.serve.loops import loop_factory, loop_name
 from splitdns.serve.operating import OperatorListeners
@@ -39,6 +40,7 @@ def command(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    lognoise.install()
     args.config = choose(args.config).path
     try:
         config = load_config(args.config, args.listen, args.upstream)

@@ -63,10 +63,12 @@ class Filter:
 
 
 class Subscriber:
-    def __init__(self, wanted: Filter) -> None:
+    def __init__(self, wanted: Filter, drop: Callable[[], None] | None = None) -> None:
         self.filter = wanted
         self.queue: asyncio.Queue[str] = asyncio.Queue(QUEUE_SIZE)
         self.skipped = 0
+        self.since = time.monotonic()
+        self.drop = drop  # ends its connection (when another needs its place)
 
 
 class LiveFeed:
@@ -85,11 +87,21 @@ class LiveFeed:
         self.watching_since: float | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def subscribe(self, wanted: Filter) -> Subscriber | None:
-        """A new subscriber (the tap starts with the first), None when MAX_SUBSCRIBERS watch."""
+    def subscribe(
+        self, wanted: Filter, drop: Callable[[], None] | None = None
+    ) -> Subscriber | None:
+        """A new subscriber (the tap starts with the first). When MAX_SUBSCRIBERS watch, one
+        that reads nothing (its queue full) makes room, else the oldest that can be ended
+        (`drop`); None when none can."""
         if len(self.subscribers) >= MAX_SUBSCRIBERS:
-            return None
-        subscriber = Subscriber(wanted)
+            droppable = [s for s in self.subscribers if s.drop is not None]
+            stalled = [s for s in droppable if s.queue.full()]
+            victim = min(stalled or droppable, key=lambda s: s.since, default=None)
+            if victim is None or victim.drop is None:
+                return None
+            self.subscribers.discard(victim)
+            victim.drop()
+        subscriber = Subscriber(wanted, drop)
         self.subscribers.add(subscriber)
         if self._task is None:
             self.tap.clear()

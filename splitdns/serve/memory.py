@@ -9,6 +9,7 @@ open connections have halved since the last peak.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
@@ -39,3 +40,22 @@ def give_back() -> None:
     libc = _trim_function()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+_pending: asyncio.TimerHandle | None = None
+
+
+def trim_soon(delay: float = 1.0) -> None:
+    """give_back in `delay` seconds, once however often asked meanwhile (a listener's last
+    connection closing may be followed by the next at once)."""
+    global _pending
+    if _pending is not None and not _pending.cancelled():
+        return
+    loop = asyncio.get_running_loop()
+
+    def run() -> None:
+        global _pending
+        _pending = None
+        give_back()
+
+    _pending = loop.call_later(delay, run)

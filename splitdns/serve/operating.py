@@ -35,8 +35,8 @@ class OperatorListeners:
             if dashboard is not None:
                 endpoint = Endpoint(dashboard.host, dashboard.port)
                 context = self._tls_context() if dashboard.https else None
-                app = Operator(server, True, dashboard.host, https=dashboard.https).app()
-                listener = OperatorListener(app, context)
+                operator = Operator(server, True, dashboard.host, https=dashboard.https)
+                listener = OperatorListener(operator.app(), context, operator.trusted)
                 try:
                     bound = await listener.start(endpoint, "dashboard, HTTP")
                 except OSError as exc:  # DNS matters more: it is served without the page

@@ -3,10 +3,13 @@
 splitdns accepts the connections itself (as for DoH) and hands each to hypercorn's
 per-connection server, so it can bound them: a small budget of its own (never the DNS one, so
 a browser or a scraper cannot take a DNS client's place, nor the other way round), a share per
-address (when it is used up, that address's oldest idle keep-alive connection makes room:
-browsers keep a pool of them), a deadline for a TLS handshake, hypercorn's read and keep-alive
-timeouts. `https://`
-uses the DoT/DoH certificate (made, if none is given, like theirs).
+address, a deadline for a TLS handshake, a read timeout (none while a live stream is sent: it
+reads nothing for minutes), hypercorn's keep-alive timeout. When an address has used its share,
+or all are taken, a connection makes room: an idle keep-alive one first (browsers keep a pool),
+else one whose request came without a session (an unfinished login form, say) from the
+address holding the most; a logged-in request in progress is never closed for another. When
+the last connection of a crowd closes, the memory it took is given back to the system.
+`https://` uses the DoT/DoH certificate (made, if none is given, like theirs).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import logging
 import socket
 import ssl
 import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from hypercorn.app_wrappers import ASGIWrapper
@@ -24,6 +29,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 
 from splitdns.config.model import Endpoint
+from splitdns.serve import memory
 from splitdns.serve.doh import OwnTls
 from splitdns.serve.encrypted import accepting, bind_stream, reset
 
@@ -32,28 +38,69 @@ log = logging.getLogger(__name__)
 CONNECTIONS = 128
 PER_CLIENT = 32
 HANDSHAKE = 5.0
+READ_TIMEOUT = 30.0
+HELD = "splitdns.held"  # the scope key under which a request finds its connection's Held
 
 
 class Held:
-    """One accepted connection: whose, since when, requests in progress, its task."""
+    """One accepted connection: whose, since when, requests in progress (and whether one of
+    them came with a session), live streams being sent, its task."""
 
-    __slots__ = ("busy", "host", "opened", "task")
+    __slots__ = ("busy", "host", "opened", "streaming", "task", "trusted")
 
     def __init__(self, host: str) -> None:
         self.host = host
         self.opened = time.monotonic()
         self.busy = 0
+        self.trusted = False
+        self.streaming = 0
         self.task: asyncio.Task[None] | None = None
+
+    def close(self) -> None:
+        """End the connection (its task closes the transport)."""
+        if self.task is not None:
+            self.task.cancel()
+
+
+class TimedReader:
+    """The connection's reader as hypercorn reads it, with READ_TIMEOUT between bytes except
+    while a live stream is being sent (hypercorn's own read_timeout would cut it)."""
+
+    def __init__(self, reader: asyncio.StreamReader, held: Held) -> None:
+        self.reader = reader
+        self.held = held
+
+    def at_eof(self) -> bool:
+        return self.reader.at_eof()
+
+    async def read(self, n: int = -1) -> bytes:
+        pending = asyncio.ensure_future(self.reader.read(n))
+        pending.add_done_callback(_retrieved)  # (a reset after the connection ended: quiet)
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=READ_TIMEOUT)
+                if done:
+                    return pending.result()
+                if not self.held.streaming:
+                    raise TimeoutError
+        finally:
+            if not pending.done():
+                pending.cancel()
 
 
 class OperatorListener:
     """One address serving `app` (an ASGI application) over HTTP/1.1 (and HTTP/2 with TLS)."""
 
-    def __init__(self, app: Any, context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        context: ssl.SSLContext | None = None,
+        trusted: Callable[[Any], bool] | None = None,
+    ) -> None:
         hyper = OwnTls(tls=context is not None)
         hyper.alpn_protocols = ["h2", "http/1.1"]
         hyper.keep_alive_timeout = 30
-        hyper.read_timeout = 30
+        hyper.read_timeout = None  # TimedReader's, which spares live streams
         hyper.accesslog = None
         hyper.include_server_header = False
         hyper.errorlog = logging.getLogger("splitdns.dashboard.http")
@@ -65,6 +112,7 @@ class OperatorListener:
         self.context = context
         self.worker = WorkerContext(None)
         self.app = app
+        self.trusted = trusted or (lambda scope: False)  # a request with a valid session
         self.held: set[Held] = set()
         self._socket: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
@@ -91,18 +139,22 @@ class OperatorListener:
             task.add_done_callback(self._connections.discard)
 
     def _room_for(self, host: str) -> bool:
-        """Whether a new connection from `host` fits, after closing an idle one if need be:
-        that host's oldest when it holds its share, anyone's oldest when all are taken."""
+        """Whether a new connection from `host` fits, after closing another if need be (see
+        the module's docstring): from that host's when it holds its share, else anyone's."""
         full = len(self.held) >= CONNECTIONS
         if not full and sum(1 for h in self.held if h.host == host) < PER_CLIENT:
             return True
-        idle = [h for h in self.held if not h.busy and (full or h.host == host)]
-        if not idle:
-            return False
-        oldest = min(idle, key=lambda h: h.opened)
-        self.held.discard(oldest)  # out of the count now; its task ends at its next step
-        if oldest.task is not None:
-            oldest.task.cancel()
+        pool = [h for h in self.held if full or h.host == host]
+        victim = min((h for h in pool if not h.busy), key=_age, default=None)
+        if victim is None:
+            untrusted = [h for h in pool if not h.trusted]
+            if not untrusted:
+                return False
+            holding = Counter(h.host for h in untrusted)
+            heaviest = max(holding.values())
+            victim = min((h for h in untrusted if holding[h.host] == heaviest), key=_age)
+        self.held.discard(victim)  # out of the count now; its task ends at its next step
+        victim.close()
         return True
 
     async def _serve(self, sock: socket.socket, held: Held) -> None:
@@ -122,14 +174,17 @@ class OperatorListener:
             except (TimeoutError, OSError, ssl.SSLError):
                 return
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-            app = ASGIWrapper(functools.partial(_counted, self.app, held))
-            await TCPServer(app, loop, self.hyper, self.worker, {}, reader, writer)
+            app = ASGIWrapper(functools.partial(_counted, self.app, held, self.trusted))
+            timed: Any = TimedReader(reader, held)  # (hypercorn reads through read/at_eof)
+            await TCPServer(app, loop, self.hyper, self.worker, {}, timed, writer)
         finally:
             self.held.discard(held)
             if transport is not None:
                 transport.abort()
             else:
                 sock.close()
+            if not self.held:  # a crowd has gone: its buffers back to the system
+                memory.trim_soon()
 
     async def stop(self) -> None:
         if self._accepting is not None:
@@ -143,10 +198,24 @@ class OperatorListener:
             await asyncio.wait(set(self._connections), timeout=5)
 
 
-async def _counted(app: Any, held: Held, scope: Any, receive: Any, send: Any) -> None:
-    """`app` for one request, with its connection marked busy meanwhile."""
+def _retrieved(task: asyncio.Future[bytes]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _age(held: Held) -> float:
+    return held.opened
+
+
+async def _counted(
+    app: Any, held: Held, trusted: Callable[[Any], bool], scope: Any, receive: Any, send: Any
+) -> None:
+    """`app` for one request, with its connection marked busy meanwhile (and trusted once a
+    request of it came with a session); the request finds its Held under HELD."""
     held.busy += 1
+    if not held.trusted and scope.get("type") == "http" and trusted(scope):
+        held.trusted = True
     try:
-        await app(scope, receive, send)
+        await app({**scope, HELD: held}, receive, send)
     finally:
         held.busy -= 1

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request, cookie_parser
 from starlette.responses import (
     FileResponse,
     HTMLResponse,
@@ -38,8 +38,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from splitdns.serve import webapi
 from splitdns.serve.explaining import explain
 from splitdns.serve.metrics import SplitdnsCollector
+from splitdns.serve.operator import HELD, Held
 from splitdns.serve.server import Server
-from splitdns.serve.webauth import COOKIE, SESSION_SECONDS, Gate, PasswordFile
+from splitdns.serve.webauth import COOKIE, SESSION_SECONDS, Gate, PasswordFile, Refused
 from splitdns.serve.webhosts import CheckHost, Hosts
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ HEADERS = [
 ]
 KEEPALIVE = 15.0  # seconds between comments on an idle live stream (finds closed browsers)
 LOGIN_BODY = 4096
+BODY_DEADLINE = 5.0  # seconds for a whole form to arrive once its headers have
 EXPLAIN_RATE, EXPLAIN_BURST = 1.0, 5.0  # per address: one a second, five at once
 
 
@@ -153,6 +155,18 @@ class Operator:
 
     # ------------------------------------------------------------------ logging in
 
+    def trusted(self, scope: Scope) -> bool:
+        """Whether a request came with a live session (the listener never closes such a
+        connection for another); without a password nobody logs in, so nobody is."""
+        if not self.gate.required:
+            return False
+        for key, value in scope.get("headers", ()):
+            if key == b"cookie":
+                token = cookie_parser(value.decode("latin-1")).get(COOKIE)
+                if self.gate.valid(token):
+                    return True
+        return False
+
     def _session(self, request: Request) -> bool:
         return self.gate.valid(request.cookies.get(COOKIE))
 
@@ -172,7 +186,13 @@ class Operator:
         if wait > 0:
             why = f"Too many failed logins from {host}: try again in {wait:.0f} s."
             return _login_page(why, 429, wait)
-        body = await _bounded_body(request, LOGIN_BODY)
+        try:
+            body = await _bounded_body(request, LOGIN_BODY, BODY_DEADLINE)
+        except TimeoutError:
+            return _login_page("The login form did not arrive in time.", 408)
+        except ClientDisconnect:
+            log.debug("dashboard: %s went away while sending a login form", host)
+            return Response(status_code=400)  # (nobody reads it)
         if body is None:
             return _login_page("The login form is too large.", 413)
         try:
@@ -180,7 +200,10 @@ class Operator:
         except (UnicodeDecodeError, ValueError):
             return _login_page("The login form could not be read.", 400)
         password = (fields.get("password") or [""])[0]
-        token = await self.gate.login(host, password)
+        try:
+            token = await self.gate.login(host, password)
+        except Refused as brake:
+            return _login_page(str(brake), 429, brake.wait)
         if token is None:
             return _login_page("Wrong password.", 401)
         response = RedirectResponse("/", 303)
@@ -233,11 +256,14 @@ class Operator:
         except webapi.BadRequest as exc:
             return _refused(400, str(exc))
         feed = self.server.feed
-        subscriber = feed.subscribe(wanted)
+        held: Held | None = request.scope.get(HELD)
+        subscriber = feed.subscribe(wanted, held.close if held is not None else None)
         if subscriber is None:
             return _refused(429, "too many live streams are open: close another dashboard tab")
 
         async def events() -> Any:
+            if held is not None:
+                held.streaming += 1  # (the listener's read timeout spares it)
             try:
                 yield "retry: 3000\n\n"
                 while True:
@@ -249,6 +275,8 @@ class Operator:
                     yield f"data: {batch}\n\n"
             finally:
                 feed.unsubscribe(subscriber)
+                if held is not None:
+                    held.streaming -= 1
 
         return StreamingResponse(
             events(),
@@ -349,14 +377,20 @@ def _cross_site(request: Request, hosts: Hosts) -> Response | None:
     return _refused(403, "a form from another site was refused")
 
 
-async def _bounded_body(request: Request, limit: int) -> bytes | None:
+async def _bounded_body(request: Request, limit: int, deadline: float) -> bytes | None:
+    """The body, None when it is over `limit` (told by Content-Length before a byte is read);
+    TimeoutError when it has not all come within `deadline` seconds."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        parts.append(chunk)
+    async with asyncio.timeout(deadline):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return None
+            parts.append(chunk)
     return b"".join(parts)
 
 

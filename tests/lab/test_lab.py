@@ -61,6 +61,7 @@ def test_lab_command_prints_the_story() -> None:
         "lab: zones/home.yaml has no nat: section; using the lab's forwards 80 -> 80, 8443 -> 443"
         in out.stdout
     )
+    assert "lab: zones/home.yaml's addresses, views and rewrite rules are not used" in out.stdout
 
 
 def test_doctor_tells_whether_the_router_hairpins(tmp_path: Path) -> None:

@@ -5,6 +5,12 @@ Facts behind the settings (podman 4.3 from Debian, rootful, no systemd as PID 1)
 ulimits cannot be raised here (RLIMIT_NOFILE/NPROC errors), crun refuses hybrid cgroups (runc
 works), and HEALTHCHECK survives only in the docker image format. Everything uses host
 networking, so podman never creates a bridge or firewall rules on the host.
+
+The tests' podman has a store of its own (STORE: images, containers, volumes, its lock and
+runtime files), never the machine's: the README's commands run as printed, with the README's
+names (`splitdns`, `splitdns-state`, `localhost/splitdns:latest`), and a user's container,
+volume or image of those names, in the machine's store, is never seen, let alone removed. The
+store persists between runs, so the Debian bases made once are reused.
 """
 
 from __future__ import annotations
@@ -19,14 +25,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.readme import base_command
 from tests.support.tools import need
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/debian-python:local"
 BUILD_IMAGE = "localhost/debian-python-dev:local"  # the build stage's: a C compiler, headers
-BUILD_PACKAGES = ("python3-dev", "gcc", "libc6-dev")
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
+STORE = Path("/var/lib/splitdns-tests/containers")  # the tests' own podman store
+RUN_STORE = Path("/run/splitdns-tests/containers")
 
 
 class Podman:
@@ -44,8 +52,16 @@ class Podman:
             'netns = "host"\n'
             "[engine]\n"
             'runtime = "runc"\n'
+            f'tmp_dir = "{RUN_STORE}/libpod"\n'
+            f'volume_path = "{STORE}/volumes"\n'
+            f'static_dir = "{STORE}/libpod"\n'
         )
-        self.env = dict(os.environ, CONTAINERS_CONF=str(conf))
+        storage = workdir / "storage.conf"
+        storage.write_text(
+            f'[storage]\ndriver = "overlay"\ngraphroot = "{STORE}/storage"\n'
+            f'runroot = "{RUN_STORE}/storage"\n'
+        )
+        self.env = dict(os.environ, CONTAINERS_CONF=str(conf), CONTAINERS_STORAGE_CONF=str(storage))
 
     def run(
         self, *args: str, check: bool = True, timeout: float = 300
@@ -61,14 +77,28 @@ class Podman:
             raise AssertionError(f"podman {' '.join(args)}:\n{result.stdout}\n{result.stderr}")
         return result
 
+    def store(self) -> str:
+        """Where this podman keeps images (the check that it is not the machine's)."""
+        return self.run("info", "--format", "{{.Store.GraphRoot}}").stdout.strip()
+
     def image_exists(self, name: str) -> bool:
         return self.run("image", "exists", name, check=False).returncode == 0
 
     def ensure_base_image(self, image: str = BASE_IMAGE, extra: tuple[str, ...] = ()) -> None:
         """Debian bookworm with Python 3.11 and venv (plus `extra` packages), imported into
-        podman as `image` (~130 MB, ~35 s); kept in podman's storage, so later runs reuse it.
-        Skips (with the reason) where no Debian mirror is reachable."""
+        podman as `image` (~130 MB, ~35 s); kept in the tests' store, so later runs reuse it.
+        The README's two bases are made by the README's own lines, as printed. Skips (with
+        the reason) where no Debian mirror is reachable."""
         if self.image_exists(image):
+            return
+        if image in (BASE_IMAGE, BUILD_IMAGE):
+            done = subprocess.run(
+                ["bash", "-o", "pipefail", "-c", base_command(image)],
+                cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=900,
+            )  # fmt: skip
+            if done.returncode != 0:
+                pytest.skip(f"the README's mmdebstrap line could not make {image} here: "
+                            f"{done.stderr[-400:]}")  # fmt: skip
             return
         mmdebstrap = need("mmdebstrap", "mmdebstrap")
         sources = str(DEBIAN_SOURCES) if DEBIAN_SOURCES.exists() else "http://deb.debian.org/debian"
@@ -108,7 +138,7 @@ class Podman:
 
     def ensure_build_image(self) -> None:
         """The build stage's base: the runtime base's packages plus a C compiler and headers."""
-        self.ensure_base_image(BUILD_IMAGE, BUILD_PACKAGES)
+        self.ensure_base_image(BUILD_IMAGE)
 
     def build(self, tag: str, base: str = BASE_IMAGE) -> float:
         """Build deploy/Dockerfile from the repository (compiled in the build stage); returns

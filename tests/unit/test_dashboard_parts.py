@@ -151,3 +151,64 @@ def test_check_warns_when_the_password_would_cross_the_lan_in_clear(tmp_path: Pa
     tls = loads(f"dashboard: {{listen: https://0.0.0.0:5380, password_file: {pw}}}\n", "/m.yaml")
     loopback = loads("dashboard: {listen: 127.0.0.1:5380}\n", "/m.yaml")
     assert not [w for c in (tls, loopback) for w in cross_check(c) if w.startswith("dashboard")]
+
+
+def test_a_live_stream_is_spared_the_read_timeout_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from splitdns.serve import operator
+
+    monkeypatch.setattr(operator, "READ_TIMEOUT", 0.05)
+
+    async def run() -> None:
+        held = operator.Held("127.0.0.1")
+        reader = asyncio.StreamReader()
+        timed = operator.TimedReader(reader, held)
+        with pytest.raises(TimeoutError):
+            await timed.read(10)  # an idle request: cut
+        held.streaming = 1
+        later = asyncio.get_running_loop().call_later(0.3, reader.feed_data, b"bye")
+        assert await timed.read(10) == b"bye"  # a live stream: waits through six timeouts
+        later.cancel()
+
+    asyncio.run(run())
+
+
+def test_the_login_failure_table_evicts_the_oldest_and_is_never_cleared() -> None:
+    from splitdns.serve import webauth
+
+    now = [1000.0]
+    gate = webauth.Gate(webauth.PasswordFile(lambda: None), clock=lambda: now[0])
+    for _ in range(webauth.FREE_FAILURES):
+        gate._failed("192.0.2.7")
+    assert gate.locked_for("192.0.2.7") > 0
+    # a flood of other addresses (each one failure) fills the table: the locked one stays
+    for n in range(webauth.ADDRESSES_KEPT * 2):
+        gate._failed(f"2001:db8:{n // 65536:x}:{n % 65536:x}::1")
+    assert len(gate.failures) <= webauth.ADDRESSES_KEPT
+    assert gate.locked_for("192.0.2.7") > 0
+    # an address in a guessing prefix is locked out by its prefix, one that logged in is not
+    for n in range(webauth.PREFIX_FAILURES):
+        gate._failed(f"198.51.100.{n + 1}")
+    assert gate.locked_for("198.51.100.200") > 0
+    gate.known["198.51.100.201"] = now[0]
+    assert gate.locked_for("198.51.100.201") == 0
+
+
+def test_dropped_connections_are_logged_once_a_minute_per_kind() -> None:
+    import logging
+
+    from splitdns.serve.lognoise import OncePerKind
+
+    now = [0.0]
+    noise = OncePerKind(clock=lambda: now[0])
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("asyncio", logging.ERROR, "x", 1, msg, None, None)
+
+    passed = [noise.filter(record("SSL connection is closed")) for _ in range(650)]
+    assert sum(passed) == 1
+    assert noise.filter(record("Fatal error on transport"))  # another kind passes
+    now[0] = 61.0
+    again = record("SSL connection is closed")
+    assert noise.filter(again) and "649 more like it" in str(again.msg)
