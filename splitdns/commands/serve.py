@@ -23,6 +23,7 @@ from splitdns.config import model as configmod
 from splitdns.config.model import Config, ConfigError
 from splitdns.serve import lognoise
 from splitdns.serve.certs import CertificateError
+from splitdns.serve.configwatch import ConfigWatch, file_stamp
 from splitdns.serve.loops import loop_factory, loop_name
 from splitdns.serve.operating import OperatorListeners
 from splitdns.serve.privileges import PrivilegeError, drop_root, service_user
@@ -31,7 +32,7 @@ from splitdns.serve.webapi import build_name
 
 log = logging.getLogger("splitdns")
 
-WATCH_INTERVAL = 1.0  # seconds between looks at the config file's mtime and size
+WATCH_INTERVAL = 0.25  # seconds between looks at the config file (stamp and inotify)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -113,37 +114,55 @@ def _supervise(
     return worst
 
 
-def _try_reload(server: Server, reload: Callable[[], Config], why: str) -> None:
-    """Load the file again; a bad file is logged with its precise error and changes nothing."""
+def _try_reload(
+    server: Server, reload: Callable[[], Config], why: str, watched: bool = False
+) -> None:
+    """Load the file again; a bad file is logged with its precise error and changes nothing.
+    Every rule a reload removes is logged. `watched` (the file watch, not an operator's
+    SIGHUP): a file that takes every rule from a view that had some is not applied (a file
+    caught half-written looks just like that); SIGHUP applies it."""
     try:
         config = reload()
     except (ConfigError, ValueError) as exc:
         server.note_reload(why, str(exc))
         log.error("reload (%s) rejected, still serving the previous config: %s", why, exc)
         return
+    removed, emptied = rules_removed(server.config, config)
+    if watched and emptied:
+        problem = (
+            f"{config.source}: the change leaves view(s) {', '.join(emptied)} without the "
+            "rewrite rules they had (a file caught half-written looks like that): not applied; "
+            "send SIGHUP (systemctl reload splitdns, podman kill -s HUP splitdns) to apply it"
+        )
+        server.note_reload(why, problem)
+        log.error("reload (%s) held back, still serving the previous config: %s", why, problem)
+        return
     server.note_reload(why, None)
     notes = server.reload(config)
     log.info("reloaded (%s): %s", why, "; ".join(notes))
+    for line in removed:
+        log.info("reload (%s) removed %s", why, line)
 
 
-def file_stamp(path: str) -> tuple[int, int, int, int] | None:
-    """(inode, mtime, size, links) of the config file; None when it cannot be seen. stat
-    follows symlinks: a Kubernetes ConfigMap update swaps the `..data` link to a new
-    directory, so the inode changes even when size and time would not."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_nlink)
+def rules_removed(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """(each rule of `old` that `new` no longer has, in words; the views that had rules and
+    have none, or are gone)."""
+    after = {view.name: view for view in new.views}
+    removed: list[str] = []
+    emptied: list[str] = []
+    for view in old.views:
+        kept = after.get(view.name)
+        still = {str(rule) for rule in kept.rules} if kept is not None else set()
+        gone = [str(rule) for rule in view.rules if str(rule) not in still]
+        removed += [f"view {view.name}: rewrite {rule}" for rule in gone]
+        if view.rules and not still:
+            emptied.append(view.name)
+    return removed, emptied
 
 
-async def _watch(
-    server: Server,
-    reload: Callable[[], Config],
-    seen: tuple[int, int, int, int] | None,
-) -> None:
-    """Reload when the config file changes (inode, mtime or size), polled: no inotify needed.
-    `seen`: its stamp when it was loaded, so a change made while the server started counts."""
+async def _watch(server: Server, reload: Callable[[], Config], watch: ConfigWatch) -> None:
+    """Reload when the config file has changed and is whole (serve/configwatch.py), looked at
+    every WATCH_INTERVAL: a change made while the server started counts too."""
     path = server.config.source
     if not os.path.exists(path):
         return
@@ -162,13 +181,14 @@ async def _watch(
                 path,
                 os.path.dirname(path) or ".",
             )
-        if now is not None and (seen is None or now[:3] != seen[:3]):
-            seen = now
-            _try_reload(server, reload, "file changed")
+        stamp = watch.due()
+        if stamp is not None:
+            _try_reload(server, reload, "file changed", watched=True)
+            watch.done(stamp)
 
 
 async def _run(config: Config, loop: str, reload: Callable[[], Config], origin: str = "") -> int:
-    loaded = file_stamp(config.source)
+    watch = ConfigWatch(config.source, file_stamp(config.source))
     server = Server(config)
     await server.start()
     operator = OperatorListeners(server)
@@ -188,9 +208,10 @@ async def _run(config: Config, loop: str, reload: Callable[[], Config], origin: 
     for sig in (signal.SIGINT, signal.SIGTERM):
         running.add_signal_handler(sig, stopping.set)
     running.add_signal_handler(signal.SIGHUP, _try_reload, server, reload, "SIGHUP")
-    watcher = asyncio.ensure_future(_watch(server, reload, loaded))
+    watcher = asyncio.ensure_future(_watch(server, reload, watch))
     await stopping.wait()
     watcher.cancel()
+    watch.writers.close()
     log.info("shutting down: draining in-flight queries")
     await operator.stop()
     await server.stop(drain=min(config.timeout + 0.5, 5.0))

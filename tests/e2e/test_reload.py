@@ -198,3 +198,98 @@ def test_a_configmap_style_symlink_swap_is_reloaded_within_2_s(readable_dir: Pat
                 child.rmdir()
             else:
                 child.unlink()
+
+
+TORN = """\
+upstreams: ["{up}"]
+views:
+  - name: lan
+    clients: [127.0.0.1/32]
+    rewrite:
+{others}      - {{from: 203.0.113.1, to: 192.0.2.2}}
+{tail}"""
+
+
+def torn_write(conf: Path, text: str, cut: int, pause: float) -> None:
+    """Rewrite `conf` in place, as an editor or `cat > file` does: truncated, the first `cut`
+    characters written and flushed, a pause, then the rest."""
+    with open(conf, "w") as out:
+        out.write(text[:cut])
+        out.flush()
+        os.fsync(out.fileno())
+        time.sleep(pause)
+        out.write(text[cut:])
+
+
+@pytest.mark.parametrize("finished", ["valid", "invalid"])
+def test_a_file_written_in_place_with_a_pause_is_never_served_half(
+    readable_dir: Path, finished: str
+) -> None:
+    """The valid prefix (the rule for www cut off) is never loaded: 0 public answers."""
+    up = FakeUpstream().add("www.example.test. 1 IN A 203.0.113.1").start()
+    others = "".join(
+        f"      - {{from: 198.51.100.{n}, to: 192.0.2.{n + 100}}}\n" for n in range(40)
+    )
+    conf = readable_dir / "splitdns.yaml"
+    write(conf, TORN.format(up=up.address, others=others, tail=""))
+    port = free_port()
+    proc = serve(conf, port)
+    stop = threading.Event()
+    results: list[str] = []
+
+    def load() -> None:  # steady load, bounded in count and time
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and len(results) < 20000 and time.monotonic() < deadline:
+            try:
+                results.append(answer(port))
+            except dns.exception.Timeout:
+                results.append("timeout")
+            time.sleep(0.002)
+
+    worker = threading.Thread(target=load)
+    try:
+        proc.wait_for("serving")
+        assert answer(port) == "192.0.2.2"
+        worker.start()
+        tail = "# edited\n" if finished == "valid" else "cache: {size: -1}\n"
+        text = TORN.format(up=up.address, others=others, tail=tail)
+        cut = text.index("      - {from: 203.0.113.1")  # the prefix: valid, without the rule
+        torn_write(conf, text, cut, 1.5)
+        proc.wait_for("reloaded (file changed)" if finished == "valid" else "rejected")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        if worker.is_alive():
+            worker.join(10)
+        assert proc.stop() == 0, proc.output
+        up.stop()
+    reloads = proc.output.count("reloaded (file changed)") + proc.output.count("rejected")
+    print(f"\ntorn write ({finished}): {len(results)} answers, {reloads} reload(s)")
+    assert reloads == 1, proc.output  # the whole file, once: never the prefix
+    bad = [r for r in results if r != "192.0.2.2"]
+    assert len(results) > 100
+    assert bad == [], f"{len(bad)} of {len(results)} answers wrong: {bad[:5]}"
+
+
+def test_the_file_watch_holds_back_a_change_that_empties_a_view(readable_dir: Path) -> None:
+    """A mapping whose view lost every rule (a torn write cut at its `rewrite:`) is not
+    applied by the file watch; the operator's SIGHUP applies it. Removed rules are logged."""
+    up = FakeUpstream().add("www.example.test. 1 IN A 203.0.113.1").start()
+    conf = readable_dir / "splitdns.yaml"
+    write(conf, CONFIG.format(up=up.address, to="192.0.2.2"))
+    port = free_port()
+    proc = serve(conf, port)
+    try:
+        proc.wait_for("serving")
+        emptied = CONFIG.format(up=up.address, to="192.0.2.2").split("    rewrite:")[0]
+        write(conf, emptied)
+        proc.wait_for("held back")
+        assert "leaves view(s) lan without the rewrite rules they had" in proc.output
+        time.sleep(0.5)
+        assert answer(port) == "192.0.2.2"
+        proc.proc.send_signal(signal.SIGHUP)
+        assert wait_answer(port, "203.0.113.1")
+        proc.wait_for("reload (SIGHUP) removed view lan: rewrite 203.0.113.1")
+    finally:
+        assert proc.stop() == 0, proc.output
+        up.stop()
