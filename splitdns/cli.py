@@ -142,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--report", metavar="FILE", help="write the report here")
     imp.add_argument("--lan", action="append", metavar="CIDR",
                      help="the LAN view's clients (default: the private ranges)")  # fmt: skip
+    imp.add_argument("--max-size", type=float, default=16, metavar="MB",
+                     help="refuse a file larger than this (default: 16)")  # fmt: skip
     imp.add_argument("--offline", action="store_true",
                      help="ask no upstream: every entry becomes a hosts entry")  # fmt: skip
     imp.add_argument("--verify", action="store_true",

@@ -10,6 +10,7 @@ can be asked from inside every view) and asks every imported name from each view
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import ipaddress
 import shutil
@@ -27,6 +28,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
+from splitdns.commands import bulklookup
 from splitdns.config import model as configmod
 from splitdns.config.model import ConfigError, parse_endpoint
 from splitdns.migrate import render, sources, translate
@@ -43,6 +45,19 @@ class Upstreams:
         self.timeout = timeout
         self.known: dict[tuple[str, str], tuple[IPAddress, ...] | None] = {}
         self.failed: list[str] = []
+
+    def prefetch(self, questions: list[tuple[str, str]]) -> None:
+        """Ask `questions` of the first upstream at once (commands/bulklookup.py) into the
+        cache, so plan asks one by one only what that left unsettled; skipped at the first
+        sign no upstream answers (plan then finds that out and imports offline)."""
+        todo = [q for q in dict.fromkeys(questions) if q not in self.known]
+        if not todo:
+            return
+        try:
+            self(*todo[0])
+        except ConnectionError:
+            return
+        self.known.update(asyncio.run(bulklookup.ask_all(todo[1:], self.servers[0], self.timeout)))
 
     def __call__(self, name: str, rtype: str) -> tuple[IPAddress, ...] | None:
         key = (name, rtype)
@@ -83,10 +98,10 @@ class Upstreams:
 
 def command(args: argparse.Namespace) -> int:
     try:
-        source = sources.read(args.file, args.source_format)
-    except ImportError_ as exc:
+        source = sources.read(args.file, args.source_format, int(args.max_size * 1024 * 1024))
+    except ImportError_ as exc:  # (a file that is not what it claims: exit 2, as bad usage)
         print(f"splitdns import: {exc}", file=sys.stderr)
-        return 1
+        return 2
     try:
         lan = tuple(ipaddress.ip_network(n, strict=False) for n in args.lan or DEFAULT_LAN)
     except ValueError as exc:
@@ -98,6 +113,7 @@ def command(args: argparse.Namespace) -> int:
     if not args.offline:
         upstreams = Upstreams(specs)
         lookup = upstreams
+        upstreams.prefetch(translate.questions(source))
         try:
             plan = translate.plan(source, lan, lookup)
         except ConnectionError as exc:

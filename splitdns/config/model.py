@@ -478,19 +478,17 @@ def _view(node: Node, earlier: list[View]) -> View:
     _check_shadowed(keys["clients"], clients, earlier)
 
     rules: list[Rule] = []
+    seen_from: dict[tuple[object, ...], Rule] = {}  # (a dict: an import has thousands)
     for i, item in enumerate(keys["rewrite"].items() if "rewrite" in keys else []):
         rule = _rule(item, i)
-        for earlier_rule in rules:
-            same_from = (earlier_rule.source, earlier_rule.follow, earlier_rule.interface) == (
-                rule.source,
-                rule.follow,
-                rule.interface,
+        key = (rule.source, rule.follow, rule.interface, frozenset(rule.names))
+        earlier_rule = seen_from.get(key)
+        if earlier_rule is not None:
+            raise item.error(
+                f"same 'from' {rule.source} as rewrite[{earlier_rule.index}] for the same "
+                "names: which one wins would be ambiguous"
             )
-            if same_from and set(earlier_rule.names) == set(rule.names):
-                raise item.error(
-                    f"same 'from' {rule.source} as rewrite[{earlier_rule.index}] for the same "
-                    "names: which one wins would be ambiguous"
-                )
+        seen_from[key] = rule
         rules.append(rule)
     aaaa = keys["aaaa"].choice(("keep", "drop")) if "aaaa" in keys else "keep"
     hosts = _hosts(keys["hosts"]) if "hosts" in keys else Hosts()

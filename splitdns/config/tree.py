@@ -193,11 +193,18 @@ def dynamic_source(node: Node) -> tuple[str, str] | None:
 _UNREADABLE = (yaml.YAMLError, ValueError, TypeError, OverflowError)
 
 
+_CONSTRUCTOR = yaml.SafeLoader("")  # one, reused: making a loader per scalar was most of a load
+
+
 def _scalar_value(node: yaml.Node) -> Any:
     """The typed value of a scalar node, by YAML's safe rules (ints, bools, strings...)."""
     if not isinstance(node, yaml.ScalarNode):
         return f"<{type(node).__name__}>"
-    return yaml.SafeLoader("").construct_object(node, deep=True)
+    try:
+        return _CONSTRUCTOR.construct_object(node, deep=True)
+    finally:
+        _CONSTRUCTOR.constructed_objects.clear()
+        _CONSTRUCTOR.recursive_objects.clear()
 
 
 #: PyYAML's problems in plain words, and whether the mistake sits at the context mark (the
@@ -261,10 +268,21 @@ def _key_without_colon_above(text: str, line: int) -> tuple[int, int] | None:
     return None
 
 
+FAST_PARSE = 256 * 1024  # characters beyond which libyaml's parser composes (same nodes, 10x)
+_FAST: Any = getattr(yaml, "CSafeLoader", None)
+
+
 def parse(text: str, source: str) -> Node:
     """Compose YAML text into a located node; syntax errors become ConfigError."""
     try:
-        raw = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = None
+        if len(text) > FAST_PARSE and _FAST is not None:  # (a generated mapping: import's)
+            try:
+                raw = yaml.compose(text, Loader=_FAST)
+            except yaml.YAMLError:
+                raw = None  # the pure parser says what is wrong, in its words
+        if raw is None:
+            raw = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         raise syntax_error(text, source, exc) from exc
     except yaml.YAMLError as exc:

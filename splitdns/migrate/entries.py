@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -60,6 +61,27 @@ class Source:
     rules: list[DirectRule] = field(default_factory=list)
     views: list[SourceView] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (origin, why)
+
+
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?", re.ASCII)
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` (as clean_name makes it; "*." first for a wildcard) is no domain name, or
+    None: labels of 1-63 characters, 253 in all (RFC 1035), no spaces or control characters."""
+    bare = name[2:] if name.startswith("*.") else name
+    if not bare:
+        return "an empty name"
+    if len(bare) > 253:
+        return f"{len(bare)} characters: a domain name has at most 253"
+    for label in bare.split("."):
+        if not label:
+            return "an empty label (two dots in a row)"
+        if len(label) > 63:
+            return f"a label of {len(label)} characters: at most 63"
+        if not _LABEL.fullmatch(label):
+            return "a character other than letters, digits, '-' and '_' (write IDNs as xn--)"
+    return None
 
 
 def clean_name(text: str) -> str:

@@ -3,13 +3,28 @@ replaces) and as the report a person reads."""
 
 from __future__ import annotations
 
+import json
+import re
+
+import yaml
+
 from splitdns.migrate.translate import Plan, PlanView
 
 DASHBOARD = 'dashboard: {listen: "127.0.0.1:5380"}'
 
 
+_RESOLVER = yaml.resolver.Resolver()
+_STR = "tag:yaml.org,2002:str"
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*")
+
+
 def _q(text: str) -> str:
-    return f'"{text}"' if text.startswith("*") or ":" in text else text
+    """`text` as a YAML scalar that reads back as that string: plain when YAML would read it
+    so (not `true`, `2`, `1e5`, `null`), else double-quoted."""
+    resolved = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+    if _PLAIN.fullmatch(text) and resolved == _STR:
+        return text
+    return json.dumps(text)
 
 
 def mapping(plan: Plan, upstreams: list[str], when: str) -> str:
@@ -53,10 +68,9 @@ def _view(view: PlanView) -> list[str]:
     if view.hosts:
         out.append("    hosts:")
         for name, addresses in view.hosts.items():
-            value = (
-                str(addresses[0]) if len(addresses) == 1 else f"[{', '.join(map(str, addresses))}]"
-            )
-            out.append(f"      {_q(name)}: {_q(value)}  # {view.host_origins.get(name, '')}")
+            each = [_q(str(a)) for a in addresses]
+            value = each[0] if len(each) == 1 else f"[{', '.join(each)}]"
+            out.append(f"      {_q(name)}: {value}  # {view.host_origins.get(name, '')}")
     return out
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -70,15 +72,64 @@ def detect(path: str, text: str) -> str:
     )
 
 
-def read(path: str, fmt: str | None = None) -> Source:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ImportError_(f"{path}: cannot read: {exc}") from None
+MAX_BYTES = 16 * 1024 * 1024  # a real overrides file is kilobytes; `--max-size` raises it
+MAX_ALIASES = 64  # YAML aliases (&a / *a) honoured; a "billion laughs" file has thousands
+MAX_DEPTH = 64  # nesting of YAML, TOML or JSON
+
+
+def read(path: str, fmt: str | None = None, max_bytes: int = MAX_BYTES) -> Source:
+    """The file's entries. Anything hostile is an ImportError_ naming the file: not a regular
+    file (a FIFO would block for ever, a device never end), over `max_bytes`, not UTF-8, YAML
+    with too many aliases, nesting too deep, or a structure not the format's."""
+    return parse_text(path, _read_text(path, max_bytes), fmt)
+
+
+def parse_text(path: str, text: str, fmt: str | None = None) -> Source:
+    """`read` for text at hand (`path` only names it in messages)."""
     fmt = fmt or detect(path, text)
     source = Source(path, fmt)
-    READERS[fmt](source, text)
+    try:
+        READERS[fmt](source, text)
+    except RecursionError:
+        raise ImportError_(f"{path}: nested too deeply (more than {MAX_DEPTH} levels)") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ImportError_):
+            raise
+        raise ImportError_(
+            f"{path}: not the structure a {fmt} file has ({type(exc).__name__}: {exc})"
+        ) from None
     return source
+
+
+def _read_text(path: str, max_bytes: int) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ImportError_(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImportError_(f"{path}: not a regular file (a pipe, device or directory)")
+        if st.st_size > max_bytes:
+            raise ImportError_(
+                f"{path}: {st.st_size} bytes, more than the {max_bytes} an overrides file "
+                "may have (--max-size MB raises it)"
+            )
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=True) as handle:
+            fd = -1
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise ImportError_(f"{path}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > max_bytes:
+        raise ImportError_(f"{path}: grew past {max_bytes} bytes while read")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ImportError_(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 # --------------------------------------------------------------------------- line formats
@@ -136,6 +187,9 @@ def _dnsmasq(source: Source, text: str) -> None:
             fields = [f.strip() for f in value.split(",")]
             ips = [ip for f in fields if (ip := address(f)) is not None]
             names = [clean_name(f) for f in fields if address(f) is None and not f.isdigit()]
+            if not ips:
+                source.skipped.append((where, "host-record= without an address"))
+                continue
             for name in names:
                 source.entries.append(Entry(name, where, tuple(ips)))
         elif key == "cname":
@@ -215,21 +269,82 @@ def _coredns(source: Source, text: str) -> None:
 # --------------------------------------------------------------------------- YAML formats
 
 
-def _yaml(source: Source, text: str) -> Any:
+class _BoundedLoader(yaml.SafeLoader):
+    """safe_load with at most MAX_ALIASES aliases and MAX_DEPTH levels: an alias is a
+    reference, cheap to write and exponential to walk ("billion laughs")."""
+
+    aliases = 0
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise ImportError_(
+                    f"line {mark.line + 1}: more than {MAX_ALIASES} YAML aliases (*name): "
+                    "refused (an alias bomb expands without end)"
+                )
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise ImportError_(f"line {mark.line + 1}: nested more than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _yaml(source: Source, text: str) -> dict[str, Any]:
     try:
-        return yaml.safe_load(text) or {}
+        loader = _BoundedLoader(text)  # (the reader refuses control characters here)
     except yaml.YAMLError as exc:
         raise ImportError_(f"{source.path}: YAML: {exc}") from None
+    try:
+        data = loader.get_single_data() or {}
+    except ImportError_ as exc:
+        raise ImportError_(f"{source.path}: YAML: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ImportError_(f"{source.path}: YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    return _mapping(source, data, "the file")
+
+
+def _mapping(source: Source, value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ImportError_(f"{source.path}: {where}: a mapping expected, not {_kind(value)}")
+    return value
+
+
+def _listing(source: Source, value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ImportError_(f"{source.path}: {where}: a list expected, not {_kind(value)}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false"}.get(
+        type(value), f"a {type(value).__name__}"
+    )
 
 
 def _adguard(source: Source, text: str) -> None:
     data = _yaml(source, text)
-    filtering = data.get("filtering") or {}
+    filtering = _mapping(source, data.get("filtering"), "filtering")
     rewrites, where = filtering.get("rewrites"), "filtering.rewrites"
     if rewrites is None:
-        rewrites, where = (data.get("dns") or {}).get("rewrites") or [], "dns.rewrites"
-    for i, item in enumerate(rewrites):
+        dns = _mapping(source, data.get("dns"), "dns")
+        rewrites, where = dns.get("rewrites"), "dns.rewrites"
+    for i, item in enumerate(_listing(source, rewrites, where)):
         origin = f"{source.path}: {where}[{i}]"
+        if not isinstance(item, dict):
+            source.skipped.append((origin, f"{_kind(item)}, not a rewrite (domain, answer)"))
+            continue
         name = clean_name(str(item.get("domain", "")))
         answer = str(item.get("answer", "")).strip()
         enabled = bool(item.get("enabled", True))
@@ -241,7 +356,9 @@ def _adguard(source: Source, text: str) -> None:
         else:
             entry = Entry(name, origin, target=clean_name(answer), enabled=enabled)
         source.entries.append(entry)
-    rules = (data.get("user_rules") or []) or filtering.get("user_rules") or []
+    rules = _listing(source, data.get("user_rules"), "user_rules") or _listing(
+        source, filtering.get("user_rules"), "filtering.user_rules"
+    )
     for i, rule in enumerate(rules):
         found = re.match(r"^\|\|([^\^$]+)\^\$dnsrewrite=(.+)$", str(rule).strip())
         if not found:
@@ -261,7 +378,8 @@ def _adguard(source: Source, text: str) -> None:
 
 def _blocky(source: Source, text: str) -> None:
     data = _yaml(source, text)
-    mapping = (data.get("customDNS") or {}).get("mapping") or {}
+    custom = _mapping(source, data.get("customDNS"), "customDNS")
+    mapping = _mapping(source, custom.get("mapping"), "customDNS.mapping")
     for name, value in mapping.items():
         ips = [ip for part in str(value).split(",") if (ip := address(part)) is not None]
         origin = f"{source.path}: customDNS.mapping.{name}"
@@ -349,7 +467,11 @@ def _add_view_client(
 ) -> None:
     for i, view in enumerate(source.views):
         if view.name == name:
-            source.views[i] = SourceView(name, (*view.clients, net))
+            same = [c for c in view.clients if c.version == net.version and c.overlaps(net)]
+            if any(net.subnet_of(c) for c in same):  # type: ignore[arg-type]
+                return  # (already covered: a repeated or narrower line)
+            kept = tuple(c for c in view.clients if c not in same)
+            source.views[i] = SourceView(name, (*kept, net))
             return
     source.views.append(SourceView(name, (net,)))
 

@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from splitdns.migrate.entries import Entry, IPAddress, IPNetwork, Source
+from splitdns.migrate.entries import Entry, IPAddress, IPNetwork, Source, name_problem
 
 #: (name, "A" | "AAAA") -> the public addresses; None when the name has no such record
 Lookup = Callable[[str, str], tuple[IPAddress, ...] | None]
@@ -74,12 +74,34 @@ def plan(source: Source, lan: tuple[IPNetwork, ...], lookup: Lookup | None) -> P
         if entry.keep:
             unimportable.append((entry.origin, f"{entry.name}: keeps the upstream's answer"))
             continue
+        problem = name_problem(entry.name) or (
+            name_problem(entry.target) if entry.target is not None else None
+        )
+        if problem is not None:
+            shown = entry.name[:80]
+            unimportable.append((entry.origin, f"{shown!r}: not a domain name: {problem}"))
+            continue
+        if entry.view not in by_name:
+            why = f"{entry.name}: in view {entry.view}, which names no clients"
+            unimportable.append((entry.origin, why))
+            continue
         for view in by_name[entry.view]:  # (a source's global entry holds in every view)
             _take(entry, view, lookup, seen, aliases, imported, pairs, unimportable)
     for view in views:
         view.rules += _rules(pairs[view.name])
+    stated: dict[tuple[str, IPNetwork], str] = {}
     for rule in source.rules:
+        if rule.view not in by_name:
+            unimportable.append((rule.origin, f"{rule.source} -> {rule.target}: in view "
+                                 f"{rule.view}, which names no clients"))  # fmt: skip
+            continue
         for view in by_name[rule.view]:
+            earlier = stated.get((view.name, rule.source))
+            if earlier is not None:
+                unimportable.append((rule.origin, f"{rule.source} -> {rule.target}: the same "
+                                     f"public network as {earlier}; the first kept"))  # fmt: skip
+                continue
+            stated[(view.name, rule.source)] = rule.origin
             view.rules.append(Rule(rule.source, rule.target, (), [f"{rule.origin} (as it is)"]))
     for entry, view in aliases:
         _alias(entry, view, lookup, imported, covered, unimportable)
@@ -117,6 +139,10 @@ def _take(
     _address_entry(entry, view, lookup, pairs[view.name], unimportable)
 
 
+def _inside(inner: IPNetwork, outer: IPNetwork) -> bool:
+    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
+
+
 def _views(
     source: Source, lan: tuple[IPNetwork, ...]
 ) -> tuple[list[PlanView], dict[str, list[PlanView]]]:
@@ -126,11 +152,30 @@ def _views(
     taken = {v.name for v in views}
     default = PlanView(next(n for n in ("lan", "others", "default_") if n not in taken), lan)
     views.append(default)
-    by_name: dict[str, list[PlanView]] = {v.name: [v] for v in views[:-1]}
+    kept: list[PlanView] = []
+    for view in views:  # a view every client of which an earlier one takes is never used
+        if kept and all(any(_inside(c, o) for k in kept for o in k.clients) for c in view.clients):
+            continue
+        kept.append(view)
+    views = kept
+    by_name: dict[str, list[PlanView]] = {v.name: [v] for v in views if v is not default}
     by_name[""] = list(views)
     for view in views:  # splitdns view names: letters, digits, - and _
         view.name = "".join(c if c.isalnum() or c in "-_" else "-" for c in view.name) or "view"
     return views, by_name
+
+
+def questions(source: Source) -> list[tuple[str, str]]:
+    """What `plan` will ask of the upstreams for `source` (asked ahead, at once)."""
+    asked: list[tuple[str, str]] = []
+    for entry in source.entries:
+        if not entry.enabled or entry.keep or name_problem(entry.name) is not None:
+            continue
+        probe = probe_name(entry.name)
+        asked += [(probe, "A"), (probe, "AAAA")]
+        if entry.target is not None and name_problem(entry.target) is None:
+            asked += [(entry.target, "A"), (entry.target, "AAAA")]
+    return asked
 
 
 def probe_name(name: str) -> str:

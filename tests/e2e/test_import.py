@@ -158,7 +158,7 @@ def test_bad_input_is_named(tmp_path: Path) -> None:
     odd.write_text("just some words\nnothing a DNS server reads\n")
     made = subprocess.run([sys.executable, "-m", "splitdns", "import", str(odd), "--offline"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
-    assert made.returncode == 1
+    assert made.returncode == 2
     assert made.stderr.strip() == (
         f"splitdns import: {odd}: not a format splitdns import knows (adguard, pihole, dnsmasq, "
         "unbound, technitium, coredns, blocky, hosts); name it with --from"

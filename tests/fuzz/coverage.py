@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing with atheris (libFuzzer), three harnesses.
+"""Coverage-guided fuzzing with atheris (libFuzzer), three harnesses and one per import format.
 
     .venv/bin/python -m tests.fuzz.coverage query|reply|differential [libFuzzer flags] [DIR...]
 
@@ -9,6 +9,9 @@
   must parse with dnspython, say the same at every age but for TTLs, and hold no address a rule
   rewrites (in A, AAAA, ipv4hint, ipv6hint) in the answer or additional section.
 - differential: whatever wire.walk accepts, dnspython parses, with the same records.
+- import-FORMAT: a file of that format for `splitdns import` (AdGuard, Pi-hole, dnsmasq,
+  Unbound, Technitium, CoreDNS, Blocky, hosts): only ImportError_ may stop it, and the mapping
+  it makes loads.
 
 A failure raises and libFuzzer writes the input as crash-*; keep it in tests/fuzz/corpus/
 as a regression (replayed by test_fuzz.py). tests/fuzz/test_coverage_guided.py runs each
@@ -35,6 +38,8 @@ with atheris.instrument_imports():
     from splitdns.answer.cache import Cache
     from splitdns.answer.svcb import TYPES as SVCB_TYPES
     from splitdns.config import model as config
+    from splitdns.migrate import render, sources, translate
+    from splitdns.migrate.entries import ImportError_
 
 LAN_TEXT = """
 views:
@@ -149,10 +154,32 @@ def fuzz_differential(data: bytes) -> None:
     assert ours == theirs, f"walk {sorted(ours - theirs)} vs dnspython {sorted(theirs - ours)}"
 
 
+LAN_NETS = (ipaddress.ip_network("192.168.0.0/16"),)
+
+
+def fuzz_import(fmt: str) -> Callable[[bytes], None]:
+    """A file of `fmt` for `splitdns import`: read, planned offline, rendered. Anything it
+    cannot take must be an ImportError_ (one line for the user), never another exception,
+    and the mapping it makes must load."""
+
+    def fuzz(data: bytes) -> None:
+        text = data.decode("utf-8", "replace")
+        try:
+            source = sources.parse_text("fuzz", text, fmt)
+        except ImportError_:
+            return
+        plan = translate.plan(source, LAN_NETS, None)
+        config.loads(render.mapping(plan, [], "2026-01-01"), "import.yaml")
+        render.report(plan)
+
+    return fuzz
+
+
 HARNESSES: dict[str, Callable[[bytes], None]] = {
     "query": fuzz_query,
     "reply": fuzz_reply,
     "differential": fuzz_differential,
+    **{f"import-{fmt}": fuzz_import(fmt) for fmt in sources.FORMATS},
 }
 
 

@@ -18,10 +18,16 @@ import pytest
 
 ROOT = Path(__file__).parents[2]
 CORPUS = Path(__file__).parent / "corpus"
+IMPORT_SEEDS = ROOT / "tests" / "fixtures" / "import"
 SECONDS = int(os.environ.get("SPLITDNS_ATHERIS_SECONDS", "20"))
 
 
-@pytest.mark.parametrize("harness", ["query", "reply", "differential"])
+IMPORTS = ["adguard", "pihole", "dnsmasq", "unbound", "technitium", "coredns", "blocky", "hosts"]
+
+
+@pytest.mark.parametrize(
+    "harness", ["query", "reply", "differential", *(f"import-{fmt}" for fmt in IMPORTS)]
+)
 def test_coverage_guided_harness_finds_nothing(harness: str, tmp_path: Path) -> None:
     try:
         import atheris  # noqa: F401
@@ -30,11 +36,18 @@ def test_coverage_guided_harness_finds_nothing(harness: str, tmp_path: Path) -> 
             pytest.fail("atheris is not installed (a test extra: pip install '.[test]')")
         pytest.skip("atheris is not installed (a test extra: pip install '.[test]')")
     work = tmp_path / "corpus"
-    shutil.copytree(CORPUS, work)
+    seconds = SECONDS
+    if harness.startswith("import-"):  # seeded with the import tests' realistic files
+        work.mkdir()
+        for seed in sorted(IMPORT_SEEDS.glob("*")):
+            shutil.copy(seed, work / seed.name)
+        seconds = max(3, SECONDS // 4)
+    else:
+        shutil.copytree(CORPUS, work)
     result = subprocess.run(
-        [sys.executable, "-m", "tests.fuzz.coverage", harness, f"-max_total_time={SECONDS}",
+        [sys.executable, "-m", "tests.fuzz.coverage", harness, f"-max_total_time={seconds}",
          f"-artifact_prefix={tmp_path}/", "-print_final_stats=1", str(work)],
-        cwd=ROOT, capture_output=True, text=True, timeout=SECONDS * 3 + 60,
+        cwd=ROOT, capture_output=True, text=True, timeout=seconds * 3 + 60,
     )  # fmt: skip
     found = sorted(tmp_path.glob("crash-*")) + sorted(tmp_path.glob("leak-*"))
     tail = "\n".join(result.stderr.splitlines()[-25:])
