@@ -6,13 +6,21 @@ one socket per question until the process runs out of descriptors and every othe
 miss fails. So each query past the cache takes a slot here and gives it back when answered:
 all clients together hold at most `total`, one address at most `per_client`. A client over its
 share is the one that waits: its new questions are dropped (UDP; the stub retries) or get
-SERVFAIL (streams) while its own earlier ones are answered, and nobody else notices. Counted
-by reason for /metrics.
+SERVFAIL (streams) while its own earlier ones are answered, and nobody else notices.
+
+Many addresses, each within its share, could still fill the pool together (a dozen devices
+asking a silent domain). So half the pool is a reserve: an address already holding HEAVY
+slots gets none of it, and a light client (a phone asking its next name) always finds one.
+The share is per address, not per /24 or /64: on a LAN those prefixes hold every device, so a
+prefix share would make one device's flood everybody's. Counted by reason for /metrics
+(client_share, reserve, full).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+
+HEAVY = 16  # slots an address may hold and still be given one of the reserve
 
 
 class InFlight:
@@ -36,6 +44,9 @@ class InFlight:
             return False
         if self.count >= self.total:
             self.refused["full"] += 1
+            return False
+        if held >= HEAVY and self.count >= self.total - self.total // 2 and not shared:
+            self.refused["reserve"] += 1
             return False
         self.by_host[host] = held + 1
         self.count += 1

@@ -225,7 +225,8 @@ def _limit_families(srv: object) -> Iterator[Metric]:
     )
     yield _by_result(
         "splitdns_queries_in_flight_refused",
-        "Queries not asked: client_share (that client holds its share) or full (all slots held)",
+        "Queries not asked: client_share (that client holds its share), reserve (it holds many "
+        "and half the slots are taken) or full (all slots held)",
         inflight.refused,
     )
     sizes = GaugeMetricFamily("splitdns_limit", "Limits in force", labels=["limit"])

@@ -223,6 +223,28 @@ def test_a_new_name_flood_from_one_exempt_client_leaves_others_answered(
     assert total(samples, "splitdns_queries_in_flight_refused_total", result="client_share") > 0
 
 
+@pytest.mark.timeout(300)
+def test_a_new_name_flood_from_many_addresses_within_their_limits_leaves_others_answered(
+    server: tuple[SplitDNS, int, int, int],
+) -> None:
+    """Twelve addresses, each within its rate limit (90 of 100 a second) and its share of
+    queries in flight, flood a silent domain: together they would hold every slot. Those
+    holding many slots use at most half the pool; the probe's misses still get one."""
+    proc, _, _, metrics = server
+    with Probe(proc.port) as probe:
+        result = attack("udp-flood", proc.port, "--rate", "90", "--hold", "8", "--count", "12",
+                        "--source", "many")  # fmt: skip
+    samples = scrape(metrics)
+    refused = total(samples, "splitdns_queries_in_flight_refused_total", result="reserve")
+    print(
+        f"\n12-address flood within limits: {result}; refused for the reserve {refused:.0f}; "
+        f"probe misses p99 {Probe.p99(probe.misses) * 1000:.1f} ms, failures "
+        f"{len(probe.failures)} of {len(probe.hits) + len(probe.misses)}"
+    )
+    assert not probe.failures, probe.failures[:10]
+    assert refused > 0  # (the flood did reach the reserve: the test can fail)
+
+
 def test_the_metrics_name_what_was_refused(server: tuple[SplitDNS, int, int, int]) -> None:
     proc, dot, doh, metrics = server
     attack("tls-halfopen", dot, "--count", "70", "--hold", "6")  # over one address's share

@@ -9,7 +9,7 @@ it opened, how many the server refused at once, and when the server closed the o
   tls-halfopen    TCP connections to a TLS port that never send a ClientHello
   tcp-trickle     a DNS message over TCP, one byte a second
   tcp-oversized   a 65,535-byte length prefix, then a few bytes and silence
-  udp-flood       new names as fast as `--rate` allows, from one address
+  udp-flood       new names at `--rate` a second from each address (one, or `--count` "many")
 """
 
 from __future__ import annotations
@@ -167,33 +167,41 @@ async def tcp_trickle(port: int, source: str, tally: Tally, hold: float, oversiz
     writer.close()
 
 
-def udp_flood(port: int, source: str, rate: float, seconds: float) -> str:
-    """Unique names at `rate` per second (in bursts of 50) for `seconds`; answers counted."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((source, 0))
-    sock.setblocking(False)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    sent = answered = servfail = 0
+def udp_flood(port: int, addresses: list[str], rate: float, seconds: float) -> str:
+    """Unique names at `rate` per second from each address (in bursts of 50) for `seconds`;
+    answers counted."""
+    socks = []
+    for source in addresses:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        socks.append(sock)
+    sent = [0] * len(socks)
+    answered = servfail = 0
     began = time.monotonic()
     while time.monotonic() - began < seconds:
         due = int((time.monotonic() - began) * rate)
-        while sent < due:
-            name = f"f{sent}-{int(began)}.flood.example.test"
-            msg = bytearray(wire.make_query(name, wire.TYPE_A))
-            with contextlib.suppress(BlockingIOError):  # a full buffer drops it, as a NIC would
-                sock.sendto(bytes(msg), ("127.0.0.1", port))
-            sent += 1
-            if sent % 50 == 0:
-                break
-        while True:
-            try:
-                reply = sock.recv(4096)
-            except BlockingIOError:
-                break
-            answered += 1
-            servfail += wire.rcode_of(reply) == wire.SERVFAIL
+        for i, sock in enumerate(socks):
+            while sent[i] < due:
+                name = f"f{i}-{sent[i]}-{int(began)}.flood.example.test"
+                msg = bytearray(wire.make_query(name, wire.TYPE_A))
+                with contextlib.suppress(BlockingIOError):  # a full buffer drops it, as a NIC
+                    sock.sendto(bytes(msg), ("127.0.0.1", port))
+                sent[i] += 1
+                if sent[i] % 50 == 0:
+                    break
+            while True:
+                try:
+                    reply = sock.recv(4096)
+                except BlockingIOError:
+                    break
+                answered += 1
+                servfail += wire.rcode_of(reply) == wire.SERVFAIL
         time.sleep(0.002)
-    return json.dumps({"sent": sent, "answered": answered, "servfail": servfail})
+    for sock in socks:
+        sock.close()
+    return json.dumps({"sent": sum(sent), "answered": answered, "servfail": servfail})
 
 
 async def run(args: argparse.Namespace) -> str:
@@ -224,7 +232,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5000.0)
     args = parser.parse_args()
     if args.kind == "udp-flood":
-        print(udp_flood(args.port, args.source, args.rate, args.hold), flush=True)
+        addresses = sorted(set(sources(args.count, args.source)))
+        print(udp_flood(args.port, addresses, args.rate, args.hold), flush=True)
     else:
         print(asyncio.run(run(args)), flush=True)
 
