@@ -92,7 +92,9 @@ async def _until_closed(
         tally.closed(opened)
 
 
-async def doh_unfinished(port: int, source: str, tally: Tally, hold: float, streams: int) -> None:
+async def doh_unfinished(
+    port: int, source: str, tally: Tally, hold: float, streams: int, body: int = 500
+) -> None:
     try:
         reader, writer = await _connect(port, source, True, ["h2"])
     except (OSError, TimeoutError, ssl.SSLError):
@@ -115,8 +117,8 @@ async def doh_unfinished(port: int, source: str, tally: Tally, hold: float, stre
                 ("content-length", "60000"),
             ],
         )
-        conn.send_data(stream, b"\0" * 500)  # and never the rest, never END_STREAM
-        # (99 streams x 500 bytes stay inside the connection's first 64 KiB flow window)
+        conn.send_data(stream, b"\0" * body)  # and never the rest, never END_STREAM
+        # (99 streams x 500 bytes, or 32 x 1800, stay inside the first 64 KiB flow window)
     try:
         writer.write(conn.data_to_send())
         await writer.drain()
@@ -209,7 +211,7 @@ async def run(args: argparse.Namespace) -> str:
     jobs = []
     for source in sources(args.count, args.source):
         if args.kind == "doh-unfinished":
-            job = doh_unfinished(args.port, source, tally, args.hold, args.streams)
+            job = doh_unfinished(args.port, source, tally, args.hold, args.streams, args.body)
         elif args.kind == "tls-halfopen":
             job = tls_halfopen(args.port, source, tally, args.hold)
         else:
@@ -229,6 +231,7 @@ def main() -> None:
     parser.add_argument("--source", default="127.0.0.9", help='an address, or "many"')
     parser.add_argument("--hold", type=float, default=20.0, help="seconds each connection is kept")
     parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--body", type=int, default=500, help="bytes sent of each DoH body")
     parser.add_argument("--rate", type=float, default=5000.0)
     args = parser.parse_args()
     if args.kind == "udp-flood":
