@@ -1170,3 +1170,36 @@ def answer_lines(data: bytes) -> list[str]:
         for rrset in section:
             lines.extend(rrset.to_text().splitlines())
     return lines
+
+
+def map_aaaa(
+    query: Query,
+    answer: bytes,
+    make: Callable[[str, ipaddress.IPv6Address], ipaddress.IPv6Address | None],
+) -> tuple[bytes, int]:
+    """The AAAA answer to `query` again, its CNAME chain and TTLs kept, each AAAA record's
+    address mapped by `make(owner, address)` (None leaves the record out); the authority and
+    additional sections go. Returns the bare answer and how many AAAA records it holds."""
+    message = walk(answer)
+    records = bytearray()
+    count = kept = 0
+    for r in message.records:
+        if r.section != ANSWER or r.rclass != CLASS_IN:
+            continue
+        ttl = answer[r.ttl_offset : r.ttl_offset + 4]
+        if r.rtype == TYPE_CNAME:
+            rdata = encode_name(read_cname_target(answer, r))
+        elif r.rtype == TYPE_AAAA and r.rdlength == 16:
+            v6 = make(r.name, ipaddress.IPv6Address(answer[r.rdata_offset : r.rdata_offset + 16]))
+            if v6 is None:
+                continue
+            rdata = v6.packed
+            kept += 1
+        else:
+            continue
+        records += encode_name(r.name) + struct.pack("!HH", r.rtype, CLASS_IN) + ttl
+        records += struct.pack("!H", len(rdata)) + rdata
+        count += 1
+    flags = struct.unpack_from("!H", answer, 2)[0] & ~AD
+    head = HEADER.pack(query.msg_id, flags, 1, count, 0, 0)
+    return head + query.question.wire + bytes(records), kept

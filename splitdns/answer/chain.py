@@ -25,7 +25,7 @@ from splitdns.answer import ddr, localanswers, rewrite, svcb
 from splitdns.answer.cache import Cache, make_key
 from splitdns.answer.rebinding import Guard
 from splitdns.answer.views import Admission
-from splitdns.config.dns64 import embeds_non_global, extract, reverse_v6, synthesize
+from splitdns.config.dns64 import WKP, embeds_non_global, extract, reverse_v6, synthesize
 from splitdns.config.model import Config, IPAddress, View
 from splitdns.config.upstreams import Forwarding, local_reverse_zone
 from splitdns.upstream.forwarder import Forwarder
@@ -352,6 +352,87 @@ class ShadowedAnswers(Link):
 
 
 _SHADOWING = frozenset({wire.TYPE_AAAA, *svcb.TYPES})
+
+
+class EmbeddedPublic(Link):
+    """An upstream doing DNS64 (a router's or ISP's resolver: unbound's dns64 module, RFC
+    7050) answers AAAA with the public IPv4 address embedded in its NAT64 prefix: a dual-stack
+    client prefers it and goes through NAT64 to the public address, around the rewrite. So in
+    every view that rewrites IPv4 (and does no DNS64 of its own: Synthesize handles those), an
+    AAAA inside a known prefix (`nat64_prefixes`, and those discovered at start) whose
+    embedded address a rule maps is made again from the internal address with the same prefix
+    (a network-specific one), or removed (the well-known prefix must not embed a non-global
+    address: RFC 6052 section 3.1); nothing left: NODATA with the zone's SOA.
+    """
+
+    def __init__(self, prefixes: tuple[ipaddress.IPv6Network, ...], next_link: Handler) -> None:
+        self.next = next_link
+        self.configured = prefixes
+        self.discovered: tuple[ipaddress.IPv6Network, ...] = ()  # serve/server.py tells it
+        self.shadowed: ShadowedAnswers | None = None  # its NODATA (with the SOA); wired later
+
+    @property
+    def prefixes(self) -> tuple[ipaddress.IPv6Network, ...]:
+        return (*self.configured, *(p for p in self.discovered if p not in self.configured))
+
+    @staticmethod
+    def applies(req: Request) -> bool:
+        view = req.view
+        return (
+            view is not None
+            and view.dns64 is None
+            and req.query.question.qtype == wire.TYPE_AAAA
+            and any(r.source.version == 4 for r in view.rules)
+        )
+
+    def before(self, req: Request) -> Response | None:
+        return TAKE_CHAIN if self.applies(req) else None
+
+    async def __call__(self, req: Request) -> Response:
+        resp = await self.next(req)
+        if not self.applies(req) or resp.outcome not in (Outcome.FORWARDED, Outcome.REWRITTEN):
+            return resp
+        if wire.rcode_of(resp.bare) != wire.NOERROR:
+            return resp
+        prefixes = self.prefixes
+        found = _addresses(resp, wire.TYPE_AAAA)
+        if not any(a in p for a in found for p in prefixes):
+            return resp  # the usual answer: one pass over its addresses
+        view = req.view
+        assert view is not None
+        rules = tuple(r for r in rewrite.ordered_rules(view) if r.source.version == 4)
+        message = resp.message if resp.message is not None else wire.walk(resp.bare)
+        names = rewrite.chain_names(resp.bare, message, req.query.question.name)
+        changes: list[rewrite.Change] = []
+
+        def make(owner: str, v6: IPAddress) -> ipaddress.IPv6Address | None:
+            prefix = next((p for p in prefixes if v6 in p), None)
+            if prefix is None:
+                return ipaddress.IPv6Address(int(v6))
+            v4 = extract(prefix, ipaddress.IPv6Address(int(v6)))
+            rule = rewrite.pick_rule(rules, v4, names)
+            if rule is None:
+                return ipaddress.IPv6Address(int(v6))
+            internal = rule.map(v4)
+            assert isinstance(internal, ipaddress.IPv4Address)
+            wkp = prefix == WKP  # (RFC 6052 section 3.1: it must not embed a non-global one)
+            made = None if wkp and embeds_non_global(internal) else synthesize(prefix, internal)
+            changes.append(rewrite.Change(owner, v6, made, rule.index, "nat64"))
+            return made
+
+        data, kept = wire.map_aaaa(req.query, resp.bare, make)
+        if not changes:
+            return resp
+        if kept == 0 and self.shadowed is not None:
+            empty = await self.shadowed.nodata(req, resp, resp.upstream, tuple(changes), (resp,))
+            empty.notes.append(
+                "nat64: the upstream's AAAA embeds a public address this view rewrites, and the "
+                "well-known prefix cannot embed the internal one"
+            )
+            return empty
+        return Response(
+            data, Outcome.REWRITTEN, (*resp.changes, *changes), resp.upstream, rewritten=True
+        )
 
 
 class SynthesizedPointers(Link):
@@ -853,7 +934,10 @@ def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None
         )  # on the raw upstream answer, before rewrites
     coalesce = Coalesce(handler)  # right above forward: one upstream query per question
     handler = Rewrite(coalesce)  # above the shared answer: each view rewrites its own copy
+    embedded = EmbeddedPublic(config.nat64_prefixes, handler)  # above rewrite: its rules
+    handler = embedded
     shadowed = ShadowedAnswers(handler)  # above rewrite: it needs to know the A was rewritten
+    embedded.shadowed = shadowed
     dns64 = Synthesize(shadowed)  # above the AAAA policy: it makes AAAA where none is left
     handler = CacheLink(cache, dns64)  # stores final answers, after rewrite and AAAA policy
     shadowed.lookup = handler  # its A/AAAA lookups are answered from (and stored in) the cache

@@ -25,12 +25,23 @@ class Change(NamedTuple):
     old: IPAddress
     new: IPAddress | None  # None: removed (a public ipv6hint beside a rewritten IPv4 answer)
     rule: int  # the rule's index; -1 for a removal by the view's `aaaa: drop`; -2: DNS64
-    field: str = ""  # "" for an A/AAAA record, else "ipv4hint", "ipv6hint" or "dns64"
+    field: str = ""  # "" for an A/AAAA record, else "ipv4hint", "ipv6hint", "dns64" or "nat64"
     #: outside the answer section (glue, an HTTPS record's additional data): says nothing of
     #: where the question's own name points, so no AAAA/HTTPS policy decides on it
     glue: bool = False
 
     def describe(self) -> str:
+        if self.field == "nat64":
+            if self.new is None:
+                return (
+                    f"{self.name} AAAA {self.old} removed: it embeds a public address "
+                    f"rewrite[{self.rule}] maps (the upstream's DNS64; the well-known prefix "
+                    "cannot embed the internal one)"
+                )
+            return (
+                f"{self.name} AAAA {self.old} -> {self.new} by rewrite[{self.rule}] (the "
+                "public address embedded by the upstream's DNS64, made again)"
+            )
         if self.field == "dns64":
             if self.new is None:
                 return (

@@ -33,6 +33,7 @@ from splitdns.config.model import Config, Endpoint, parse_endpoint
 from splitdns.config.upstreams import UpstreamSpec
 from splitdns.serve import follow
 from splitdns.serve.ports import RESOLVED_FIX, command_line, is_splitdns, port_owner
+from splitdns.serve.server import Server
 from splitdns.upstream.forwarder import Forwarder, every_upstream, only
 from splitdns.upstream.transport import UpstreamFailure
 
@@ -153,6 +154,31 @@ async def check_upstream(config: Config, spec: UpstreamSpec, timeout: float) -> 
         OK,
         f"upstream {spec}: answered {shown} ({rcode}) over {reply.transport} in {elapsed:.0f} ms",
     )
+
+
+async def check_upstream_dns64(config: Config, timeout: float) -> list[Verdict]:
+    """Whether the upstreams synthesize AAAA (RFC 7050: ipv4only.arpa): then an AAAA for a
+    name on the public address embeds it, and splitdns must make it again for the LAN."""
+    if not config.upstreams or not any(v.rules for v in config.views):
+        return []
+    server = Server(replace(config, timeout=timeout))
+    try:
+        await server.discover_nat64()
+    finally:
+        await server.upstreams.aclose()
+    if not server.nat64_prefixes:
+        return [Verdict(OK, "upstreams: no DNS64 (ipv4only.arpa has no AAAA)")]
+    shown = ", ".join(map(str, server.nat64_prefixes))
+    rewriting = [v.name for v in config.views if v.rules and v.dns64 is None]
+    return [
+        Verdict(
+            WARN,
+            f"upstreams do DNS64 (prefix {shown}): their AAAA for a name on the public address "
+            f"embeds it; splitdns makes it again from the internal address in view(s) "
+            f"{', '.join(rewriting) or '-'} (removed under the well-known prefix); IPv6-only "
+            "clients need dns64: in their view",
+        )
+    ]
 
 
 async def check_public(config: Config, ddns: str | None) -> list[Verdict]:
@@ -348,6 +374,7 @@ async def diagnose(
     verdicts += await check_hairpin(config, timeout)
     verdicts += await check_signed(config, ddns, timeout)
     verdicts += check_dns64(config)
+    verdicts += await check_upstream_dns64(config, timeout)
     if peer:
         verdicts += await check_peer(config, peer, ddns, timeout)
     return verdicts

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from splitdns.config.dashboard import DashboardSettings, parse_dashboard
-from splitdns.config.dns64 import Dns64, parse_dns64
+from splitdns.config.dns64 import WKP, Dns64, parse_dns64, prefix_of
 from splitdns.config.encrypted import (
     EncryptedListener,
     TlsSettings,
@@ -239,6 +239,10 @@ class Config:
     resolver_name: str | None = None  # for DDR (_dns.NAME) and the certificate's name
     trusted_proxies: tuple[IPNetwork, ...] = ()  # PROXY v2 senders whose header names the client
     trusted_ecs: tuple[IPNetwork, ...] = ()  # senders whose /32 or /128 ECS names the client
+    #: NAT64 prefixes an upstream may synthesize AAAA answers in (besides those discovered by
+    #: RFC 7050 at start): an AAAA there that embeds a public IPv4 address a view rewrites
+    #: points at the public address too (answer/chain.py's EmbeddedPublic)
+    nat64_prefixes: tuple[ipaddress.IPv6Network, ...] = (WKP,)
 
     @property
     def rule_count(self) -> int:
@@ -375,6 +379,7 @@ TOP_KEYS = frozenset(
         "resolver_name",
         "trusted_proxies",
         "trusted_ecs",
+        "nat64_prefixes",
     }
 )
 RATE_KEYS = frozenset({"qps", "burst", "exempt", "action", "table_size", "enabled"})
@@ -654,6 +659,9 @@ def from_node(root: Node) -> Config:
             config = replace(config, tls=TlsSettings(tkeys["cert"].text(), tkeys["key"].text()))
     if "state_dir" in keys:
         config = replace(config, state_dir=keys["state_dir"].text())
+    if "nat64_prefixes" in keys:
+        items = keys["nat64_prefixes"].items(allow_scalar=True)
+        config = replace(config, nat64_prefixes=tuple(prefix_of(i) for i in items))
     if "trusted_proxies" in keys:
         proxies = tuple(_network(i) for i in keys["trusted_proxies"].items(allow_scalar=True))
         config = replace(config, trusted_proxies=proxies)

@@ -72,13 +72,15 @@ async def explain(
     for change in result.changes:
         out.append(f"rewrite: {change.describe()} ({rules[change.rule]})")
     server = live or Server(config)
+    if live is None and query.question.qtype == wire.TYPE_AAAA and view is not None:
+        await server.discover_nat64()  # (as serve does at start: the upstream's own prefix)
     request = Request(query, address, "tcp")
     response = await server.handler(request)
     policy = [c for c in response.changes if c not in result.changes]
-    dns64 = [c for c in policy if c.field == "dns64"]
-    policy = [c for c in policy if c.field != "dns64"]
+    dns64 = [c for c in policy if c.field in ("dns64", "nat64")]
+    policy = [c for c in policy if c.field not in ("dns64", "nat64")]
     for change in dns64:
-        out.append(f"dns64: {change.describe()}")
+        out.append(f"{change.field}: {change.describe()}")
     if response.outcome is Outcome.FILTERED and view is not None and not dns64:
         why = "aaaa: drop" if query.question.qtype == wire.TYPE_AAAA else "https: drop"
         rewritten = ", ".join(sorted({c.name for c in policy if c.new is not None})) or "it"

@@ -32,6 +32,7 @@ import ipaddress
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from splitdns import wire
@@ -113,6 +114,11 @@ def _changes(
     return changed
 
 
+def nat64_ranges(prefixes: Iterable[ipaddress.IPv6Network]) -> tuple[tuple[int, int], ...]:
+    """NAT64 prefixes as (first, last) integers, for the lane's one comparison per AAAA."""
+    return tuple((int(p.network_address), int(p.broadcast_address)) for p in prefixes)
+
+
 def _cached_changes(
     query: bytes, before: bytes, after: bytes, addresses: list[tuple[int, int]], rules: list[int]
 ) -> tuple[rewrite.Change, ...]:
@@ -133,7 +139,7 @@ class ViewPlan:
     precedence order (rewrite's plan of the view), and its replayed hits (serve/replay.py). The
     server memoises one per client address and hands it to both."""
 
-    __slots__ = ("maps4", "maps6", "name", "named", "replies", "shadowed_aaaa", "view")
+    __slots__ = ("embeds", "maps4", "maps6", "name", "named", "replies", "shadowed_aaaa", "view")
 
     def __init__(self, view: View | None) -> None:
         self.view = view
@@ -149,6 +155,8 @@ class ViewPlan:
         self.shadowed_aaaa = view is not None and (
             (view.aaaa == "drop" and v4_rules) or view.dns64 is not None
         )
+        # EmbeddedPublic acts on an AAAA answer inside a NAT64 prefix here: the chain's
+        self.embeds = v4_rules and view is not None and view.dns64 is None
         self.replies: dict[bytes, replay.Replay] = {}  # by the query's bytes after its ID
 
 
@@ -171,6 +179,8 @@ class Express:
         self.readiness: Readiness
         self.route = _Route(forwarder.default)  # (the forwarder's groups are its for life)
         self._routes: dict[int, _Route] = {}  # domain routes' groups
+        #: the NAT64 prefixes as integer ranges (configured; the discovered join at start)
+        self.nat64 = nat64_ranges(config.nat64_prefixes)
 
     @staticmethod
     def applies(server: LaneOwner, pipeline: Pipeline) -> bool:
@@ -425,6 +435,14 @@ class _Exchange:
                 forwarded = bytes(out)
             rules: list[int] = []
             for rtype, offset in addresses:
+                if rtype == wire.TYPE_AAAA and plan.embeds:
+                    value = int.from_bytes(out[offset : offset + 16], "big")
+                    if any(low <= value <= high for low, high in self.express.nat64):
+                        self.close()  # an upstream's DNS64 answer: EmbeddedPublic's
+                        route.group.usable(route.member, time.monotonic() - self.began)
+                        reply = Reply(data, wire.walk(data), route.member.name, "udp")
+                        self.hand_over(reply=reply)
+                        return
                 maps = plan.maps4 if rtype & 0xFF == wire.TYPE_A else plan.maps6
                 if not maps:
                     continue

@@ -20,7 +20,14 @@ from typing import Any, cast
 
 from splitdns import wire
 from splitdns.answer.cache import Cache, Entry, Key
-from splitdns.answer.chain import Outcome, Request, Response, Synthesize, build_chain
+from splitdns.answer.chain import (
+    EmbeddedPublic,
+    Outcome,
+    Request,
+    Response,
+    Synthesize,
+    build_chain,
+)
 from splitdns.answer.ratelimit import RateLimiter
 from splitdns.answer.views import client_address, is_allowed
 from splitdns.config.dns64 import prefix_from_probe
@@ -30,7 +37,7 @@ from splitdns.serve.certs import CertificateError
 from splitdns.serve.clienttrap import ClientTrap
 from splitdns.serve.connections import Connection, ConnectionBudget
 from splitdns.serve.encrypted import EncryptedListeners
-from splitdns.serve.express import DatagramSender, Express, ViewPlan
+from splitdns.serve.express import DatagramSender, Express, ViewPlan, nat64_ranges
 from splitdns.serve.inflight import InFlight
 from splitdns.serve.livefeed import TAP_SIZE, LiveFeed, Tapped
 from splitdns.serve.metrics import QTYPES, Counts, query_key
@@ -135,7 +142,6 @@ class Server:
         self.config = config
         self.upstreams = upstreams
         self.pipeline = build_chain(config, upstreams, cache)
-        self._tell_synthesis(self.nat64_prefixes)
         self.handler = self.pipeline.handler
         self.cache = cache
         if config.rate_limit != old.rate_limit:
@@ -150,6 +156,7 @@ class Server:
         self._plans = {}
         self._trust = {}
         self.express = self._make_express()
+        self._tell_synthesis(self.nat64_prefixes)  # (the new chain's links and lane)
         return notes
 
     def note_reload(self, why: str, error: str | None) -> None:
@@ -185,7 +192,7 @@ class Server:
         """A trusted proxy speaks for many clients: its connections have no per-client share."""
         return bool(self.config.trusted_proxies) and self.trusted(host, self.config.trusted_proxies)
 
-    async def _discover_nat64(self) -> None:
+    async def discover_nat64(self) -> None:
         """RFC 7050: ask the upstreams for ipv4only.arpa AAAA; an upstream doing DNS64 answers
         with its own NAT64 prefix, whose AAAA answers embed public addresses (the DNS64 views
         make them again from their rewritten A). Once, at start; logged."""
@@ -205,7 +212,7 @@ class Server:
         if found:
             log.info(
                 "NAT64 prefix discovered from the upstreams (RFC 7050): %s; their AAAA answers "
-                "there are made again by the DNS64 views",
+                "there that embed a public address a view rewrites are made again (or removed)",
                 ", ".join(map(str, found)),
             )
         else:
@@ -215,8 +222,10 @@ class Server:
 
     def _tell_synthesis(self, prefixes: tuple[IPv6Network, ...]) -> None:
         for link in self.pipeline.links:
-            if isinstance(link, Synthesize):
+            if isinstance(link, Synthesize | EmbeddedPublic):
                 link.discovered = prefixes
+        if self.express is not None:
+            self.express.nat64 = nat64_ranges((*self.config.nat64_prefixes, *prefixes))
 
     def _make_express(self) -> Express | None:
         """The express lane for the current config, when it has anything to do."""
@@ -282,8 +291,8 @@ class Server:
                 follow.follow_forever(lambda: self.config, lambda: self.upstreams, self._followed)
             )
             self._sampling = asyncio.ensure_future(self.history.run())
-            if any(v.dns64 is not None for v in self.config.views):
-                self._discovery = asyncio.ensure_future(self._discover_nat64())
+            if any(v.dns64 is not None or v.rules for v in self.config.views):
+                self._discovery = asyncio.ensure_future(self.discover_nat64())
         except (OSError, CertificateError):
             await self.stop(0)
             raise
