@@ -22,6 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = MODULES.get(args.command, args.command)
     if name == "lab" and args.ipv6_mostly:
         name = "lab64"  # the IPv6-mostly story: a lab of its own
+    if name == "lab" and args.intercept:
+        from splitdns.commands import labintercept  # devices with their own resolver
+
+        return labintercept.command(args.rules)
     module = importlib.import_module(f"splitdns.commands.{name}")
     status: int = module.command(args)
     return status
@@ -167,5 +171,11 @@ def _parser() -> argparse.ArgumentParser:
         "--ipv6-mostly",
         action="store_true",
         help="the IPv6-mostly story instead: an IPv6-only client, a real NAT64 (tayga), DNS64",
+    )
+    lab.add_argument(
+        "--intercept",
+        action="store_true",
+        help="devices with their own resolver caught by nat.intercept_dns's rules (splitdns "
+        "on a LAN host, then on the router)",
     )
     return parser

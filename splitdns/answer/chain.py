@@ -198,6 +198,23 @@ class DohCanary(Link):
         return None
 
 
+class PrivateRelayCanary(Link):
+    """`block_private_relay: true`: `mask.icloud.com` and `mask-h2.icloud.com` get NXDOMAIN,
+    which Apple documents as how a network tells its devices iCloud Private Relay is not
+    available here: they then resolve through this server (and its rewrites), and the user is
+    told so. Opt-in: it turns a privacy feature off for the whole LAN."""
+
+    NAMES: ClassVar[frozenset[str]] = frozenset({"mask.icloud.com", "mask-h2.icloud.com"})
+
+    def __init__(self, next_link: Handler) -> None:
+        self.next = next_link
+
+    def before(self, req: Request) -> Response | None:
+        if req.query.question.name in self.NAMES:
+            return Response(wire.make_error(req.query, wire.NXDOMAIN), Outcome.LOCAL)
+        return None
+
+
 class SelectView(Link):
     """Pick the client's view once, so every later link sees the same one."""
 
@@ -951,6 +968,8 @@ def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None
     handler = LocalHosts(handler)  # before the cache: local data is never aged or stale
     if config.doh_canary:
         handler = DohCanary(handler)  # before the cache: a local policy answer, never stored
+    if config.block_private_relay:
+        handler = PrivateRelayCanary(handler)  # the same, for Apple's Private Relay
     handler = DesignatedResolvers(config, handler)  # before any forwarding: never upstream's
     admission = Admission(config.allow, config.views)
     handler = SelectView(admission, handler)  # everything below depends on the view

@@ -106,6 +106,7 @@ def summary(config: Config) -> list[str]:
             f"{len(config.nat.forwards)} forward(s)"
         )
         lines += [f"  {fwd.describe()}" for fwd in config.nat.forwards]
+        lines += intercept_lines(config)
     for view in config.views:
         lines.append(
             f"view {view.name}: clients {', '.join(map(str, view.clients))}; "
@@ -117,6 +118,39 @@ def summary(config: Config) -> list[str]:
             lines.append(f"  host {name} -> {', '.join(map(str, addresses))}")
         for pattern, addresses in view.hosts.wildcards:
             lines.append(f"  host {pattern} -> {', '.join(map(str, addresses))}")
+    return lines
+
+
+def intercept_lines(config: Config) -> list[str]:
+    """What `nat.intercept_dns` makes the router do, rule by rule, and what it costs."""
+    nat = config.nat
+    intercept = nat.intercept if nat is not None else None
+    if nat is None or intercept is None:
+        return []
+    server = intercept.server
+    lines = [
+        f"  intercept_dns: DNS (udp and tcp 53) arriving on {nat.lan_interface} for anyone but "
+        f"{server} (and not from it: its own upstream queries) is sent to {server}",
+    ]
+    if intercept.on_router:
+        lines.append("    splitdns runs on the router: DNAT alone; redirected devices keep "
+                     "their own addresses and views")  # fmt: skip
+    else:
+        view = next((v for v in config.views if any(intercept.router in c for c in v.clients)),
+                    None) if intercept.router is not None else None  # fmt: skip
+        lines.append(
+            f"    the router masquerades what it redirected (else {server} would answer the "
+            f"device directly and be dropped): splitdns sees those devices as {intercept.router} "
+            f"and they share its view ({view.name if view else 'none'}); devices that use "
+            "splitdns as told keep their own addresses and views"
+        )
+    if intercept.block_dot:
+        lines.append(
+            f"    DNS over TLS and QUIC (853) to anyone but {server}: refused (Android's "
+            "automatic Private DNS falls back to splitdns; strict mode with a public provider "
+            "fails visibly); DNS over HTTPS to a public provider is HTTPS and cannot be told "
+            "apart here (the DoH canary stops Firefox's)"
+        )
     return lines
 
 

@@ -281,6 +281,7 @@ class Lab:
         """Load a rendered ruleset into the router namespace (after clearing its nat rules)."""
         self.exec("router", "nft", "flush", "ruleset", check=False)
         self.exec("router", "iptables", "-t", "nat", "-F", check=False)
+        self.exec("router", "iptables", "-F", "FORWARD", check=False)
         path = Path(f"/tmp/{self.ns('router')}.{kind}")
         path.write_text(text)
         try:

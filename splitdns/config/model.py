@@ -228,6 +228,7 @@ class Config:
     workers: int = 1
     nat: NatSettings | None = None
     doh_canary: bool = True
+    block_private_relay: bool = False  # mask(-h2).icloud.com NXDOMAIN: Apple's network opt-out
     query_log: QueryLogSettings = field(default_factory=QueryLogSettings)
     metrics: Endpoint | None = None
     dashboard: DashboardSettings | None = None
@@ -369,6 +370,7 @@ TOP_KEYS = frozenset(
         "workers",
         "nat",
         "doh_canary",
+        "block_private_relay",
         "rate_limit",
         "rebinding_guard",
         "query_log",
@@ -651,6 +653,8 @@ def from_node(root: Node) -> Config:
         config = replace(config, dashboard=parse_dashboard(keys["dashboard"], parse_endpoint))
     if "doh_canary" in keys:
         config = replace(config, doh_canary=keys["doh_canary"].boolean())
+    if "block_private_relay" in keys:
+        config = replace(config, block_private_relay=keys["block_private_relay"].boolean())
     if "tls" in keys:
         tkeys = keys["tls"].mapping(frozenset({"cert", "key"}))
         if ("cert" in tkeys) != ("key" in tkeys):
@@ -797,7 +801,40 @@ def cross_check(config: Config) -> list[str]:
                     f"views.{view.name}.rewrite[{rule.index}]: 'from' {rule.source} does not "
                     f"contain nat.public {nat.public}"
                 )
-    return warnings
+    return warnings + intercept_warnings(config)
+
+
+def intercept_warnings(config: Config) -> list[str]:
+    """`nat.intercept_dns`: splitdns must listen where the rules send DNS, and the address
+    redirected devices come from must be allowed and in a view that rewrites."""
+    nat = config.nat
+    intercept = nat.intercept if nat is not None else None
+    if intercept is None:
+        return []
+    out = []
+    hosts = {e.host for e in config.listen if e.port == 53}
+    if not hosts & {str(intercept.server), "0.0.0.0"}:
+        out.append(
+            f"nat.intercept_dns.server: the rules send LAN DNS to {intercept.server}:53, but "
+            f"splitdns listens on {', '.join(map(str, config.listen))}"
+        )
+    seen_as = intercept.server if intercept.on_router else intercept.router
+    if seen_as is None or intercept.on_router:
+        return out
+    where = "nat.intercept_dns.router"
+    if not any(seen_as in net for net in config.allow if net.version == 4):
+        out.append(
+            f"{where}: redirected devices reach splitdns from {seen_as}, which `allow` "
+            "refuses: they would get REFUSED; add it to allow"
+        )
+    view = next((v for v in config.views if any(seen_as in c for c in v.clients)), None)
+    if view is None or not view.rules:
+        out.append(
+            f"{where}: redirected devices reach splitdns from {seen_as}, which no view that "
+            "rewrites holds: they would get the public addresses; put it in the LAN view's "
+            "clients"
+        )
+    return out
 
 
 def loads(text: str, source: str) -> Config:

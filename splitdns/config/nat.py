@@ -53,6 +53,26 @@ class PortForward:
 
 
 @dataclass(frozen=True)
+class InterceptDns:
+    """`intercept_dns:`: LAN DNS not addressed to splitdns is sent to it (devices with a
+    resolver of their own: smart TVs, consoles, apps with 8.8.8.8 built in), and DNS over TLS
+    or QUIC (853) to anyone else is refused, so Android's automatic Private DNS falls back to
+    splitdns (strict mode with a public provider fails visibly instead of going around).
+
+    `server`: splitdns's LAN address. `on_router`: splitdns runs on the router (that address is
+    the router's): DNAT alone. Otherwise the router must also masquerade what it redirects, or
+    splitdns would answer the client directly from its own address, which the client (asking
+    8.8.8.8) drops: the hairpin problem, for DNS. Then splitdns sees those clients as `router`
+    (the router's LAN address), and they get the view that holds it.
+    """
+
+    server: ipaddress.IPv4Address
+    on_router: bool = False
+    router: ipaddress.IPv4Address | None = None
+    block_dot: bool = True
+
+
+@dataclass(frozen=True)
 class NatSettings:
     public: ipaddress.IPv4Address
     wan_interface: str
@@ -61,6 +81,7 @@ class NatSettings:
     forwards: tuple[PortForward, ...]
     public_follow: str | None = None  # `public: {follow: NAME}`: resolved when rules are made
     public_interface: str | None = None  # `public: {interface: IFACE}`
+    intercept: InterceptDns | None = None  # `intercept_dns:`
 
     @property
     def dynamic(self) -> bool:
@@ -70,7 +91,10 @@ class NatSettings:
 # --------------------------------------------------------------------------- parsing
 
 
-NAT_KEYS = frozenset({"public", "wan_interface", "lan_interface", "lan", "forwards"})
+NAT_KEYS = frozenset(
+    {"public", "wan_interface", "lan_interface", "lan", "forwards", "intercept_dns"}
+)
+INTERCEPT_KEYS = frozenset({"server", "on_router", "router", "block_dot"})
 FORWARD_KEYS = frozenset({"proto", "port", "to"})
 
 
@@ -150,9 +174,32 @@ def parse_nat(node: Node) -> NatSettings:
             ):
                 raise fkeys["port"].error(f"overlaps {other.describe()}")
         forwards.append(forward)
+    intercept = _intercept(keys["intercept_dns"], lan) if "intercept_dns" in keys else None
     return NatSettings(
-        public, wan, lan_if, tuple(lan), tuple(forwards), follow_name, interface_name
+        public, wan, lan_if, tuple(lan), tuple(forwards), follow_name, interface_name, intercept
     )
+
+
+def _intercept(node: Node, lan: list[ipaddress.IPv4Network]) -> InterceptDns:
+    keys = node.mapping(INTERCEPT_KEYS)
+    if "server" not in keys:
+        raise node.error("missing 'server' (splitdns's LAN address)")
+    server = _ipv4(keys["server"])
+    if not any(server in net for net in lan):
+        raise keys["server"].error(f"{server} is not in the LAN ({', '.join(map(str, lan))})")
+    on_router = keys["on_router"].boolean() if "on_router" in keys else False
+    router = _ipv4(keys["router"]) if "router" in keys else None
+    if not on_router and router is None:
+        raise node.error(
+            "missing 'router' (the router's LAN address: redirected clients reach splitdns "
+            "from it), or on_router: true when splitdns runs on the router"
+        )
+    if on_router and router is not None and router != server:
+        raise keys["router"].error(
+            f"on_router: true: splitdns's address is the router's ({server})"
+        )
+    block_dot = keys["block_dot"].boolean() if "block_dot" in keys else True
+    return InterceptDns(server, on_router, None if on_router else router, block_dot)
 
 
 # --------------------------------------------------------------------------- rules

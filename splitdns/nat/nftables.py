@@ -9,16 +9,24 @@ TABLE = "splitdns_nat"
 
 def _match(rule: NatRule) -> list[str]:
     parts = []
+    if rule.in_interface:
+        parts.append(f'iifname "{rule.in_interface}"')
     if rule.src is not None:
         parts.append(f"ip saddr {rule.src}")
+    if rule.not_src is not None:
+        parts.append(f"ip saddr != {rule.not_src}")
     if rule.dst is not None:
         parts.append(f"ip daddr {rule.dst}")
+    if rule.not_dst is not None:
+        parts.append(f"ip daddr != {rule.not_dst}")
     if rule.proto and rule.dst_ports is not None:
         parts.append(f"{rule.proto} dport {rule.dst_ports.text()}")
     elif rule.proto:
         parts.append(f"meta l4proto {rule.proto}")
     if rule.out_interface:
         parts.append(f'oifname "{rule.out_interface}"')
+    if rule.redirected:
+        parts.append("ct status dnat")
     return parts
 
 
@@ -41,7 +49,18 @@ def render(rules: list[NatRule], header: str) -> str:
         "\tchain postrouting {",
         "\t\ttype nat hook postrouting priority srcnat; policy accept;",
     ]
-    for rule in (r for r in rules if r.kind != "dnat"):
+    for rule in (r for r in rules if r.kind in ("masquerade", "hairpin")):
         lines.append(f'\t\t{" ".join(_match(rule))} masquerade comment "{rule.comment}"')
-    lines += ["\t}", "}"]
+    lines.append("\t}")
+    rejects = [r for r in rules if r.kind == "reject"]
+    if rejects:
+        lines += [
+            "\tchain forward {",
+            "\t\ttype filter hook forward priority filter; policy accept;",
+        ]
+        for rule in rejects:
+            how = "reject with tcp reset" if rule.proto == "tcp" else "reject"
+            lines.append(f'\t\t{" ".join(_match(rule))} {how} comment "{rule.comment}"')
+        lines.append("\t}")
+    lines.append("}")
     return "\n".join(lines) + "\n"

@@ -38,7 +38,15 @@ from typing import Any, Protocol
 from splitdns import wire
 from splitdns.answer import ddr, rewrite
 from splitdns.answer.cache import Entry, lifetime
-from splitdns.answer.chain import Coalesce, CoalesceKey, DohCanary, Outcome, Pipeline, Response
+from splitdns.answer.chain import (
+    Coalesce,
+    CoalesceKey,
+    DohCanary,
+    Outcome,
+    Pipeline,
+    PrivateRelayCanary,
+    Response,
+)
 from splitdns.answer.quickscan import GLUE, scan
 from splitdns.config.model import Config, View
 from splitdns.serve import replay
@@ -172,6 +180,7 @@ class Express:
         # hosts entries or domain routes: the name decides the route (or the chain answers)
         self.by_name = any(len(v.hosts) for v in config.views) or bool(forwarder.routes)
         special = set(ddr.names(config)) | ({DohCanary.NAME} if config.doh_canary else set())
+        special |= PrivateRelayCanary.NAMES if config.block_private_relay else set()
         self.special = frozenset(wire.encode_name(n).lower() for n in special)
         self.loop: asyncio.AbstractEventLoop | None = None  # the first question's (servers are
         # made before their loop runs in some tools), and the deadlines kept on it

@@ -133,6 +133,12 @@ class Server:
         elif config.cache != old.cache:
             cache = Cache(config.cache, self.cache.clock)
             notes.append("cache settings changed: cache emptied")
+        elif (config.doh_canary, config.block_private_relay) != (
+            old.doh_canary,
+            old.block_private_relay,
+        ):
+            cache.clear()  # (a canary's name may be cached from before: hits skip the chain)
+            notes.append("canaries changed: cache emptied")
         else:
             before = {v.name: v for v in old.views}
             after = {v.name: v for v in config.views}

@@ -20,10 +20,12 @@ from pathlib import Path
 import dns.exception
 import dns.message
 import dns.query
+import dns.rcode
 import dns.rdatatype
 import pytest
 
 from splitdns.config.dns64 import extract, synthesize
+from tests.support.fakeupstream import FakeUpstream
 from tests.support.servers import NSD, Process, SplitDNS, free_port
 from tests.support.tools import need
 
@@ -258,3 +260,24 @@ def test_an_upstream_doing_dns64_cannot_lead_around_the_rewrite(
         server.stop()
         upstream.stop()
         nsd.stop()
+
+
+def test_private_relay_canary_is_opt_in(tmp_path: Path, fake: FakeUpstream) -> None:
+    """Apple's network opt-out (mask.icloud.com, mask-h2.icloud.com: NXDOMAIN) only with
+    block_private_relay: true; otherwise the names are forwarded like any other."""
+    fake.add("mask.icloud.com. 60 IN A 198.51.100.80", "mask-h2.icloud.com. 60 IN A 198.51.100.81")
+    base = f'upstreams: ["{fake.address}"]\nallow: [127.0.0.0/8]\n'
+    plain = SplitDNS(tmp_path, base)
+    try:
+        assert addresses(plain.query("mask.icloud.com."), "A") == ["198.51.100.80"]
+    finally:
+        plain.stop()
+    blocked = SplitDNS(tmp_path, base + "block_private_relay: true\n")
+    try:
+        for name in ("mask.icloud.com.", "mask-h2.icloud.com.", "MASK.icloud.com."):
+            for tcp in (False, True):
+                reply = blocked.query(name, "A", tcp=tcp)
+                assert reply.rcode() == dns.rcode.NXDOMAIN, (name, reply)
+        assert blocked.query("mask.icloud.com.", "HTTPS").rcode() == dns.rcode.NXDOMAIN
+    finally:
+        blocked.stop()

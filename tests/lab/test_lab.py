@@ -215,3 +215,25 @@ def test_a_killed_labs_namespaces_are_swept_by_the_next_and_a_live_ones_kept() -
             inside.wait(10)
         for name in (gone, kept):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("on_router", [False, True], ids=["splitdns-on-lan-host", "on-router"])
+@pytest.mark.parametrize("kind", ["nftables", "iptables"])
+def test_devices_with_their_own_resolver_are_caught(kind: str, on_router: bool) -> None:
+    """Issue 37: nat.intercept_dns's rules, rendered and loaded on the router, send a device's
+    DNS for a public resolver (the lab's 198.51.100.53) to splitdns and refuse its DoT."""
+    from splitdns.commands import labintercept
+
+    with lab.Lab() as net:
+        names = set(net.created)
+        steps = {s.title.split(".")[0]: s for s in labintercept.story(net, kind, on_router)}
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not any(name in left for name in names), left
+    failed = [f"{s.title} -> {s.observed}" for s in steps.values() if not s.ok]
+    assert not failed, "\n".join(failed)
+    assert steps["I1"].observed == lab.PUBLIC  # without the rules: the public address
+    assert steps["I3"].observed == lab.SERVER  # with them: splitdns's answer
+    assert steps["I3b"].observed == (lab.CLIENT if on_router else lab.ROUTER_LAN)
+    assert steps["I5"].observed == lab.CLIENT  # and the server sees the device itself
+    assert "refused" in steps["I6"].observed.lower()  # DoT to the public resolver
+    assert steps["I7"].observed == lab.PUBLIC  # splitdns's own upstream traffic flows

@@ -18,7 +18,7 @@ from tests.support.tools import need
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
-EXAMPLES = ["reference", "port-forwards"]
+EXAMPLES = ["reference", "port-forwards", "intercept"]
 TARGETS = sorted(nat.TARGETS)
 
 
@@ -189,3 +189,45 @@ def test_unknown_target_is_refused() -> None:
         timeout=30,
     )
     assert out.returncode == 2 and "invalid choice: 'pf'" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("intercept", "expected"),
+    [
+        ("{}", "t.yaml:6: nat.intercept_dns: missing 'server'"),
+        ("{server: 10.0.0.5, router: 192.168.1.1}", "nat.intercept_dns.server: 10.0.0.5 is not"),
+        ("{server: 192.168.1.53}", "nat.intercept_dns: missing 'router' (the router's LAN"),
+        ("{server: 192.168.1.53, on_router: yes, router: 192.168.1.1}",
+         "nat.intercept_dns.router: on_router: true: splitdns's address is the router's"),
+        ("{server: 192.168.1.53, router: 192.168.1.1, mode: x}", "intercept_dns.mode: unknown key"),
+    ],
+)  # fmt: skip
+def test_bad_intercept_input(intercept: str, expected: str) -> None:
+    text = (
+        NAT_OK
+        + "    - {proto: tcp, port: 80, to: 192.168.1.2}\n"
+        + f"  intercept_dns: {intercept}\n"
+    )
+    with pytest.raises(config.ConfigError) as info:
+        config.loads(text, "t.yaml")
+    assert expected in str(info.value), str(info.value)
+
+
+def test_check_warns_where_intercepted_devices_land() -> None:
+    base = (
+        'listen: ["192.168.1.53:53"]\nallow: [192.168.1.0/24]\nviews:\n  - name: lan\n'
+        "    clients: [192.168.1.128/25]\n    rewrite: [{from: 203.0.113.1, to: 192.168.1.2}]\n"
+    )
+    nat_text = NAT_OK + "    - {proto: tcp, port: 80, to: 192.168.1.2}\n"
+    cfg = config.loads(base + nat_text + "  intercept_dns: {server: 192.168.1.53, "
+                       "router: 192.168.1.1}\n", "t.yaml")  # fmt: skip
+    warned = config.cross_check(cfg)
+    assert any("which no view that rewrites holds" in w for w in warned), warned
+    on_router = "  intercept_dns: {server: 192.168.1.9, on_router: true}\n"
+    cfg = config.loads(base.replace("192.168.1.128/25", "192.168.1.0/24") + nat_text + on_router,
+                       "t.yaml")  # fmt: skip
+    warned = config.cross_check(cfg)
+    assert any("the rules send LAN DNS to 192.168.1.9:53, but splitdns listens" in w
+               for w in warned), warned  # fmt: skip
+    assert not any("no view" in w for w in warned)
+    assert config.cross_check(config.load(ROOT / "zones" / "intercept.yaml")) == []
