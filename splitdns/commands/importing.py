@@ -177,7 +177,7 @@ def verify(plan: translate.Plan, text: str, upstreams: list[str]) -> int:
             for rtype in sorted({"A" if a.version == 4 else "AAAA" for a in expected}):
                 got += _ask(port, sources_by_view[in_view], asked, rtype)
             same = sorted(map(str, got)) == sorted(map(str, expected))
-            why = "" if same else ("no answer" if not got else "splitdns answers otherwise")
+            why = "" if same else _why_differs(text, in_view, asked, got)
             rows.append((in_view, name, expected, got, same, why))
     finally:
         proc.terminate()
@@ -193,6 +193,25 @@ def verify(plan: translate.Plan, text: str, upstreams: list[str]) -> int:
     different = sum(1 for r in rows if not r[4])
     print(f"verify: {len(rows) - different} of {len(rows)} the same")
     return 1 if different else 0
+
+
+def _why_differs(text: str, view_name: str, name: str, got: list[IPAddress]) -> str:
+    """What decided splitdns's answer for `name` in the view: a hosts entry (which), or the
+    upstream's answer through the rules."""
+    said = "no answer" if not got else f"splitdns answers {', '.join(map(str, got))}"
+    try:
+        config = configmod.loads(text, "<import>")
+    except ConfigError:
+        return said
+    view = next((v for v in config.views if v.name == view_name), None)
+    if view is None:
+        return said
+    if name in view.hosts.exact:
+        return f"{said}, from its hosts entry {name}"
+    pattern = next((p for p, _ in view.hosts.wildcards if p.matches(name)), None)
+    if pattern is not None:
+        return f"{said}, from the hosts wildcard {pattern} (hosts answer before rules)"
+    return f"{said}: the upstream's answer through the view's rules"
 
 
 def _started(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:

@@ -760,10 +760,32 @@ def dns64_dead_ends(config: Config) -> list[str]:
     return warnings
 
 
+def shadowed_names(config: Config) -> list[str]:
+    """Rules with `names:` whose name a hosts wildcard of the same view answers first (hosts
+    answer before any upstream, so the rule never sees that name)."""
+    out = []
+    for view in config.views:
+        if not view.hosts.wildcards:
+            continue
+        for rule in view.rules:
+            for named in rule.names:
+                name = named.suffix
+                if named.wildcard or name in view.hosts.exact:
+                    continue
+                pattern = next((p for p, _ in view.hosts.wildcards if p.matches(name)), None)
+                if pattern is not None:
+                    out.append(
+                        f"views.{view.name}.hosts: the wildcard {pattern} answers {name} before "
+                        f"rewrite[{rule.index}] (names: {name}) can: give {name} its own hosts "
+                        "entry, or narrow the wildcard"
+                    )
+    return out
+
+
 def cross_check(config: Config) -> list[str]:
     """What `check` warns about: views whose clients `allow` refuses, and where the DNS
     rewrite and the NAT forwards disagree."""
-    warnings = views_outside_allow(config) + dns64_dead_ends(config)
+    warnings = views_outside_allow(config) + dns64_dead_ends(config) + shadowed_names(config)
     board = config.dashboard
     if board is not None and not board.loopback and not board.https:
         warnings.append(

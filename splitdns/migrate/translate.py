@@ -107,7 +107,29 @@ def plan(source: Source, lan: tuple[IPNetwork, ...], lookup: Lookup | None) -> P
         _alias(entry, view, lookup, imported, covered, unimportable)
     for view in views:
         view.rules.sort(key=lambda r: (not r.names, r.source.version, r.source))
+        _exact_beats_wildcards(view, imported)
     return Plan(source, views, unimportable, disabled, covered, lookup is None, imported)
+
+
+def _exact_beats_wildcards(
+    view: PlanView, imported: dict[tuple[str, str], tuple[IPAddress, ...]]
+) -> None:
+    """The source's precedence carried over: in AdGuard Home, Pi-hole and dnsmasq a name's own
+    entry wins over a wildcard above it. In splitdns `hosts` answer before the rules, so a
+    hosts wildcard would shadow a name that became a rule: each such name gets its own exact
+    hosts entry with the address the source gave it (an exact entry beats a wildcard)."""
+    suffixes = [name[2:] for name in view.hosts if name.startswith("*.")]
+    if not suffixes:
+        return
+    for (in_view, name), addresses in imported.items():
+        if in_view != view.name or name.startswith("*.") or name in view.hosts or not addresses:
+            continue
+        under = [s for s in suffixes if name.endswith("." + s)]
+        if under:
+            view.hosts[name] = list(addresses)
+            view.host_origins[name] = (
+                f"its own entry beats the wildcard *.{max(under, key=len)}, as in the source"
+            )
 
 
 def _take(

@@ -204,3 +204,42 @@ def test_dig_gets_the_source_answers_and_the_forgotten_name_too(
         assert short("www.example.test", "AAAA") == ""  # the leak, closed by aaaa: drop
     finally:
         assert proc.stop() == 0, proc.output
+
+
+WILDCARD_PUBLIC = [
+    "www A 203.0.113.1", "git A 203.0.113.1", "mail A 203.0.113.1", "jellyfin A 203.0.113.1",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "fixture", ["AdGuardHome.yaml", "05-pihole-custom.conf", "dnsmasq.conf", "blocky.yml"]
+)
+def test_exact_entries_beside_a_wildcard_keep_their_own_answers(
+    fixture: str, tmp_path: Path
+) -> None:
+    """Issue 38: a wildcard over the names (AdGuard `*.example.test`, dnsmasq's and Pi-hole's
+    `address=/example.test/`, Blocky's mapping) became a hosts wildcard, which answered before
+    the rules made for the exact names: jellyfin got .2 instead of .4. The source's precedence
+    (a name's own entry wins) is carried over, and --verify finds every name the same."""
+    nsd = NSD(tmp_path / "nsd", {"example.test": example_zone(*WILDCARD_PUBLIC)})
+    try:
+        source = ROOT / "tests" / "fixtures" / "import-wildcard" / fixture
+        out = tmp_path / "mine.yaml"
+        made = subprocess.run(
+            [sys.executable, "-m", "splitdns", "import", str(source), "--upstream",
+             f"127.0.0.1:{nsd.port}", "-o", str(out), "--verify"],
+            capture_output=True, text=True, timeout=120, cwd=ROOT,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert "DIFFERENT" not in made.stdout and " the same" in made.stdout, made.stdout
+        checked = check(out)
+        assert checked.returncode == 0 and "warning" not in checked.stdout, checked.stdout
+        server = SplitDNS(tmp_path, out.read_text().replace("192.168.0.0/16", "127.0.0.0/8"))
+        try:
+            for name, want in (("jellyfin", "192.168.1.4"), ("mail", "192.168.1.3"),
+                               ("www", "192.168.1.2"), ("anything", "192.168.1.2")):  # fmt: skip
+                assert server.dig("+short", f"{name}.example.test") == f"{want}\n", name
+        finally:
+            server.stop()
+    finally:
+        nsd.stop()
