@@ -79,6 +79,8 @@ class Response:
     message: wire.Message | None = None  # the walk of `bare`, when one is at hand
     #: An Extended DNS Error for the client (RFC 8914): info code and reason, or None.
     ede: tuple[int, str] | None = None
+    #: what a cached answer's rewrite was, for the dashboard's rows (never counted again)
+    cached_changes: tuple[rewrite.Change, ...] = ()
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -643,6 +645,7 @@ class CacheLink(Link):
             Outcome.CACHED,
             ttl_hint=entry.ttl,
             rewritten=entry.rewritten,
+            cached_changes=entry.changes,
         )
 
     def key(self, req: Request) -> tuple[str, bytes, bytes, bool, bool]:

@@ -32,7 +32,8 @@ QUEUE_SIZE = 32  # ticks' batches waiting for a slow browser
 MAX_SUBSCRIBERS = 8
 CLIENTS_KEPT = 1024
 
-#: (host, view, query bytes) for a cache hit; (host, view, query bytes, outcome, seconds,
+#: (host, view, query bytes[, the stored rewrite's changes]) for a cache hit; (host, view,
+#: query bytes, outcome, seconds,
 #: [(old, new, rule)] with addresses as bytes, upstream) for the express lane's miss; (host,
 #: view, name, qtype, outcome, seconds, changes, upstream, transport) from the chain
 Tapped = tuple[Any, ...]
@@ -194,11 +195,12 @@ class LiveFeed:
 
 def make_row(item: Tapped, now: float, hidden: bool) -> dict[str, Any]:
     """A tapped answer as the page shows it."""
-    if len(item) == 3:  # a cache hit: (host, view, query bytes)
-        host, view, data = item
+    if len(item) <= 4:  # a cache hit: (host, view, query bytes[, the stored rewrite])
+        host, view, data = item[:3]
         name, end = wire.read_name(data, wire.HEADER_LEN)
         qtype = (data[end] << 8) | data[end + 1]
-        outcome, ms, changes, upstream, transport = "cached", 0.0, (), None, "udp"
+        outcome, ms, upstream, transport = "cached", 0.0, None, "udp"
+        changes = item[3] if len(item) == 4 else ()
     elif len(item) == 7:  # the express lane's miss: its changes as (old, new, rule)
         host, view, data, outcome, latency, lane, upstream = item
         name, end = wire.read_name(data, wire.HEADER_LEN)

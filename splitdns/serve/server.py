@@ -498,7 +498,7 @@ class Server:
                     query.question.qtype,
                     str(response.outcome),
                     time.monotonic() - request.started,
-                    response.changes,
+                    response.changes or response.cached_changes,
                     response.upstream,
                     transport,
                 )
@@ -622,7 +622,7 @@ class Server:
             if refusal is not None:
                 transport.sendto(refusal, addr)
             return
-        answer = plan = peeked = None
+        answer = plan = peeked = entry = None
         try:
             if self.cache.enabled:  # (the client's view, decided once)
                 plan = self._clients[host] if host in self._clients else self._classify(host)
@@ -658,7 +658,10 @@ class Server:
             transport.sendto(answer, addr)
             tap = self.tap
             if tap is not None and plan is not None and len(tap) < TAP_SIZE:  # watched
-                tap.append((host, plan.name, data))  # (beyond TAP_SIZE a tick: not even made)
+                if entry is not None and entry.changes:  # a rewritten answer: its rewrite
+                    tap.append((host, plan.name, data, entry.changes))
+                else:  # (beyond TAP_SIZE a tick: not even made)
+                    tap.append((host, plan.name, data))
             return
         if not self.inflight.take(host):
             return  # over its share of queries in flight (or all full): dropped, counted

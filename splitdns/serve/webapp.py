@@ -23,7 +23,6 @@ from prometheus_client.registry import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request, cookie_parser
 from starlette.responses import (
-    FileResponse,
     HTMLResponse,
     JSONResponse,
     PlainTextResponse,
@@ -233,7 +232,10 @@ class Operator:
     async def page(self, request: Request) -> Response:
         if not self._session(request):
             return RedirectResponse("/login", 303)
-        return _file("index.html")
+        page = (STATIC / "index.html").read_text(encoding="utf-8")
+        return HTMLResponse(
+            first_paint(page, self._status()), headers={"cache-control": "no-store"}
+        )
 
     def _status(self) -> dict[str, Any]:
         return {**webapi.status(self.server), "login": self.gate.required}
@@ -327,6 +329,56 @@ class Operator:
 # ------------------------------------------------------------------ helpers
 
 
+def first_paint(page: str, status: dict[str, Any]) -> str:
+    """The page with its health filled in by the server, so the first paint (and a browser
+    without scripts, or a screenshot taken at once) shows it; the script refreshes it."""
+    esc = html.escape
+    queries = sum(status["queries"].values())
+    ratio = status["cache"]["hit_ratio"]
+    down = sum(1 for u in status["upstreams"] if not u["up"])
+    summary = f"{status['version']} · {status['build']} · {queries} queries answered"
+    summary += f" · {ratio * 100:.1f}% from cache" if ratio is not None else ""
+    summary += f" · {down} upstream{'s' if down > 1 else ''} down" if down else ""
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status["serving_since"]))
+    reload = status["reload"]
+    if reload is None:
+        reloaded = "none since start"
+    elif reload["ok"]:
+        reloaded = f"applied ({esc(reload['why'])})"
+    else:
+        reloaded = f"refused ({esc(reload['why'])}): {esc(reload['error'] or '')}"
+    listeners = "".join(
+        f'<li><strong>{esc(item["kind"])} </strong><span class="mono">{esc(item["address"])}'
+        "</span>"
+        + (f'<div class="mono hint pin">pin-sha256 {esc(item["pin_sha256"])}</div>'
+           if item.get("pin_sha256") else "")
+        + "</li>"
+        for item in status["listeners"]
+    )  # fmt: skip
+    rows = "".join(
+        f'<tr data-upstream="{esc(u["name"])}"><td class="mono">{esc(u["name"])}</td>'
+        f'<td><span class="badge {"up" if u["up"] else "down"}">{"up" if u["up"] else "down"}'
+        f"</span></td><td>{_ms(u.get('p50_ms'))}</td><td>{_ms(u.get('p99_ms'))}</td>"
+        f"<td>{u.get('answers', '')}</td><td></td></tr>"
+        for u in status["upstreams"]
+    )
+    for old, new in (
+        ('<p id="summary" aria-live="polite">Loading…</p>',
+         f'<p id="summary" aria-live="polite">{esc(summary)}</p>'),
+        ('<dd id="since">…</dd>', f'<dd id="since">{since}</dd>'),
+        ('<dd id="config-file">…</dd>', f'<dd id="config-file">{esc(status["config_file"])}</dd>'),
+        ('<dd id="reload">…</dd>', f'<dd id="reload">{reloaded}</dd>'),
+        ('<ul id="listeners"></ul>', f'<ul id="listeners">{listeners}</ul>'),
+        ('<tbody id="upstreams"></tbody>', f'<tbody id="upstreams">{rows}</tbody>'),
+    ):  # fmt: skip
+        page = page.replace(old, new, 1)
+    return page
+
+
+def _ms(value: float | None) -> str:
+    return "\u2013" if value is None else f"{value:.1f} ms"
+
+
 def _json(data: Any) -> Response:
     body = json.dumps(data, separators=(",", ":")).encode()
     return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
@@ -337,10 +389,6 @@ def _refused(status: int, why: str, retry: float = 0.0) -> Response:
     if retry:
         headers["retry-after"] = str(max(1, round(retry)))
     return JSONResponse({"error": why}, status_code=status, headers=headers)
-
-
-def _file(name: str) -> Response:
-    return FileResponse(STATIC / name, headers={"cache-control": "no-store"})
 
 
 def _login_page(message: str = "", status: int = 200, retry: float = 0.0) -> Response:

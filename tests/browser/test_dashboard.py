@@ -151,6 +151,25 @@ def test_a_dig_query_appears_in_the_stream_with_its_rewrite_and_the_rule_counts_
     assert page.watch.errors == []
 
 
+def test_a_cached_rewritten_answer_shows_its_rewrite_under_rewritten_only(
+    page: Any, dash: Dash
+) -> None:
+    """Issue 38: most of a LAN's answers are cache hits; "is my phone getting the internal
+    address?" must be readable for them too."""
+    name = next(names)
+    assert dig(dash, name) == "127.0.0.5"  # the miss, stored with its rewrite
+    live(page, dash.url)
+    page.check("#filter-rewritten")
+    expect(page.locator("#stream-state")).to_have_text("Live")
+    page.wait_for_timeout(600)
+    assert dig(dash, name) == "127.0.0.5"  # the hit
+    row = page.locator("#stream-rows tr", has_text=name)
+    row.first.wait_for(timeout=3000)
+    text = row.first.text_content()
+    assert "cached" in text and "203.0.113.1 → 127.0.0.5" in text, text
+    assert page.watch.errors == []
+
+
 def test_the_stream_filters_by_client_and_rewritten_only(page: Any, dash: Dash) -> None:
     live(page, dash.url)
     page.check("#filter-rewritten")

@@ -320,3 +320,36 @@ def test_a_miss_the_express_lane_answers_shows_its_rewrite_in_the_stream(dash: D
     ]
     # answered by the lane while watched (it does not stand aside)
     assert total(scrape(dash.metrics), "splitdns_express_lane_total", result="answered") > lane
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp-fast-path", "tcp-chain"])
+def test_a_cached_rewritten_answer_shows_its_rewrite_in_the_stream(dash: Dash, tcp: bool) -> None:
+    """Issue 38: most answers are cache hits; a hit of a rewritten answer says what was
+    rewritten (the cache keeps it), so "Rewritten only" keeps it."""
+    port = int(dash.url.rsplit(":", 1)[1])
+    name = "dual.example.test" if tcp else "mail.example.test"
+    dash.dig("+short", name)  # the miss: stored with its rewrite
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET /api/stream?rewritten=1&name={name} HTTP/1.1\r\n"
+                     "Host: 127.0.0.1\r\n\r\n".encode())  # fmt: skip
+        time.sleep(0.3)
+        args = ["+tcp"] if tcp else []
+        assert dash.dig("+short", *args, name) == "127.0.0.5\n"  # the hit
+        event = read_event(sock, time.monotonic() + 3)
+    (row,) = event["rows"]
+    assert row["name"] == name and row["outcome"] == "cached", row
+    assert [(c["from"], c["to"], c["rule"]) for c in row["rewritten"]] == [
+        ("203.0.113.1", "127.0.0.5", 0)
+    ]
+
+
+def test_the_first_paint_holds_the_health_without_scripts(dash: Dash) -> None:
+    """The page as served (before any script runs: a screenshot, a browser without scripts)
+    already says what is served and how the upstreams are."""
+    got, page, headers = call(dash.url + "/")
+    assert got == 200 and headers["content-type"].startswith("text/html")
+    assert "Loading…" not in page
+    assert "queries answered" in page and "splitdns" in page
+    assert f"127.0.0.1:{dash.port}" in page  # the DNS listener
+    assert 'data-upstream="127.0.0.1:' in page and 'class="badge up"' in page
+    assert "<script" in page and "Traceback" not in page

@@ -89,7 +89,7 @@ async function refreshStatus() {
   for (const l of s.listeners) {
     const li = el("li");
     li.append(el("strong", l.kind + " "), el("span", l.address, "mono"));
-    if (l.pin_sha256) li.append(el("div", "pin-sha256 " + l.pin_sha256, "mono hint"));
+    if (l.pin_sha256) li.append(el("div", "pin-sha256 " + l.pin_sha256, "mono hint pin"));
     listeners.append(li);
   }
   const rows = s.upstreams.map((u) => {
