@@ -358,6 +358,23 @@ def lab_config(lab: Lab, forwards: tuple[LabForward, ...], dns_port: int) -> str
     return "\n".join(lines) + "\n"
 
 
+def start_outside_dns(lab: Lab, workdir: Path) -> None:
+    """NSD on the outside's 198.51.100.53, authoritative for example.test (ZONE), its files in
+    `workdir` (made readable: splitdns, once it drops root, reads its mapping there too)."""
+    (workdir / "zone").write_text(ZONE)
+    (workdir / "nsd.conf").write_text(
+        f'server:\n  ip-address: {AUTH_DNS}\n  port: 53\n  username: ""\n  chroot: ""\n'
+        f'  zonesdir: {workdir}\n  pidfile: {workdir}/nsd.pid\n  database: ""\n'
+        f"  zonelistfile: {workdir}/zone.list\n  xfrdfile: {workdir}/xfrd.state\n"
+        f"  xfrdir: {workdir}\n  logfile: {workdir}/nsd.log\n  server-count: 1\n"
+        f"remote-control:\n  control-enable: no\nzone:\n  name: example.test\n"
+        f"  zonefile: {workdir}/zone\n"
+    )
+    os.chmod(workdir, 0o755)
+    lab.spawn("outside", shutil.which("nsd") or "/usr/sbin/nsd", "-d", "-c",
+              str(workdir / "nsd.conf"))  # fmt: skip
+
+
 def story(
     lab: Lab,
     kind: str,
@@ -415,21 +432,9 @@ def story(
     lab.load_rules(render("needed"), kind)
     workdir = Path(f"/tmp/{lab.ns('lab')}")
     workdir.mkdir(exist_ok=True)
-    (workdir / "zone").write_text(ZONE)
-    (workdir / "nsd.conf").write_text(
-        f'server:\n  ip-address: {AUTH_DNS}\n  port: 53\n  username: ""\n  chroot: ""\n'
-        f'  zonesdir: {workdir}\n  pidfile: {workdir}/nsd.pid\n  database: ""\n'
-        f"  zonelistfile: {workdir}/zone.list\n  xfrdfile: {workdir}/xfrd.state\n"
-        f"  xfrdir: {workdir}\n  logfile: {workdir}/nsd.log\n  server-count: 1\n"
-        f"remote-control:\n  control-enable: no\nzone:\n  name: example.test\n"
-        f"  zonefile: {workdir}/zone\n"
-    )
     (workdir / "splitdns.yaml").write_text(text)
-    os.chmod(workdir, 0o755)
     try:
-        lab.spawn(
-            "outside", shutil.which("nsd") or "/usr/sbin/nsd", "-d", "-c", str(workdir / "nsd.conf")
-        )
+        start_outside_dns(lab, workdir)
         lab.spawn(
             "server",
             sys.executable,

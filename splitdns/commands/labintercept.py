@@ -11,7 +11,6 @@ DoT is refused, and splitdns's own upstream queries still flow.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -27,11 +26,11 @@ from splitdns.commands.lab import (
     ROUTER_LAN,
     ROUTER_OUT,
     SERVER,
-    ZONE,
     Lab,
     LabError,
     Step,
     run_story,
+    start_outside_dns,
     wait_until,
 )
 
@@ -87,20 +86,9 @@ def story(
     where, role = (ROUTER_LAN, "router") if on_router else (SERVER, "server")
     workdir = Path(f"/tmp/{lab.ns('intercept')}")
     workdir.mkdir(exist_ok=True)
-    (workdir / "zone").write_text(ZONE)
-    (workdir / "nsd.conf").write_text(
-        f'server:\n  ip-address: {AUTH_DNS}\n  port: 53\n  username: ""\n  chroot: ""\n'
-        f'  zonesdir: {workdir}\n  pidfile: {workdir}/nsd.pid\n  database: ""\n'
-        f"  zonelistfile: {workdir}/zone.list\n  xfrdfile: {workdir}/xfrd.state\n"
-        f"  xfrdir: {workdir}\n  logfile: {workdir}/nsd.log\n  server-count: 1\n"
-        f"remote-control:\n  control-enable: no\nzone:\n  name: example.test\n"
-        f"  zonefile: {workdir}/zone\n"
-    )
     (workdir / "splitdns.yaml").write_text(text)
-    os.chmod(workdir, 0o755)
     try:
-        lab.spawn("outside", shutil.which("nsd") or "/usr/sbin/nsd", "-d", "-c",
-                  str(workdir / "nsd.conf"))  # fmt: skip
+        start_outside_dns(lab, workdir)
         lab.spawn("outside", sys.executable, "-c", PEER_SERVER, str(DOT))  # a DoT port
         lab.start_peer_server(WEB)
         lab.spawn(role, sys.executable, "-m", "splitdns", "serve", "-c",

@@ -57,6 +57,18 @@ def answer(port: int) -> str:
     return str(r.answer[0][0])
 
 
+def steady_load(port: int, results: list[str], stop: threading.Event, seconds: float) -> None:
+    """Ask www.example.test until `stop`, bounded in count (20,000) and time; each answer
+    (or "timeout") appended to `results`."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and len(results) < 20000 and time.monotonic() < deadline:
+        try:
+            results.append(answer(port))
+        except dns.exception.Timeout:
+            results.append("timeout")
+        time.sleep(0.002)
+
+
 def serve(conf: Path, port: int) -> Process:
     """`splitdns serve` on the file, on 127.0.0.1:port (callers wait for "serving")."""
     argv = [sys.executable, "-m", "splitdns", "serve", "-c", str(conf)]
@@ -83,16 +95,7 @@ def test_reload_under_load(readable_dir: Path) -> None:
     stop = threading.Event()
     results: list[str] = []
 
-    def load() -> None:  # steady load, bounded in count and time
-        deadline = time.monotonic() + 60
-        while not stop.is_set() and len(results) < 20000 and time.monotonic() < deadline:
-            try:
-                results.append(answer(port))
-            except dns.exception.Timeout:
-                results.append("timeout")
-            time.sleep(0.002)
-
-    worker = threading.Thread(target=load)
+    worker = threading.Thread(target=steady_load, args=(port, results, stop, 60))
     try:
         proc.wait_for("serving")
         assert answer(port) == "192.0.2.2"
@@ -237,16 +240,7 @@ def test_a_file_written_in_place_with_a_pause_is_never_served_half(
     stop = threading.Event()
     results: list[str] = []
 
-    def load() -> None:  # steady load, bounded in count and time
-        deadline = time.monotonic() + 30
-        while not stop.is_set() and len(results) < 20000 and time.monotonic() < deadline:
-            try:
-                results.append(answer(port))
-            except dns.exception.Timeout:
-                results.append("timeout")
-            time.sleep(0.002)
-
-    worker = threading.Thread(target=load)
+    worker = threading.Thread(target=steady_load, args=(port, results, stop, 30))
     try:
         proc.wait_for("serving")
         assert answer(port) == "192.0.2.2"
