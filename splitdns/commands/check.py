@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 from splitdns.commands.loading import choose, load_or_report
 from splitdns.config import model as configmod
@@ -38,16 +40,36 @@ def certificate_problem(config: Config) -> str | None:
     if not config.encrypted:
         return None
     files = certs.files_for(config)
+
+    def look() -> None:
+        if files.self_signed and not files.cert.exists():
+            return
+        certs.check(files)
+
     try:
-        with certs.acting_as(service_user(config.user)):  # as serve reads them (see tls_lines)
-            if files.self_signed and not files.cert.exists():
-                return None
-            certs.check(files)
+        as_reader(config, look)
     except certs.CertificateError as exc:
         return str(exc)
     except OSError as exc:
         return f"{exc.filename or files.cert}: {exc.strerror or exc} (as uid {os.geteuid()})"
     return None
+
+
+T = TypeVar("T")
+
+
+def as_reader(config: Config, read: Callable[[], T]) -> T:
+    """`read()` as this user, and where that may not (root without DAC_OVERRIDE in the image,
+    whose state directory is the service user's), again as the user serve becomes."""
+    try:
+        return read()
+    except (PermissionError, certs.CertificateError) as exc:
+        if isinstance(exc, certs.CertificateError) and "not readable" not in str(exc):
+            raise
+        with certs.acting_as(service_user(config.user)) as switched:
+            if not switched:
+                raise
+            return read()
 
 
 def tls_lines(config: Config) -> list[str]:
@@ -57,9 +79,15 @@ def tls_lines(config: Config) -> list[str]:
         return []
     lines = [f"encrypted: {', '.join(map(str, config.encrypted))}"]
     files = certs.files_for(config)
-    with certs.acting_as(service_user(config.user)):
-        made_yet = not files.self_signed or files.cert.exists()
-        pin = certs.pin(files) if made_yet else ""
+
+    def look() -> tuple[bool, str]:
+        made = not files.self_signed or files.cert.exists()
+        return made, certs.pin(files) if made else ""
+
+    try:
+        made_yet, pin = as_reader(config, look)
+    except OSError as exc:
+        made_yet, pin = True, f"unreadable here ({exc.strerror or exc})"
     if not made_yet:
         lines.append(f"certificate: self-signed, made at first start in {files.cert}")
     else:

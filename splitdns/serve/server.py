@@ -47,6 +47,7 @@ from splitdns.serve.querylog import QueryLog
 from splitdns.serve.samples import History
 from splitdns.serve.wildcardudp import WildcardUdp, enable_pktinfo, is_wildcard
 from splitdns.upstream.forwarder import Forwarder
+from splitdns.upstream.plain import ask_once
 from splitdns.upstream.transport import Handover
 
 log = logging.getLogger(__name__)
@@ -203,15 +204,20 @@ class Server:
         with its own NAT64 prefix, whose AAAA answers embed public addresses (the DNS64 views
         make them again from their rewritten A). Once, at start; logged."""
         query = wire.parse_query(wire.make_query("ipv4only.arpa", wire.TYPE_AAAA))
-        try:
-            reply = await self.upstreams.resolve(query)
-        except Exception as exc:  # (any failure: discovery is a nicety, never fatal)
-            log.info("NAT64 prefix discovery (RFC 7050): no answer from the upstreams (%s)", exc)
+        plain = [u for u in self.config.upstreams if u.scheme == "dns" and not u.needs_bootstrap]
+        reply = None
+        for spec in plain:  # asked quietly: a probe that fails marks no upstream down
+            reply = await ask_once(spec.host, spec.port, query, min(self.config.timeout, 2.0))
+            if reply is not None:
+                break
+        if reply is None:
+            log.info("NAT64 prefix discovery (RFC 7050): no answer from the plain upstreams")
             return
+        data, message = reply
         found: list[IPv6Network] = []
-        for record in reply.message.records:
+        for record in message.records:
             if record.section == wire.ANSWER and record.rtype == wire.TYPE_AAAA:
-                raw = reply.data[record.rdata_offset : record.rdata_offset + record.rdlength]
+                raw = data[record.rdata_offset : record.rdata_offset + record.rdlength]
                 prefix = prefix_from_probe(IPv6Address(raw))
                 if prefix is not None and prefix not in found:
                     found.append(prefix)

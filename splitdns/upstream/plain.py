@@ -200,3 +200,35 @@ class _UdpAttempt:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
+
+
+async def ask_once(
+    host: str, port: int, query: wire.Query, timeout: float = 2.0
+) -> tuple[bytes, wire.Message] | None:
+    """One question over UDP, outside every group's health and counters: the server's own
+    probes at start (RFC 7050 NAT64 discovery), which must not mark an upstream down or count
+    an error when it simply does not know the name. A fresh socket and a random ID; the reply
+    must come from `host:port`, carry our ID and echo our question. (data, its walk), or None:
+    no usable reply."""
+    loop = asyncio.get_running_loop()
+    msg_id, packet = wire.make_upstream_query(query)
+    family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+    try:
+        sock = fresh_socket(family, (host, port))
+    except OSError:
+        return None
+    try:
+        await loop.sock_sendall(sock, packet)  # type: ignore[arg-type]
+        async with asyncio.timeout(timeout):
+            while True:
+                data = await loop.sock_recv(sock, 65535)  # type: ignore[arg-type]
+                try:
+                    message = wire.walk(data)
+                except wire.WireError:
+                    continue
+                if wire.reply_matches(message, msg_id, query):
+                    return data, message
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        sock.close()
