@@ -212,14 +212,16 @@ WILDCARD_PUBLIC = [
 
 
 @pytest.mark.parametrize(
-    "fixture", ["AdGuardHome.yaml", "05-pihole-custom.conf", "dnsmasq.conf", "blocky.yml"]
+    "fixture",
+    ["AdGuardHome.yaml", "05-pihole-custom.conf", "dnsmasq.conf", "unbound.conf", "blocky.yml"],
 )
 def test_exact_entries_beside_a_wildcard_keep_their_own_answers(
     fixture: str, tmp_path: Path
 ) -> None:
     """Issue 38: a wildcard over the names (AdGuard `*.example.test`, dnsmasq's and Pi-hole's
-    `address=/example.test/`, Blocky's mapping) became a hosts wildcard, which answered before
-    the rules made for the exact names: jellyfin got .2 instead of .4. The source's precedence
+    `address=/example.test/`, an Unbound redirect zone, Blocky's mapping) became a hosts
+    wildcard, which answered before the rules made for the exact names: jellyfin got .2
+    instead of .4. The source's precedence
     (a name's own entry wins) is carried over, and --verify finds every name the same."""
     nsd = NSD(tmp_path / "nsd", {"example.test": example_zone(*WILDCARD_PUBLIC)})
     try:
