@@ -41,7 +41,7 @@ def test_coverage_guided_harness_finds_nothing(harness: str, tmp_path: Path) -> 
         work.mkdir()
         for seed in sorted(IMPORT_SEEDS.glob("*")):
             shutil.copy(seed, work / seed.name)
-        seconds = max(3, SECONDS // 4)
+        seconds = max(2, SECONDS // 10)
     else:
         shutil.copytree(CORPUS, work)
     result = subprocess.run(
