@@ -276,13 +276,18 @@ def test_memory_after_the_doh_bodies_attack_is_bounded_and_not_kept_growing(
     What stays after the first (Python's small-object arenas keep the pages a crowd's objects
     were spread over; glibc's malloc would give them back, at 15-25 % more CPU per cache hit:
     bench figures in the docs) is a plateau: the second run adds next to nothing."""
-    proc, _, doh, _ = server
+    proc, _, doh, metrics = server
     before = rss_kib(proc.proc.pid)
     settled = []
     for _ in range(2):
         attack("doh-unfinished", doh, "--count", "200", "--streams", "32", "--body", "1800",
-               "--source", "many", "--hold", "3")  # fmt: skip
-        time.sleep(3)  # the sweep closes them and trims
+               "--source", "many", "--hold", "6")  # fmt: skip
+        deadline = time.monotonic() + 15  # every connection closed by its deadline, then
+        while time.monotonic() < deadline:  # the sweep's trim (bounded wait)
+            if total(scrape(metrics), "splitdns_connections_open") == 0:
+                break
+            time.sleep(0.5)
+        time.sleep(2)
         settled.append(rss_kib(proc.proc.pid))
     print(f"\nDoH bodies twice: RSS {before // 1024} MiB before, "
           f"{' then '.join(str(s // 1024) for s in settled)} MiB after each")  # fmt: skip
