@@ -14,7 +14,7 @@ class ImportError_(ValueError):
     """A file that cannot be read as the format it claims (the message names file:line)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One override: `name` answers `addresses` (an address override), or is an alias of
     `target` (a CNAME override), or keeps the upstream's answer (`keep`)."""
@@ -32,7 +32,7 @@ class Entry:
         return self.name.startswith("*.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DirectRule:
     """A translation the source already states by address (dnsmasq `alias=`, Technitium's
     externalToInternalTranslation, Unbound `response-ip`): imported as a rule as it is."""
@@ -43,7 +43,7 @@ class DirectRule:
     view: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceView:
     """A per-client view of the source (Unbound `view:`, a Technitium group)."""
 
