@@ -28,7 +28,7 @@ HOT_MODULES = [
     "splitdns/serve/lanewatch.py",
     "splitdns/serve/replay.py",
     "splitdns/answer/quickscan.py",
-    "splitdns/serve/inflight.py",
+    "splitdns/limits/inflight.py",
 ]
 
 

@@ -1,6 +1,7 @@
 """The package's layering: imports run downwards only, no circles, no reaching into private names.
 
-cli -> commands -> serve -> answer -> upstream | nat -> config -> wire. A small AST walk (every
+cli -> commands -> web -> serve -> listen -> answer | limits -> upstream | nat | migrate -> config
+-> wire. A small AST walk (every
 import, including those inside functions and under TYPE_CHECKING), so the layering cannot rot.
 """
 
@@ -20,12 +21,18 @@ LAYERS = {
     "nat": 2,
     "migrate": 2,
     "answer": 3,
-    "serve": 4,
-    "commands": 5,
-    "cli": 6,
-    "__main__": 7,
+    "limits": 3,
+    "listen": 4,
+    "serve": 5,
+    "web": 6,
+    "commands": 7,
+    "cli": 8,
+    "__main__": 9,
 }
-ORDER = "cli -> commands -> serve -> answer -> upstream | nat | migrate -> config -> wire"
+ORDER = (
+    "cli -> commands -> web -> serve -> listen -> answer | limits -> upstream | nat | migrate "
+    "-> config -> wire"
+)
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -179,7 +186,7 @@ def test_the_check_catches_an_upward_import_a_private_name_and_a_circle(tmp_path
     found = violations(root)
     assert found == [
         "splitdns/config/model.py:1: config (floor 1) imports splitdns.serve.server (serve, "
-        f"floor 4): imports run downwards only: {ORDER}",
+        f"floor 5): imports run downwards only: {ORDER}",
         "splitdns/serve/server.py:1: reaches into answer's private name(s) _private",
         "import circle: splitdns.answer.chain -> splitdns.answer.views -> splitdns.answer.chain",
     ]

@@ -11,8 +11,9 @@ from typing import TypeVar
 from splitdns.commands.loading import choose, load_or_report
 from splitdns.config import model as configmod
 from splitdns.config.model import Config
-from splitdns.serve import budgets, certs
-from splitdns.serve.privileges import service_user
+from splitdns.limits import budgets
+from splitdns.listen import certs
+from splitdns.listen.privileges import service_user
 
 
 def command(args: argparse.Namespace) -> int:

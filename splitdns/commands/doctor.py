@@ -31,8 +31,8 @@ from splitdns.commands.loading import CONFIG_ENV, DEFAULT_PATH, choose, load_or_
 from splitdns.config import model as configmod
 from splitdns.config.model import Config, Endpoint, parse_endpoint
 from splitdns.config.upstreams import UpstreamSpec
+from splitdns.listen.ports import RESOLVED_FIX, command_line, is_splitdns, port_owner
 from splitdns.serve import follow
-from splitdns.serve.ports import RESOLVED_FIX, command_line, is_splitdns, port_owner
 from splitdns.serve.server import Server
 from splitdns.upstream.forwarder import Forwarder, every_upstream, only
 from splitdns.upstream.transport import UpstreamFailure

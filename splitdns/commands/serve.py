@@ -21,14 +21,14 @@ from splitdns import __version__
 from splitdns.commands.loading import choose, listen_origin, load_config
 from splitdns.config import model as configmod
 from splitdns.config.model import Config, ConfigError
-from splitdns.serve import lognoise
-from splitdns.serve.certs import CertificateError
+from splitdns.listen import lognoise
+from splitdns.listen.certs import CertificateError
+from splitdns.listen.privileges import PrivilegeError, drop_root, service_user
 from splitdns.serve.configwatch import ConfigWatch, file_stamp
 from splitdns.serve.loops import loop_factory, loop_name
-from splitdns.serve.operating import OperatorListeners
-from splitdns.serve.privileges import PrivilegeError, drop_root, service_user
 from splitdns.serve.server import Server
-from splitdns.serve.webapi import build_name
+from splitdns.web.api import build_name
+from splitdns.web.listeners import OperatorListeners
 
 log = logging.getLogger("splitdns")
 

@@ -7,7 +7,7 @@ BIND's tcp-clients and recursive-clients): one connection budget for TCP, DoT an
 from accept, each address's share of it, deadlines for a handshake, a request and a
 connection's whole life, and a cap on queries waiting for an upstream (each may hold a socket).
 `0` in a share means "a fair part of the total" (see `share`); the serve side sizes the
-totals from the process's descriptor limit (serve/budgets.py).
+totals from the process's descriptor limit (limits/budgets.py).
 """
 
 from __future__ import annotations

@@ -1,2 +1,4 @@
-"""Serving clients: the Server and its UDP/TCP listeners, wildcard UDP, client trap, privileges,
-event loops, query log, metrics, followed addresses. Imports answer and everything below it."""
+"""The running server: its lifecycle (start, reload, stop), the query path (the express lane,
+replays, the chain's hand-off), the query log, followed addresses, explain, the file watch, and
+what it publishes for the operator's side (serve/published.py). Imports listen, limits, answer
+and everything below; never web."""

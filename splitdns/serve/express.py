@@ -49,11 +49,10 @@ from splitdns.answer.chain import (
 )
 from splitdns.answer.quickscan import GLUE, scan
 from splitdns.config.model import Config, View
+from splitdns.limits.inflight import InFlight
 from splitdns.serve import replay
-from splitdns.serve.inflight import InFlight
 from splitdns.serve.lanewatch import Deadlines, Readiness
-from splitdns.serve.livefeed import Tapped
-from splitdns.serve.metrics import Counts, query_key
+from splitdns.serve.published import Counts, Tapped, query_key
 from splitdns.serve.querylog import QueryLog
 from splitdns.upstream.forwarder import Forwarder
 from splitdns.upstream.group import Member, UpstreamGroup
@@ -518,7 +517,7 @@ class _Exchange:
             if not self.transport.is_closing():
                 self.transport.sendto(answer, self.addr)
             tap = server.tap
-            if tap is not None:  # a dashboard watches (serve/livefeed.py's lane shape)
+            if tap is not None:  # a dashboard watches (web/livefeed.py's lane shape)
                 tap.append(
                     (
                         self.host,

@@ -1,5 +1,5 @@
 """The last hour in 10-second samples, for the dashboard's plots: read off the counters the
-server keeps anyway (serve/metrics.py's Counts, the cache's stats, the upstream histograms), so
+server keeps anyway (web/metrics.py's Counts, the cache's stats, the upstream histograms), so
 answering a query costs nothing more. 360 samples of a few numbers each.
 """
 

@@ -32,20 +32,21 @@ from splitdns.answer.ratelimit import RateLimiter
 from splitdns.answer.views import client_address, is_allowed
 from splitdns.config.dns64 import prefix_from_probe
 from splitdns.config.model import Config, Endpoint, IPAddress, IPNetwork, View
-from splitdns.serve import budgets, follow, proxyv2, replay
-from splitdns.serve.certs import CertificateError
+from splitdns.limits import budgets
+from splitdns.limits.connections import Connection, ConnectionBudget
+from splitdns.limits.inflight import InFlight
+from splitdns.listen import proxyv2
+from splitdns.listen.certs import CertificateError
+from splitdns.listen.encrypted import EncryptedListeners
+from splitdns.listen.ports import bind_problem
+from splitdns.listen.privileges import service_user
+from splitdns.listen.wildcardudp import WildcardUdp, enable_pktinfo, is_wildcard
+from splitdns.serve import follow, replay
 from splitdns.serve.clienttrap import ClientTrap
-from splitdns.serve.connections import Connection, ConnectionBudget
-from splitdns.serve.encrypted import EncryptedListeners
 from splitdns.serve.express import DatagramSender, Express, ViewPlan, nat64_ranges
-from splitdns.serve.inflight import InFlight
-from splitdns.serve.livefeed import TAP_SIZE, LiveFeed, Tapped
-from splitdns.serve.metrics import QTYPES, Counts, query_key
-from splitdns.serve.ports import bind_problem
-from splitdns.serve.privileges import service_user
+from splitdns.serve.published import QTYPES, TAP_SIZE, Counts, Tapped, query_key
 from splitdns.serve.querylog import QueryLog
 from splitdns.serve.samples import History
-from splitdns.serve.wildcardudp import WildcardUdp, enable_pktinfo, is_wildcard
 from splitdns.upstream.forwarder import Forwarder
 from splitdns.upstream.plain import ask_once
 from splitdns.upstream.transport import Handover
@@ -71,7 +72,7 @@ class Server:
         self.querylog = QueryLog(config.query_log)
         self.counts = Counts()
         self.trap = ClientTrap(bool(config.views))
-        # while a dashboard watches: one tuple per answer (serve/livefeed.py), else None
+        # while a dashboard watches: one tuple per answer (web/livefeed.py), else None
         self.tap: deque[Tapped] | None = None
         self.express = self._make_express()
         self.budgets = budgets.size(config.limits, budgets.current_nofile())
@@ -89,7 +90,6 @@ class Server:
         self.follow_changes: dict[str, float] = {}  # a follow/interface source -> last change
         self.history = History(lambda: self)
         self._sampling: asyncio.Future[None] | None = None
-        self.feed = LiveFeed(self._watched, lambda: self.config.query_log.hide_clients)
         self._follow: asyncio.Future[None] | None = None
         self._discovery: asyncio.Future[None] | None = None
         self.nat64_prefixes: tuple[IPv6Network, ...] = ()  # the upstreams' own (RFC 7050)
@@ -179,7 +179,7 @@ class Server:
                 self.follow_changes[key] = now
         return self.reload(config)
 
-    def _watched(self, tap: deque[Tapped] | None) -> None:
+    def watch(self, tap: deque[Tapped] | None) -> None:
         """A dashboard began (a deque) or stopped (None) watching the live queries: every
         answer is appended to it meanwhile (cache hits, the express lane, the chain)."""
         self.tap = tap
@@ -322,7 +322,6 @@ class Server:
             self._discovery.cancel()
         if self._sampling is not None:
             self._sampling.cancel()
-        self.feed.stop()
         await self.encrypted.stop()
         for tcp in self._tcp:
             tcp.close()

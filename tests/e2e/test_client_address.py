@@ -21,7 +21,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from splitdns.serve.proxyv2 import build
+from splitdns.listen.proxyv2 import build
 from tests.support.encrypted import unverified_context
 from tests.support.metrics import scrape, total
 from tests.support.servers import NSD, SplitDNS, free_port

@@ -486,7 +486,7 @@ def test_fuzz_doh_request_path(
 ) -> None:
     """Whatever an HTTP request carries, the DoH app answers 200 with a DNS message dnspython
     reads, or a 4xx, and never raises (hypercorn would answer 500 and log a traceback)."""
-    from splitdns.serve.doh import DohApp
+    from splitdns.listen.doh import DohApp
 
     loop, server, upstream, errors = in_process
     upstream.reply = answers[0]
@@ -517,7 +517,7 @@ def test_fuzz_doh_request_path(
 @st.composite
 def proxy_inputs(draw: st.DrawFn) -> bytes:
     """Real headers (v4, v6, LOCAL, with TLVs), mutated, cut short, or junk after the signature."""
-    from splitdns.serve import proxyv2
+    from splitdns.listen import proxyv2
 
     v6 = draw(st.booleans())
     source = "2001:db8::1" if v6 else "192.0.2.1"
@@ -537,7 +537,7 @@ def proxy_inputs(draw: st.DrawFn) -> bytes:
 @given(data=proxy_inputs())
 def test_fuzz_proxy_header_parser(data: bytes) -> None:
     """Whatever follows the signature: a Header whose length fits the input, or ProxyError."""
-    from splitdns.serve import proxyv2
+    from splitdns.listen import proxyv2
 
     try:
         header = proxyv2.parse(data)

@@ -15,10 +15,10 @@ from splitdns import wire
 from splitdns.config.model import loads
 from splitdns.config.passwords import PasswordError, make_hash, parse_hash, read_hash, verify
 from splitdns.config.tree import ConfigError
-from splitdns.serve import livefeed
-from splitdns.serve.livefeed import Filter, LiveFeed
 from splitdns.serve.samples import quantile_ms
 from splitdns.upstream.transport import LATENCY_BUCKETS
+from splitdns.web import livefeed
+from splitdns.web.livefeed import Filter, LiveFeed
 
 
 def test_a_password_hash_verifies_only_its_password_and_salts_each_file() -> None:
@@ -156,7 +156,7 @@ def test_check_warns_when_the_password_would_cross_the_lan_in_clear(tmp_path: Pa
 def test_a_live_stream_is_spared_the_read_timeout_and_nothing_else(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from splitdns.serve import operator
+    from splitdns.web import httpserver as operator
 
     monkeypatch.setattr(operator, "READ_TIMEOUT", 0.05)
 
@@ -175,7 +175,7 @@ def test_a_live_stream_is_spared_the_read_timeout_and_nothing_else(
 
 
 def test_the_login_failure_table_evicts_the_oldest_and_is_never_cleared() -> None:
-    from splitdns.serve import webauth
+    from splitdns.web import auth as webauth
 
     now = [1000.0]
     gate = webauth.Gate(webauth.PasswordFile(lambda: None), clock=lambda: now[0])
@@ -198,7 +198,7 @@ def test_the_login_failure_table_evicts_the_oldest_and_is_never_cleared() -> Non
 def test_dropped_connections_are_logged_once_a_minute_per_kind() -> None:
     import logging
 
-    from splitdns.serve.lognoise import OncePerKind
+    from splitdns.listen.lognoise import OncePerKind
 
     now = [0.0]
     noise = OncePerKind(clock=lambda: now[0])

@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from splitdns.serve import proxyv2
-from splitdns.serve.proxyv2 import ProxyError, build, parse
+from splitdns.listen import proxyv2
+from splitdns.listen.proxyv2 import ProxyError, build, parse
 
 
 def test_ipv4_and_ipv6_headers_name_the_client() -> None:

@@ -12,9 +12,9 @@ from typing import Any
 from splitdns import __version__, wire
 from splitdns.config.model import EMBEDDED_SOURCE, Rule
 from splitdns.serve import follow
-from splitdns.serve.livefeed import Filter
-from splitdns.serve.metrics import QTYPES
+from splitdns.serve.published import QTYPES
 from splitdns.serve.server import Server
+from splitdns.web.livefeed import Filter, LiveFeed
 
 OUTCOMES = (
     "cached",
@@ -174,13 +174,13 @@ def _name_text(name: str | bytes) -> str:
         return "?"
 
 
-def clients(server: Server) -> dict[str, Any]:
+def clients(server: Server, feed: LiveFeed) -> dict[str, Any]:
     hidden = server.config.query_log.hide_clients
-    since = server.feed.watching_since
+    since = feed.watching_since
     return {
         "hidden": hidden,
         "watching_since": None if since is None else round(since, 1),
-        "clients": [] if hidden else server.feed.top_clients(),
+        "clients": [] if hidden else feed.top_clients(),
     }
 
 

@@ -21,10 +21,10 @@ from typing import Protocol
 
 from splitdns.config.encrypted import EncryptedListener
 from splitdns.config.model import Config, Endpoint, IPNetwork
-from splitdns.serve import certs
-from splitdns.serve.connections import Connection, ConnectionBudget
-from splitdns.serve.doh import DohApp, DohServing
-from splitdns.serve.ports import bind_problem
+from splitdns.limits.connections import Connection, ConnectionBudget
+from splitdns.listen import certs
+from splitdns.listen.doh import DohApp, DohServing
+from splitdns.listen.ports import bind_problem
 
 
 class Serving(Protocol):

@@ -29,9 +29,9 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 
 from splitdns.config.model import Endpoint
-from splitdns.serve import memory
-from splitdns.serve.doh import OwnTls
-from splitdns.serve.encrypted import accepting, bind_stream, reset
+from splitdns.limits import memory
+from splitdns.listen.doh import OwnTls
+from splitdns.listen.encrypted import accepting, bind_stream, reset
 
 log = logging.getLogger(__name__)
 

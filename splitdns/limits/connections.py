@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from splitdns.serve import memory
+from splitdns.limits import memory
 
 log = logging.getLogger(__name__)
 

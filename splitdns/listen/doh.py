@@ -27,7 +27,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from splitdns import wire
 from splitdns.config.model import Config, IPNetwork
-from splitdns.serve.connections import Connection
+from splitdns.limits.connections import Connection
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class OwnTls(HypercornConfig):
 
 class DohServing:
     """One `https://` listen address's HTTP side: hypercorn's per-connection server, run on
-    connections splitdns accepted, admitted and set TLS up for itself (serve/encrypted.py), so
+    connections splitdns accepted, admitted and set TLS up for itself (listen/encrypted.py), so
     the connection budget counts them from accept and can close any of them. hypercorn brings
     HTTP/2 and HTTP/1.1; its limits are set from `limits:` (streams per connection, the idle
     timeout), the whole-request deadline and bytes per connection are the app's."""

@@ -12,11 +12,12 @@ import logging
 import ssl
 
 from splitdns.config.model import Endpoint
-from splitdns.serve.encrypted import certificate
-from splitdns.serve.operator import OperatorListener
-from splitdns.serve.privileges import service_user
+from splitdns.listen.encrypted import certificate
+from splitdns.listen.privileges import service_user
 from splitdns.serve.server import Server
-from splitdns.serve.webapp import Operator
+from splitdns.web.app import Operator
+from splitdns.web.httpserver import OperatorListener
+from splitdns.web.livefeed import LiveFeed
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ class OperatorListeners:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.listeners: list[OperatorListener] = []
+        # the live queries, one feed for every dashboard listener (the server taps for it)
+        self.feed = LiveFeed(server.watch, lambda: server.config.query_log.hide_clients)
 
     async def start(self) -> None:
         """Bind them; OSError (with the address and what it is for) if one cannot be."""
@@ -35,7 +38,7 @@ class OperatorListeners:
             if dashboard is not None:
                 endpoint = Endpoint(dashboard.host, dashboard.port)
                 context = self._tls_context() if dashboard.https else None
-                operator = Operator(server, True, dashboard.host, https=dashboard.https)
+                operator = Operator(server, self.feed, True, dashboard.host, https=dashboard.https)
                 listener = OperatorListener(operator.app(), context, operator.trusted)
                 try:
                     bound = await listener.start(endpoint, "dashboard, HTTP")
@@ -49,7 +52,9 @@ class OperatorListeners:
                         server.bound.append(("metrics", bound))
                         return
             if config.metrics is not None:
-                listener = OperatorListener(Operator(server, False, config.metrics.host).app())
+                listener = OperatorListener(
+                    Operator(server, self.feed, False, config.metrics.host).app()
+                )
                 bound = await listener.start(config.metrics, "metrics, HTTP")
                 self.listeners.append(listener)
                 server.bound.append(("metrics", bound))
@@ -68,6 +73,7 @@ class OperatorListeners:
         return context
 
     async def stop(self) -> None:
+        self.feed.stop()
         for listener in self.listeners:
             await listener.stop()
         self.listeners.clear()

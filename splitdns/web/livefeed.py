@@ -22,21 +22,15 @@ from typing import Any, cast
 
 from splitdns import wire
 from splitdns.answer.rewrite import Change
-from splitdns.serve.metrics import QTYPES
+from splitdns.serve.published import QTYPES, TAP_SIZE, Tapped
 
 TICK = 0.25
-TAP_SIZE = 8192  # answers kept a tick (32 k a second); beyond, neither shown nor counted
 ROWS_PER_TICK = 40  # per subscriber
 SCANNED = 2000  # answers looked at per subscriber and tick (newest first)
 QUEUE_SIZE = 32  # ticks' batches waiting for a slow browser
 MAX_SUBSCRIBERS = 8
 CLIENTS_KEPT = 1024
 
-#: (host, view, query bytes[, the stored rewrite's changes]) for a cache hit; (host, view,
-#: query bytes, outcome, seconds,
-#: [(old, new, rule)] with addresses as bytes, upstream) for the express lane's miss; (host,
-#: view, name, qtype, outcome, seconds, changes, upstream, transport) from the chain
-Tapped = tuple[Any, ...]
 _HOST = operator.itemgetter(0)
 _VIEW = operator.itemgetter(1)
 

@@ -3,14 +3,13 @@
 Incrementing a dict entry costs far less than a labelled prometheus_client Counter, and the
 cache-hit path counts every answer. Labels are all low-cardinality and server-controlled: a
 fixed set of query types plus "other", outcomes, transports, configured upstreams, view names
-and rule indexes; never a client-controlled string. Served at /metrics (serve/webapp.py).
+and rule indexes; never a client-controlled string. Served at /metrics (web/app.py).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import (
@@ -21,59 +20,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from splitdns.serve.published import Counts
 from splitdns.upstream.transport import LATENCY_BUCKETS
+from splitdns.web.livefeed import LiveFeed
 
 log = logging.getLogger(__name__)
-
-QTYPES = {
-    1: "A",
-    2: "NS",
-    5: "CNAME",
-    6: "SOA",
-    12: "PTR",
-    15: "MX",
-    16: "TXT",
-    28: "AAAA",
-    33: "SRV",
-    64: "SVCB",
-    65: "HTTPS",
-    255: "ANY",
-}
-
-
-RECENT_NAMES = 5
-
-
-class Counts:
-    """What the server counts as it answers (no locks: one event loop)."""
-
-    def __init__(self) -> None:
-        self.queries: Counter[tuple[str, str, str]] = Counter()
-        self.rewrites: Counter[tuple[str, int, str]] = Counter()
-        self.reloads: Counter[str] = Counter()
-        self.proxy: Counter[str] = Counter()  # PROXY v2 headers: ok, local, missing, ...
-        self.ecs: Counter[str] = Counter()  # ECS as the client: used, absent, ambiguous
-        self.express: Counter[str] = Counter()  # UDP misses in the express lane: answered, handed
-        # the last names each (view, rule) rewrote, for the dashboard: (unix time, the name as
-        # text, or as the question's wire bytes from the express lane)
-        self.recent: dict[tuple[str, int], deque[tuple[float, str | bytes]]] = {}
-
-    def rewrote(self, view: str, rule: int, name: str | bytes) -> None:
-        """Count one rewrite by `rule` of `view` and remember the name (rewrites come with
-        misses, never on the cache-hit path)."""
-        self.rewrites[(view, rule, "address")] += 1
-        recent = self.recent.get((view, rule))
-        if recent is None:
-            recent = self.recent[(view, rule)] = deque(maxlen=RECENT_NAMES)
-        recent.append((time.time(), name))
-
-    def query(self, transport: str, qtype: int, outcome: str) -> None:
-        self.queries[query_key(transport, qtype, outcome)] += 1
-
-
-def query_key(transport: str, qtype: int, outcome: str) -> tuple[str, str, str]:
-    """The labels one answered query is counted under (the express lane makes its few once)."""
-    return transport, QTYPES.get(qtype, "other"), outcome
 
 
 def _by_result(name: str, documentation: str, counter: Counter[str]) -> CounterMetricFamily:
@@ -86,7 +37,8 @@ def _by_result(name: str, documentation: str, counter: Counter[str]) -> CounterM
 class SplitdnsCollector(Collector):
     """Reads the server's counters at scrape time (`server` is looked up anew on each scrape)."""
 
-    def __init__(self, server: Callable[[], object]) -> None:
+    def __init__(self, server: Callable[[], object], feed: LiveFeed) -> None:
+        self.feed = feed
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
@@ -129,7 +81,7 @@ class SplitdnsCollector(Collector):
         yield GaugeMetricFamily(
             "splitdns_dashboard_streams",
             "Live query streams open on the dashboard (while none is, nothing is tapped)",
-            value=len(srv.feed.subscribers),  # type: ignore[attr-defined]
+            value=len(self.feed.subscribers),
         )
         reloads = CounterMetricFamily("splitdns_config_reloads", "Reloads", labels=["result"])
         for result in ("ok", "rejected"):

@@ -34,13 +34,14 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from splitdns.serve import webapi
 from splitdns.serve.explaining import explain
-from splitdns.serve.metrics import SplitdnsCollector
-from splitdns.serve.operator import HELD, Held
 from splitdns.serve.server import Server
-from splitdns.serve.webauth import COOKIE, SESSION_SECONDS, Gate, PasswordFile, Refused
-from splitdns.serve.webhosts import CheckHost, Hosts
+from splitdns.web import api as webapi
+from splitdns.web.auth import COOKIE, SESSION_SECONDS, Gate, PasswordFile, Refused
+from splitdns.web.hosts import CheckHost, Hosts
+from splitdns.web.httpserver import HELD, Held
+from splitdns.web.livefeed import LiveFeed
+from splitdns.web.metrics import SplitdnsCollector
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +86,19 @@ class Operator:
     only (a `metrics:` address apart from the dashboard's)."""
 
     def __init__(
-        self, server: Server, dashboard: bool, listen_host: str, https: bool = False
+        self,
+        server: Server,
+        feed: LiveFeed,
+        dashboard: bool,
+        listen_host: str,
+        https: bool = False,
     ) -> None:
         self.server = server
+        self.feed = feed
         self.dashboard = dashboard
         self.https = https
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SplitdnsCollector(lambda: server))
+        self.registry.register(SplitdnsCollector(lambda: server, feed))
         self.started = server.config.dashboard
         self.gate = Gate(PasswordFile(self._password_path))
         self._explains: dict[str, list[float]] = {}
@@ -132,7 +139,7 @@ class Operator:
                 Route("/api/status", self.api(self._status)),
                 Route("/api/series", self.api(lambda: self.server.history.series())),
                 Route("/api/rules", self.api(lambda: webapi.rules(self.server))),
-                Route("/api/clients", self.api(lambda: webapi.clients(self.server))),
+                Route("/api/clients", self.api(lambda: webapi.clients(self.server, self.feed))),
                 Route("/api/stream", self.stream),
                 Route("/api/explain", self.explain),
                 Mount("/static", StaticFiles(directory=STATIC), name="static"),
@@ -257,7 +264,7 @@ class Operator:
             wanted = webapi.stream_filter(_params(request), self.server)
         except webapi.BadRequest as exc:
             return _refused(400, str(exc))
-        feed = self.server.feed
+        feed = self.feed
         held: Held | None = request.scope.get(HELD)
         subscriber = feed.subscribe(wanted, held.close if held is not None else None)
         if subscriber is None:
