@@ -29,6 +29,7 @@ HOT_MODULES = [
     "splitdns/serve/replay.py",
     "splitdns/answer/quickscan.py",
     "splitdns/limits/inflight.py",
+    "splitdns/listen/udptcp.py",
 ]
 
 

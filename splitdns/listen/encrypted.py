@@ -27,12 +27,8 @@ from splitdns.listen.doh import DohApp, DohServing
 from splitdns.listen.ports import bind_problem
 
 
-class Serving(Protocol):
-    """What the listeners need of the server (it hands itself in)."""
-
-    config: Config
-    connections: ConnectionBudget
-    closing: bool
+class Streams(Protocol):
+    """Where a DoT connection goes once admitted and shaken hands (serve/streams.py)."""
 
     async def tcp_client(
         self,
@@ -43,15 +39,24 @@ class Serving(Protocol):
         conn: Connection | None = None,
     ) -> None: ...
 
+    async def read_proxy_header(
+        self, read_exactly: Callable[[int], Awaitable[bytes]], host: str
+    ) -> str | None: ...
+
+
+class Serving(Protocol):
+    """What the listeners need of the server (it hands itself in)."""
+
+    config: Config
+    connections: ConnectionBudget
+    closing: bool
+    streams: Streams
+
     def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]: ...
 
     def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool: ...
 
     def allowed(self, host: str) -> bool: ...
-
-    async def read_proxy_header(
-        self, read_exactly: Callable[[int], Awaitable[bytes]], host: str
-    ) -> str | None: ...
 
     async def respond(self, data: bytes, host: str, transport: str) -> bytes | None: ...
 
@@ -166,7 +171,7 @@ class EncryptedListeners:
         transport: asyncio.Transport | None = None
         try:
             if conn.kind == "dot" and self.server.trusted(host, config.trusted_proxies):
-                named = await self.server.read_proxy_header(
+                named = await self.server.streams.read_proxy_header(
                     functools.partial(_recv_exactly, loop, sock), host
                 )
                 if named is None:
@@ -199,7 +204,9 @@ class EncryptedListeners:
         host: str,
         conn: Connection,
     ) -> None:
-        await self.server.tcp_client(reader, writer, transport="dot", client=host, conn=conn)
+        await self.server.streams.tcp_client(
+            reader, writer, transport="dot", client=host, conn=conn
+        )
 
     async def _watch_certificate(self) -> None:
         while True:

@@ -1,22 +1,27 @@
-"""UDP and TCP listeners, the error boundary, and the server's lifecycle.
+"""The Server: its lifecycle (start, reload, stop) and the query path every transport enters.
 
-Protocol classes only move bytes: they hand each message to `Server.respond`, which parses
-it, runs the handler chain and finalises the answer. `respond` is the one error boundary: an
-unexpected exception becomes SERVFAIL with the query's ID and question, never a crash.
+Transports only move bytes (listen/udptcp.py, serve/streams.py, listen/encrypted.py): they hand
+each message to `Server.datagram` (UDP: the cache hit and the express lane inline) or
+`Server.respond`, which parses it, runs the handler chain and finalises the answer. `respond`
+is the one error boundary: an unexpected exception becomes SERVFAIL with the query's ID and
+question, never a crash.
+
+One job read whole (about 680 lines): the state every query reads (the views' plans, the
+client memos, the chain, the lane, the budgets) and the start, reload and stop that make and
+swap it. Split, each half would have to know the other's fields; the transports, the TCP
+sessions and the NAT64 probe, which need only a few, live apart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import replace
-from ipaddress import IPv6Address, IPv6Network
-from typing import Any, cast
+from ipaddress import IPv6Network
+from typing import Any
 
 from splitdns import wire
 from splitdns.answer.cache import Cache, Entry, Key
@@ -30,25 +35,24 @@ from splitdns.answer.chain import (
 )
 from splitdns.answer.ratelimit import RateLimiter
 from splitdns.answer.views import client_address, is_allowed
-from splitdns.config.dns64 import prefix_from_probe
 from splitdns.config.model import Config, Endpoint, IPAddress, IPNetwork, View
 from splitdns.limits import budgets
-from splitdns.limits.connections import Connection, ConnectionBudget
+from splitdns.limits.connections import ConnectionBudget
 from splitdns.limits.inflight import InFlight
 from splitdns.listen import proxyv2
 from splitdns.listen.certs import CertificateError
 from splitdns.listen.encrypted import EncryptedListeners
-from splitdns.listen.ports import bind_problem
 from splitdns.listen.privileges import service_user
-from splitdns.listen.wildcardudp import WildcardUdp, enable_pktinfo, is_wildcard
-from splitdns.serve import follow, replay
+from splitdns.listen.udptcp import bind_plain, listener_changes
+from splitdns.listen.wildcardudp import WildcardUdp
+from splitdns.serve import follow, nat64probe, replay
 from splitdns.serve.clienttrap import ClientTrap
 from splitdns.serve.express import DatagramSender, Express, ViewPlan, nat64_ranges
 from splitdns.serve.published import QTYPES, TAP_SIZE, Counts, Tapped, query_key
 from splitdns.serve.querylog import QueryLog
 from splitdns.serve.samples import History
+from splitdns.serve.streams import Streams
 from splitdns.upstream.forwarder import Forwarder
-from splitdns.upstream.plain import ask_once
 from splitdns.upstream.transport import Handover
 
 log = logging.getLogger(__name__)
@@ -102,7 +106,7 @@ class Server:
         self._tcp: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._flat = 0  # UDP queries on the flat walk, awaiting their upstream
-        self._tcp_writers: set[asyncio.StreamWriter] = set()
+        self.streams = Streams(self)  # TCP and DoT connections
         self.bound: list[tuple[str, Endpoint | str]] = []
         self.closing = False
         self._retiring: set[asyncio.Task[None]] = set()
@@ -200,37 +204,11 @@ class Server:
         return bool(self.config.trusted_proxies) and self.trusted(host, self.config.trusted_proxies)
 
     async def discover_nat64(self) -> None:
-        """RFC 7050: ask the upstreams for ipv4only.arpa AAAA; an upstream doing DNS64 answers
-        with its own NAT64 prefix, whose AAAA answers embed public addresses (the DNS64 views
-        make them again from their rewritten A). Once, at start; logged."""
-        query = wire.parse_query(wire.make_query("ipv4only.arpa", wire.TYPE_AAAA))
-        plain = [u for u in self.config.upstreams if u.scheme == "dns" and not u.needs_bootstrap]
-        reply = None
-        for spec in plain:  # asked quietly: a probe that fails marks no upstream down
-            reply = await ask_once(spec.host, spec.port, query, min(self.config.timeout, 2.0))
-            if reply is not None:
-                break
-        if reply is None:
-            log.info("NAT64 prefix discovery (RFC 7050): no answer from the plain upstreams")
-            return
-        data, message = reply
-        found: list[IPv6Network] = []
-        for record in message.records:
-            if record.section == wire.ANSWER and record.rtype == wire.TYPE_AAAA:
-                raw = data[record.rdata_offset : record.rdata_offset + record.rdlength]
-                prefix = prefix_from_probe(IPv6Address(raw))
-                if prefix is not None and prefix not in found:
-                    found.append(prefix)
-        if found:
-            log.info(
-                "NAT64 prefix discovered from the upstreams (RFC 7050): %s; their AAAA answers "
-                "there that embed a public address a view rewrites are made again (or removed)",
-                ", ".join(map(str, found)),
-            )
-        else:
-            log.info("NAT64 prefix discovery (RFC 7050): the upstreams do no DNS64")
-        self.nat64_prefixes = tuple(found)
-        self._tell_synthesis(self.nat64_prefixes)
+        """The upstreams' own NAT64 prefix (RFC 7050), once, at start (serve/nat64probe.py)."""
+        found = await nat64probe.discover(self.config)
+        if found is not None:
+            self.nat64_prefixes = found
+            self._tell_synthesis(found)
 
     def _tell_synthesis(self, prefixes: tuple[IPv6Network, ...]) -> None:
         for link in self.pipeline.links:
@@ -249,7 +227,6 @@ class Server:
 
     async def start(self) -> None:
         """Bind every listen address, UDP and TCP; an error here stops the start cleanly."""
-        loop = asyncio.get_running_loop()
         limits = self.config.limits
         nofile = budgets.raise_nofile() if limits.raise_nofile else budgets.current_nofile()
         self._apply_limits(budgets.size(limits, nofile))
@@ -263,38 +240,10 @@ class Server:
         self.connections.start()
         try:
             for endpoint in self.config.listen:
-                family = socket.AF_INET6 if endpoint.family_v6 else socket.AF_INET
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-                try:
-                    if family == socket.AF_INET6:
-                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                    if self.config.workers > 1:  # workers share the port; the kernel spreads load
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                    if is_wildcard(endpoint.host):
-                        enable_pktinfo(sock)  # answer from the address each query came to
-                    sock.bind((endpoint.host, endpoint.port))
-                except OSError as exc:
-                    sock.close()
-                    raise bind_problem(endpoint, "udp", exc) from None
-                port = sock.getsockname()[1]
-                if is_wildcard(endpoint.host):
-                    self._udp.append(WildcardUdp(sock, self.datagram))
-                else:
-                    transport, _ = await loop.create_datagram_endpoint(
-                        lambda: UdpProtocol(self), sock=sock
-                    )
-                    self._udp.append(transport)
-                try:
-                    tcp = await asyncio.start_server(
-                        self.tcp_client,
-                        endpoint.host,
-                        port or endpoint.port,
-                        reuse_address=True,
-                        reuse_port=self.config.workers > 1,
-                        backlog=256,
-                    )
-                except OSError as exc:
-                    raise bind_problem(Endpoint(endpoint.host, port), "tcp", exc) from None
+                udp, tcp, port = await bind_plain(
+                    endpoint, self.config.workers, self.datagram, self.streams.tcp_client
+                )
+                self._udp.append(udp)
                 self._tcp.append(tcp)
                 self.bound.append(("udp+tcp", Endpoint(endpoint.host, port)))
             for kind, shown in await self.encrypted.start():
@@ -337,8 +286,7 @@ class Server:
         for transport in self._udp:
             transport.close()
         self._udp.clear()
-        for writer in list(self._tcp_writers):
-            writer.close()
+        self.streams.close()
         self.connections.stop()
         for tcp in self._tcp:
             await tcp.wait_closed()
@@ -716,117 +664,12 @@ class Server:
         self.counts.proxy["ok"] += 1
         return header.source
 
-    # ------------------------------------------------------------------ TCP (RFC 7766)
-
-    async def tcp_client(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        transport: str = "tcp",
-        client: str | None = None,
-        conn: Connection | None = None,
-    ) -> None:
-        """One TCP (or, behind TLS, DoT) connection: RFC 7766 framing, pipelined queries
-        answered as they complete, a deadline per message, the connection budget. `client` is
-        the address a PROXY header already named and `conn` the budget's record (DoT reads and
-        admits both before the TLS handshake); plain TCP is admitted here, at accept."""
-        peer = writer.get_extra_info("peername")
-        if conn is None:
-            if peer is None or self.closing:
-                writer.transport.abort()
-                return
-            conn = self.connections.admit(peer[0], transport, self.allowed(peer[0]))
-            if conn is None:
-                writer.transport.abort()  # RST: nothing lingers in TIME_WAIT on our side
-                return
-            conn.transport = cast(asyncio.Transport, writer.transport)
-        try:
-            host = client or peer[0]
-            trusted = self.config.trusted_proxies and self.trusted(
-                host, self.config.trusted_proxies
-            )
-            if client is None and trusted:
-                named = await self.read_proxy_header(reader.readexactly, host)
-                if named is None:
-                    return
-                host = named
-            if not self.trap.done:
-                self.trap.saw(host)
-            self._tcp_writers.add(writer)
-            await self._serve_stream(reader, writer, host, transport, conn)
-        finally:
-            self.connections.release(conn)
-            self._tcp_writers.discard(writer)
-            writer.close()
-
-    async def _serve_stream(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        host: str,
-        transport: str,
-        conn: Connection,
-    ) -> None:
-        pending: set[asyncio.Task[Any]] = set()
-        idle = self.config.tcp_idle_timeout
-        streams = self.config.limits.streams_per_connection
-
-        def finished(task: asyncio.Task[Any]) -> None:
-            pending.discard(task)
-            conn.finished()
-
-        while (data := await self._next_message(reader, idle)) is not None:
-            conn.started()
-            task = self.spawn(self._tcp_answer(data, host, writer, transport))
-            pending.add(task)
-            task.add_done_callback(finished)
-            if len(pending) >= streams:
-                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        if pending:
-            await asyncio.wait(pending, timeout=self.config.timeout + 1)
+    # ------------------------------------------------------------------ every transport's limits
 
     def allowed(self, host: str) -> bool:
         """Whether `host` may query at all (memoised): a connection from elsewhere is the
         first the connection budget closes when it needs room."""
         return self.trusted(host, self.config.allow) or self._proxy_sender(host)
-
-    async def _next_message(self, reader: asyncio.StreamReader, idle: float) -> bytes | None:
-        """The next RFC 7766 message, or None: the connection is done (closed, idle, a zero
-        length, or a PROXY header from a sender not trusted to send one)."""
-        try:
-            # One deadline per message: a client trickling bytes cannot hold us forever.
-            async with asyncio.timeout(idle):
-                (length,) = struct.unpack("!H", await reader.readexactly(2))
-                if length == 0:
-                    return None
-                if length == 0x0D0A:  # "\r\n": perhaps a PROXY header, not a length
-                    head = await reader.readexactly(10)
-                    if head == proxyv2.SIGNATURE[2:]:
-                        self.counts.proxy["untrusted"] += 1  # from anyone else: closed
-                        return None
-                    return head + await reader.readexactly(length - 10)
-                return await reader.readexactly(length)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            return None
-
-    async def read_proxy_header(
-        self, read_exactly: Callable[[int], Awaitable[bytes]], host: str
-    ) -> str | None:
-        """The client a trusted proxy's stream speaks for (its own address for LOCAL), read
-        with `read_exactly` (a StreamReader's, or exact reads off a raw socket before TLS);
-        None (counted) when the header is missing, malformed or slow."""
-        try:
-            async with asyncio.timeout(self.config.tcp_idle_timeout):
-                fixed = await read_exactly(proxyv2.FIXED)
-                total = proxyv2.header_length(fixed)
-                header = proxyv2.parse(fixed + await read_exactly(total - proxyv2.FIXED))
-        except proxyv2.ProxyError:
-            self.counts.proxy["malformed"] += 1
-            return None
-        except (TimeoutError, EOFError, OSError):  # incl. IncompleteReadError, ConnectionError
-            self.counts.proxy["missing"] += 1
-            return None
-        return self.proxied_client(header, host)
 
     def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]:
         """(limited, what to send instead): takes one of the client's tokens."""
@@ -840,62 +683,9 @@ class Server:
             return None
         return wire.refuse_raw(data)
 
-    async def _tcp_answer(
-        self, data: bytes, host: str, writer: asyncio.StreamWriter, transport: str = "tcp"
-    ) -> None:
-        limited, refusal = self.over_limit(data, host)
-        answer = refusal if limited else await self.respond(data, host, transport)
-        if answer is not None and not writer.is_closing():
-            writer.write(struct.pack("!H", len(answer)) + answer)
-            try:
-                # A client that never reads is cut off, not waited for.
-                async with asyncio.timeout(self.config.tcp_idle_timeout):
-                    await writer.drain()
-            except (ConnectionError, TimeoutError):
-                writer.close()
-
-
-def listener_changes(old: Config, new: Config) -> str:
-    """What a reload would change of the listeners (sockets are bound once, at start): "" if
-    nothing, else each address added (+) or removed (-)."""
-    before = {str(e) for e in old.listen} | {str(e) for e in old.encrypted} | _operator(old)
-    after = {str(e) for e in new.listen} | {str(e) for e in new.encrypted} | _operator(new)
-    return ", ".join(
-        [f"+ {a}" for a in sorted(after - before)] + [f"- {a}" for a in sorted(before - after)]
-    )
-
-
-def _operator(config: Config) -> set[str]:
-    """The dashboard's and metrics' addresses, as listener_changes shows them."""
-    shown = set()
-    if config.dashboard is not None:
-        shown.add(f"dashboard {config.dashboard}")
-    if config.metrics is not None:
-        shown.add(f"metrics {config.metrics}")
-    return shown
-
 
 def hit_key(data: bytes, peeked: wire.Peeked, plan: ViewPlan) -> Key:
     """The cache key of a question wire.peek read, for a client in `plan`'s view
     (`Server.datagram` makes it inline: a call per UDP query)."""
     _, flags, name_end, qend, _, do, _ = peeked
     return (plan.name, data[12:name_end].lower(), data[name_end:qend], do, bool(flags & wire.CD))
-
-
-class UdpProtocol(asyncio.DatagramProtocol):
-    """Hands each datagram to the server; nothing else."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDP transport is not a subclass of asyncio.DatagramTransport, so cast.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        if self.transport is not None:
-            self.server.datagram(data, addr, self.transport)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP socket error: %s", exc)
