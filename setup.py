@@ -13,6 +13,8 @@ from setuptools import setup
 HOT_MODULES = [
     "splitdns/wire.py",
     "splitdns/answer/chain.py",
+    "splitdns/answer/links.py",
+    "splitdns/answer/ipv6.py",
     "splitdns/answer/rewrite.py",
     "splitdns/answer/cache.py",
     "splitdns/upstream/group.py",

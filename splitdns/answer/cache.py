@@ -66,7 +66,7 @@ class Entry:
         changes: tuple[Any, ...] = (),
     ) -> None:
         """`exact`: `data` already carries `ttls` (none was clamped): at age 0 it is the answer.
-        `rewritten`: the question's own answer was (chain.Response's); `changes`: what was
+        `rewritten`: the question's own answer was (links.Response's); `changes`: what was
         rewritten (rewrite.Change), for the dashboard's rows of cached answers."""
         self.data = data
         self.ttls = ttls

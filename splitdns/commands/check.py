@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from splitdns.commands.loading import choose, load_or_report
-from splitdns.config import model as configmod
+from splitdns.config import crosscheck
 from splitdns.config.model import Config
 from splitdns.limits import budgets
 from splitdns.listen import certs
@@ -30,7 +30,7 @@ def command(args: argparse.Namespace) -> int:
         print(choice.describe())
     for line in summary(config):
         print(line)
-    for warning in configmod.cross_check(config):
+    for warning in crosscheck.cross_check(config):
         print(f"warning: {warning}")
     return 0
 

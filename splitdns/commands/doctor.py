@@ -28,7 +28,7 @@ import dns.rdatatype
 from splitdns import wire
 from splitdns.commands.health import answers, health_target
 from splitdns.commands.loading import CONFIG_ENV, DEFAULT_PATH, choose, load_or_report
-from splitdns.config import model as configmod
+from splitdns.config import crosscheck
 from splitdns.config.model import Config, Endpoint, parse_endpoint
 from splitdns.config.upstreams import UpstreamSpec
 from splitdns.listen.ports import RESOLVED_FIX, command_line, is_splitdns, port_owner
@@ -111,10 +111,10 @@ def check_listen(endpoint: Endpoint, config_path: str = "") -> Verdict:
 
 def check_dns64(config: Config) -> list[Verdict]:
     """For each DNS64 view's rule: what an IPv6-only client gets for the rewritten names and
-    what the server then sees as the client (configmod.dns64_cases)."""
+    what the server then sees as the client (crosscheck.dns64_cases)."""
     verdicts = []
     for view in config.views:
-        for rule, case, what in configmod.dns64_cases(view):
+        for rule, case, what in crosscheck.dns64_cases(view):
             level = WARN if case == "nodata" else OK
             said = f"dns64 view {view.name}, rewrite[{rule.index}] -> {rule.target}: "
             verdicts.append(Verdict(level, f"{said}IPv6-only clients get {what}"))

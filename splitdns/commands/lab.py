@@ -384,6 +384,7 @@ def story(
     """Run the reference's flows with rules of `kind` (nftables | iptables); every step's
     verdict is reported through `say` as it happens."""
     from splitdns import nat
+    from splitdns.config import crosscheck
     from splitdns.config import model as configmod
 
     steps: list[Step] = []
@@ -396,7 +397,7 @@ def story(
     text = lab_config(lab, forwards, dns_port)
     cfg = configmod.loads(text, "lab.yaml")
     assert cfg.nat is not None
-    targets = configmod.rewrite_targets(cfg)
+    targets = crosscheck.rewrite_targets(cfg)
     plain = next(f for f in forwards if f.port == f.inner)
     translated = [f for f in forwards if f.port != f.inner]
     lab.start_peer_server(*sorted({f.inner for f in forwards}))

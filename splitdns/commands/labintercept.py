@@ -71,6 +71,7 @@ def story(
 ) -> list[Step]:
     """The steps, each told through `say` as it happens."""
     from splitdns import nat
+    from splitdns.config import crosscheck
     from splitdns.config import model as configmod
 
     steps: list[Step] = []
@@ -82,7 +83,7 @@ def story(
     text = intercept_config(lab, on_router)
     cfg = configmod.loads(text, "lab-intercept.yaml")
     assert cfg.nat is not None
-    rules = nat.render(cfg.nat, kind, "needed", configmod.rewrite_targets(cfg), "lab.yaml")
+    rules = nat.render(cfg.nat, kind, "needed", crosscheck.rewrite_targets(cfg), "lab.yaml")
     where, role = (ROUTER_LAN, "router") if on_router else (SERVER, "server")
     workdir = Path(f"/tmp/{lab.ns('intercept')}")
     workdir.mkdir(exist_ok=True)
@@ -173,11 +174,12 @@ def _without_intercept(cfg: object, kind: str) -> str:
     from dataclasses import replace
 
     from splitdns import nat
+    from splitdns.config import crosscheck
     from splitdns.config import model as configmod
 
     assert isinstance(cfg, configmod.Config) and cfg.nat is not None
     plain = replace(cfg.nat, intercept=None)
-    return nat.render(plain, kind, "needed", configmod.rewrite_targets(cfg), "lab.yaml")
+    return nat.render(plain, kind, "needed", crosscheck.rewrite_targets(cfg), "lab.yaml")
 
 
 def command(kind: str) -> int:

@@ -9,7 +9,7 @@ import sys
 from splitdns import nat
 from splitdns.commands.check import public_text
 from splitdns.commands.loading import choose, load_or_report
-from splitdns.config import model as configmod
+from splitdns.config import crosscheck
 from splitdns.serve.follow import resolved_nat
 from splitdns.upstream.transport import UpstreamFailure
 
@@ -34,6 +34,6 @@ def command(args: argparse.Namespace) -> int:
     assert settings is not None
     if settings.dynamic:
         print(f"# nat.public {public_text(config)} is {settings.public} now")
-    targets = configmod.rewrite_targets(config)
+    targets = crosscheck.rewrite_targets(config)
     sys.stdout.write(nat.render(settings, args.target, args.hairpin, targets, path))
     return 0

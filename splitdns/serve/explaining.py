@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from splitdns import wire
 from splitdns.answer import localanswers, rewrite
-from splitdns.answer.chain import Outcome, Request
+from splitdns.answer.links import Outcome, Request
 from splitdns.answer.rebinding import Guard
 from splitdns.answer.views import client_address, is_allowed, select_view
 from splitdns.config.model import Config

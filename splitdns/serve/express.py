@@ -38,15 +38,8 @@ from typing import Any, Protocol
 from splitdns import wire
 from splitdns.answer import ddr, rewrite
 from splitdns.answer.cache import Entry, lifetime
-from splitdns.answer.chain import (
-    Coalesce,
-    CoalesceKey,
-    DohCanary,
-    Outcome,
-    Pipeline,
-    PrivateRelayCanary,
-    Response,
-)
+from splitdns.answer.chain import Coalesce, CoalesceKey, DohCanary, Pipeline, PrivateRelayCanary
+from splitdns.answer.links import Outcome, Response
 from splitdns.answer.quickscan import GLUE, scan
 from splitdns.config.model import Config, View
 from splitdns.limits.inflight import InFlight

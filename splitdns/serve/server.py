@@ -25,14 +25,9 @@ from typing import Any
 
 from splitdns import wire
 from splitdns.answer.cache import Cache, Entry, Key
-from splitdns.answer.chain import (
-    EmbeddedPublic,
-    Outcome,
-    Request,
-    Response,
-    Synthesize,
-    build_chain,
-)
+from splitdns.answer.chain import build_chain
+from splitdns.answer.ipv6 import EmbeddedPublic, Synthesize
+from splitdns.answer.links import Outcome, Request, Response
 from splitdns.answer.ratelimit import RateLimiter
 from splitdns.answer.views import client_address, is_allowed
 from splitdns.config.model import Config, Endpoint, IPAddress, IPNetwork, View

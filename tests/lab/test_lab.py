@@ -66,6 +66,7 @@ def test_lab_command_prints_the_story() -> None:
 
 def test_doctor_tells_whether_the_router_hairpins(tmp_path: Path) -> None:
     from splitdns import nat
+    from splitdns.config import crosscheck
     from splitdns.config import model as config
 
     with lab.Lab() as net:
@@ -92,7 +93,7 @@ def test_doctor_tells_whether_the_router_hairpins(tmp_path: Path) -> None:
             )
             return [line for line in out.splitlines() if "forward[" in line]
 
-        targets = config.rewrite_targets(cfg)
+        targets = crosscheck.rewrite_targets(cfg)
         net.load_rules(nat.render(cfg.nat, "nftables", "none", targets, "lab"), "nftables")
         without = doctor()
         net.load_rules(nat.render(cfg.nat, "nftables", "all", targets, "lab"), "nftables")

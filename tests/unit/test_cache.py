@@ -15,7 +15,7 @@ import pytest
 
 from splitdns import wire
 from splitdns.answer.cache import Cache
-from splitdns.answer.chain import Outcome, Request
+from splitdns.answer.links import Outcome, Request
 from splitdns.answer.views import client_address
 from splitdns.config import model as config
 from splitdns.serve.server import Server

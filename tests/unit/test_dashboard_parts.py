@@ -140,7 +140,7 @@ def test_hidden_clients_stay_hidden_in_rows_and_counts() -> None:
 
 
 def test_check_warns_when_the_password_would_cross_the_lan_in_clear(tmp_path: Path) -> None:
-    from splitdns.config.model import cross_check
+    from splitdns.config.crosscheck import cross_check
     from splitdns.config.passwords import write_hash
 
     pw = tmp_path / "pw"

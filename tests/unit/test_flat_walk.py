@@ -10,7 +10,7 @@ import dns.message
 import dns.rcode
 import pytest
 
-from splitdns.answer import chain
+from splitdns.answer import chain, links
 from splitdns.answer.chain import Rewrite
 from tests.support.datagrams import datagrams
 from tests.unit.test_cache import make, query
@@ -53,7 +53,7 @@ def test_a_broken_link_costs_one_servfail_and_frees_the_leader(
     healthy = rewrite.after
     calls = 0
 
-    def once_broken(req: chain.Request, resp: chain.Response) -> chain.Response:
+    def once_broken(req: links.Request, resp: links.Response) -> links.Response:
         nonlocal calls
         calls += 1
         if calls == 1:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from splitdns import nat
+from splitdns.config import crosscheck
 from splitdns.config import model as config
 from splitdns.config.tree import ConfigError
 from tests.support.tools import need
@@ -118,7 +119,7 @@ def test_iptables_restore_accepts(example: str, hairpin: str) -> None:
 
 def test_check_warns_about_the_port_translated_forward() -> None:
     cfg = config.load(ROOT / "zones" / "port-forwards.yaml")
-    warnings = config.cross_check(cfg)
+    warnings = crosscheck.cross_check(cfg)
     assert len(warnings) == 1
     assert warnings[0].startswith("nat.forwards[2]: names rewritten to 192.168.1.2 send LAN")
     assert "192.168.1.2:8443" in warnings[0]
@@ -139,7 +140,7 @@ nat:
 """,
         "t.yaml",
     )
-    warnings = config.cross_check(cfg)
+    warnings = crosscheck.cross_check(cfg)
     assert any("192.168.1.7 is not the target of any nat forward" in w for w in warnings)
     assert any("does not contain nat.public 203.0.113.1" in w for w in warnings)
 
@@ -221,13 +222,13 @@ def test_check_warns_where_intercepted_devices_land() -> None:
     nat_text = NAT_OK + "    - {proto: tcp, port: 80, to: 192.168.1.2}\n"
     cfg = config.loads(base + nat_text + "  intercept_dns: {server: 192.168.1.53, "
                        "router: 192.168.1.1}\n", "t.yaml")  # fmt: skip
-    warned = config.cross_check(cfg)
+    warned = crosscheck.cross_check(cfg)
     assert any("which no view that rewrites holds" in w for w in warned), warned
     on_router = "  intercept_dns: {server: 192.168.1.9, on_router: true}\n"
     cfg = config.loads(base.replace("192.168.1.128/25", "192.168.1.0/24") + nat_text + on_router,
                        "t.yaml")  # fmt: skip
-    warned = config.cross_check(cfg)
+    warned = crosscheck.cross_check(cfg)
     assert any("the rules send LAN DNS to 192.168.1.9:53, but splitdns listens" in w
                for w in warned), warned  # fmt: skip
     assert not any("no view" in w for w in warned)
-    assert config.cross_check(config.load(ROOT / "zones" / "intercept.yaml")) == []
+    assert crosscheck.cross_check(config.load(ROOT / "zones" / "intercept.yaml")) == []
