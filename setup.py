@@ -19,6 +19,7 @@ HOT_MODULES = [
     "splitdns/answer/cache.py",
     "splitdns/upstream/group.py",
     "splitdns/upstream/plain.py",
+    "splitdns/upstream/packets.py",
     "splitdns/upstream/socketpool.py",
     "splitdns/upstream/health.py",
     "splitdns/answer/views.py",

@@ -4,12 +4,17 @@ The hot path never builds dnspython objects: queries are parsed by hand (header,
 OPT) and upstream answers are walked in place, so a rewrite is a 4- or 16-byte patch and the
 rest of the message stays exactly as the upstream sent it. dnspython is used only where a
 message must be rebuilt (removing RRSIGs after a rewrite, an OPT record in an odd place).
+
+One job read whole (about 1,100 lines): the format itself. Reading (names with their
+compression pointers, the walk, queries, EDNS options) and writing (answers, NODATA, the
+client's OPT, padding) share the same constants, bounds and rules, and a change to one side
+is checked against the other in the same file. What splitdns sends upstream and which replies
+it accepts is a policy on top of the format, kept apart (upstream/packets.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import secrets
 import struct
 from collections.abc import Callable, Iterator
@@ -614,66 +619,6 @@ def _is_signature(data: bytes, record: Record) -> bool:
     return record.rtype == TYPE_SIG and record.rdlength >= 2 and covered == b"\x00\x00"
 
 
-_ID_BATCH = 4096
-_ids: list[int] = []
-os.register_at_fork(after_in_child=_ids.clear)  # workers must not share a sequence
-
-
-def random_id() -> int:
-    """A query ID from the kernel's CSPRNG, drawn 4 096 at a time (one getrandom call, not
-    one per query); unpredictable all the same (RFC 5452)."""
-    if not _ids:
-        _ids.extend(memoryview(secrets.token_bytes(2 * _ID_BATCH)).cast("H").tolist())
-    return _ids.pop()
-
-
-def make_upstream_query(
-    query: Query, msg_id: int | None = None, mix_case: bool = False
-) -> tuple[int, bytes]:
-    """The query splitdns sends upstream: a fresh random ID, RD/CD copied, EDNS with DO copied.
-
-    splitdns always speaks EDNS upstream (so big answers come over UDP) and strips the reply's
-    OPT before answering, adding its own when the client used EDNS. With `mix_case` the name's
-    letters get random case (draft-vixie-dnsext-dns0x20): a reply must echo it exactly, which
-    adds one bit per letter to what a spoofer has to guess.
-    """
-    if msg_id is None:
-        msg_id = random_id()
-    if query.signed is not None:  # the signature covers every byte but the ID: relay as is
-        return msg_id, struct.pack("!H", msg_id) + query.signed[2:]
-    question = query.question.wire
-    if mix_case:
-        question = _mixed_case(question[:-4]) + question[-4:]
-    return msg_id, upstream_packet(msg_id, query.flags, question, query.do)
-
-
-def upstream_packet(msg_id: int, query_flags: int, question: bytes, do: bool) -> bytes:
-    """Our query upstream: RD and CD as the client set them, EDNS with its DO bit."""
-    head = HEADER.pack(msg_id, query_flags & (RD | CD), 1, 0, 0, 1)
-    return head + question + (_OPT_DO if do else _OPT_PLAIN)
-
-
-def _mixed_case(name_wire: bytes) -> bytes:
-    """Flip the case of each letter at random (labels' length octets are never letters)."""
-    bits = secrets.randbits(len(name_wire))
-    out = bytearray(name_wire)
-    for i in range(len(out)):  # (mypyc cannot enumerate a bytearray)
-        octet = out[i]
-        if (0x41 <= octet <= 0x5A or 0x61 <= octet <= 0x7A) and (bits >> i) & 1:
-            out[i] = octet ^ 0x20
-    return bytes(out)
-
-
-def sent_question(packet: bytes, query: Query) -> bytes:
-    """The question bytes of a query made by make_upstream_query (with their case)."""
-    return packet[HEADER_LEN : HEADER_LEN + len(query.question.wire)]
-
-
-def echoes_question(data: bytes, question: bytes) -> bool:
-    """The reply repeats our question byte for byte (case included), right after the header."""
-    return data[HEADER_LEN : HEADER_LEN + len(question)] == question
-
-
 def _opt_record(payload: int, do: bool, ext_rcode: int = 0) -> bytes:
     ttl = (ext_rcode << 24) | (0x8000 if do else 0)
     return b"\x00" + struct.pack("!HHIH", TYPE_OPT, payload, ttl, 0)
@@ -878,8 +823,8 @@ def finalize(query: Query, bare: bytes, limit: int | None, options: bytes = b"")
     )
 
 
-_OPT_PLAIN = _opt_record(EDNS_PAYLOAD, False)
-_OPT_DO = _opt_record(EDNS_PAYLOAD, True)
+OPT_PLAIN = _opt_record(EDNS_PAYLOAD, False)
+OPT_DO = _opt_record(EDNS_PAYLOAD, True)
 
 
 def assemble(
@@ -902,7 +847,7 @@ def assemble(
     _, flags, qd, an, ns, ar = HEADER.unpack_from(bare)
     flags = (flags & ~RD) | (query_flags & RD) | RA
     body = bare[HEADER_LEN + len(question) :] if qd == 1 else b""
-    opt = (_OPT_DO if do else _OPT_PLAIN) if edns else b""
+    opt = (OPT_DO if do else OPT_PLAIN) if edns else b""
     if opt:
         ar += 1
         if options:
@@ -1089,52 +1034,6 @@ def rcode_name(rcode: int) -> str:
 
 def rcode_of(data: bytes) -> int:
     return data[3] & 0xF
-
-
-def reply_matches(reply: Message, msg_id: int, query: Query) -> bool:
-    """An upstream reply counts only if it is a response with our ID and our exact question,
-    and carries a transaction signature only when our query did (a TSIG or SIG(0) in the
-    answer to an unsigned query makes clients reject the whole answer)."""
-    if reply.msg_id != msg_id or not reply.flags & QR or len(reply.questions) != 1:
-        return False
-    if query.signed is None and any(
-        r.rtype == TYPE_TSIG or (r.rtype == TYPE_SIG and r.section == ADDITIONAL)
-        for r in reply.records
-    ):
-        return False
-    question = query.question
-    got = reply.questions[0]
-    return (got.name, got.qtype, got.qclass) == (question.name, question.qtype, question.qclass)
-
-
-def names_question(data: bytes, msg_id: int, question: Question, exact: bytes | None) -> bool:
-    """Whether a reply that cannot be read (walk failed) still carries our ID, QR and our
-    question, read as raw bytes right after the header: the upstream's own broken answer,
-    not a forgery (a forger who could match ID, port and question could as well forge a
-    readable one). Case-insensitive unless 0x20 sent `exact`."""
-    sent = exact if exact is not None else question.wire
-    end = HEADER_LEN + len(sent)
-    if len(data) < end or data[2] & 0x80 == 0 or data[4:6] != b"\x00\x01":
-        return False
-    if (data[0] << 8) | data[1] != msg_id:
-        return False
-    got = data[HEADER_LEN:end]
-    return got == sent if exact is not None else got.lower() == sent.lower()
-
-
-def make_probe() -> tuple[int, bytes]:
-    """A health probe: `health.splitdns.` TXT in class CH. splitdns answers it (REFUSED) without
-    asking any upstream, so an answer proves the server is alive and nothing more."""
-    msg_id = secrets.randbits(16)
-    return msg_id, HEADER.pack(msg_id, 0, 1, 0, 0, 0) + encode_name(
-        "health.splitdns"
-    ) + struct.pack("!HH", 16, 3)
-
-
-def is_answer_to(data: bytes, msg_id: int) -> bool:
-    return (
-        len(data) >= HEADER_LEN and HEADER.unpack_from(data)[0] == msg_id and bool(data[2] & 0x80)
-    )
 
 
 def refuse_raw(data: bytes) -> bytes | None:

@@ -16,6 +16,7 @@ from typing import Any
 from splitdns import wire
 from splitdns.config.model import Endpoint
 from splitdns.migrate.entries import IPAddress
+from splitdns.upstream import packets
 
 PARALLEL = 256
 Key = tuple[str, str]  # (name, "A" | "AAAA")
@@ -32,7 +33,7 @@ class _Exchange(asyncio.DatagramProtocol):
             return
         msg_id = (data[0] << 8) | data[1]
         pending = self.waiting.get(msg_id)
-        if pending is None or not wire.echoes_question(data, pending[0]):
+        if pending is None or not packets.echoes_question(data, pending[0]):
             return
         del self.waiting[msg_id]
         if not pending[1].done():
@@ -51,9 +52,9 @@ async def ask_all(keys: list[Key], server: Endpoint, timeout: float = 2.0) -> di
 
     async def one(key: Key) -> None:
         async with gate:
-            msg_id = wire.random_id()
+            msg_id = packets.random_id()
             while msg_id in exchange.waiting:
-                msg_id = wire.random_id()
+                msg_id = packets.random_id()
             packet = wire.make_query(key[0], wire.type_code(key[1]))
             packet = msg_id.to_bytes(2, "big") + packet[2:]
             future: asyncio.Future[bytes] = loop.create_future()

@@ -8,9 +8,9 @@ import socket
 import sys
 import time
 
-from splitdns import wire
 from splitdns.commands.loading import LISTEN_ENV, choose, load_or_report
 from splitdns.config.model import parse_endpoint
+from splitdns.upstream import packets
 
 
 def health_target(listen: str | None) -> str:
@@ -51,7 +51,7 @@ def answers(address: str, timeout: float) -> bool:
 
 def _unanswered(family: int, address: tuple[str, int], timeout: float) -> str | None:
     """Send the CH-class probe; None when the server answers it, else why not."""
-    msg_id, query = wire.make_probe()
+    msg_id, query = packets.make_probe()
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         try:
@@ -59,7 +59,7 @@ def _unanswered(family: int, address: tuple[str, int], timeout: float) -> str | 
             sock.send(query)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                if wire.is_answer_to(sock.recv(4096), msg_id):
+                if packets.is_answer_to(sock.recv(4096), msg_id):
                     return None
         except OSError as exc:
             return str(exc) or "no answer"

@@ -47,6 +47,7 @@ from splitdns.serve import replay
 from splitdns.serve.lanewatch import Deadlines, Readiness
 from splitdns.serve.published import Counts, Tapped, query_key
 from splitdns.serve.querylog import QueryLog
+from splitdns.upstream import packets
 from splitdns.upstream.forwarder import Forwarder
 from splitdns.upstream.group import Member, UpstreamGroup
 from splitdns.upstream.health import Health
@@ -207,7 +208,7 @@ class Express:
         """Start answering a cache miss from an allowed client (`peeked`: wire.peek's reading
         of it; `plan`: the client's view; `key`: the question's cache key there, whose parts
         are the name, type and class, DO and CD); False (nothing done) when the chain must
-        take it. The query goes out as wire.make_upstream_query makes it, on a fresh connected
+        take it. The query goes out as packets.make_upstream_query makes it, on a fresh connected
         socket (a random port) with a random ID, or on a pooled one with an ID free there
         (`socket_pool`). One flat function: each step a call of its own cost more than it."""
         _, lname, qtype_class, do, cd = key
@@ -259,15 +260,15 @@ class Express:
                 exchange.msg_id = msg_id
                 pooled.receivers[msg_id] = exchange
                 self.deadlines.watch(exchange, wait)
-                pooled.sock.send(wire.upstream_packet(msg_id, flags, question, do))
+                pooled.sock.send(packets.upstream_packet(msg_id, flags, question, do))
             else:
                 upstream = route.upstream
-                exchange.msg_id = msg_id = wire.random_id()
+                exchange.msg_id = msg_id = packets.random_id()
                 exchange.sock = sock = fresh_socket(upstream.family, upstream.address)
                 exchange.fd = fd = sock.fileno()
                 self.deadlines.watch(exchange, wait)
                 self.readiness.watch(fd, exchange)
-                sock.send(wire.upstream_packet(msg_id, flags, question, do))
+                sock.send(packets.upstream_packet(msg_id, flags, question, do))
         except OSError:
             exchange.close()
             self.coalesce.let_go(coalescing, exchange)
@@ -535,10 +536,12 @@ class _Exchange:
             query = None
         try:
             message = wire.walk(data)
-            matches = query is not None and wire.reply_matches(message, self.msg_id, query)
+            matches = query is not None and packets.reply_matches(message, self.msg_id, query)
         except wire.WireError as exc:
             matches = False
-            if query is not None and wire.names_question(data, self.msg_id, query.question, None):
+            if query is not None and packets.names_question(
+                data, self.msg_id, query.question, None
+            ):
                 # the upstream's own broken answer: a failure now, not a forgery to wait out
                 self.close()
                 route.group._failed(route.member, "malformed")

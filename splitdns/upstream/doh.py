@@ -19,6 +19,7 @@ import httpcore
 
 from splitdns import wire
 from splitdns.config.upstreams import UpstreamSpec
+from splitdns.upstream import packets
 from splitdns.upstream.bootstrap import Bootstrap
 from splitdns.upstream.dot import tls_context
 from splitdns.upstream.transport import (
@@ -88,7 +89,7 @@ class DnsOverHttps:
         return begin_task(self.exchange(query, timeout), on_done)
 
     async def exchange(self, query: wire.Query, timeout: float) -> Reply:
-        _, packet = wire.make_upstream_query(query, 0)
+        _, packet = packets.make_upstream_query(query, 0)
         headers = [
             (b"content-type", MEDIA_TYPE),
             (b"accept", MEDIA_TYPE),
@@ -124,7 +125,7 @@ class DnsOverHttps:
         except wire.WireError:
             self.stats.forged += 1
             raise TransportError("http", "reply is not a DNS message") from None
-        if not wire.reply_matches(message, 0, query):
+        if not packets.reply_matches(message, 0, query):
             self.stats.forged += 1
             raise TransportError("http", "reply does not answer our question")
         version = response.extensions.get("http_version", b"HTTP/1.1")

@@ -18,6 +18,7 @@ import struct
 
 from splitdns import wire
 from splitdns.config.upstreams import UpstreamSpec
+from splitdns.upstream import packets
 from splitdns.upstream.bootstrap import Bootstrap
 from splitdns.upstream.socketpool import deliver
 from splitdns.upstream.transport import (
@@ -61,7 +62,7 @@ class _Connection:
         msg_id = secrets.randbits(16)
         while msg_id in self.waiting:
             msg_id = secrets.randbits(16)
-        _, packet = wire.make_upstream_query(query, msg_id)
+        _, packet = packets.make_upstream_query(query, msg_id)
         future: asyncio.Future[tuple[bytes, wire.Message]] = (
             asyncio.get_running_loop().create_future()
         )

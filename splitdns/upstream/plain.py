@@ -16,6 +16,7 @@ import time
 
 from splitdns import wire
 from splitdns.config.upstreams import UpstreamSpec
+from splitdns.upstream import packets
 from splitdns.upstream.socketpool import Pooled, SocketPool, drain
 from splitdns.upstream.transport import (
     Attempt,
@@ -75,8 +76,8 @@ class PlainDNS:
         return await exchange_via(self, query, timeout)
 
     async def tcp(self, query: wire.Query, timeout: float) -> Reply:
-        msg_id, packet = wire.make_upstream_query(query, mix_case=self.mix_case)
-        exact = wire.sent_question(packet, query) if self.mix_case else None
+        msg_id, packet = packets.make_upstream_query(query, mix_case=self.mix_case)
+        exact = packets.sent_question(packet, query) if self.mix_case else None
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(self.endpoint.host, self.endpoint.port)
             try:
@@ -89,8 +90,8 @@ class PlainDNS:
                     except wire.WireError:
                         self.stats.forged += 1
                         continue
-                    if not wire.reply_matches(message, msg_id, query) or (
-                        exact is not None and not wire.echoes_question(data, exact)
+                    if not packets.reply_matches(message, msg_id, query) or (
+                        exact is not None and not packets.echoes_question(data, exact)
                     ):
                         self.stats.forged += 1
                         continue
@@ -141,8 +142,8 @@ class _UdpAttempt:
         self.pooled: Pooled | None = None
         if pool is not None:
             self.pooled, msg_id = pool.checkout()
-            self.msg_id, packet = wire.make_upstream_query(query, msg_id, owner.mix_case)
-            self.exact = wire.sent_question(packet, query) if owner.mix_case else None
+            self.msg_id, packet = packets.make_upstream_query(query, msg_id, owner.mix_case)
+            self.exact = packets.sent_question(packet, query) if owner.mix_case else None
             self.pooled.waiting[msg_id] = (query, self.exact, self)
             try:
                 self.pooled.sock.send(packet)
@@ -150,8 +151,8 @@ class _UdpAttempt:
                 self.cancel()
                 raise
             return
-        self.msg_id, packet = wire.make_upstream_query(query, mix_case=owner.mix_case)
-        self.exact = wire.sent_question(packet, query) if owner.mix_case else None
+        self.msg_id, packet = packets.make_upstream_query(query, mix_case=owner.mix_case)
+        self.exact = packets.sent_question(packet, query) if owner.mix_case else None
         self.sock = sock = fresh_socket(owner.family, owner.address)
         try:
             waiting: dict[int, Waiter] = {self.msg_id: (query, self.exact, self)}
@@ -211,7 +212,7 @@ async def ask_once(
     must come from `host:port`, carry our ID and echo our question. (data, its walk), or None:
     no usable reply."""
     loop = asyncio.get_running_loop()
-    msg_id, packet = wire.make_upstream_query(query)
+    msg_id, packet = packets.make_upstream_query(query)
     family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
     try:
         sock = fresh_socket(family, (host, port))
@@ -226,7 +227,7 @@ async def ask_once(
                     message = wire.walk(data)
                 except wire.WireError:
                     continue
-                if wire.reply_matches(message, msg_id, query):
+                if packets.reply_matches(message, msg_id, query):
                     return data, message
     except (OSError, TimeoutError):
         return None

@@ -22,6 +22,7 @@ import socket
 from typing import Protocol
 
 from splitdns import wire
+from splitdns.upstream import packets
 from splitdns.upstream.transport import TransportError, UpstreamStats, Waiter
 
 ROTATE_AFTER = 10_000  # queries a pooled socket (and its port) serves before it is replaced
@@ -38,7 +39,9 @@ def deliver(data: bytes, waiting: dict[int, Waiter], stats: UpstreamStats) -> No
     except wire.WireError as exc:
         msg_id = (data[0] << 8) | data[1] if len(data) >= 2 else -1
         waiter = waiting.get(msg_id)
-        if waiter is not None and wire.names_question(data, msg_id, waiter[0].question, waiter[1]):
+        if waiter is not None and packets.names_question(
+            data, msg_id, waiter[0].question, waiter[1]
+        ):
             if not waiter[2].done():
                 waiter[2].set_exception(TransportError("malformed", f"malformed reply ({exc})"))
             return
@@ -49,8 +52,8 @@ def deliver(data: bytes, waiting: dict[int, Waiter], stats: UpstreamStats) -> No
         stats.forged += 1
         return
     query, exact, future = waiter
-    if not wire.reply_matches(message, message.msg_id, query) or (
-        exact is not None and not wire.echoes_question(data, exact)
+    if not packets.reply_matches(message, message.msg_id, query) or (
+        exact is not None and not packets.echoes_question(data, exact)
     ):
         stats.forged += 1
         return
@@ -162,7 +165,7 @@ class SocketPool:
             sockets[index] = Pooled(self.address, self.family, self.stats)
         msg_id = draw & 0xFFFF
         while msg_id in pooled.waiting or msg_id in pooled.receivers:
-            msg_id = wire.random_id()
+            msg_id = packets.random_id()
         return pooled, msg_id
 
     @staticmethod

@@ -40,6 +40,7 @@ with atheris.instrument_imports():
     from splitdns.config import model as config
     from splitdns.migrate import render, sources, translate
     from splitdns.migrate.entries import ImportError_
+    from splitdns.upstream import packets
 
 LAN_TEXT = """
 views:
@@ -107,7 +108,7 @@ def fuzz_reply(data: bytes) -> None:
         query = wire.parse_query(wire.make_query(question.name, question.qtype))
     except (wire.WireError, ValueError):
         return  # a name make_query cannot spell (it takes text): not a reply we could match
-    if not wire.reply_matches(message, message.msg_id, query):
+    if not packets.reply_matches(message, message.msg_id, query):
         return
     bare, walked = wire.strip_opt(data, message)
     bare = wire.as_forwarder(bare)

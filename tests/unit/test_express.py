@@ -23,6 +23,7 @@ from splitdns.config import model as config
 from splitdns.serve import lanewatch
 from splitdns.serve import server as server_module
 from splitdns.serve.server import Server
+from splitdns.upstream import packets
 from tests.support.datagrams import datagrams
 
 Script = Callable[[dns.message.Message], list[bytes]]
@@ -350,8 +351,8 @@ def test_dnssec_answers_go_the_long_way() -> None:
 
 def test_wire_packet_matches_make_upstream_query() -> None:
     q = wire.parse_query(query("www.example.test.", want_dnssec=True))
-    _, packet = wire.make_upstream_query(q, 99)
-    assert packet == wire.upstream_packet(99, q.flags, q.question.wire, q.do)
+    _, packet = packets.make_upstream_query(q, 99)
+    assert packet == packets.upstream_packet(99, q.flags, q.question.wire, q.do)
 
 
 class BrokenLane:

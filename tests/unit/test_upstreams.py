@@ -14,6 +14,7 @@ from splitdns import wire
 from splitdns.config import model as config
 from splitdns.config.model import ConfigError
 from splitdns.config.upstreams import UpstreamSpec, local_reverse_zone, parse_upstream
+from splitdns.upstream import packets
 from splitdns.upstream.forwarder import Forwarder, every_upstream
 from splitdns.upstream.group import EXPLORE_EVERY, UpstreamGroup
 from splitdns.upstream.health import (
@@ -383,14 +384,14 @@ def test_mixed_case_keeps_the_name_and_changes_only_letters() -> None:
     query = wire.parse_query(wire.make_query("a-1.www.example.test", wire.TYPE_A))
     seen = set()
     for _ in range(20):
-        _, packet = wire.make_upstream_query(query, mix_case=True)
-        sent = wire.sent_question(packet, query)
+        _, packet = packets.make_upstream_query(query, mix_case=True)
+        sent = packets.sent_question(packet, query)
         assert sent.lower() == query.question.wire.lower() and len(sent) == len(query.question.wire)
-        assert wire.echoes_question(packet, sent)
+        assert packets.echoes_question(packet, sent)
         seen.add(sent)
     assert len(seen) > 10  # 17 letters: random case each time
-    _, plain = wire.make_upstream_query(query)
-    assert wire.sent_question(plain, query) == query.question.wire
+    _, plain = packets.make_upstream_query(query)
+    assert packets.sent_question(plain, query) == query.question.wire
 
 
 def test_socket_pool_reuses_ports_and_rotates_them(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,7 @@ from splitdns import wire
 from splitdns.answer import localanswers
 from splitdns.answer.views import client_address, is_allowed, select_view
 from splitdns.config import model as config
+from splitdns.upstream import packets
 
 
 def query_wire(name: str = "www.example.com.", rdtype: str = "A", **kw: object) -> bytes:
@@ -135,9 +136,9 @@ def test_an_upstreams_extended_errors_are_read() -> None:
 
 def test_upstream_query_has_fresh_id_and_edns() -> None:
     q = wire.parse_query(query_wire(want_dnssec=True))
-    ids = {wire.make_upstream_query(q)[0] for _ in range(50)}
+    ids = {packets.make_upstream_query(q)[0] for _ in range(50)}
     assert len(ids) > 40
-    msg_id, packet = wire.make_upstream_query(q)
+    msg_id, packet = packets.make_upstream_query(q)
     up = dns.message.from_wire(packet)
     assert up.id == msg_id and up.edns == 0 and up.payload == 1232
     assert up.ednsflags & dns.flags.DO
@@ -177,13 +178,13 @@ def test_read_name_escapes_dots_inside_labels() -> None:
 
 def test_reply_matching() -> None:
     q = wire.parse_query(query_wire())
-    msg_id, packet = wire.make_upstream_query(q)
+    msg_id, packet = packets.make_upstream_query(q)
     reply = dns.message.make_response(dns.message.from_wire(packet))
     walked = wire.walk(bytes(reply.to_wire()))
-    assert wire.reply_matches(walked, msg_id, q)
-    assert not wire.reply_matches(walked, msg_id ^ 1, q)
+    assert packets.reply_matches(walked, msg_id, q)
+    assert not packets.reply_matches(walked, msg_id ^ 1, q)
     other = wire.parse_query(query_wire("other.example.com."))
-    assert not wire.reply_matches(walked, msg_id, other)
+    assert not packets.reply_matches(walked, msg_id, other)
 
 
 # --------------------------------------------------------------------------- local answers
@@ -276,20 +277,20 @@ views:
 def test_query_ids_come_from_a_batch_that_forked_workers_do_not_share() -> None:
     import os
 
-    first = wire.random_id()
-    assert wire._ids, "a batch is kept after the first ID"
+    first = packets.random_id()
+    assert packets._ids, "a batch is kept after the first ID"
     assert 0 <= first < 65536
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: a worker after `--workers N` forks
-        os.write(write, str(len(wire._ids)).encode())
+        os.write(write, str(len(packets._ids)).encode())
         os._exit(0)
     os.close(write)
     left_in_child = int(os.read(read, 16))
     os.close(read)
     os.waitpid(pid, 0)
     assert left_in_child == 0  # it draws a batch of its own
-    assert len({wire.random_id() for _ in range(1000)}) > 950  # and IDs are spread
+    assert len({packets.random_id() for _ in range(1000)}) > 950  # and IDs are spread
 
 
 def test_the_peek_memo_is_bounded_and_reads_as_peek() -> None:
