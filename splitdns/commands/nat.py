@@ -22,7 +22,7 @@ def command(args: argparse.Namespace) -> int:
     if config.nat is None:
         print(
             f"{path}: no 'nat:' section to render (zones/port-forwards.yaml has one to start "
-            "from; docs/configuration.md: `nat:` - the router side)",
+            "from; docs/nat.md)",
             file=sys.stderr,
         )
         return 1

@@ -147,7 +147,7 @@ def test_every_command_takes_splitdns_config_and_says_so(tmp_path: Path) -> None
         assert nat.returncode == 1
         assert nat.stderr.strip() == (
             f"{conf}: no 'nat:' section to render (zones/port-forwards.yaml has one to start "
-            "from; docs/configuration.md: `nat:` - the router side)"
+            "from; docs/nat.md)"
         )
     finally:
         fake.stop()

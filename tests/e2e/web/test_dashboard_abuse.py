@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from splitdns.config.passwords import make_hash, write_hash
-from tests.e2e.test_dashboard_api import Dash, start
+from tests.e2e.web.test_dashboard_api import Dash, start
 from tests.support.servers import NSD
 
 PASSWORD = "the admin's own"
