@@ -712,11 +712,23 @@ def make_nodata(query: Query, soa: Soa | None, ttl: int) -> bytes:
     return head + query.question.wire + _soa_record(soa, ttl)
 
 
-def _soa_record(soa: Soa, ttl: int) -> bytes:
-    """`soa` as a record, its TTL and MINIMUM no longer than `ttl`."""
+def make_zone_negative(query: Query, soa: Soa, rcode: int) -> bytes:
+    """NXDOMAIN or NODATA from a zone splitdns holds (authoritative: AA), with its SOA."""
+    head = HEADER.pack(query.msg_id, _response_flags(query.flags, rcode, aa=True), 1, 0, 1, 0)
+    return head + query.question.wire + _soa_record(soa, soa.ttl)
+
+
+def soa_rdata(soa: Soa, ttl: int) -> bytes:
+    """The SOA's RDATA, its MINIMUM no longer than `ttl`."""
     serial, refresh, retry, expire, minimum = soa.numbers
     rdata = encode_name(soa.mname) + encode_name(soa.rname)
-    rdata += struct.pack("!5I", serial, refresh, retry, expire, min(minimum, ttl))
+    return rdata + struct.pack("!5I", serial, refresh, retry, expire, min(minimum, ttl))
+
+
+def _soa_record(soa: Soa, ttl: int) -> bytes:
+    """`soa` as a record, its TTL and MINIMUM no longer than `ttl`."""
+    minimum = soa.numbers[4]
+    rdata = soa_rdata(soa, ttl)
     head = struct.pack("!HHIH", TYPE_SOA, CLASS_IN, min(ttl, soa.ttl, minimum), len(rdata))
     return encode_name(soa.zone) + head + rdata
 

@@ -20,6 +20,7 @@ LAYERS = {
     "upstream": 2,
     "nat": 2,
     "migrate": 2,
+    "dynamic": 2,
     "answer": 3,
     "limits": 3,
     "listen": 4,
@@ -31,6 +32,7 @@ LAYERS = {
 }
 ORDER = (
     "cli -> commands -> web -> serve -> listen -> answer | limits -> upstream | nat | migrate "
+    "| dynamic "
     "-> config -> wire"
 )
 

@@ -21,12 +21,14 @@ from typing import Any, ClassVar, Protocol
 from splitdns import wire
 from splitdns.answer import ddr, localanswers, rewrite
 from splitdns.answer.cache import Cache, make_key
+from splitdns.answer.dynamicnames import DynamicNames
 from splitdns.answer.ipv6 import EmbeddedPublic, ShadowedAnswers, Synthesize, SynthesizedPointers
 from splitdns.answer.links import TAKE_CHAIN, Handler, Link, Outcome, Request, Response
 from splitdns.answer.rebinding import Guard
 from splitdns.answer.views import Admission
 from splitdns.config.model import Config
 from splitdns.config.upstreams import Forwarding, local_reverse_zone
+from splitdns.dynamic.store import Store
 from splitdns.upstream.forwarder import Forwarder
 from splitdns.upstream.transport import OnDone, Reply, UpstreamFailure, UpstreamStats
 
@@ -527,8 +529,11 @@ def _broken(req: Request, exc: BaseException, above: list[Link]) -> Response:
     return Response(wire.make_error(req.query, wire.SERVFAIL), Outcome.SERVFAIL)
 
 
-def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None) -> Pipeline:
-    """The order of the links, outermost first (each reason is why it stands there)."""
+def build_chain(
+    config: Config, upstreams: Forwarder, cache: Cache | None = None, names: Store | None = None
+) -> Pipeline:
+    """The order of the links, outermost first (each reason is why it stands there); `names`:
+    the dynamic zones' store, when the mapping has `dynamic:`."""
     cache = cache if cache is not None else Cache(config.cache)  # (an empty one is falsy)
     handler: Handler = Forward(upstreams)  # last: only what nobody else answered leaves the LAN
     guard = Guard(config)
@@ -552,6 +557,8 @@ def build_chain(config: Config, upstreams: Forwarder, cache: Cache | None = None
     pointers = SynthesizedPointers(handler)
     if any(v.dns64 is not None for v in config.views):
         handler = pointers  # above the reverse zones: a NAT64 prefix may sit inside one
+    if names is not None and config.dynamic is not None:
+        handler = DynamicNames(names, config, handler)  # above the reverse zones: it holds some
     handler = LocalHosts(handler)  # before the cache: local data is never aged or stale
     if config.doh_canary:
         handler = DohCanary(handler)  # before the cache: a local policy answer, never stored

@@ -24,6 +24,7 @@ import yaml
 
 from splitdns.config.dashboard import DashboardSettings, parse_dashboard
 from splitdns.config.dns64 import WKP, Dns64, parse_dns64, prefix_of
+from splitdns.config.dynamic import DynamicSettings, check_views, parse_dynamic
 from splitdns.config.encrypted import (
     EncryptedListener,
     TlsSettings,
@@ -250,6 +251,7 @@ class Config:
     #: RFC 7050 at start): an AAAA there that embeds a public IPv4 address a view rewrites
     #: points at the public address too (answer/ipv6.py's EmbeddedPublic)
     nat64_prefixes: tuple[ipaddress.IPv6Network, ...] = (WKP,)
+    dynamic: DynamicSettings | None = None  # the LAN's own names (config/dynamic.py)
 
     @property
     def rule_count(self) -> int:
@@ -388,6 +390,7 @@ TOP_KEYS = frozenset(
         "trusted_proxies",
         "trusted_ecs",
         "nat64_prefixes",
+        "dynamic",
     }
 )
 RATE_KEYS = frozenset({"qps", "burst", "exempt", "action", "table_size", "enabled"})
@@ -669,6 +672,10 @@ def from_node(root: Node) -> Config:
             config = replace(config, tls=TlsSettings(tkeys["cert"].text(), tkeys["key"].text()))
     if "state_dir" in keys:
         config = replace(config, state_dir=keys["state_dir"].text())
+    if "dynamic" in keys:
+        dynamic = parse_dynamic(keys["dynamic"], _network)
+        check_views(dynamic, [v.name for v in config.views], keys["dynamic"])
+        config = replace(config, dynamic=dynamic)
     if "nat64_prefixes" in keys:
         items = keys["nat64_prefixes"].items(allow_scalar=True)
         config = replace(config, nat64_prefixes=tuple(prefix_of(i) for i in items))

@@ -175,6 +175,9 @@ class Express:
         special = set(ddr.names(config)) | ({DohCanary.NAME} if config.doh_canary else set())
         special |= PrivateRelayCanary.NAMES if config.block_private_relay else set()
         self.special = frozenset(wire.encode_name(n).lower() for n in special)
+        # the dynamic zones' names are the chain's (answered locally, never forwarded)
+        zones = config.dynamic.zones if config.dynamic is not None else ()
+        self.local_zones = tuple(wire.encode_name(z).lower() for z in zones)
         self.loop: asyncio.AbstractEventLoop | None = None  # the first question's (servers are
         # made before their loop runs in some tools), and the deadlines kept on it
         self.deadlines: Deadlines
@@ -216,6 +219,8 @@ class Express:
         if qtype_class not in _A_AAAA or not flags & wire.RD:
             return False
         if lname in self.special or lname.endswith(b"\x04arpa\x00"):
+            return False
+        if self.local_zones and any(lname.endswith(z) for z in self.local_zones):
             return False
         if plan.shadowed_aaaa and qtype_class == _A_AAAA[1]:
             return False

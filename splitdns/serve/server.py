@@ -31,6 +31,7 @@ from splitdns.answer.links import Outcome, Request, Response
 from splitdns.answer.ratelimit import RateLimiter
 from splitdns.answer.views import client_address, is_allowed
 from splitdns.config.model import Config, Endpoint, IPAddress, IPNetwork, View
+from splitdns.dynamic.store import Store
 from splitdns.limits import budgets
 from splitdns.limits.connections import ConnectionBudget
 from splitdns.limits.inflight import InFlight
@@ -43,10 +44,12 @@ from splitdns.listen.wildcardudp import WildcardUdp
 from splitdns.serve import follow, nat64probe, replay
 from splitdns.serve.clienttrap import ClientTrap
 from splitdns.serve.express import DatagramSender, Express, ViewPlan, nat64_ranges
+from splitdns.serve.localnames import LocalNames
 from splitdns.serve.published import QTYPES, TAP_SIZE, Counts, Tapped, query_key
 from splitdns.serve.querylog import QueryLog
 from splitdns.serve.samples import History
 from splitdns.serve.streams import Streams
+from splitdns.serve.updates import is_update
 from splitdns.upstream.forwarder import Forwarder
 from splitdns.upstream.transport import Handover
 
@@ -64,7 +67,9 @@ class Server:
     def __init__(self, config: Config, upstreams: Forwarder | None = None) -> None:
         self.config = config
         self.upstreams = upstreams or Forwarder(config)
-        self.pipeline = build_chain(config, self.upstreams)
+        # the LAN's own names (`dynamic:`): their store outlives reloads that keep the zones
+        self.local = LocalNames(config) if config.dynamic is not None else None
+        self.pipeline = build_chain(config, self.upstreams, names=self._names())
         self.handler = self.pipeline.handler
         self.cache = self.pipeline.cache
         self.limiter = RateLimiter(config.rate_limit)
@@ -147,7 +152,13 @@ class Server:
             notes.append(f"{dropped} cache entries of changed views dropped")
         self.config = config
         self.upstreams = upstreams
-        self.pipeline = build_chain(config, upstreams, cache)
+        if self.local is not None:
+            self.local, said = self.local.reload(config)
+            notes += said
+        elif config.dynamic is not None:
+            self.local = LocalNames(config)
+            self.local.start()
+        self.pipeline = build_chain(config, upstreams, cache, self._names())
         self.handler = self.pipeline.handler
         self.cache = cache
         if config.rate_limit != old.rate_limit:
@@ -164,6 +175,9 @@ class Server:
         self.express = self._make_express()
         self._tell_synthesis(self.nat64_prefixes)  # (the new chain's links and lane)
         return notes
+
+    def _names(self) -> Store | None:
+        return self.local.store if self.local is not None else None
 
     def note_reload(self, why: str, error: str | None) -> None:
         """Remember the last reload's result for the dashboard (and count it)."""
@@ -247,6 +261,8 @@ class Server:
                 follow.follow_forever(lambda: self.config, lambda: self.upstreams, self._followed)
             )
             self._sampling = asyncio.ensure_future(self.history.run())
+            if self.local is not None:
+                self.local.start()
             if any(v.dns64 is not None or v.rules for v in self.config.views):
                 self._discovery = asyncio.ensure_future(self.discover_nat64())
         except (OSError, CertificateError):
@@ -287,6 +303,8 @@ class Server:
             await tcp.wait_closed()
         self._tcp.clear()
         self.querylog.close()
+        if self.local is not None:
+            self.local.stop()
         await self.upstreams.aclose()
 
     @property
@@ -324,6 +342,8 @@ class Server:
 
     async def respond(self, data: bytes, host: str, transport: str) -> bytes | None:
         """The answer to one message, or None to drop it."""
+        if is_update(data):  # RFC 2136: the dynamic zones' (NOTIMP without them)
+            return await self.update(data, host, transport)
         admitted = self.admit(data, host, transport)
         if not isinstance(admitted, Request):
             return admitted
@@ -547,6 +567,21 @@ class Server:
 
     # ------------------------------------------------------------------ UDP
 
+    async def update(self, data: bytes, host: str, transport: str) -> bytes | None:
+        """An UPDATE message: to the dynamic zones, or NOTIMP (a header) when there are none."""
+        if self.local is None:
+            if len(data) < wire.HEADER_LEN or not self.allowed(host):
+                return None
+            return wire.make_header_error((data[0] << 8) | data[1], data[2] << 8, wire.NOTIMP)
+        return await self.local.updates.handle(data, self.address_of(host), transport)
+
+    async def _udp_update(
+        self, data: bytes, host: str, addr: tuple[Any, ...], transport: DatagramSender
+    ) -> None:
+        answer = await self.update(data, host, "udp")
+        if answer is not None and not self.closing:
+            transport.sendto(answer, addr)
+
     def datagram(self, data: bytes, addr: tuple[Any, ...], transport: DatagramSender) -> None:
         """One UDP query: rate limit, a cache hit answered at once, else the express lane
         (the usual miss) or the chain's flat walk."""
@@ -610,6 +645,9 @@ class Server:
                     tap.append((host, plan.name, data, entry.changes))
                 else:  # (beyond TAP_SIZE a tick: not even made)
                     tap.append((host, plan.name, data))
+            return
+        if peeked is None and len(data) > 3 and data[2] & 0x78 == 0x28:  # UPDATE (opcode 5)
+            self.spawn(self._udp_update(data, host, addr, transport))
             return
         if not self.inflight.take(host):
             return  # over its share of queries in flight (or all full): dropped, counted
