@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
+import dns.exception
 import dns.message
 import dns.name
 import dns.query
@@ -132,7 +135,7 @@ def test_refused_updates_change_nothing(served: SplitDNS, tmp_path: Path) -> Non
     # a clock 20 minutes off: BADTIME (the fudge is 5 minutes), signed, nothing changed
     ring = {dns.name.from_text("ddns-key"): dns.tsig.Key("ddns-key", SECRET, "hmac-sha256")}
     update = dns.update.UpdateMessage(ZONE, keyring=ring, keyname="ddns-key")
-    update.add(f"intruder.{ZONE}", 300, "A", "192.0.2.66")
+    update.add(f"intruder.{ZONE}.", 300, "A", "192.0.2.66")
     with mock.patch("time.time", return_value=time.time() - 1200):
         wire_bytes = update.to_wire()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -231,3 +234,52 @@ def test_dnsmasq_lease_file_names_and_their_reverse(
             time.sleep(0.2)
     finally:
         server.stop()
+
+
+def test_acknowledged_updates_survive_ten_sigkills(
+    tmp_path: Path, upstream: FakeUpstream, state: Path
+) -> None:
+    """1,000 acknowledged updates, the server SIGKILLed at a random moment while they arrive
+    (at least ten times, at most 40 rounds): after each restart every update it acknowledged is
+    answered, and the store loads."""
+    keys = keyfile(tmp_path / "ddns.key", SECRET)
+    text = config(upstream.address, keys, state)
+    ring = {dns.name.from_text("ddns-key"): dns.tsig.Key("ddns-key", SECRET, "hmac-sha256")}
+    rng = random.Random(2136)
+    acknowledged: list[int] = []
+    sent = kills = 0
+    while (len(acknowledged) < 1000 or kills < 10) and kills < 40:
+        kills += 1
+        server = SplitDNS(tmp_path, text)
+        try:
+            for n in acknowledged:  # every acknowledged one, after the last crash
+                got = answer(server, f"h{n}.{ZONE}", "AAAA")
+                assert [r.to_text() for rr in got.answer for r in rr] == [_address(n)], n
+            killer = threading.Timer(rng.uniform(0.02, 0.4), os.kill, (server.proc.pid, 9))
+            killer.start()
+            for _ in range(100):
+                update = dns.update.UpdateMessage(ZONE, keyring=ring, keyname="ddns-key")
+                update.add(f"h{sent}.{ZONE}.", 300, "AAAA", _address(sent))
+                try:
+                    reply = dns.query.tcp(update, "127.0.0.1", port=server.port, timeout=2)
+                except (OSError, EOFError, dns.exception.DNSException):
+                    break  # killed: this one may or may not be on disk, but was never acknowledged
+                assert reply.rcode() == dns.rcode.NOERROR
+                acknowledged.append(sent)
+                sent += 1
+            killer.join()
+        finally:
+            server.stop(sig=9)
+    print(f"\n{len(acknowledged)} updates acknowledged across {kills} SIGKILLs")
+    assert len(acknowledged) >= 1000 and kills >= 10
+    last = SplitDNS(tmp_path, text)
+    try:
+        for n in acknowledged:
+            got = answer(last, f"h{n}.{ZONE}", "AAAA")
+            assert [r.to_text() for rr in got.answer for r in rr] == [_address(n)], n
+    finally:
+        last.stop()
+
+
+def _address(n: int) -> str:
+    return f"2001:db8::{n + 1:x}"
