@@ -235,6 +235,7 @@ class Store:
         if not journal.exists():
             return
         lines = journal.read_bytes().split(b"\n")
+        last = max((n for n, raw in enumerate(lines, 1) if raw.strip()), default=0)
         for number, raw in enumerate(lines, 1):
             if not raw.strip():
                 continue
@@ -246,7 +247,7 @@ class Store:
                 ops = [(str(k), str(n), int(t), int(ttl), bytes.fromhex(r))
                        for k, n, t, ttl, r in entry["ops"]]  # fmt: skip
             except (ValueError, KeyError, TypeError):
-                if number >= len(lines) - 1:  # the last line: a write the crash cut short
+                if number == last:  # the last line: a write the crash cut short
                     log.warning("%s: a torn last line dropped (never acknowledged)", journal)
                     continue
                 raise StoreError(f"{journal}:{number}: not a journal line") from None

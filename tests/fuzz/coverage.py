@@ -9,6 +9,9 @@
   must parse with dnspython, say the same at every age but for TTLs, and hold no address a rule
   rewrites (in A, AAAA, ipv4hint, ipv6hint) in the answer or additional section.
 - differential: whatever wire.walk accepts, dnspython parses, with the same records.
+- update: an RFC 2136 UPDATE, signed with the harness's TSIG key or not, from an allowed
+  sender: judged against a zone with names, answered. Nothing may raise; every answer parses
+  with dnspython; the zone changes only on NOERROR.
 - import-FORMAT: a file of that format for `splitdns import` (AdGuard, Pi-hole, dnsmasq,
   Unbound, Technitium, CoreDNS, Blocky, hosts): only ImportError_ may stop it, and the mapping
   it makes loads.
@@ -27,6 +30,8 @@ from collections.abc import Callable
 import atheris
 
 with atheris.instrument_imports():
+    import asyncio
+
     import dns.message
     import dns.name
     import dns.rdata
@@ -38,8 +43,11 @@ with atheris.instrument_imports():
     from splitdns.answer.cache import Cache
     from splitdns.answer.svcb import TYPES as SVCB_TYPES
     from splitdns.config import model as config
+    from splitdns.config.dynamic import DynamicSettings, TsigKey
+    from splitdns.dynamic.store import Store
     from splitdns.migrate import render, sources, translate
     from splitdns.migrate.entries import ImportError_
+    from splitdns.serve.updates import Updates
     from splitdns.upstream import packets
 
 LAN_TEXT = """
@@ -176,10 +184,61 @@ def fuzz_import(fmt: str) -> Callable[[bytes], None]:
     return fuzz
 
 
+UPDATE_ZONE = "lan.home.test"
+UPDATE_KEY = TsigKey("ddns-key", "hmac-sha256", b"splitdns-fuzz-key-32-bytes-long!")
+_LOOP = asyncio.new_event_loop()
+
+
+def update_seeds() -> list[bytes]:
+    """Valid UPDATEs to start from: signed and not, adds, deletes, prerequisites."""
+    import dns.tsig
+    import dns.update
+
+    ring = {dns.name.from_text("ddns-key"): dns.tsig.Key("ddns-key", UPDATE_KEY.secret)}
+    made = []
+    for signed in (True, False):
+        kw = {"keyring": ring, "keyname": "ddns-key"} if signed else {}
+        u = dns.update.UpdateMessage(UPDATE_ZONE, **kw)  # type: ignore[arg-type]
+        u.absent("laptop")
+        u.add("laptop", 300, "A", "192.0.2.10")
+        u.add("laptop", 300, "DHCID", "AAIBY2/AuCccgoJbsaxcQc9TUapptP69lOjxfNuVAA2kjEA=")
+        made.append(u.to_wire())
+        u = dns.update.UpdateMessage(UPDATE_ZONE, **kw)  # type: ignore[arg-type]
+        u.present("nas", "A")
+        u.delete("nas", "A", "192.0.2.5")
+        u.delete("old")
+        made.append(u.to_wire())
+    return made
+
+
+def fuzz_update(data: bytes) -> None:
+    """An UPDATE from an allowed sender, judged and answered against a fresh zone."""
+    settings = DynamicSettings(zones=(UPDATE_ZONE,), keys=(UPDATE_KEY,))
+    store = Store(settings.zones, None)
+    store.commit(
+        store.zones[UPDATE_ZONE],
+        [("add", f"nas.{UPDATE_ZONE}", 1, 300, b"\xc0\x00\x02\x05")],
+        "seed",
+    )
+    serial = store.zones[UPDATE_ZONE].serial
+    updates = Updates(settings, store)
+    client = ipaddress.ip_address("127.0.0.1")
+    if len(data) > 3:  # the server hands only UPDATEs (opcode 5) here
+        data = data[:2] + bytes([(data[2] & 0x87) | 0x28]) + data[3:]
+    reply = _LOOP.run_until_complete(updates.handle(data, client, "udp"))
+    if reply is None:
+        assert len(data) < wire.HEADER_LEN
+        return
+    parsed = dns.message.from_wire(reply, keyring=False)
+    if parsed.rcode() != 0:
+        assert store.zones[UPDATE_ZONE].serial == serial, "a refused update changed the zone"
+
+
 HARNESSES: dict[str, Callable[[bytes], None]] = {
     "query": fuzz_query,
     "reply": fuzz_reply,
     "differential": fuzz_differential,
+    "update": fuzz_update,
     **{f"import-{fmt}": fuzz_import(fmt) for fmt in sources.FORMATS},
 }
 

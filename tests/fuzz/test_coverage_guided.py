@@ -26,7 +26,8 @@ IMPORTS = ["adguard", "pihole", "dnsmasq", "unbound", "technitium", "coredns", "
 
 
 @pytest.mark.parametrize(
-    "harness", ["query", "reply", "differential", *(f"import-{fmt}" for fmt in IMPORTS)]
+    "harness",
+    ["query", "reply", "differential", "update", *(f"import-{fmt}" for fmt in IMPORTS)],
 )
 def test_coverage_guided_harness_finds_nothing(harness: str, tmp_path: Path) -> None:
     try:
@@ -42,6 +43,16 @@ def test_coverage_guided_harness_finds_nothing(harness: str, tmp_path: Path) -> 
         for seed in sorted(IMPORT_SEEDS.glob("*")):
             shutil.copy(seed, work / seed.name)
         seconds = max(2, SECONDS // 10)
+    elif harness == "update":  # seeded with valid UPDATEs, signed and not
+        work.mkdir()
+        made = subprocess.run(
+            [sys.executable, "-c", "import sys; from tests.fuzz.coverage import update_seeds;"
+             "[open(f'{sys.argv[1]}/seed-{i}', 'wb').write(s) for i, s in "
+             "enumerate(update_seeds())]", str(work)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        seconds = max(2, SECONDS // 2)
     else:
         shutil.copytree(CORPUS, work)
     result = subprocess.run(
