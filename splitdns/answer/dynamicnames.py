@@ -35,6 +35,8 @@ class DynamicNames(Link):
         if found is None:
             return None
         zone, rcode, records = found
+        source = f"dynamic zone {zone.name}"  # (the query log's and the live feed's upstream)
         if records:
-            return Response(wire.make_answer(req.query, records), Outcome.LOCAL)
-        return Response(wire.make_zone_negative(req.query, zone.soa(), rcode), Outcome.LOCAL)
+            return Response(wire.make_answer(req.query, records), Outcome.LOCAL, upstream=source)
+        bare = wire.make_zone_negative(req.query, zone.soa(), rcode)
+        return Response(bare, Outcome.LOCAL, upstream=source)

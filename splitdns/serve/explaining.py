@@ -7,12 +7,14 @@ then asks the real chain for the final answer, so what it prints is what a clien
 
 from __future__ import annotations
 
+import time
+
 from splitdns import wire
 from splitdns.answer import localanswers, rewrite
 from splitdns.answer.links import Outcome, Request
 from splitdns.answer.rebinding import Guard
 from splitdns.answer.views import client_address, is_allowed, select_view
-from splitdns.config.model import Config
+from splitdns.config.model import Config, IPAddress
 from splitdns.config.upstreams import local_reverse_zone
 from splitdns.serve.server import Server
 from splitdns.upstream.forwarder import Forwarder
@@ -41,6 +43,13 @@ async def explain(
             out.append(f"hosts: answered locally from view {view.name}'s hosts (never forwarded)")
             out += [f"  {line}" for line in wire.answer_lines(local)]
             return out
+    if config.dynamic is not None and config.dynamic.zone_of(query.question.name) is not None:
+        served = not config.dynamic.views or (
+            view is not None and view.name in config.dynamic.views
+        )
+        if served and (view is not None or not config.views):
+            return out + await _dynamic(config, query, address, live)
+        out.append("dynamic zones: not served to this client's view: forwarded as any name")
     zone = local_reverse_zone(config.forwarding, query.question.name)
     if zone is not None:
         out.append(f"reverse zone {zone}: private range, answered locally (RFC 6303) -> NXDOMAIN")
@@ -94,4 +103,27 @@ async def explain(
     final = wire.finalize(query, response.bare, None)
     out.append("final answer:")
     out += [f"  {line}" for line in wire.answer_lines(final)]
+    return out
+
+
+async def _dynamic(
+    config: Config, query: wire.Query, address: IPAddress, live: Server | None
+) -> list[str]:
+    """A name in a dynamic zone: where it came from (an update and its key, or a lease file,
+    and since when), then the answer the chain gives."""
+    server = live or Server(config)
+    assert server.local is not None
+    zone = server.local.store.zone_of(query.question.name)
+    assert zone is not None
+    owner = zone.owner(query.question.name)
+    if owner is None:
+        out = [f"dynamic zone {zone.name}: no such name (held here, never forwarded)"]
+    else:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.since))
+        out = [f"dynamic zone {zone.name}: from {owner.source}, since {since}"]
+    response = await server.handler(Request(query, address, "tcp"))
+    out.append("final answer:")
+    out += [f"  {line}" for line in wire.answer_lines(wire.finalize(query, response.bare, None))]
+    if live is None:
+        server.local.stop()
     return out

@@ -48,6 +48,7 @@ class LocalNames:
         self._stamps: dict[str, tuple[int, int, int] | None] = {}
         self._owners: dict[str, str] = {}  # lease name -> the client that holds it
         self._task: asyncio.Task[None] | None = None
+        self.serving = False  # only a serving store writes (explain and doctor only read it)
         self.read_leases()
 
     def reload(self, config: Config) -> tuple[LocalNames | None, list[str]]:
@@ -59,7 +60,10 @@ class LocalNames:
             self.store.directory
         ):
             self.stop()
-            return LocalNames(config), ["dynamic zones changed: read again from disk"]
+            fresh = LocalNames(config)
+            if self.serving:
+                fresh.start()
+            return fresh, ["dynamic zones changed: read again from disk"]
         self.settings = config.dynamic
         updates = Updates(config.dynamic, self.store)
         updates.counts = self.updates.counts
@@ -69,6 +73,7 @@ class LocalNames:
         return self, []
 
     def start(self) -> None:
+        self.serving = True
         if self.settings.leases and self._task is None:
             self._task = asyncio.ensure_future(self._poll())
 
@@ -76,10 +81,11 @@ class LocalNames:
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        try:
-            self.store.snapshot()  # the journal folded in: the next start reads one file
-        except OSError as exc:
-            log.warning("dynamic zones: no snapshot at stop (%s); the journal keeps all", exc)
+        if self.serving:
+            try:
+                self.store.snapshot()  # the journal folded in: the next start reads one file
+            except OSError as exc:
+                log.warning("dynamic zones: no snapshot at stop (%s); the journal keeps all", exc)
         self.store.close()
 
     async def _poll(self) -> None:

@@ -157,7 +157,8 @@ class Server:
             notes += said
         elif config.dynamic is not None:
             self.local = LocalNames(config)
-            self.local.start()
+            if self._follow is not None:  # (started: serving, not a tool's server)
+                self.local.start()
         self.pipeline = build_chain(config, upstreams, cache, self._names())
         self.handler = self.pipeline.handler
         self.cache = cache

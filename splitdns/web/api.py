@@ -174,6 +174,41 @@ def _name_text(name: str | bytes) -> str:
         return "?"
 
 
+def local_names(server: Server) -> dict[str, Any]:
+    """The dynamic zones' names: who (the name), where (its records), since when, from what
+    (an update and its key, or a lease file). Updates' names first, then leases', by name."""
+    local = server.local
+    if local is None:
+        return {"enabled": False, "names": []}
+    rows = []
+    for zone in local.store.zones.values():
+        for kind, held in (("update", zone.names), ("lease", zone.leased)):
+            for name, entry in sorted(held.items()):
+                shown = [
+                    _record(rtype, rdata) for rtype, (_, rdatas) in entry.rrsets.items()
+                    for rdata in rdatas
+                ]  # fmt: skip
+                rows.append({"name": name, "zone": zone.name, "kind": kind, "records": shown,
+                             "since": round(entry.since, 1), "source": entry.source})  # fmt: skip
+    return {"enabled": True, "names": rows[:NAMES_SHOWN], "total": len(rows)}
+
+
+NAMES_SHOWN = 500
+
+
+def _record(rtype: int, rdata: bytes) -> str:
+    """A record's type and data as text ("A 192.0.2.10", "PTR laptop.lan.")."""
+    name = QTYPES.get(rtype, f"TYPE{rtype}")
+    if rtype in (wire.TYPE_A, wire.TYPE_AAAA):
+        return f"{name} {ipaddress.ip_address(rdata)}"
+    if rtype in (wire.TYPE_PTR, wire.TYPE_CNAME):
+        try:
+            return f"{name} {wire.read_name(rdata, 0, compressed=False)[0]}."
+        except wire.WireError:
+            return f"{name} ?"
+    return f"{name} ({len(rdata)} bytes)"
+
+
 def clients(server: Server, feed: LiveFeed) -> dict[str, Any]:
     hidden = server.config.query_log.hide_clients
     since = feed.watching_since

@@ -140,6 +140,7 @@ class Operator:
                 Route("/api/series", self.api(lambda: self.server.history.series())),
                 Route("/api/rules", self.api(lambda: webapi.rules(self.server))),
                 Route("/api/clients", self.api(lambda: webapi.clients(self.server, self.feed))),
+                Route("/api/names", self.api(lambda: webapi.local_names(self.server))),
                 Route("/api/stream", self.stream),
                 Route("/api/explain", self.explain),
                 Mount("/static", StaticFiles(directory=STATIC), name="static"),

@@ -78,6 +78,7 @@ class SplitdnsCollector(Collector):
             counts.express,
         )
         yield from _limit_families(srv)
+        yield from _dynamic_families(srv)
         yield GaugeMetricFamily(
             "splitdns_dashboard_streams",
             "Live query streams open on the dashboard (while none is, nothing is tapped)",
@@ -186,3 +187,24 @@ def _limit_families(srv: object) -> Iterator[Metric]:
         sizes.add_metric([name], getattr(sized, name))
     sizes.add_metric(["nofile"], sized.nofile)
     yield sizes
+
+
+def _dynamic_families(srv: object) -> Iterator[Metric]:
+    """The LAN's own names (`dynamic:`): updates by result, names held by zone and source."""
+    local = getattr(srv, "local", None)
+    if local is None:
+        return
+    yield _by_result(
+        "splitdns_dynamic_updates",
+        "RFC 2136 updates: ok, or why refused (unsigned, badkey, badsig, badtime, refused: a "
+        "sender outside allow_update, notauth, notzone, nxdomain, yxdomain, nxrrset, yxrrset, "
+        "formerr, servfail: the journal could not be written)",
+        local.updates.counts,
+    )
+    names = GaugeMetricFamily(
+        "splitdns_dynamic_names", "Names held in the dynamic zones", labels=["zone", "source"]
+    )
+    for zone in local.store.zones.values():
+        names.add_metric([zone.name, "update"], len(zone.names))
+        names.add_metric([zone.name, "lease"], len(zone.leased))
+    yield names

@@ -7,14 +7,17 @@ not held) change nothing; the names outlive a SIGKILL; dnsmasq's lease file is r
 from __future__ import annotations
 
 import base64
+import json
 import os
 import random
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -30,7 +33,7 @@ import dns.update
 import pytest
 
 from tests.support.fakeupstream import FakeUpstream
-from tests.support.servers import SplitDNS
+from tests.support.servers import SplitDNS, free_port
 from tests.support.tools import need
 
 ZONE = "lan.home.test"
@@ -211,10 +214,27 @@ def test_dnsmasq_lease_file_names_and_their_reverse(
         f"{int(time.time()) - 10} 02:00:00:00:00:04 192.0.2.34 expired *\n"
         f"{soon} 02:00:00:00:00:05 192.0.2.35 printer *\n"  # another device's name: not taken
     )
-    server = SplitDNS(tmp_path, config(upstream.address, keys, state, leases))
+    port = free_port()
+    text = config(upstream.address, keys, state, leases)
+    text += f"dashboard: {{listen: 127.0.0.1:{port}}}\nquery_log: {{path: '-'}}\n"
+    server = SplitDNS(tmp_path, text)
     try:
         got = answer(server, f"printer.{ZONE}")
         assert [r.to_text() for rr in got.answer for r in rr] == ["192.0.2.31"]
+        # the dashboard lists it (who, where, from what); /metrics counts it; the log marks it
+        names = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/names").read())
+        (row,) = [r for r in names["names"] if r["name"] == f"printer.{ZONE}"]
+        assert row["records"] == ["A 192.0.2.31"] and row["source"].startswith("lease file")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        assert f'splitdns_dynamic_names{{source="lease",zone="{ZONE}"}} 1.0' in metrics
+        server.wait_for(f'"upstream":"dynamic zone {ZONE}"')
+        conf = next(tmp_path.glob("splitdns-*.yaml"))
+        said = subprocess.run(
+            [sys.executable, "-m", "splitdns", "explain", "-c", str(conf), f"printer.{ZONE}",
+             "--client", "127.0.0.2"], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert f"dynamic zone {ZONE}: from lease file {leases}" in said.stdout, said
+        assert "192.0.2.31" in said.stdout.split("final answer:")[-1], said.stdout
         assert server.dig("-x", "192.0.2.31", "+short", source="127.0.0.2").strip() == (
             f"printer.{ZONE}."
         )

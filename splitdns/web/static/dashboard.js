@@ -187,6 +187,21 @@ async function refreshClients() {
   fill($("clients"), rows, c.hidden ? "hidden" : "none yet", 4);
 }
 
+// ---------------------------------------------------------------- local names
+
+async function refreshNames() {
+  const n = await getJSON("/api/names");
+  $("names-note").textContent = n.enabled
+    ? `The LAN's own names, from DHCP (RFC 2136 updates and lease files)${n.total > n.names.length ? `: the first ${n.names.length} of ${n.total}` : ""}.`
+    : "No dynamic: section in the mapping: names from DHCP are not kept here.";
+  const rows = n.names.map((x) => {
+    const tr = el("tr");
+    tr.append(el("td", x.name, "mono"), el("td", x.records.join(", "), "mono"), el("td", x.source), el("td", ago(x.since)));
+    return tr;
+  });
+  fill($("names"), rows, n.enabled ? "none yet" : "off", 4);
+}
+
 // ---------------------------------------------------------------- live queries
 
 function streamURL() {
@@ -301,5 +316,6 @@ document.addEventListener("DOMContentLoaded", () => {
   every(10, refreshSeries);
   every(3, refreshRules);
   every(5, refreshClients);
+  every(5, refreshNames);
   connect();
 });
