@@ -114,6 +114,7 @@ def cross_check(config: Config) -> list[str]:
     """What `check` warns about: views whose clients `allow` refuses, and where the DNS
     rewrite and the NAT forwards disagree."""
     warnings = views_outside_allow(config) + dns64_dead_ends(config) + shadowed_names(config)
+    warnings += dynamic_warnings(config)
     board = config.dashboard
     if board is not None and not board.loopback and not board.https:
         warnings.append(
@@ -185,3 +186,41 @@ def intercept_warnings(config: Config) -> list[str]:
             "clients"
         )
     return out
+
+
+#: Suffixes no public DNS serves (RFC 8375, RFC 6762, draft-ietf-dnsop-internal-tld), and the
+#: private reverse zones: a dynamic zone elsewhere may also exist publicly.
+PRIVATE_SUFFIXES = ("home.arpa", "local", "lan", "internal", "localdomain", "in-addr.arpa",
+                    "ip6.arpa", "test", "example", "invalid")  # fmt: skip
+
+
+def dynamic_warnings(config: Config) -> list[str]:
+    """The LAN's own names beside the mapping: a `hosts` name inside a dynamic zone (it wins:
+    no device can claim it), UPDATEs with no key (refused), a zone that may be public (its
+    public names are hidden from the views it is served to)."""
+    dynamic = config.dynamic
+    if dynamic is None:
+        return []
+    warnings = []
+    for view in config.views:
+        names = [*view.hosts.exact, *(f"*.{p.suffix}" for p, _ in view.hosts.wildcards)]
+        for name in names:
+            zone = dynamic.zone_of(name.removeprefix("*."))
+            if zone is not None:
+                warnings.append(
+                    f"views.{view.name}.hosts: {name} is inside dynamic zone {zone}: the hosts "
+                    "entry is answered, whatever a device or an update claims for it"
+                )
+    if not dynamic.keys:
+        warnings.append(
+            "dynamic.keys_file: none given: every RFC 2136 update is refused (lease files "
+            "still fill the zones); `tsig-keygen NAME > FILE` makes one"
+        )
+    for zone in dynamic.zones:
+        if not any(zone == s or zone.endswith("." + s) for s in PRIVATE_SUFFIXES):
+            warnings.append(
+                f"dynamic.zones: {zone} may also exist in public DNS: the views it is served to "
+                "see only the names splitdns holds there (a subdomain such as lan.{zone} or a "
+                "home.arpa name keeps the public ones)"
+            )
+    return warnings

@@ -146,3 +146,19 @@ def test_judge_refuses_other_zones_names_outside_and_a_taken_name() -> None:
     fine.replace("a", 300, "A", "192.0.2.7")
     rcode, _, ops = judge(dns.message.from_wire(fine.to_wire()), store)
     assert rcode == wire.NOERROR and [k for k, *_ in ops] == ["del_rrset", "add"]
+
+
+def test_check_warns_where_the_mapping_and_the_dynamic_zones_meet(tmp_path: Path) -> None:
+    from splitdns.config.crosscheck import cross_check
+
+    loaded = config.loads(
+        "views:\n  - name: lan\n    clients: [192.0.2.0/24]\n"
+        "    hosts: {nas.lan.home.arpa: 192.0.2.5}\n"
+        "dynamic:\n  zones: [lan.home.arpa, corp.example.com]\n",
+        "m.yaml",
+    )
+    said = cross_check(loaded)
+    assert any("nas.lan.home.arpa is inside dynamic zone lan.home.arpa" in w for w in said)
+    assert any("every RFC 2136 update is refused" in w for w in said)
+    assert any("corp.example.com may also exist in public DNS" in w for w in said)
+    assert not any("lan.home.arpa may also" in w for w in said)

@@ -140,3 +140,46 @@ def test_kea_leases_a_name_and_splitdns_serves_it(lan: TwoHosts, shared: Path) -
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{logs()}") from None
     assert os.path.exists(shared / "state" / "dynamic" / "journal.jsonl")
+
+
+def test_dnsmasq_as_the_dhcp_server_its_lease_file_names(lan: TwoHosts, shared: Path) -> None:
+    """dnsmasq with its DNS off (port=0) leases an address to `laptop`; splitdns reads the
+    lease file dnsmasq writes and answers laptop.<zone> and its reverse name."""
+    dnsmasq = need("dnsmasq", "dnsmasq-base")
+    busybox = need("busybox", "busybox")
+    dig = need("dig", "bind9-dnsutils")
+    leases = shared / "dnsmasq.leases"
+    conf = shared / "splitdns.yaml"
+    conf.write_text(
+        f'listen: ["{SPLITDNS}:53"]\nupstreams: ["127.0.0.1:5399"]\n'
+        f"allow: [192.0.2.0/24]\nstate_dir: {shared / 'state'}\n"
+        "views:\n  - name: lan\n    clients: [192.0.2.0/24]\n"
+        f"dynamic:\n  zones: [{ZONE}, {REVERSE}]\n"
+        f"  leases: [{{file: {leases}, format: dnsmasq, zone: {ZONE}}}]\n"
+    )
+    lan.spawn(lan.srv, sys.executable, "-m", "splitdns", "serve", "-c", str(conf),
+              log=shared / "splitdns.out")  # fmt: skip
+    lan.spawn(
+        lan.srv, dnsmasq, "--no-daemon", "--port=0", f"--interface={lan.srv_if}",
+        "--bind-interfaces", "--dhcp-range=192.0.2.100,192.0.2.199,10m",
+        f"--dhcp-option=option:dns-server,{SPLITDNS}", f"--dhcp-leasefile={leases}",
+        f"--pid-file={shared / 'dnsmasq.pid'}", "--user=root", "--log-dhcp",
+        log=shared / "dnsmasq.out",
+    )  # fmt: skip
+
+    def ask(*args: str) -> str:
+        return lan.exec(lan.srv, dig, f"@{SPLITDNS}", "-b", OTHER_LAN_CLIENT, "+tries=1",
+                        "+time=1", *args, check=False)  # fmt: skip
+
+    wait_for(lambda: "status:" in ask(f"x.{ZONE}"), 15, "splitdns answering")
+    out = shared / "lease.txt"
+    script = shared / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT.format(out=out))
+    script.chmod(0o755)
+    lan.exec(lan.cli, busybox, "udhcpc", "-i", lan.cli_if, "-n", "-q", "-f", "-t", "5", "-T", "2",
+             "-x", "hostname:laptop", "-s", str(script), timeout=60)  # fmt: skip
+    leased = out.read_text().strip().removeprefix("ip=")
+    took = wait_for(lambda: ask("+short", f"laptop.{ZONE}").split() == [leased], 3,
+                    "laptop's address from the lease file")  # fmt: skip
+    print(f"\nlaptop.{ZONE} -> {leased} served {took:.2f} s after dnsmasq's lease")
+    assert ask("+short", "-x", leased).split() == [f"laptop.{ZONE}."]
