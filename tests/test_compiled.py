@@ -24,15 +24,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITES = [
     "tests/unit",
     *(
-        f"tests/e2e/test_{name}.py"
+        f"tests/e2e/{name}.py" if "/" in name else f"tests/e2e/test_{name}.py"
         for name in (
             "fake_upstream",
             "nsd_upstream",
             "hostile_upstream",
             "answer_shapes",
-            "encrypted_listeners",
+            "listen/test_encrypted_listeners",
             "protocol_edges",
-            "client_address",
+            "listen/test_client_address",
             "upstream_routing",
             "reload",
         )

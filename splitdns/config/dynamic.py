@@ -29,7 +29,7 @@ ALGORITHMS = {
     "hmac-sha384": "hmac-sha384",
     "hmac-sha512": "hmac-sha512",
 }
-LEASE_FORMATS = ("dnsmasq",)
+LEASE_FORMATS = ("dnsmasq", "kea", "dhcpd")  # dnsmasq: also OpenWrt's /tmp/dhcp.leases
 KEYS = frozenset({"zones", "views", "keys_file", "allow_update", "leases", "lease_ttl"})
 LEASE_KEYS = frozenset({"file", "format", "zone"})
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))

@@ -113,7 +113,8 @@ class LocalNames:
                 if stamps[lease_file.path] is not None:
                     log.warning("lease file %s: %s", lease_file.path, exc)
                 continue
-            found = leasefiles.assign(leasefiles.read_dnsmasq(text, now), self._owners)
+            read = leasefiles.READERS[lease_file.format]
+            found = leasefiles.assign(read(text, now), self._owners)
             source = f"lease file {lease_file.path}"
             for label, held in found.items():
                 fqdn = f"{label}.{lease_file.zone}"

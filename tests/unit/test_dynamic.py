@@ -162,3 +162,62 @@ def test_check_warns_where_the_mapping_and_the_dynamic_zones_meet(tmp_path: Path
     assert any("every RFC 2136 update is refused" in w for w in said)
     assert any("corp.example.com may also exist in public DNS" in w for w in said)
     assert not any("lan.home.arpa may also" in w for w in said)
+
+
+def test_kea_memfile_csv_last_line_wins_and_released_ones_are_gone() -> None:
+    v4 = (
+        "address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostname,"
+        "state,user_context,pool_id\n"
+        "192.0.2.10,02:00:00:00:00:01,,600,2000000000,1,1,1,laptop.lan.test.,0,,0\n"
+        "192.0.2.11,02:00:00:00:00:02,,600,2000000000,1,1,1,nas.lan.test.,0,,0\n"
+        "192.0.2.11,02:00:00:00:00:02,,0,2000000000,1,1,1,nas.lan.test.,0,,0\n"  # released
+        "192.0.2.12,02:00:00:00:00:03,,600,2000000000,1,1,1,bad_name.lan.test.,0,,0\n"
+        "192.0.2.13,02:00:00:00:00:04,,600,2000000000,1,1,1,tv.lan.test.,1,,0\n"  # declined
+        "192.0.2.14,02:00:00:00:00:05,,600,100,1,1,1,old.lan.test.,0,,0\n"
+    )
+    found = leases.read_kea_csv(v4, now=1_000_000_000)
+    assert [(x.name, str(x.address), x.client) for x in found] == [
+        ("laptop", "192.0.2.10", "02:00:00:00:00:01")
+    ]
+    v6 = (
+        "address,duid,valid_lifetime,expire,subnet_id,pref_lifetime,lease_type,iaid,prefix_len,"
+        "fqdn_fwd,fqdn_rev,hostname,hwaddr,state,user_context,hwtype,hwaddr_source,pool_id\n"
+        "2001:db8::10,00:01:00:01:aa,600,2000000000,1,300,0,1,128,1,1,phone.lan.test.,,0,,,,0\n"
+    )
+    (phone,) = leases.read_kea_csv(v6, now=1_000_000_000)
+    assert (phone.name, str(phone.address), phone.client) == (
+        "phone",
+        "2001:db8::10",
+        "00:01:00:01:aa",
+    )
+
+
+def test_isc_dhcpd_leases_active_ones_by_client_hostname() -> None:
+    text = """
+lease 192.0.2.20 {
+  starts 1 2026/12/07 10:00:00;
+  ends 1 2033/05/18 03:33:20;
+  binding state active;
+  hardware ethernet 02:00:00:00:00:20;
+  client-hostname "Desktop";
+}
+lease 192.0.2.21 {
+  ends 1 2033/05/18 03:33:20;
+  binding state free;
+  client-hostname "freed";
+}
+lease 192.0.2.22 {
+  ends 1 2001/01/01 00:00:00;
+  binding state active;
+  client-hostname "expired";
+}
+lease 192.0.2.23 {
+  ends 1 2033/05/18 03:33:20;
+  binding state active;
+  client-hostname "two.labels";
+}
+"""
+    found = leases.read_dhcpd(text, now=1_800_000_000)
+    assert [(x.name, str(x.address), x.client) for x in found] == [
+        ("desktop", "192.0.2.20", "02:00:00:00:00:20")
+    ]
