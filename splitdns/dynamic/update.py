@@ -25,6 +25,7 @@ YXDOMAIN = 6
 YXRRSET = 7
 NXRRSET = 8
 #: types an update may not add (RFC 2136 section 3.4.1.2), and the ones splitdns keeps itself
+MAX_NAMES = 65536  # names an update may make in one zone (a LAN has a few hundred)
 NOT_ADDABLE = frozenset({255, 252, 251, 253, 254, wire.TYPE_SOA, wire.TYPE_NS, 250, 41})
 
 
@@ -72,6 +73,9 @@ def judge(msg: dns.message.Message, store: Store) -> tuple[int, Zone | None, lis
             ops += [("del_rr", name, rtype, 0, rd.to_wire()) for rd in rrset]
         else:
             return wire.FORMERR, zone, []
+    added = {name for kind, name, *_ in ops if kind == "add" and name not in zone.names}
+    if len(zone.names) + len(added) > MAX_NAMES:  # a key holder cannot fill the memory
+        return wire.REFUSED, zone, []
     return wire.NOERROR, zone, ops
 
 

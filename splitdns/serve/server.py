@@ -571,10 +571,14 @@ class Server:
     async def update(self, data: bytes, host: str, transport: str) -> bytes | None:
         """An UPDATE message: to the dynamic zones, or NOTIMP (a header) when there are none."""
         if self.local is None:
-            if len(data) < wire.HEADER_LEN or not self.allowed(host):
-                return None
-            return wire.make_header_error((data[0] << 8) | data[1], data[2] << 8, wire.NOTIMP)
+            return self._no_updates(data, host)
         return await self.local.updates.handle(data, self.address_of(host), transport)
+
+    def _no_updates(self, data: bytes, host: str) -> bytes | None:
+        """NOTIMP (the header) for an UPDATE to a server with no dynamic zones."""
+        if len(data) < wire.HEADER_LEN or not self.allowed(host):
+            return None
+        return wire.make_header_error((data[0] << 8) | data[1], data[2] << 8, wire.NOTIMP)
 
     async def _udp_update(
         self, data: bytes, host: str, addr: tuple[Any, ...], transport: DatagramSender
@@ -648,7 +652,16 @@ class Server:
                     tap.append((host, plan.name, data))
             return
         if peeked is None and len(data) > 3 and data[2] & 0x78 == 0x28:  # UPDATE (opcode 5)
-            self.spawn(self._udp_update(data, host, addr, transport))
+            local = self.local
+            early = None if local is None else local.updates.refusal(
+                data, self.address_of(host), "udp"
+            )  # fmt: skip
+            if local is not None and early is None:
+                self.spawn(self._udp_update(data, host, addr, transport))
+            else:  # turned away at once: no task for a flood
+                answer = early if local is not None else self._no_updates(data, host)
+                if answer is not None:
+                    transport.sendto(answer, addr)
             return
         if not self.inflight.take(host):
             return  # over its share of queries in flight (or all full): dropped, counted

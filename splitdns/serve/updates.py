@@ -32,6 +32,8 @@ from splitdns.dynamic.update import NOTAUTH, judge
 log = logging.getLogger(__name__)
 
 OPCODE_UPDATE = 5
+MAX_PENDING = 256  # updates waiting their turn; beyond, REFUSED at once (counted as busy)
+SAY_EVERY = 60.0
 TSIG_BADSIG, TSIG_BADKEY, TSIG_BADTIME = 16, 17, 18
 
 
@@ -50,17 +52,50 @@ class Updates:
             for k in settings.keys
         }
         self.counts: Counter[str] = Counter()  # by result, for /metrics and the dashboard
+        self.pending = 0  # updates read and waiting for the lock (or on disk)
+        self._said: dict[str, float] = {}
         self._lock = asyncio.Lock()
+
+    def refusal(self, data: bytes, client: IPAddress, transport: str) -> bytes | None:
+        """The answer to an UPDATE turned away before it is read (another transport, a
+        sender outside allow_update, too many waiting), else None: it may be judged. Cheap,
+        so a flood from the LAN costs no task and no parse."""
+        if transport not in ("udp", "tcp"):
+            return self._refuse(data, client, "refused", "over DoT/DoH", wire.NOTIMP)
+        if not is_allowed(self.settings.allow_update, client):
+            return self._refuse(data, client, "refused", "not in dynamic.allow_update")
+        if self.pending >= MAX_PENDING:
+            return self._refuse(data, client, "busy", f"{MAX_PENDING} updates already wait")
+        return None
+
+    def _refuse(
+        self, data: bytes, client: IPAddress, result: str, why: str, rcode: int = wire.REFUSED
+    ) -> bytes | None:
+        self.counts[result] += 1
+        self.say(f"UPDATE from {client} refused: {why}")
+        return _header_reply(data, rcode)
+
+    def say(self, line: str) -> None:
+        """Log at INFO, each kind of refusal at most once a minute (a flood is counted, not
+        logged line by line)."""
+        kind = line.split(": ", 1)[-1]
+        now = time.monotonic()
+        if now - self._said.get(kind, -SAY_EVERY) >= SAY_EVERY:
+            self._said[kind] = now
+            log.info("%s", line)
 
     async def handle(self, data: bytes, client: IPAddress, transport: str) -> bytes | None:
         """The answer to one UPDATE message (None: dropped, it could not be read at all)."""
-        if transport not in ("udp", "tcp"):
-            self.counts["refused"] += 1
-            return _header_reply(data, wire.NOTIMP)
-        if not is_allowed(self.settings.allow_update, client):
-            self.counts["refused"] += 1
-            log.info("UPDATE from %s refused: not in dynamic.allow_update", client)
-            return _header_reply(data, wire.REFUSED)
+        early = self.refusal(data, client, transport)
+        if early is not None or len(data) < wire.HEADER_LEN:
+            return early
+        self.pending += 1
+        try:
+            return await self._judged(data, client)
+        finally:
+            self.pending -= 1
+
+    async def _judged(self, data: bytes, client: IPAddress) -> bytes | None:
         try:
             msg = dns.message.from_wire(data, keyring=self.keyring)
         except dns.message.UnknownTSIGKey:
@@ -74,7 +109,7 @@ class Updates:
             return _header_reply(data, wire.FORMERR)
         if not msg.had_tsig:
             self.counts["unsigned"] += 1
-            log.info("UPDATE from %s refused: unsigned (dynamic.keys_file)", client)
+            self.say(f"UPDATE from {client} refused: unsigned (dynamic.keys_file)")
             return _reply(msg, wire.REFUSED)
         key = msg.keyname.to_text(omit_final_dot=True) if msg.keyname is not None else "?"
         source = f"update from {client} (key {key})"
@@ -97,7 +132,7 @@ class Updates:
         """NOTAUTH with the TSIG error (RFC 8945 section 5.2): unsigned for BADKEY and BADSIG
         (the MAC cannot or must not be trusted), signed for BADTIME, with our time."""
         self.counts[why] += 1
-        log.info("UPDATE from %s refused: TSIG %s", client, why.upper())
+        self.say(f"UPDATE from {client} refused: TSIG {why.upper()}")
         try:
             msg = dns.message.from_wire(data, keyring=False)
         except (dns.exception.DNSException, ValueError, struct.error):

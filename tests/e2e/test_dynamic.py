@@ -303,3 +303,31 @@ def test_acknowledged_updates_survive_ten_sigkills(
 
 def _address(n: int) -> str:
     return f"2001:db8::{n + 1:x}"
+
+
+def test_an_update_flood_from_the_lan_is_refused_at_once_and_logged_once(
+    served: SplitDNS, tmp_path: Path
+) -> None:
+    """2,000 UPDATE datagrams from a LAN address outside allow_update: each REFUSED (a header,
+    no task, no parse), one log line for all, and the LAN's queries answered meanwhile."""
+    update = dns.update.UpdateMessage(ZONE)
+    update.add(f"flood.{ZONE}.", 300, "A", "192.0.2.77")
+    data = update.to_wire()
+    refused = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.2", 0))
+        sock.settimeout(2)
+        for _ in range(40):  # in bursts of 50, each burst's answers read before the next
+            for _ in range(50):
+                sock.sendto(data, ("127.0.0.1", served.port))
+            assert answer(served, "www.example.test").answer  # the same device's query
+            for _ in range(50):
+                try:
+                    reply = sock.recv(512)
+                except TimeoutError:
+                    break
+                refused += dns.message.from_wire(reply).rcode() == dns.rcode.REFUSED
+    assert refused >= 1900, refused  # (UDP on loopback: a few may be dropped by the kernel)
+    assert answer(served, f"flood.{ZONE}").rcode() == dns.rcode.NXDOMAIN
+    time.sleep(0.3)
+    assert served.output.count("not in dynamic.allow_update") == 1, served.output[-2000:]
