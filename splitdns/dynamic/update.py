@@ -9,106 +9,93 @@ value-dependent), RRset does not exist.
 
 from __future__ import annotations
 
-import dns.message
-import dns.rdataclass
-import dns.rdatatype
-import dns.rrset
-
 from splitdns import wire
+from splitdns.dynamic.message import CLASS_ANY, CLASS_NONE, RR, Update
 from splitdns.dynamic.store import Op, Store, Zone
 
-ANY = dns.rdataclass.ANY
-NONE = dns.rdataclass.NONE
 NOTAUTH = 9
 NOTZONE = 10
 YXDOMAIN = 6
 YXRRSET = 7
 NXRRSET = 8
-#: types an update may not add (RFC 2136 section 3.4.1.2), and the ones splitdns keeps itself
 MAX_NAMES = 65536  # names an update may make in one zone (a LAN has a few hundred)
+#: types an update may not add (RFC 2136 section 3.4.1.2), and the ones splitdns keeps itself
 NOT_ADDABLE = frozenset({255, 252, 251, 253, 254, wire.TYPE_SOA, wire.TYPE_NS, 250, 41})
-
-
-def _name(rrset: dns.rrset.RRset) -> str:
-    return rrset.name.to_text(omit_final_dot=True).lower()
 
 
 def _inside(name: str, zone: Zone) -> bool:
     return name == zone.name or name.endswith("." + zone.name)
 
 
-def judge(msg: dns.message.Message, store: Store) -> tuple[int, Zone | None, list[Op]]:
-    """(rcode, zone, operations) for an UPDATE message: NOERROR with the operations to apply,
-    or the rcode that refuses it (FORMERR, NOTAUTH, NOTZONE, NXDOMAIN, YXDOMAIN, ...)."""
-    zones = msg.sections[0]
-    if len(zones) != 1 or zones[0].rdtype != dns.rdatatype.SOA:
+def judge(update: Update, store: Store) -> tuple[int, Zone | None, list[Op]]:
+    """(rcode, zone, operations) for an UPDATE: NOERROR with the operations to apply, or the
+    rcode that refuses it (FORMERR, NOTAUTH, NOTZONE, NXDOMAIN, YXDOMAIN, ...)."""
+    if len(update.zone) != 1 or update.zone[0][1] != wire.TYPE_SOA:
         return wire.FORMERR, None, []
-    zone = store.zones.get(_name(zones[0]))
-    if zone is None or zones[0].rdclass != dns.rdataclass.IN:
+    name, _, zone_class = update.zone[0]
+    zone = store.zones.get(name)
+    if zone is None or zone_class != wire.CLASS_IN:
         return NOTAUTH, None, []
-    rcode = _prerequisites(msg.sections[1], zone)
+    rcode = _prerequisites(update.prerequisites, zone)
     if rcode != wire.NOERROR:
         return rcode, zone, []
     ops: list[Op] = []
-    for rrset in msg.sections[2]:
-        name, rtype = _name(rrset), int(rrset.rdtype)
-        if not _inside(name, zone):
+    for rr in update.updates:
+        if not _inside(rr.name, zone):
             return NOTZONE, zone, []
-        if rrset.deleting is None:  # add to an RRset
-            if rrset.rdclass != dns.rdataclass.IN or rtype in NOT_ADDABLE:
-                if rtype in (wire.TYPE_SOA, wire.TYPE_NS):
-                    continue  # the zone's own: splitdns keeps them (ignored, as at the apex)
+        if rr.rclass == wire.CLASS_IN:  # add to an RRset
+            if rr.rtype in (wire.TYPE_SOA, wire.TYPE_NS):
+                continue  # the zone's own: splitdns keeps them (ignored, as at the apex)
+            if rr.rtype in NOT_ADDABLE:
                 return wire.FORMERR, zone, []
-            ops += [("add", name, rtype, int(rrset.ttl), rd.to_wire()) for rd in rrset]
-        elif rrset.ttl != 0:
+            ops.append(("add", rr.name, rr.rtype, rr.ttl, rr.rdata))
+        elif rr.ttl != 0:
             return wire.FORMERR, zone, []
-        elif rrset.deleting == ANY:  # delete an RRset, or every RRset of a name
-            if len(rrset):
+        elif rr.rclass == CLASS_ANY:  # delete an RRset, or every RRset of a name
+            if rr.rdata:
                 return wire.FORMERR, zone, []
-            kind = "del_name" if rtype == 255 else "del_rrset"
-            ops.append((kind, name, rtype, 0, b""))
-        elif rrset.deleting == NONE:  # delete RRs from an RRset
-            if rtype in (255, wire.TYPE_SOA, wire.TYPE_NS):
-                continue
-            ops += [("del_rr", name, rtype, 0, rd.to_wire()) for rd in rrset]
+            kind = "del_name" if rr.rtype == 255 else "del_rrset"
+            ops.append((kind, rr.name, rr.rtype, 0, b""))
+        elif rr.rclass == CLASS_NONE:  # delete an RR from an RRset
+            if rr.rtype not in (255, wire.TYPE_SOA, wire.TYPE_NS):
+                ops.append(("del_rr", rr.name, rr.rtype, 0, rr.rdata))
         else:
             return wire.FORMERR, zone, []
-    added = {name for kind, name, *_ in ops if kind == "add" and name not in zone.names}
+    added = {n for kind, n, *_ in ops if kind == "add" and n not in zone.names}
     if len(zone.names) + len(added) > MAX_NAMES:  # a key holder cannot fill the memory
         return wire.REFUSED, zone, []
     return wire.NOERROR, zone, ops
 
 
-def _prerequisites(section: list[dns.rrset.RRset], zone: Zone) -> int:
+def _prerequisites(section: list[RR], zone: Zone) -> int:
     """Section 3.2: NOERROR when every prerequisite holds, else the rcode of the first that
     does not."""
     wanted: dict[tuple[str, int], set[bytes]] = {}
-    for rrset in section:
-        name, rtype = _name(rrset), int(rrset.rdtype)
-        if not _inside(name, zone):
+    for rr in section:
+        if not _inside(rr.name, zone):
             return NOTZONE
-        if rrset.ttl != 0:
+        if rr.ttl != 0:
             return wire.FORMERR
-        owner = zone.owner(name)
+        owner = zone.owner(rr.name)
         present = owner.rrsets if owner is not None else {}
-        if rrset.deleting == ANY:
-            if len(rrset):
+        if rr.rclass == CLASS_ANY:
+            if rr.rdata:
                 return wire.FORMERR
-            if rtype == 255:
-                if not zone.exists(name):
+            if rr.rtype == 255:
+                if not zone.exists(rr.name):
                     return wire.NXDOMAIN
-            elif rtype not in present:
+            elif rr.rtype not in present:
                 return NXRRSET
-        elif rrset.deleting == NONE:
-            if len(rrset):
+        elif rr.rclass == CLASS_NONE:
+            if rr.rdata:
                 return wire.FORMERR
-            if rtype == 255:
+            if rr.rtype == 255:
                 if owner is not None:
                     return YXDOMAIN
-            elif rtype in present:
+            elif rr.rtype in present:
                 return YXRRSET
-        elif rrset.deleting is None and rrset.rdclass == dns.rdataclass.IN:
-            wanted.setdefault((name, rtype), set()).update(rd.to_wire() for rd in rrset)
+        elif rr.rclass == wire.CLASS_IN:
+            wanted.setdefault((rr.name, rr.rtype), set()).add(rr.rdata)
         else:
             return wire.FORMERR
     for (name, rtype), rdatas in wanted.items():  # value-dependent: the whole RRset, exactly

@@ -16,22 +16,19 @@ import struct
 import time
 from collections import Counter
 
-import dns.exception
-import dns.message
-import dns.name
-import dns.rcode
-import dns.tsig
-
 from splitdns import wire
 from splitdns.answer.views import is_allowed
 from splitdns.config.dynamic import DynamicSettings
 from splitdns.config.model import IPAddress
+from splitdns.dynamic import message
 from splitdns.dynamic.store import Store
 from splitdns.dynamic.update import NOTAUTH, judge
 
 log = logging.getLogger(__name__)
 
 OPCODE_UPDATE = 5
+RESULTS = {0: "ok", 1: "formerr", 2: "servfail", 3: "nxdomain", 5: "refused", 6: "yxdomain",
+           7: "yxrrset", 8: "nxrrset", 9: "notauth", 10: "notzone"}  # fmt: skip
 MAX_PENDING = 256  # updates waiting their turn; beyond, REFUSED at once (counted as busy)
 SAY_EVERY = 60.0
 TSIG_BADSIG, TSIG_BADKEY, TSIG_BADTIME = 16, 17, 18
@@ -47,10 +44,7 @@ class Updates:
     def __init__(self, settings: DynamicSettings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.keyring = {
-            dns.name.from_text(k.name): dns.tsig.Key(k.name + ".", k.secret, k.algorithm)
-            for k in settings.keys
-        }
+        self.keys = {k.name: k for k in settings.keys}
         self.counts: Counter[str] = Counter()  # by result, for /metrics and the dashboard
         self.pending = 0  # updates read and waiting for the lock (or on disk)
         self._said: dict[str, float] = {}
@@ -97,63 +91,50 @@ class Updates:
 
     async def _judged(self, data: bytes, client: IPAddress) -> bytes | None:
         try:
-            msg = dns.message.from_wire(data, keyring=self.keyring)
-        except dns.message.UnknownTSIGKey:
-            return self._tsig_failure(data, client, TSIG_BADKEY, "badkey")
-        except dns.tsig.BadTime:
-            return self._tsig_failure(data, client, TSIG_BADTIME, "badtime")
-        except (dns.tsig.BadSignature, dns.tsig.BadKey, dns.tsig.BadAlgorithm):
-            return self._tsig_failure(data, client, TSIG_BADSIG, "badsig")
-        except (dns.exception.DNSException, ValueError, struct.error):
+            update = message.parse(data)
+        except (wire.WireError, ValueError, struct.error):
             self.counts["formerr"] += 1
             return _header_reply(data, wire.FORMERR)
-        if not msg.had_tsig:
+        tsig = update.tsig
+        if tsig is None:
             self.counts["unsigned"] += 1
             self.say(f"UPDATE from {client} refused: unsigned (dynamic.keys_file)")
-            return _reply(msg, wire.REFUSED)
-        key = msg.keyname.to_text(omit_final_dot=True) if msg.keyname is not None else "?"
-        source = f"update from {client} (key {key})"
+            return message.answer(update, wire.REFUSED)
+        key = self.keys.get(tsig.key)
+        if key is None or key.algorithm != tsig.algorithm:
+            return self._tsig_failure(update, client, TSIG_BADKEY, "badkey")
+        if not message.verify(data, tsig, key.secret):
+            return self._tsig_failure(update, client, TSIG_BADSIG, "badsig")
+        now = int(time.time())
+        if abs(now - tsig.time_signed) > tsig.fudge:  # (after the MAC: RFC 8945 5.2.3)
+            self._tsig_failure(update, client, TSIG_BADTIME, "badtime")
+            refused = message.answer(update, NOTAUTH)
+            clock = struct.pack("!Q", now)[2:]
+            return message.signed(refused, update, key.secret, now, TSIG_BADTIME, clock)
+        source = f"update from {client} (key {tsig.key})"
         async with self._lock:  # one at a time: judged on what the last one left
-            rcode, zone, ops = judge(msg, self.store)
+            rcode, zone, ops = judge(update, self.store)
             if rcode == wire.NOERROR and zone is not None and ops:
                 line = self.store.apply_update(zone, ops, source)
                 try:
                     await asyncio.to_thread(self.store.persist, line)
                 except OSError as exc:
                     log.error("dynamic zones: the journal cannot be written: %s", exc)
-                    self.counts["servfail"] += 1
-                    return _reply(msg, wire.SERVFAIL)
-        result = dns.rcode.to_text(dns.rcode.Rcode(rcode)).lower() if rcode else "ok"
+                    rcode = wire.SERVFAIL
+        result = RESULTS.get(rcode, f"rcode{rcode}")
         self.counts[result] += 1
-        log.debug("UPDATE %s from %s: %s (%d changes)", msg.sections[0], client, result, len(ops))
-        return _reply(msg, rcode)
+        log.debug("UPDATE of %s from %s: %s (%d changes)", update.zone, client, result, len(ops))
+        return message.signed(message.answer(update, rcode), update, key.secret, now)
 
-    def _tsig_failure(self, data: bytes, client: IPAddress, error: int, why: str) -> bytes | None:
-        """NOTAUTH with the TSIG error (RFC 8945 section 5.2): unsigned for BADKEY and BADSIG
-        (the MAC cannot or must not be trusted), signed for BADTIME, with our time."""
+    def _tsig_failure(
+        self, update: message.Update, client: IPAddress, error: int, why: str
+    ) -> bytes | None:
+        """NOTAUTH with the TSIG error and no MAC (RFC 8945 section 5.2: BADKEY, BADSIG: the
+        key is unknown or the MAC must not be trusted); BADTIME's signed answer is made by
+        the caller."""
         self.counts[why] += 1
         self.say(f"UPDATE from {client} refused: TSIG {why.upper()}")
-        try:
-            msg = dns.message.from_wire(data, keyring=False)
-        except (dns.exception.DNSException, ValueError, struct.error):
-            return _header_reply(data, wire.FORMERR)
-        if error == TSIG_BADTIME and msg.keyname in self.keyring and msg.keyalgorithm:
-            msg.keyring = self.keyring
-            response = dns.message.make_response(msg)
-            response.set_rcode(dns.rcode.Rcode(NOTAUTH))
-            now = struct.pack("!Q", int(time.time()))[2:]
-            response.use_tsig(self.keyring, msg.keyname, tsig_error=error, other_data=now,
-                              algorithm=msg.keyalgorithm)  # fmt: skip
-            response.request_mac = msg.mac or b""
-            return response.to_wire()
-        return _unsigned_tsig_error(data, msg, error)
-
-
-def _reply(msg: dns.message.Message, rcode: int) -> bytes:
-    """The answer to a readable UPDATE: its zone section echoed, signed when it was."""
-    response = dns.message.make_response(msg)
-    response.set_rcode(dns.rcode.Rcode(rcode))
-    return response.to_wire()
+        return message.unsigned_error(update, error)
 
 
 def _header_reply(data: bytes, rcode: int) -> bytes | None:
@@ -162,23 +143,3 @@ def _header_reply(data: bytes, rcode: int) -> bytes | None:
         return None
     msg_id, flags = struct.unpack("!HH", data[:4])
     return wire.make_header_error(msg_id, flags, rcode)
-
-
-def _unsigned_tsig_error(data: bytes, msg: dns.message.Message, error: int) -> bytes:
-    """NOTAUTH, the zone section echoed, and a TSIG record with `error` and no MAC."""
-    assert msg.tsig is not None and msg.keyname is not None
-    rdata = msg.tsig[0]
-    zones = msg.sections[0]
-    zone = b"".join(
-        wire.encode_name(z.name.to_text(omit_final_dot=True))
-        + struct.pack("!HH", z.rdtype, z.rdclass)
-        for z in zones
-    )
-    flags = 0x8000 | (OPCODE_UPDATE << 11) | NOTAUTH
-    head = struct.pack("!HHHHHH", msg.id, flags, len(zones), 0, 0, 1)
-    tsig = wire.encode_name(rdata.algorithm.to_text(omit_final_dot=True))
-    tsig += struct.pack("!HI", (rdata.time_signed >> 32) & 0xFFFF, rdata.time_signed & 0xFFFFFFFF)
-    tsig += struct.pack("!HH", rdata.fudge, 0) + struct.pack("!HHH", msg.id, error, 0)
-    owner = wire.encode_name(msg.keyname.to_text(omit_final_dot=True))
-    record = owner + struct.pack("!HHIH", 250, 255, 0, len(tsig)) + tsig
-    return head + zone + record

@@ -14,6 +14,7 @@ from splitdns import wire
 from splitdns.config import model as config
 from splitdns.config.tree import ConfigError
 from splitdns.dynamic import leases
+from splitdns.dynamic.message import parse
 from splitdns.dynamic.store import Store, StoreError
 from splitdns.dynamic.update import NOTAUTH, NOTZONE, YXDOMAIN, judge
 
@@ -133,18 +134,18 @@ def test_judge_refuses_other_zones_names_outside_and_a_taken_name() -> None:
     add(store, f"a.{ZONE}", "192.0.2.1")
     other = dns.update.UpdateMessage("other.test")
     other.add("x", 300, "A", "192.0.2.5")
-    assert judge(dns.message.from_wire(other.to_wire()), store)[0] == NOTAUTH
+    assert judge(parse(other.to_wire()), store)[0] == NOTAUTH
     outside = dns.update.UpdateMessage(ZONE)
     outside.add("x.elsewhere.test.", 300, "A", "192.0.2.5")
-    assert judge(dns.message.from_wire(outside.to_wire()), store)[0] == NOTZONE
+    assert judge(parse(outside.to_wire()), store)[0] == NOTZONE
     taken = dns.update.UpdateMessage(ZONE)
     taken.absent("a")
     taken.add("a", 300, "A", "192.0.2.6")
-    assert judge(dns.message.from_wire(taken.to_wire()), store)[0] == YXDOMAIN
+    assert judge(parse(taken.to_wire()), store)[0] == YXDOMAIN
     fine = dns.update.UpdateMessage(ZONE)
     fine.present("a")
     fine.replace("a", 300, "A", "192.0.2.7")
-    rcode, _, ops = judge(dns.message.from_wire(fine.to_wire()), store)
+    rcode, _, ops = judge(parse(fine.to_wire()), store)
     assert rcode == wire.NOERROR and [k for k, *_ in ops] == ["del_rrset", "add"]
 
 
@@ -221,3 +222,29 @@ lease 192.0.2.23 {
     assert [(x.name, str(x.address), x.client) for x in found] == [
         ("desktop", "192.0.2.20", "02:00:00:00:00:20")
     ]
+
+
+def test_a_request_whose_id_differs_from_its_tsig_original_id_is_answered_verifiably() -> None:
+    """kea-dhcp-ddns sends a header ID other than the TSIG's original ID; the answer's MAC
+    must cover the original one (found by the Kea lab: D2 called the answer corrupt)."""
+    import asyncio
+    import struct
+
+    import dns.name
+    import dns.tsig
+
+    from splitdns.config.dynamic import DynamicSettings, TsigKey
+    from splitdns.serve.updates import Updates
+
+    key = TsigKey("ddns-key", "hmac-sha256", b"splitdns-unit-key-32-bytes-long!")
+    ring = {dns.name.from_text("ddns-key"): dns.tsig.Key("ddns-key", key.secret, "hmac-sha256")}
+    update = dns.update.UpdateMessage(ZONE, keyring=ring, keyname="ddns-key")
+    update.add(f"laptop.{ZONE}.", 300, "A", "192.0.2.10")
+    data = bytearray(update.to_wire())
+    struct.pack_into("!H", data, 0, (update.id + 1) & 0xFFFF)  # the header's ID changed
+    settings = DynamicSettings(zones=(ZONE,), keys=(key,))
+    updates = Updates(settings, Store(settings.zones, None))
+    reply = asyncio.run(updates.handle(bytes(data), ipaddress.ip_address("127.0.0.1"), "udp"))
+    assert reply is not None
+    checked = dns.message.from_wire(reply, keyring=ring, request_mac=update.mac)
+    assert checked.rcode() == 0 and checked.id == (update.id + 1) & 0xFFFF
