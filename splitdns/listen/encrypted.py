@@ -16,6 +16,7 @@ import logging
 import socket
 import ssl
 import struct
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
@@ -102,6 +103,9 @@ class EncryptedListeners:
         self._accepting: list[asyncio.Task[None]] = []
         self._sockets: list[socket.socket] = []
         self._proxied: set[asyncio.Task[None]] = set()
+        #: TLS handshakes done, by (transport, full | resumed): a phone that reconnects with
+        #: its session ticket (TLS 1.3) or session ID (1.2) skips the key exchange
+        self.handshakes: Counter[tuple[str, str]] = Counter()
 
     async def start(self) -> list[tuple[str, str]]:
         """Bind every tls:// and https:// address; returns (kind, address) as bound."""
@@ -188,6 +192,9 @@ class EncryptedListeners:
                 self.server.connections.closed["handshake"] += 1
                 return
             conn.transport = transport
+            tls = transport.get_extra_info("ssl_object")
+            resumed = tls is not None and tls.session_reused
+            self.handshakes[(conn.kind, "resumed" if resumed else "full")] += 1
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             await serve_one(reader, writer, host, conn)
         finally:

@@ -6,7 +6,7 @@ each message to `Server.datagram` (UDP: the cache hit and the express lane inlin
 is the one error boundary: an unexpected exception becomes SERVFAIL with the query's ID and
 question, never a crash.
 
-One job read whole (about 680 lines): the state every query reads (the views' plans, the
+One job read whole (about 740 lines): the state every query reads (the views' plans, the
 client memos, the chain, the lane, the budgets) and the start, reload and stop that make and
 swap it. Split, each half would have to know the other's fields; the transports, the TCP
 sessions and the NAT64 probe, which need only a few, live apart.

@@ -79,6 +79,15 @@ class SplitdnsCollector(Collector):
         )
         yield from _limit_families(srv)
         yield from _dynamic_families(srv)
+        handshakes = CounterMetricFamily(
+            "splitdns_tls_handshakes",
+            "TLS handshakes of DoT and DoH clients: full, or resumed (a session ticket or ID)",
+            labels=["transport", "kind"],
+        )
+        encrypted = getattr(srv, "encrypted", None)
+        for (transport, kind), n in sorted(getattr(encrypted, "handshakes", {}).items()):
+            handshakes.add_metric([transport, kind], n)
+        yield handshakes
         yield GaugeMetricFamily(
             "splitdns_dashboard_streams",
             "Live query streams open on the dashboard (while none is, nothing is tapped)",

@@ -293,6 +293,36 @@ def test_metrics_count_dot_and_doh(split: Split) -> None:
     assert total(samples, "splitdns_queries_total", transport="doh") >= 1
 
 
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_a_reconnecting_client_resumes_its_tls_session(
+    split: Split, version: str, tmp_path: Path
+) -> None:
+    """A phone reconnecting to DoT (and a browser to DoH) skips the key exchange: openssl
+    s_client with the first session's ticket (TLS 1.3) or ID (1.2) is told "Reused", and
+    the handshakes are counted full and resumed."""
+    openssl = need("openssl", "openssl")
+    session = tmp_path / "session.pem"
+    before = scrape(split.metrics)
+    for transport, port in (("dot", split.dot), ("doh", split.doh)):
+        said = []
+        for flag in ("-sess_out", "-sess_in"):
+            # (stdin held open a moment: TLS 1.3 tickets come after the handshake)
+            done = subprocess.run(
+                ["bash", "-c", f"sleep 0.5 | {openssl} s_client {version} -connect "
+                 f"127.0.0.1:{port} {flag} {session}"], capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            said.append(
+                next((x for x in done.stdout.splitlines() if x.startswith(("New,", "Reused,"))), "")
+            )
+        assert said[0].startswith("New,") and said[1].startswith("Reused,"), (transport, said)
+    after = scrape(split.metrics)
+    for transport in ("dot", "doh"):
+        for kind in ("full", "resumed"):
+            grew = total(after, "splitdns_tls_handshakes_total", transport=transport, kind=kind)
+            grew -= total(before, "splitdns_tls_handshakes_total", transport=transport, kind=kind)
+            assert grew == 1, (transport, kind, grew)
+
+
 def test_a_silent_tls_client_is_cut_off(split: Split) -> None:
     with socket.create_connection(("127.0.0.1", split.dot), timeout=10) as sock:
         began = time.monotonic()
