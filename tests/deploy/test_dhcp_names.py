@@ -117,7 +117,7 @@ def test_kea_leases_a_name_and_splitdns_serves_it(lan: TwoHosts, shared: Path) -
     client = lan.spawn(lan.cli, busybox, "udhcpc", "-i", lan.cli_if, "-f", "-R", "-t", "5",
                        "-T", "2", "-x", "hostname:laptop", "-s", str(script),
                        log=shared / "udhcpc.out")  # fmt: skip
-    wait_for(out.exists, 30, "a lease for the client")
+    wait_for(lambda: out.exists() and out.read_text().endswith("\n"), 30, "a lease for the client")
     leased = out.read_text().strip().removeprefix("ip=")
 
     def logs() -> str:  # read when a step fails
