@@ -65,6 +65,19 @@ def moved(text: str, interface: str, secret: str) -> str:
     return text.replace("PasteTheSecretFromEtcSplitdnsDdnsKeyHere000=", secret)
 
 
+def serve(lan: TwoHosts, shared: Path, dynamic: str) -> None:
+    """splitdns on the LAN address holding the test zones, `dynamic` the rest of its section."""
+    conf = shared / "splitdns.yaml"
+    conf.write_text(
+        f'listen: ["{SPLITDNS}:53"]\nupstreams: ["127.0.0.1:5399"]\n'
+        f"allow: [192.0.2.0/24]\nstate_dir: {shared / 'state'}\n"
+        "views:\n  - name: lan\n    clients: [192.0.2.0/24]\n"
+        f"dynamic:\n  zones: [{ZONE}, {REVERSE}]\n{dynamic}"
+    )
+    lan.spawn(lan.srv, sys.executable, "-m", "splitdns", "serve", "-c", str(conf),
+              log=shared / "splitdns.out")  # fmt: skip
+
+
 def wait_for(probe: object, timeout: float, what: str) -> float:
     began = time.monotonic()
     while time.monotonic() - began < timeout:
@@ -83,16 +96,7 @@ def test_kea_leases_a_name_and_splitdns_serves_it(lan: TwoHosts, shared: Path) -
     keys = shared / "ddns.key"
     keys.write_text(f'key "ddns-key" {{\n\talgorithm hmac-sha256;\n\tsecret "{secret}";\n}};\n')
     keys.chmod(0o600)
-    conf = shared / "splitdns.yaml"
-    conf.write_text(
-        f'listen: ["{SPLITDNS}:53"]\nupstreams: ["127.0.0.1:5399"]\n'
-        f"allow: [192.0.2.0/24]\nstate_dir: {shared / 'state'}\n"
-        "views:\n  - name: lan\n    clients: [192.0.2.0/24]\n"
-        f"dynamic:\n  zones: [{ZONE}, {REVERSE}]\n  keys_file: {keys}\n"
-        f"  allow_update: [{SPLITDNS}/32]\n"
-    )
-    lan.spawn(lan.srv, sys.executable, "-m", "splitdns", "serve", "-c", str(conf),
-              log=shared / "splitdns.out")  # fmt: skip
+    serve(lan, shared, f"  keys_file: {keys}\n  allow_update: [{SPLITDNS}/32]\n")
     d2_conf = moved((RECIPES / "kea-dhcp-ddns.conf").read_text(), lan.srv_if, secret)
     (shared / "kea-dhcp-ddns.conf").write_text(d2_conf)
     kea_conf = moved((RECIPES / "kea-dhcp4-ddns.conf").read_text(), lan.srv_if, secret)
@@ -149,16 +153,7 @@ def test_dnsmasq_as_the_dhcp_server_its_lease_file_names(lan: TwoHosts, shared: 
     busybox = need("busybox", "busybox")
     dig = need("dig", "bind9-dnsutils")
     leases = shared / "dnsmasq.leases"
-    conf = shared / "splitdns.yaml"
-    conf.write_text(
-        f'listen: ["{SPLITDNS}:53"]\nupstreams: ["127.0.0.1:5399"]\n'
-        f"allow: [192.0.2.0/24]\nstate_dir: {shared / 'state'}\n"
-        "views:\n  - name: lan\n    clients: [192.0.2.0/24]\n"
-        f"dynamic:\n  zones: [{ZONE}, {REVERSE}]\n"
-        f"  leases: [{{file: {leases}, format: dnsmasq, zone: {ZONE}}}]\n"
-    )
-    lan.spawn(lan.srv, sys.executable, "-m", "splitdns", "serve", "-c", str(conf),
-              log=shared / "splitdns.out")  # fmt: skip
+    serve(lan, shared, f"  leases: [{{file: {leases}, format: dnsmasq, zone: {ZONE}}}]\n")
     lan.spawn(
         lan.srv, dnsmasq, "--no-daemon", "--port=0", f"--interface={lan.srv_if}",
         "--bind-interfaces", "--dhcp-range=192.0.2.100,192.0.2.199,10m",
