@@ -380,6 +380,9 @@ def first_paint(page: str, status: dict[str, Any]) -> str:
         ('<tbody id="upstreams"></tbody>', f'<tbody id="upstreams">{rows}</tbody>'),
     ):  # fmt: skip
         page = page.replace(old, new, 1)
+    if status.get("login"):  # a password guards it: the way out is there from the first paint
+        page = page.replace('<form id="logout" method="post" action="/logout" hidden>',
+                            '<form id="logout" method="post" action="/logout">', 1)  # fmt: skip
     return page
 
 
