@@ -14,6 +14,7 @@ import ipaddress
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from splitdns.config.tree import ConfigError, Node
@@ -62,14 +63,16 @@ class DynamicSettings:
     lease_ttl: int = 300
 
     def zone_of(self, name: str) -> str | None:
-        """The longest configured zone `name` is in (or at), else None."""
-        best = None
-        for zone in self.zones:
-            if (name == zone or name.endswith("." + zone)) and (
-                best is None or len(zone) > len(best)
-            ):
-                best = zone
-        return best
+        return zone_for(name, self.zones)
+
+
+def zone_for(name: str, zones: Iterable[str]) -> str | None:
+    """The longest of `zones` that `name` is in (or at), else None."""
+    best = None
+    for zone in zones:
+        if (name == zone or name.endswith("." + zone)) and (best is None or len(zone) > len(best)):
+            best = zone
+    return best
 
 
 def _zone(node: Node) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from splitdns import wire
+from splitdns.config.dynamic import zone_for
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +114,8 @@ class Store:
             zone.serial = zone.serial or int(time.time()) & 0xFFFFFFFF
 
     def zone_of(self, name: str) -> Zone | None:
-        best = None
-        for zone_name, zone in self.zones.items():
-            if (name == zone_name or name.endswith("." + zone_name)) and (
-                best is None or len(zone_name) > len(best.name)
-            ):
-                best = zone
-        return best
+        found = zone_for(name, self.zones)
+        return self.zones[found] if found is not None else None
 
     def answer(
         self, name: str, qtype: int

@@ -44,7 +44,6 @@ class LocalNames:
         _make_for(directory, service_user(config.user))
         self.store = Store(config.dynamic.zones, directory)
         self.updates = Updates(config.dynamic, self.store)
-        self.suffixes = _wire_suffixes(config.dynamic.zones)
         self._stamps: dict[str, tuple[int, int, int] | None] = {}
         self._owners: dict[str, str] = {}  # lease name -> the client that holds it
         self._task: asyncio.Task[None] | None = None
@@ -147,11 +146,6 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return found.st_ino, found.st_mtime_ns, found.st_size
-
-
-def _wire_suffixes(zones: tuple[str, ...]) -> tuple[bytes, ...]:
-    """The zones as the lane sees names (wire format, lower case), to leave them to the chain."""
-    return tuple(wire.encode_name(z).lower() for z in zones)
 
 
 def _make_for(directory: Path, user: str) -> None:
