@@ -26,6 +26,7 @@ from splitdns.limits.connections import Connection, ConnectionBudget
 from splitdns.listen import certs
 from splitdns.listen.doh import DohApp, DohServing
 from splitdns.listen.ports import bind_problem
+from splitdns.listen.tlsstream import TlsStream
 
 
 class Streams(Protocol):
@@ -43,6 +44,8 @@ class Streams(Protocol):
     async def read_proxy_header(
         self, read_exactly: Callable[[int], Awaitable[bytes]], host: str
     ) -> str | None: ...
+
+    def session(self, host: str, transport: str, conn: Connection) -> asyncio.Protocol: ...
 
 
 class Serving(Protocol):
@@ -66,6 +69,8 @@ log = logging.getLogger(__name__)
 
 # serves one admitted connection once TLS is up: (reader, writer, client, its budget record)
 ServeOne = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str, Connection], Awaitable[None]]
+# sets up one admitted connection: (its socket, the peer's address, its budget record)
+SetUp = Callable[[socket.socket, str, Connection], Awaitable[None]]
 
 CERT_POLL = 1.0  # seconds between looks at the certificate files
 
@@ -123,24 +128,21 @@ class EncryptedListeners:
             sock.listen(256)
             sock.setblocking(False)
             if listener.kind == "dot":
-                serve_one: ServeOne = self._dot_connection
-                context = dot_context
+                setup: SetUp = functools.partial(self._dot, context=dot_context)
             else:
                 doh = DohServing(DohApp(self.server, listener.path), config)
                 self._doh.append(doh)
-                serve_one, context = doh.connection, doh_context
-            self._accepting.append(
-                asyncio.ensure_future(self._accept(sock, listener.kind, context, serve_one))
-            )
+                setup = functools.partial(
+                    self._connection, context=doh_context, serve_one=doh.connection
+                )
+            self._accepting.append(asyncio.ensure_future(self._accept(sock, listener.kind, setup)))
             self._sockets.append(sock)
             bound.append((listener.kind, str(shown)))
         if not self.files.self_signed:  # a made certificate is never renewed behind our back
             self._watch = asyncio.ensure_future(self._watch_certificate())
         return bound
 
-    async def _accept(
-        self, sock: socket.socket, kind: str, context: ssl.SSLContext, serve_one: ServeOne
-    ) -> None:
+    async def _accept(self, sock: socket.socket, kind: str, setup: SetUp) -> None:
         """Accept, admit to the connection budget at once (before any byte is read), then
         set the connection up in a task of its own."""
         budget = self.server.connections
@@ -151,10 +153,52 @@ class EncryptedListeners:
             if admitted is None:
                 reset(conn)
                 continue
-            task = asyncio.ensure_future(self._connection(conn, host, admitted, context, serve_one))
+            task = asyncio.ensure_future(setup(conn, host, admitted))
             admitted.task = task
             self._proxied.add(task)
             task.add_done_callback(self._proxied.discard)
+
+    async def _dot(
+        self, sock: socket.socket, host: str, conn: Connection, context: ssl.SSLContext
+    ) -> None:
+        """One admitted DoT connection: a trusted sender's PROXY header, then TLS through
+        memory BIOs (listen/tlsstream.py) under the RFC 7766 session protocol; the task ends
+        there (the connection lives on in its protocols; the budget is told when it ends)."""
+        loop = asyncio.get_running_loop()
+        server = self.server
+        config = server.config
+        sock.setblocking(False)
+        released = functools.partial(server.connections.release, conn)
+
+        def up(tls: TlsStream) -> asyncio.Protocol:
+            self.handshakes[("dot", "resumed" if tls.resumed else "full")] += 1
+            return server.streams.session(host, "dot", conn)
+
+        def failed() -> None:
+            server.connections.closed["handshake"] += 1
+
+        shim = TlsStream(context, config.limits.handshake_timeout, up, failed, released)
+        try:
+            if server.trusted(host, config.trusted_proxies):
+                named = await server.streams.read_proxy_header(
+                    functools.partial(_recv_exactly, loop, sock), host
+                )
+                if named is None:
+                    released()
+                    sock.close()
+                    return
+                host = named
+            await loop.connect_accepted_socket(lambda: shim, sock)
+        except OSError:
+            released()
+            sock.close()
+            return
+        except asyncio.CancelledError:  # closed by the budget while reading the header
+            released()
+            sock.close()
+            raise
+        conn.transport = shim
+        conn.task = None
 
     async def _connection(
         self,
@@ -203,17 +247,6 @@ class EncryptedListeners:
                 transport.abort()
             else:
                 sock.close()
-
-    async def _dot_connection(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        host: str,
-        conn: Connection,
-    ) -> None:
-        await self.server.streams.tcp_client(
-            reader, writer, transport="dot", client=host, conn=conn
-        )
 
     async def _watch_certificate(self) -> None:
         while True:

@@ -64,7 +64,8 @@ def query_key(transport: str, qtype: int, outcome: str) -> tuple[str, str, str]:
 
 TAP_SIZE = 8192  # answers kept a tick (32 k a second); beyond, neither shown nor counted
 
-#: (host, view, query bytes[, the stored rewrite's changes]) for a cache hit; (host, view,
+#: (host, view, query bytes[, the stored rewrite's changes]) for a UDP cache hit, and
+#: (host, view, query bytes, changes, transport) for a TCP or DoT one; (host, view,
 #: query bytes, outcome, seconds,
 #: [(old, new, rule)] with addresses as bytes, upstream) for the express lane's miss; (host,
 #: view, name, qtype, outcome, seconds, changes, upstream, transport) from the chain

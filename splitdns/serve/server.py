@@ -58,7 +58,10 @@ log = logging.getLogger(__name__)
 ENCRYPTED = frozenset({"dot", "doh"})  # transports whose answers are padded (RFC 8467)
 
 CLIENT_MEMO_SIZE = 4096  # client address -> its view's plan (None: not allowed), for the fast paths
-_HIT_LABELS = {qtype: query_key("udp", qtype, "cached") for qtype in QTYPES}  # made once
+_HIT_LABELS = {  # made once: a hit's counter labels, by transport and type
+    transport: {qtype: query_key(transport, qtype, "cached") for qtype in QTYPES}
+    for transport in ("udp", "tcp", "dot", "doh")
+}
 
 
 class Server:
@@ -503,6 +506,32 @@ class Server:
             return None
         return self._hit(data, host, peeked, remembered, key, entry, now) or None
 
+    def stream_hit(self, data: bytes, host: str, transport: str) -> bytes | None:
+        """A TCP or DoT cache hit answered in the read that brought it (no task, no parse):
+        the UDP hit path with a stream's size limit. None takes the full way: a miss, a hit
+        due for prefetch, a client not allowed, an ECS-trusted sender (the client is named
+        inside), EDNS options (padding asked for is the full path's to add)."""
+        if not self.cache.enabled:
+            return None
+        if self.config.trusted_ecs and self.trusted(host, self.config.trusted_ecs):
+            return None
+        plan = self._clients[host] if host in self._clients else self._classify(host)
+        if plan is None:
+            return None
+        peeked, remembered = wire.peek_remembered(data)
+        if peeked is None or (peeked[4] and len(data) != peeked[3] + 11):  # (OPT, no options)
+            return None
+        key = hit_key(data, peeked, plan)
+        now = self.cache.clock()
+        entry = self.cache.fresh(key, now)
+        if entry is None:
+            return None
+        answer = self._hit(data, host, peeked, remembered, key, entry, now, None, transport)
+        tap = self.tap
+        if answer and tap is not None and len(tap) < TAP_SIZE:  # a dashboard watches
+            tap.append((host, plan.name, data, entry.changes, transport))
+        return answer or None
+
     def _hit(
         self,
         data: bytes,
@@ -513,13 +542,15 @@ class Server:
         entry: Entry,
         now: float,
         replies: dict[bytes, replay.Replay] | None = None,
+        transport: str = "udp",
     ) -> bytes:
         """fast_answer for an allowed client's hit (`key`: the question's in its view; `entry`:
         the cache's fresh entry for it at `now`), but b"" for a hit due for prefetch (the
         chain's cache link answers it and refreshes it), so the express lane can tell it from
         a miss. The caller looks the entry up, so a miss costs no call here. (`remembered`:
         `peeked` came from wire's memo, else a hit is kept there; `replies`: the client's
-        view's replayed hits, for a UDP answer.)"""
+        view's replayed hits, for a UDP answer; `transport`: "udp", or a stream's, whose
+        answers are never cut to a datagram's size.)"""
         cache = self.cache
         msg_id, flags, name_end, qend, edns, do, limit = peeked
         view = key[0]
@@ -528,9 +559,11 @@ class Server:
         cache.stats.hits += 1
         if not remembered:
             wire.remember(data, peeked)
+        if transport != "udp":
+            limit = 65535
         answer = wire.assemble(msg_id, flags, data[12:qend], entry.aged(now), edns, do, limit)
         qtype = (data[name_end] << 8) | data[name_end + 1]
-        label = _HIT_LABELS.get(qtype) or query_key("udp", qtype, "cached")
+        label = _HIT_LABELS[transport].get(qtype) or query_key(transport, qtype, "cached")
         self.counts.queries[label] += 1
         if self.querylog.enabled:
             name = wire.read_name(data, 12)[0]

@@ -189,12 +189,13 @@ class LiveFeed:
 
 def make_row(item: Tapped, now: float, hidden: bool) -> dict[str, Any]:
     """A tapped answer as the page shows it."""
-    if len(item) <= 4:  # a cache hit: (host, view, query bytes[, the stored rewrite])
+    if len(item) <= 5:  # a cache hit: (host, view, query bytes[, the rewrite[, transport]])
         host, view, data = item[:3]
         name, end = wire.read_name(data, wire.HEADER_LEN)
         qtype = (data[end] << 8) | data[end + 1]
-        outcome, ms, upstream, transport = "cached", 0.0, None, "udp"
-        changes = item[3] if len(item) == 4 else ()
+        outcome, ms, upstream = "cached", 0.0, None
+        transport = item[4] if len(item) == 5 else "udp"
+        changes = item[3] if len(item) >= 4 else ()
     elif len(item) == 7:  # the express lane's miss: its changes as (old, new, rule)
         host, view, data, outcome, latency, lane, upstream = item
         name, end = wire.read_name(data, wire.HEADER_LEN)

@@ -254,6 +254,75 @@ def test_100_pipelined_dot_queries_slow_ones_do_not_block(tmp_path: Path) -> Non
     assert all(m.answer[0][0].to_text() in ("127.0.0.5", "203.0.113.9") for m in order)
 
 
+def test_a_read_of_pipelined_hits_is_answered_at_once_and_counted_as_dot(split: Split) -> None:
+    """Cached answers to every query one read brings are written together (listen/tlsstream.py
+    and serve/streams.py's session: no task each), each with its own ID and the client's
+    view's rewrite, counted under the DoT transport as cache hits."""
+    with dot_connection(split.dot) as sock:  # the first asks upstream and fills the cache
+        first = dns.message.make_query("www.example.test", "A")
+        sock.sendall(struct.pack("!H", len(first.to_wire())) + first.to_wire())
+        assert read_message(sock).answer[0][0].to_text() == "127.0.0.5"
+        before = scrape(split.metrics)
+        burst = b""
+        for i in range(200):
+            q = dns.message.make_query("www.example.test", "A")
+            q.id = 1000 + i
+            burst += struct.pack("!H", len(q.to_wire())) + q.to_wire()
+        sock.sendall(burst)
+        answers = [read_message(sock) for _ in range(200)]
+    assert [m.id for m in answers] == list(range(1000, 1200))  # hits: in order, all of them
+    assert {m.answer[0][0].to_text() for m in answers} == {"127.0.0.5"}
+    after = scrape(split.metrics)
+    cached = {
+        k: total(after, "splitdns_queries_total", transport=k, outcome="cached")
+        - total(before, "splitdns_queries_total", transport=k, outcome="cached")
+        for k in ("dot", "udp")
+    }
+    assert cached == {"dot": 200, "udp": 0}, cached
+
+
+def test_a_dot_client_that_never_reads_its_answers_is_cut_off(split: Split) -> None:
+    """Queries sent for ever, answers never read: once the answers back up, the server takes
+    no more of its queries and closes it after tcp_idle_timeout (2 s here)."""
+    q = dns.message.make_query("www.example.test", "A").to_wire()
+    burst = (struct.pack("!H", len(q)) + q) * 500
+    with dot_connection(split.dot) as sock:
+        sock.settimeout(1)
+        began = time.monotonic()
+        closed = False
+        while time.monotonic() - began < 30 and not closed:  # bounded: 30 s at most
+            try:
+                sock.sendall(burst)
+            except TimeoutError:
+                continue  # our send buffer is full: the server has stopped reading
+            except OSError:
+                closed = True
+        if not closed:  # the last sendall may have gone through before the close: read it
+            sock.settimeout(10)
+            try:
+                while sock.recv(65536):
+                    pass
+                closed = True
+            except OSError:
+                closed = True
+    assert closed and time.monotonic() - began < 30
+
+
+def test_a_trickling_dot_client_is_cut_off(split: Split) -> None:
+    """A byte of a query every half second: the message never completes within the idle
+    timeout (2 s), so the connection is closed, not held."""
+    q = dns.message.make_query("www.example.test", "A").to_wire()
+    framed = struct.pack("!H", len(q)) + q
+    with dot_connection(split.dot) as sock:
+        began = time.monotonic()
+        with pytest.raises((OSError, EOFError)):  # (reset, or close_notify then EOF)
+            for byte in framed:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.5)
+            read_message(sock)
+    assert time.monotonic() - began < 6
+
+
 def test_padded_queries_get_padded_answers(split: Split) -> None:
     with dot_connection(split.dot) as sock:
         padding = dns.edns.GenericOption(dns.edns.PADDING, bytes(20))
