@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import functools
 import ipaddress
 import logging
 import ssl
@@ -20,9 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-from hypercorn.app_wrappers import ASGIWrapper
-from hypercorn.asyncio.tcp_server import TCPServer
-from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 
 from splitdns import wire
@@ -36,6 +32,11 @@ MAX_MESSAGE = 65535
 _B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 Scope = dict[str, Any]
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers, body
+TEXT = [(b"content-type", b"text/plain")]
+UNSUPPORTED: Reply = (415, TEXT, b"POST needs Content-Type: application/dns-message\n")
+NO_CLIENT: Reply = (400, TEXT, b"a trusted proxy must name the client (X-Forwarded-For)\n")
+NOT_DNS: Reply = (400, TEXT, b"not a DNS query\n")
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -46,6 +47,8 @@ class Answerer(Protocol):
     def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool: ...
 
     def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]: ...
+
+    def stream_hit(self, data: bytes, host: str, transport: str) -> bytes | None: ...
 
     async def respond(self, data: bytes, host: str, transport: str) -> bytes | None: ...
 
@@ -75,6 +78,14 @@ def max_age(answer: bytes) -> int:
         if r.section == section and r.rtype != wire.TYPE_OPT
     ]
     return min(ttls, default=0)
+
+
+def reply(answer: bytes | None) -> Reply:
+    """The reply carrying `answer` (None: the message was not a DNS query)."""
+    if answer is None:
+        return NOT_DNS
+    cache = f"max-age={max_age(answer)}".encode()
+    return 200, [(b"content-type", MEDIA_TYPE), (b"cache-control", cache)], answer
 
 
 class DohApp:
@@ -109,47 +120,52 @@ class DohApp:
     async def handle(
         self, scope: Scope, receive: Receive, conn: Connection | None = None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        text = [(b"content-type", b"text/plain")]
-        if scope["path"] != self.path:
-            return 404, text, b"not found: DNS over HTTPS is at " + self.path.encode() + b"\n"
-        method = scope["method"]
-        if method == "GET":
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            values = query.get("dns", [])
-            if len(values) != 1:
-                return 400, text, b"GET needs one ?dns= parameter\n"
-            encoded = values[0]
-            if len(encoded) > MAX_MESSAGE * 4 // 3 + 4:
-                return 413, text, b"message too large\n"
-            data = _base64url(encoded)
-            if data is None:
-                return 400, text, b"dns= is not base64url (RFC 4648 section 5, no padding)\n"
-        elif method == "POST":
-            headers = dict(scope.get("headers", []))
-            media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-            if media != MEDIA_TYPE:  # (media types are case-insensitive: RFC 9110 8.3.1)
-                return 415, text, b"POST needs Content-Type: application/dns-message\n"
+        headers = scope.get("headers", [])
+        media = next((v for k, v in headers if k == b"content-type"), b"")
+        query = scope.get("query_string", b"").decode("latin-1")
+        head = self.head(scope["method"], scope["path"], query, media)
+        if isinstance(head, tuple):
+            return head
+        if head is None:  # a POST: its body is the message
             body = await self._body(receive, conn)
             if isinstance(body, tuple):
-                return body[0], text, body[1]
-            data = body
-        else:
-            return 405, [*text, (b"allow", b"GET, POST")], b"GET or POST\n"
-        host = self.client_of(scope)
+                return body[0], TEXT, body[1]
+            head = body
+        peer = (scope.get("client") or ("0.0.0.0", 0))[0]
+        host = self.client_of(str(peer), [v for k, v in headers if k == b"x-forwarded-for"])
         if host is None:
-            return 400, text, b"a trusted proxy must name the client (X-Forwarded-For)\n"
+            return NO_CLIENT
         if conn is not None:
             conn.started()
         try:
-            limited, refusal = self.server.over_limit(data, host)
-            answer = refusal if limited else await self.server.respond(data, host, "doh")
+            limited, refusal = self.server.over_limit(head, host)
+            answer = refusal if limited else await self.server.respond(head, host, "doh")
         finally:
             if conn is not None:
                 conn.finished()
-        if answer is None:
-            return 400, text, b"not a DNS query\n"
-        cache = f"max-age={max_age(answer)}".encode()
-        return 200, [(b"content-type", MEDIA_TYPE), (b"cache-control", cache)], answer
+        return reply(answer)
+
+    def head(self, method: str, path: str, query: str, media: bytes) -> Reply | bytes | None:
+        """What a request's head decides: an error reply, a GET's message (bytes), or None:
+        a POST of the right media type, whose body is the message."""
+        if path != self.path:
+            return 404, TEXT, b"not found: DNS over HTTPS is at " + self.path.encode() + b"\n"
+        if method == "GET":
+            values = parse_qs(query).get("dns", [])
+            if len(values) != 1:
+                return 400, TEXT, b"GET needs one ?dns= parameter\n"
+            encoded = values[0]
+            if len(encoded) > MAX_MESSAGE * 4 // 3 + 4:
+                return 413, TEXT, b"message too large\n"
+            data = _base64url(encoded)
+            if data is None:
+                return 400, TEXT, b"dns= is not base64url (RFC 4648 section 5, no padding)\n"
+            return data
+        if method == "POST":
+            if media.split(b";")[0].strip().lower() != MEDIA_TYPE:  # (case-insensitive types:
+                return UNSUPPORTED  # RFC 9110 8.3.1)
+            return None
+        return 405, [*TEXT, (b"allow", b"GET, POST")], b"GET or POST\n"
 
     async def _body(self, receive: Receive, conn: Connection | None) -> bytes | tuple[int, bytes]:
         """A POST's body within `limits.request_timeout`, its bytes counted against the
@@ -182,15 +198,14 @@ class DohApp:
             if conn is not None:
                 conn.buffered -= size
 
-    def client_of(self, scope: Scope) -> str | None:
+    def client_of(self, peer: str, forwarded: list[bytes]) -> str | None:
         """The peer, or, from a `trusted_proxies` HTTP reverse proxy (nginx, Caddy, Traefik,
-        haproxy in HTTP mode), the address it puts last in X-Forwarded-For: the one it saw.
-        None: a trusted proxy named no client (refused, never answered as the proxy)."""
-        peer = (scope.get("client") or ("0.0.0.0", 0))[0]
+        haproxy in HTTP mode), the address it puts last in X-Forwarded-For (`forwarded`: the
+        header's values): the one it saw. None: a trusted proxy named no client (refused,
+        never answered as the proxy)."""
         proxies = self.server.config.trusted_proxies
         if not proxies or not self.server.trusted(peer, proxies):
-            return str(peer)
-        forwarded = [v for k, v in scope.get("headers", []) if k == b"x-forwarded-for"]
+            return peer
         if not forwarded:
             return None
         last = forwarded[-1].decode("latin-1").split(",")[-1].strip()
@@ -215,43 +230,3 @@ class OwnTls(HypercornConfig):
     @property
     def ssl_enabled(self) -> bool:
         return self._tls
-
-
-class DohServing:
-    """One `https://` listen address's HTTP side: hypercorn's per-connection server, run on
-    connections splitdns accepted, admitted and set TLS up for itself (listen/encrypted.py), so
-    the connection budget counts them from accept and can close any of them. hypercorn brings
-    HTTP/2 and HTTP/1.1; its limits are set from `limits:` (streams per connection, the idle
-    timeout), the whole-request deadline and bytes per connection are the app's."""
-
-    def __init__(self, app: DohApp, config: Config) -> None:
-        hyper = OwnTls()
-        idle = config.tcp_idle_timeout
-        hyper.alpn_protocols = ["h2", "http/1.1"]
-        hyper.keep_alive_timeout = idle
-        hyper.read_timeout = int(max(1, idle))
-        hyper.accesslog = None
-        hyper.errorlog = logging.getLogger("splitdns.doh.http")
-        hyper.h2_max_concurrent_streams = config.limits.streams_per_connection
-        hyper.h2_max_header_list_size = 16384  # a DoH request's headers are a few hundred bytes
-        hyper.h11_max_incomplete_size = 16384
-        hyper.max_app_queue_size = 10
-        self.app = app
-        self.hyper = hyper
-        self.context = WorkerContext(None)
-
-    async def connection(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        host: str,
-        conn: Connection,
-    ) -> None:
-        app = ASGIWrapper(functools.partial(self.app.serve, conn=conn))
-        loop = asyncio.get_running_loop()
-        await TCPServer(app, loop, self.hyper, self.context, {}, reader, writer)
-
-    async def stop(self) -> None:
-        """Tell open connections to close once their requests are done (their tasks are the
-        accept loop's to end)."""
-        await self.context.terminated.set()

@@ -24,7 +24,8 @@ from splitdns.config.encrypted import EncryptedListener
 from splitdns.config.model import Config, Endpoint, IPNetwork
 from splitdns.limits.connections import Connection, ConnectionBudget
 from splitdns.listen import certs
-from splitdns.listen.doh import DohApp, DohServing
+from splitdns.listen.doh import DohApp
+from splitdns.listen.dohserving import DohServing
 from splitdns.listen.ports import bind_problem
 from splitdns.listen.tlsstream import TlsStream
 
@@ -58,6 +59,8 @@ class Serving(Protocol):
 
     def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]: ...
 
+    def stream_hit(self, data: bytes, host: str, transport: str) -> bytes | None: ...
+
     def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool: ...
 
     def allowed(self, host: str) -> bool: ...
@@ -67,8 +70,8 @@ class Serving(Protocol):
 
 log = logging.getLogger(__name__)
 
-# serves one admitted connection once TLS is up: (reader, writer, client, its budget record)
-ServeOne = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str, Connection], Awaitable[None]]
+# the protocol of a connection once TLS is up: (its TLS transport, the client, budget record)
+MakeSession = Callable[[TlsStream, str, Connection], asyncio.Protocol]
 # sets up one admitted connection: (its socket, the peer's address, its budget record)
 SetUp = Callable[[socket.socket, str, Connection], Awaitable[None]]
 
@@ -128,13 +131,13 @@ class EncryptedListeners:
             sock.listen(256)
             sock.setblocking(False)
             if listener.kind == "dot":
-                setup: SetUp = functools.partial(self._dot, context=dot_context)
+                setup: SetUp = functools.partial(
+                    self._tls, context=dot_context, session=self._dot_session
+                )
             else:
                 doh = DohServing(DohApp(self.server, listener.path), config)
                 self._doh.append(doh)
-                setup = functools.partial(
-                    self._connection, context=doh_context, serve_one=doh.connection
-                )
+                setup = functools.partial(self._tls, context=doh_context, session=doh.session)
             self._accepting.append(asyncio.ensure_future(self._accept(sock, listener.kind, setup)))
             self._sockets.append(sock)
             bound.append((listener.kind, str(shown)))
@@ -158,12 +161,18 @@ class EncryptedListeners:
             self._proxied.add(task)
             task.add_done_callback(self._proxied.discard)
 
-    async def _dot(
-        self, sock: socket.socket, host: str, conn: Connection, context: ssl.SSLContext
+    async def _tls(
+        self,
+        sock: socket.socket,
+        host: str,
+        conn: Connection,
+        context: ssl.SSLContext,
+        session: MakeSession,
     ) -> None:
-        """One admitted DoT connection: a trusted sender's PROXY header, then TLS through
-        memory BIOs (listen/tlsstream.py) under the RFC 7766 session protocol; the task ends
-        there (the connection lives on in its protocols; the budget is told when it ends)."""
+        """One admitted DoT or DoH connection: a trusted sender's PROXY header (DoT), then
+        TLS through memory BIOs (listen/tlsstream.py) under the protocol `session` makes once
+        the handshake is done (within `limits.handshake_timeout`). The task ends there: the
+        connection lives on in its protocols, and the budget is told when it ends."""
         loop = asyncio.get_running_loop()
         server = self.server
         config = server.config
@@ -171,15 +180,15 @@ class EncryptedListeners:
         released = functools.partial(server.connections.release, conn)
 
         def up(tls: TlsStream) -> asyncio.Protocol:
-            self.handshakes[("dot", "resumed" if tls.resumed else "full")] += 1
-            return server.streams.session(host, "dot", conn)
+            self.handshakes[(conn.kind, "resumed" if tls.resumed else "full")] += 1
+            return session(tls, host, conn)
 
         def failed() -> None:
             server.connections.closed["handshake"] += 1
 
         shim = TlsStream(context, config.limits.handshake_timeout, up, failed, released)
         try:
-            if server.trusted(host, config.trusted_proxies):
+            if conn.kind == "dot" and server.trusted(host, config.trusted_proxies):
                 named = await server.streams.read_proxy_header(
                     functools.partial(_recv_exactly, loop, sock), host
                 )
@@ -200,53 +209,8 @@ class EncryptedListeners:
         conn.transport = shim
         conn.task = None
 
-    async def _connection(
-        self,
-        sock: socket.socket,
-        host: str,
-        conn: Connection,
-        context: ssl.SSLContext,
-        serve_one: ServeOne,
-    ) -> None:
-        """One admitted connection: a trusted sender's PROXY header (DoT), the TLS handshake
-        within `limits.handshake_timeout`, then the protocol; the budget is told when it ends.
-        A PROXY header is read off the socket exactly (recv never takes more than asked, so
-        the TLS handshake stays in the kernel's buffer) before asyncio's TLS takes over."""
-        loop = asyncio.get_running_loop()
-        config = self.server.config
-        handshake = config.limits.handshake_timeout
-        sock.setblocking(False)
-        transport: asyncio.Transport | None = None
-        try:
-            if conn.kind == "dot" and self.server.trusted(host, config.trusted_proxies):
-                named = await self.server.streams.read_proxy_header(
-                    functools.partial(_recv_exactly, loop, sock), host
-                )
-                if named is None:
-                    return
-                host = named
-            reader = asyncio.StreamReader(limit=2**16)
-            protocol = asyncio.StreamReaderProtocol(reader)
-            try:
-                async with asyncio.timeout(handshake + 0.5):
-                    transport, _ = await loop.connect_accepted_socket(
-                        lambda: protocol, sock, ssl=context, ssl_handshake_timeout=handshake
-                    )
-            except (TimeoutError, OSError, ssl.SSLError):
-                self.server.connections.closed["handshake"] += 1
-                return
-            conn.transport = transport
-            tls = transport.get_extra_info("ssl_object")
-            resumed = tls is not None and tls.session_reused
-            self.handshakes[(conn.kind, "resumed" if resumed else "full")] += 1
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-            await serve_one(reader, writer, host, conn)
-        finally:
-            self.server.connections.release(conn)
-            if transport is not None:
-                transport.abort()
-            else:
-                sock.close()
+    def _dot_session(self, tls: TlsStream, host: str, conn: Connection) -> asyncio.Protocol:
+        return self.server.streams.session(host, "dot", conn)
 
     async def _watch_certificate(self) -> None:
         while True:
