@@ -9,6 +9,8 @@
   must parse with dnspython, say the same at every age but for TTLs, and hold no address a rule
   rewrites (in A, AAAA, ipv4hint, ipv6hint) in the answer or additional section.
 - differential: whatever wire.walk accepts, dnspython parses, with the same records.
+- http2: a DoH client's bytes fed to the HTTP/2 session (listen/h2session.py) in two reads:
+  nothing may raise or be written after the close; held body bytes are all given back.
 - update: an RFC 2136 UPDATE, signed with the harness's TSIG key or not, from an allowed
   sender: judged against a zone with names, answered. Nothing may raise; every answer parses
   with dnspython; the zone changes only on NOERROR.
@@ -45,6 +47,9 @@ with atheris.instrument_imports():
     from splitdns.config import model as config
     from splitdns.config.dynamic import DynamicSettings, TsigKey
     from splitdns.dynamic.store import Store
+    from splitdns.limits.connections import Connection
+    from splitdns.listen.doh import DohApp
+    from splitdns.listen.h2session import H2Session
     from splitdns.migrate import render, sources, translate
     from splitdns.migrate.entries import ImportError_
     from splitdns.serve.updates import Updates
@@ -234,7 +239,109 @@ def fuzz_update(data: bytes) -> None:
         assert store.zones[UPDATE_ZONE].serial == serial, "a refused update changed the zone"
 
 
+class _Answers:
+    """The DoH listener's server, answering every message at once (no loop runs here)."""
+
+    def __init__(self) -> None:
+        self.config = config.loads("allow: [0.0.0.0/0]\n", "fuzz.yaml")
+
+    def trusted(self, host: str, networks: object) -> bool:
+        return False
+
+    def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]:
+        return False, None
+
+    def stream_hit(self, data: bytes, host: str, transport: str) -> bytes | None:
+        return wire.refuse_raw(data) or b"\0" * 12
+
+    async def respond(self, data: bytes, host: str, transport: str) -> bytes | None:
+        return None
+
+
+class _Written(asyncio.Transport):
+    """A transport that keeps what the session writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert not self.closed or not data, "written after close"
+        self.out.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def http2_seeds() -> list[bytes]:
+    """A client's opening and DoH requests (GET and POST, a hit each), as h2 writes them."""
+    import base64
+
+    import h2.config
+    import h2.connection
+
+    made = []
+    query = dns.message.make_query("www.example.test", "A").to_wire()
+    for method in ("GET", "POST"):
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        for _ in range(3):
+            stream = client.get_next_available_stream_id()
+            path = "/dns-query"
+            if method == "GET":
+                path += "?dns=" + base64.urlsafe_b64encode(query).rstrip(b"=").decode()
+            headers = [(":method", method), (":scheme", "https"), (":authority", "x"),
+                       (":path", path), ("content-type", "application/dns-message")]  # fmt: skip
+            client.send_headers(stream, headers, end_stream=method == "GET")
+            if method == "POST":
+                client.send_data(stream, query, end_stream=True)
+        made.append(client.data_to_send())
+    return made
+
+
+def fuzz_http2(data: bytes) -> None:
+    """Bytes from a DoH client, fed to the HTTP/2 session in two reads: nothing may raise,
+    nothing is written after the connection is closed, and the budget's byte count for the
+    connection returns to zero once it is lost."""
+    server = _Answers()
+    app = DohApp(server, "/dns-query")  # type: ignore[arg-type]
+    conn = Connection("192.0.2.7", "doh", True, 0.0)
+    transport = _Written()
+
+    async def run() -> None:
+        session = H2Session(app, "192.0.2.7", conn, server.config, set())
+        session.connection_made(transport)
+        middle = len(data) // 2
+        for part in (data[:middle], data[middle:]):
+            if not transport.closed:
+                session.data_received(part)
+        session.connection_lost(None)
+
+    _LOOP.run_until_complete(run())
+    assert conn.buffered == 0, conn.buffered
+
+
 HARNESSES: dict[str, Callable[[bytes], None]] = {
+    "http2": fuzz_http2,
     "query": fuzz_query,
     "reply": fuzz_reply,
     "differential": fuzz_differential,

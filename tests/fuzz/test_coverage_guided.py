@@ -27,7 +27,7 @@ IMPORTS = ["adguard", "pihole", "dnsmasq", "unbound", "technitium", "coredns", "
 
 @pytest.mark.parametrize(
     "harness",
-    ["query", "reply", "differential", "update", *(f"import-{fmt}" for fmt in IMPORTS)],
+    ["query", "reply", "differential", "update", "http2", *(f"import-{fmt}" for fmt in IMPORTS)],
 )
 def test_coverage_guided_harness_finds_nothing(harness: str, tmp_path: Path) -> None:
     try:
@@ -43,12 +43,12 @@ def test_coverage_guided_harness_finds_nothing(harness: str, tmp_path: Path) -> 
         for seed in sorted(IMPORT_SEEDS.glob("*")):
             shutil.copy(seed, work / seed.name)
         seconds = max(2, SECONDS // 10)
-    elif harness == "update":  # seeded with valid UPDATEs, signed and not
+    elif harness in ("update", "http2"):  # seeded: valid UPDATEs; an h2 client's requests
         work.mkdir()
         made = subprocess.run(
-            [sys.executable, "-c", "import sys; from tests.fuzz.coverage import update_seeds;"
-             "[open(f'{sys.argv[1]}/seed-{i}', 'wb').write(s) for i, s in "
-             "enumerate(update_seeds())]", str(work)],
+            [sys.executable, "-c", "import sys; from tests.fuzz.coverage import "
+             f"{harness}_seeds as seeds; [open(f'{{sys.argv[1]}}/seed-{{i}}', 'wb').write(s) "
+             "for i, s in enumerate(seeds())]", str(work)],
             cwd=ROOT, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert made.returncode == 0, made.stderr
