@@ -120,7 +120,15 @@ class TlsStream(asyncio.Transport, asyncio.Protocol):
             return
         self._flush()  # (what reading wrote: a TLS 1.2 alert, a key update's answer)
         if parts:
-            app.data_received(parts[0] if len(parts) == 1 else b"".join(parts))
+            try:
+                app.data_received(parts[0] if len(parts) == 1 else b"".join(parts))
+            except Exception:  # a bug above: this connection ends, the server goes on
+                log.exception("internal error on a connection from %s", self._peer())
+                self.abort()
+
+    def _peer(self) -> str:
+        peer = self.get_extra_info("peername")
+        return str(peer[0]) if peer else "?"
 
     def _handshake(self, tls: ssl.SSLObject) -> bool:
         """Advance the handshake; True once it is done and the protocol above has started."""
