@@ -33,15 +33,6 @@ from splitdns.listen.tlsstream import TlsStream
 class Streams(Protocol):
     """Where a DoT connection goes once admitted and shaken hands (serve/streams.py)."""
 
-    async def tcp_client(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        transport: str = "tcp",
-        client: str | None = None,
-        conn: Connection | None = None,
-    ) -> None: ...
-
     async def read_proxy_header(
         self, read_exactly: Callable[[int], Awaitable[bytes]], host: str
     ) -> str | None: ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, cast
 
 from splitdns.config.model import Config, Endpoint
@@ -21,12 +21,12 @@ log = logging.getLogger(__name__)
 
 #: The server's per-datagram entry: (data, the sender's address, where to answer)
 Datagram = Callable[[bytes, tuple[Any, ...], Any], None]
-#: The server's per-connection entry (serve/streams.py)
-StreamClient = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+#: The protocol for each TCP connection (serve/streams.py's session)
+StreamProtocol = Callable[[], asyncio.Protocol]
 
 
 async def bind_plain(
-    endpoint: Endpoint, workers: int, datagram: Datagram, stream_client: StreamClient
+    endpoint: Endpoint, workers: int, datagram: Datagram, stream_protocol: StreamProtocol
 ) -> tuple[asyncio.DatagramTransport | WildcardUdp, asyncio.Server, int]:
     """(UDP transport, TCP server, port) on `endpoint`; port 0 picks one for both. OSError
     (bind_problem: the address, the protocol and who holds the port) if either cannot bind."""
@@ -51,8 +51,8 @@ async def bind_plain(
     else:
         udp, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(datagram), sock=sock)
     try:
-        tcp = await asyncio.start_server(
-            stream_client,
+        tcp = await loop.create_server(
+            stream_protocol,
             endpoint.host,
             port or endpoint.port,
             reuse_address=True,

@@ -254,7 +254,7 @@ class Server:
         try:
             for endpoint in self.config.listen:
                 udp, tcp, port = await bind_plain(
-                    endpoint, self.config.workers, self.datagram, self.streams.tcp_client
+                    endpoint, self.config.workers, self.datagram, self.streams.tcp_session
                 )
                 self._udp.append(udp)
                 self._tcp.append(tcp)

@@ -1,15 +1,17 @@
 """TCP and DoT connections (RFC 7766): framing, pipelined queries answered as they complete,
 a deadline per message, the connection budget, PROXY v2 headers from trusted proxies.
 
-The server hands every accepted stream here (plain TCP at accept; DoT after its handshake,
-already admitted); each message goes back to the server's one error boundary (`respond`).
+Both run as one protocol, StreamSession: plain TCP from its accept (admitted there, its PROXY
+header read in-band), DoT on listen/tlsstream.py's transport once its handshake is done (its
+PROXY header read off the socket before TLS, admitted at accept). Cached answers are made in
+the read that brought the question; every other message goes to the server's one error
+boundary (`respond`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, cast
@@ -46,13 +48,10 @@ class Streams:
 
     def __init__(self, server: StreamHost) -> None:
         self.server = server
-        self.writers: set[asyncio.StreamWriter] = set()
         self.sessions: set[StreamSession] = set()
 
     def close(self) -> None:
         """Close every open connection (the server is stopping)."""
-        for writer in list(self.writers):
-            writer.close()
         for session in list(self.sessions):
             session.close()
 
@@ -61,91 +60,9 @@ class Streams:
         PROXY header, when TLS is up)."""
         return StreamSession(self, host, transport, conn)
 
-    async def tcp_client(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        transport: str = "tcp",
-        client: str | None = None,
-        conn: Connection | None = None,
-    ) -> None:
-        """One TCP (or, behind TLS, DoT) connection: RFC 7766 framing, pipelined queries
-        answered as they complete, a deadline per message, the connection budget. `client` is
-        the address a PROXY header already named and `conn` the budget's record (DoT reads and
-        admits both before the TLS handshake); plain TCP is admitted here, at accept."""
-        peer = writer.get_extra_info("peername")
-        if conn is None:
-            if peer is None or self.server.closing:
-                writer.transport.abort()
-                return
-            conn = self.server.connections.admit(peer[0], transport, self.server.allowed(peer[0]))
-            if conn is None:
-                writer.transport.abort()  # RST: nothing lingers in TIME_WAIT on our side
-                return
-            conn.transport = cast(asyncio.Transport, writer.transport)
-        try:
-            host = client or peer[0]
-            trusted = self.server.config.trusted_proxies and self.server.trusted(
-                host, self.server.config.trusted_proxies
-            )
-            if client is None and trusted:
-                named = await self.read_proxy_header(reader.readexactly, host)
-                if named is None:
-                    return
-                host = named
-            if not self.server.trap.done:
-                self.server.trap.saw(host)
-            self.writers.add(writer)
-            await self._serve_stream(reader, writer, host, transport, conn)
-        finally:
-            self.server.connections.release(conn)
-            self.writers.discard(writer)
-            writer.close()
-
-    async def _serve_stream(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        host: str,
-        transport: str,
-        conn: Connection,
-    ) -> None:
-        pending: set[asyncio.Task[Any]] = set()
-        idle = self.server.config.tcp_idle_timeout
-        streams = self.server.config.limits.streams_per_connection
-
-        def finished(task: asyncio.Task[Any]) -> None:
-            pending.discard(task)
-            conn.finished()
-
-        while (data := await self._next_message(reader, idle)) is not None:
-            conn.started()
-            task = self.server.spawn(self._tcp_answer(data, host, writer, transport))
-            pending.add(task)
-            task.add_done_callback(finished)
-            if len(pending) >= streams:
-                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        if pending:
-            await asyncio.wait(pending, timeout=self.server.config.timeout + 1)
-
-    async def _next_message(self, reader: asyncio.StreamReader, idle: float) -> bytes | None:
-        """The next RFC 7766 message, or None: the connection is done (closed, idle, a zero
-        length, or a PROXY header from a sender not trusted to send one)."""
-        try:
-            # One deadline per message: a client trickling bytes cannot hold us forever.
-            async with asyncio.timeout(idle):
-                (length,) = struct.unpack("!H", await reader.readexactly(2))
-                if length == 0:
-                    return None
-                if length == 0x0D0A:  # "\r\n": perhaps a PROXY header, not a length
-                    head = await reader.readexactly(10)
-                    if head == proxyv2.SIGNATURE[2:]:
-                        self.server.counts.proxy["untrusted"] += 1  # from anyone else: closed
-                        return None
-                    return head + await reader.readexactly(length - 10)
-                return await reader.readexactly(length)
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            return None
+    def tcp_session(self) -> StreamSession:
+        """The protocol for a plain TCP connection, admitted when it is made."""
+        return StreamSession(self, None, "tcp", None)
 
     async def read_proxy_header(
         self, read_exactly: Callable[[int], Awaitable[bytes]], host: str
@@ -166,20 +83,6 @@ class Streams:
             return None
         return self.server.proxied_client(header, host)
 
-    async def _tcp_answer(
-        self, data: bytes, host: str, writer: asyncio.StreamWriter, transport: str = "tcp"
-    ) -> None:
-        limited, refusal = self.server.over_limit(data, host)
-        answer = refusal if limited else await self.server.respond(data, host, transport)
-        if answer is not None and not writer.is_closing():
-            writer.write(struct.pack("!H", len(answer)) + answer)
-            try:
-                # A client that never reads is cut off, not waited for.
-                async with asyncio.timeout(self.server.config.tcp_idle_timeout):
-                    await writer.drain()
-            except (ConnectionError, TimeoutError):
-                writer.close()
-
 
 class StreamSession(asyncio.Protocol):
     """One stream connection as a protocol (DoT on listen/tlsstream.py's transport): every
@@ -188,9 +91,13 @@ class StreamSession(asyncio.Protocol):
     their own and written as they complete (RFC 7766 §6.2.1.1: out of order). No task waits
     on the connection itself, so an idle one costs its buffers and a timer.
 
-    The bounds are tcp_client's: `limits.streams_per_connection` answers pending (reading
-    pauses at the bound), `tcp_idle_timeout` between complete messages (a trickling or
-    silent client is closed), the same again for a client that does not read its answers.
+    Bounds: `limits.streams_per_connection` answers pending (reading pauses at the bound),
+    `tcp_idle_timeout` between complete messages (a trickling or silent client is closed),
+    the same again for a client that does not read its answers.
+
+    Plain TCP comes without a client or budget record: it is admitted when made (a refused
+    one is reset), and from a `trusted_proxies` sender its first bytes must be a PROXY v2
+    header naming the client (missing, slow or malformed: closed, counted).
     """
 
     __slots__ = (
@@ -202,17 +109,21 @@ class StreamSession(asyncio.Protocol):
         "_last",
         "_paused",
         "_pending",
+        "_proxied",
         "_streams",
         "_timer",
         "_transport",
         "_writable",
     )
 
-    def __init__(self, streams: Streams, host: str, label: str, conn: Connection) -> None:
+    def __init__(
+        self, streams: Streams, host: str | None, label: str, conn: Connection | None
+    ) -> None:
         self._streams = streams
-        self._host = host
+        self._host = host or ""
         self._label = label  # the transport's name in counters and logs: tcp | dot
         self._conn = conn
+        self._proxied = False  # a PROXY header is awaited before the first message
         self._buffer = b""
         self._pending: set[asyncio.Task[Any]] = set()
         self._transport: asyncio.Transport | None = None
@@ -224,10 +135,24 @@ class StreamSession(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        server = self._streams.server
+        if self._conn is None:  # plain TCP: admitted now, before any byte is read
+            peer = transport.get_extra_info("peername")
+            conn = None
+            if peer is not None and not server.closing:
+                host = str(peer[0])
+                conn = server.connections.admit(host, self._label, server.allowed(host))
+            if conn is None:
+                self._draining = True
+                self._transport = None
+                cast(asyncio.Transport, transport).abort()  # RST: nothing lingers here
+                return
+            self._conn, self._host = conn, host
+            proxies = server.config.trusted_proxies
+            self._proxied = bool(proxies) and server.trusted(host, proxies)
         self._conn.transport = self._transport
         self._streams.sessions.add(self)
-        server = self._streams.server
-        if not server.trap.done:
+        if not self._proxied and not server.trap.done:
             server.trap.saw(self._host)
         loop = asyncio.get_running_loop()
         self._last = loop.time()
@@ -244,6 +169,9 @@ class StreamSession(asyncio.Protocol):
         if loop.time() < due and not self._draining:
             self._timer = loop.call_at(due, self._idle)
             return
+        if self._proxied:  # the trusted sender never sent its header
+            self._streams.server.counts.proxy["missing"] += 1
+            self._proxied = False
         self._draining = True
         if self._pending and self._writable:
             self._pause()  # the answers already asked for are written, then it closes
@@ -255,8 +183,34 @@ class StreamSession(asyncio.Protocol):
         if self._draining:
             return
         self._buffer = self._buffer + data if self._buffer else data
+        if self._proxied and not self._proxy_header_read():
+            return
         if not self._paused:
             self._take()
+
+    def _proxy_header_read(self) -> bool:
+        """Whether the trusted sender's PROXY header is in: then the client it names is this
+        connection's and the rest of the buffer is DNS (False: wait, or closed if bad)."""
+        buffer = self._buffer
+        try:
+            if len(buffer) < proxyv2.FIXED:
+                return False
+            total = proxyv2.header_length(buffer[: proxyv2.FIXED])
+            if len(buffer) < total:
+                return False
+            header = proxyv2.parse(buffer[:total])
+        except proxyv2.ProxyError:
+            self._streams.server.counts.proxy["malformed"] += 1
+            self._proxied = False
+            self.close()
+            return False
+        server = self._streams.server
+        self._host = server.proxied_client(header, self._host)
+        self._proxied = False
+        self._buffer = buffer[total:]
+        if not server.trap.done:
+            server.trap.saw(self._host)
+        return True
 
     def _take(self) -> None:
         """Take every complete message in the buffer (up to the pending bound)."""
@@ -296,7 +250,8 @@ class StreamSession(asyncio.Protocol):
         self._buffer = buffer[start:] if start else buffer
         if took:
             self._last = asyncio.get_running_loop().time()
-            self._conn.last = time.monotonic()
+            if self._conn is not None:
+                self._conn.last = time.monotonic()
         if out and self._transport is not None:
             self._transport.write(out[0] if len(out) == 1 else b"".join(out))
         if self._draining and not self._pending:
@@ -314,7 +269,8 @@ class StreamSession(asyncio.Protocol):
 
     def _answer_later(self, message: bytes) -> None:
         server = self._streams.server
-        self._conn.started()
+        if self._conn is not None:
+            self._conn.started()
         task = server.spawn(self._answer(message))
         self._pending.add(task)
         task.add_done_callback(self._answered)
@@ -327,7 +283,8 @@ class StreamSession(asyncio.Protocol):
 
     def _answered(self, task: asyncio.Task[Any]) -> None:
         self._pending.discard(task)
-        self._conn.finished()
+        if self._conn is not None:
+            self._conn.finished()
         if self._draining:
             if not self._pending:
                 self.close()
@@ -363,6 +320,9 @@ class StreamSession(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """The client is done sending: the pending answers are still written."""
+        if self._proxied:
+            self._streams.server.counts.proxy["missing"] += 1
+            self._proxied = False
         self._draining = True
         return bool(self._pending)
 
@@ -378,4 +338,5 @@ class StreamSession(asyncio.Protocol):
         self._transport = None
         self._draining = True
         self._streams.sessions.discard(self)
-        self._streams.server.connections.release(self._conn)
+        if self._conn is not None:
+            self._streams.server.connections.release(self._conn)
