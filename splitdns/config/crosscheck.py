@@ -100,8 +100,9 @@ def shadowed_names(config: Config) -> list[str]:
                 name = named.suffix
                 if named.wildcard or name in view.hosts.exact:
                     continue
-                pattern = next((p for p, _ in view.hosts.wildcards if p.matches(name)), None)
-                if pattern is not None:
+                covered = view.hosts.covering(name)
+                if covered is not None:
+                    pattern = covered[0]
                     out.append(
                         f"views.{view.name}.hosts: the wildcard {pattern} answers {name} before "
                         f"rewrite[{rule.index}] (names: {name}) can: give {name} its own hosts "

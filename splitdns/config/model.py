@@ -133,21 +133,45 @@ class Hosts:
 
     exact: dict[str, tuple[IPAddress, ...]] = field(default_factory=dict)
     wildcards: tuple[tuple[NamePattern, tuple[IPAddress, ...]], ...] = ()
+    # indexes made once (an imported dnsmasq file brings 100,000 wildcards: a scan of them
+    # for every question not in `exact` cost milliseconds): by wildcard suffix (the first of
+    # a repeated one), and the exact names by address, in config order
+    _suffixes: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _names: dict[IPAddress, list[str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        for i, (pattern, _) in enumerate(self.wildcards):
+            self._suffixes.setdefault(pattern.suffix, i)
+        for name, addresses in self.exact.items():
+            for address in dict.fromkeys(addresses):
+                self._names.setdefault(address, []).append(name)
+
+    def covering(self, name: str) -> tuple[NamePattern, tuple[IPAddress, ...]] | None:
+        """The wildcard that answers `name` (the longest suffix: the first found walking
+        down from the name's parent), or None."""
+        suffixes = self._suffixes
+        if not suffixes:
+            return None
+        dot = name.find(".")
+        while dot >= 0:
+            index = suffixes.get(name[dot + 1 :])
+            if index is not None:
+                return self.wildcards[index]
+            dot = name.find(".", dot + 1)
+        return None
 
     def lookup(self, name: str) -> tuple[IPAddress, ...] | None:
         found = self.exact.get(name)
         if found is not None:
             return found
-        best: tuple[IPAddress, ...] | None = None
-        best_len = -1
-        for pattern, addresses in self.wildcards:
-            if pattern.matches(name) and len(pattern.suffix) > best_len:
-                best, best_len = addresses, len(pattern.suffix)
-        return best
+        covered = self.covering(name)
+        return None if covered is None else covered[1]
 
     def names_for(self, address: IPAddress) -> list[str]:
         """Exact names listing `address`, in config order (for PTR answers)."""
-        return [name for name, addrs in self.exact.items() if address in addrs]
+        return list(self._names.get(address, ()))
 
     def __len__(self) -> int:
         return len(self.exact) + len(self.wildcards)
