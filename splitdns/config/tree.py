@@ -282,42 +282,42 @@ class _Line:
         self.line = line
 
 
-class _Scalar(yaml.ScalarNode):
-    """A scalar node that keeps its line as an int (its start_mark made when asked)."""
+class _Located:
+    """A node's start_mark made when asked, from the line it keeps (mixed into the slotted
+    node kinds below, before PyYAML's class)."""
 
-    __slots__ = ("line", "style", "tag", "value")
+    __slots__ = ()
+    line: int
     end_mark = None
+
+    @property
+    def start_mark(self) -> _Line:
+        return _Line(self.line)
+
+
+class _Scalar(_Located, yaml.ScalarNode):  # type: ignore[misc]
+    __slots__ = ("line", "style", "tag", "value")
 
     def __init__(self, tag: str, value: str, line: int, style: str | None) -> None:
         self.tag, self.value, self.line, self.style = tag, value, line, style
 
-    @property
-    def start_mark(self) -> _Line:  # type: ignore[override]
-        return _Line(self.line)
 
-
-class _Sequence(yaml.SequenceNode):
-    __slots__ = ("flow_style", "line", "tag", "value")
-    end_mark = None
+class _Collection(_Located):
+    __slots__ = ()
+    tag: str
+    value: list[Any]
+    flow_style: bool | None
 
     def __init__(self, tag: str, line: int, flow_style: bool | None) -> None:
-        self.tag, self.value, self.line, self.flow_style = tag, [], line, flow_style
-
-    @property
-    def start_mark(self) -> _Line:  # type: ignore[override]
-        return _Line(self.line)
+        self.tag, self.value, self.line, self.flow_style = tag, [], line, flow_style  # type: ignore[misc]
 
 
-class _Mapping(yaml.MappingNode):
+class _Sequence(_Collection, yaml.SequenceNode):  # type: ignore[misc]
     __slots__ = ("flow_style", "line", "tag", "value")
-    end_mark = None
 
-    def __init__(self, tag: str, line: int, flow_style: bool | None) -> None:
-        self.tag, self.value, self.line, self.flow_style = tag, [], line, flow_style
 
-    @property
-    def start_mark(self) -> _Line:  # type: ignore[override]
-        return _Line(self.line)
+class _Mapping(_Collection, yaml.MappingNode):  # type: ignore[misc]
+    __slots__ = ("flow_style", "line", "tag", "value")
 
 
 _RESOLVER = yaml.resolver.Resolver()
