@@ -40,6 +40,7 @@ from splitdns.listen.h2engines import (
     EngineError,
     make_engine,
 )
+from splitdns.listen.pacing import Paced
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +66,10 @@ class _Request:
         self.timer: asyncio.TimerHandle | None = None
 
 
-class H2Session(asyncio.Protocol):
+class H2Session(Paced):
     """One HTTP/2 DoH connection (on TLS's shim transport), for the client `host`."""
 
-    __slots__ = (
-        "_app",
-        "_config",
-        "_conn",
-        "_draining",
-        "_engine",
-        "_host",
-        "_last",
-        "_paused",
-        "_pending",
-        "_requests",
-        "_sessions",
-        "_timer",
-        "_transport",
-        "_writable",
-    )
+    __slots__ = ("_app", "_config", "_conn", "_engine", "_host", "_last", "_requests", "_sessions")
 
     def __init__(
         self,
@@ -98,16 +84,14 @@ class H2Session(asyncio.Protocol):
         self._conn = conn
         self._config = config
         self._sessions = sessions
-        self._transport: asyncio.Transport | None = None
         streams = config.limits.streams_per_connection
         self._engine = make_engine(streams, HEADER_LIST)
         self._requests: dict[int, _Request] = {}  # streams whose body is still coming
-        self._pending: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
-        self._paused = False
-        self._writable = True
-        self._draining = False
+        super().__init__()
+
+    def _bounds(self) -> tuple[float, int]:
+        return self._config.tcp_idle_timeout, self._config.limits.streams_per_connection
 
     # ------------------------------------------------------------------ the connection
 
@@ -254,11 +238,7 @@ class H2Session(asyncio.Protocol):
                     self._refuse(stream)  # (streams reset at once: no pile of tasks)
                     return
                 self._conn.started()
-                task = asyncio.ensure_future(self._respond(stream, message, host))
-                self._pending.add(task)
-                task.add_done_callback(self._answered)
-                if len(self._pending) >= self._config.limits.streams_per_connection:
-                    self._pause()
+                self._track(asyncio.ensure_future(self._respond(stream, message, host)))
                 return
         self._send(stream, reply(answer))
 
@@ -269,13 +249,8 @@ class H2Session(asyncio.Protocol):
             self._flush()
 
     def _answered(self, task: asyncio.Task[Any]) -> None:
-        self._pending.discard(task)
         self._conn.finished()
-        if self._draining:
-            if not self._pending:
-                self.close()
-        elif self._paused and self._writable:
-            self._resume()
+        super()._answered(task)
 
     def _refuse(self, stream: int) -> None:
         self._engine.refuse(stream)
@@ -293,31 +268,6 @@ class H2Session(asyncio.Protocol):
         ]
         self._engine.respond(stream, fields, body, reset)
         self._flush()
-
-    # ------------------------------------------------------------------ flow
-
-    def _pause(self) -> None:
-        if not self._paused and self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
-
-    def _resume(self) -> None:
-        if self._paused and self._transport is not None:
-            self._paused = False
-            self._transport.resume_reading()
-
-    def pause_writing(self) -> None:
-        self._writable = False
-        self._pause()
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._config.tcp_idle_timeout, self._idle)
-
-    def resume_writing(self) -> None:
-        self._writable = True
-        if len(self._pending) < self._config.limits.streams_per_connection:
-            self._resume()
 
     def eof_received(self) -> bool:
         self._draining = True
@@ -342,9 +292,7 @@ class H2Session(asyncio.Protocol):
             self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         for stream in list(self._requests):
             self._forget(stream)
         self._transport = None

@@ -19,6 +19,7 @@ from typing import Any, Protocol, cast
 from splitdns.config.model import Config, IPNetwork
 from splitdns.limits.connections import Connection, ConnectionBudget
 from splitdns.listen import proxyv2
+from splitdns.listen.pacing import Paced
 from splitdns.serve.clienttrap import ClientTrap
 from splitdns.serve.published import Counts
 
@@ -84,7 +85,7 @@ class Streams:
         return self.server.proxied_client(header, host)
 
 
-class StreamSession(asyncio.Protocol):
+class StreamSession(Paced):
     """One stream connection as a protocol (DoT on listen/tlsstream.py's transport): every
     complete message a read brings is taken at once; cache hits are answered there and
     written together, one write (one TLS record) a read; the rest are answered in tasks of
@@ -100,21 +101,7 @@ class StreamSession(asyncio.Protocol):
     header naming the client (missing, slow or malformed: closed, counted).
     """
 
-    __slots__ = (
-        "_buffer",
-        "_conn",
-        "_draining",
-        "_host",
-        "_label",
-        "_last",
-        "_paused",
-        "_pending",
-        "_proxied",
-        "_streams",
-        "_timer",
-        "_transport",
-        "_writable",
-    )
+    __slots__ = ("_buffer", "_conn", "_host", "_label", "_last", "_proxied", "_streams")
 
     def __init__(
         self, streams: Streams, host: str | None, label: str, conn: Connection | None
@@ -125,13 +112,12 @@ class StreamSession(asyncio.Protocol):
         self._conn = conn
         self._proxied = False  # a PROXY header is awaited before the first message
         self._buffer = b""
-        self._pending: set[asyncio.Task[Any]] = set()
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0  # when the last complete message came (the loop's clock)
-        self._paused = False  # reading paused: too many answers pending
-        self._writable = True  # the client reads what we write
-        self._draining = False  # no more messages: close once the pending are answered
+        super().__init__()
+
+    def _bounds(self) -> tuple[float, int]:
+        config = self._streams.server.config
+        return config.tcp_idle_timeout, config.limits.streams_per_connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -217,7 +203,6 @@ class StreamSession(asyncio.Protocol):
         buffer = self._buffer
         server = self._streams.server
         host, label = self._host, self._label
-        streams = server.config.limits.streams_per_connection
         out: list[bytes] = []
         start = 0
         size = len(buffer)
@@ -241,8 +226,7 @@ class StreamSession(asyncio.Protocol):
                     answer = None
                 if answer is None:
                     self._answer_later(message)
-                    if len(self._pending) >= streams:
-                        self._pause()
+                    if self._paused:  # (at the bound of answers pending)
                         break
                     continue
             if answer is not None:
@@ -271,9 +255,7 @@ class StreamSession(asyncio.Protocol):
         server = self._streams.server
         if self._conn is not None:
             self._conn.started()
-        task = server.spawn(self._answer(message))
-        self._pending.add(task)
-        task.add_done_callback(self._answered)
+        self._track(server.spawn(self._answer(message)))
 
     async def _answer(self, message: bytes) -> None:
         answer = await self._streams.server.respond(message, self._host, self._label)
@@ -282,41 +264,13 @@ class StreamSession(asyncio.Protocol):
             transport.write(len(answer).to_bytes(2, "big") + answer)
 
     def _answered(self, task: asyncio.Task[Any]) -> None:
-        self._pending.discard(task)
         if self._conn is not None:
             self._conn.finished()
-        if self._draining:
-            if not self._pending:
-                self.close()
-        elif self._paused and self._writable:
-            self._resume()
+        super()._answered(task)
 
-    def _pause(self) -> None:
-        if not self._paused and self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
-
-    def _resume(self) -> None:
-        if self._paused and self._transport is not None:
-            self._paused = False
-            self._transport.resume_reading()
-            if self._buffer and not self._draining:  # messages read before the pause
-                self._take()
-
-    def pause_writing(self) -> None:
-        """The client does not read: take no more of its messages; `_idle` cuts it off if it
-        does not catch up within the idle timeout."""
-        self._writable = False
-        self._pause()
-        loop = asyncio.get_running_loop()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = loop.call_later(self._streams.server.config.tcp_idle_timeout, self._idle)
-
-    def resume_writing(self) -> None:
-        self._writable = True
-        if len(self._pending) < self._streams.server.config.limits.streams_per_connection:
-            self._resume()
+    def _resumed(self) -> None:
+        if self._buffer and not self._draining:  # messages read before the pause
+            self._take()
 
     def eof_received(self) -> bool:
         """The client is done sending: the pending answers are still written."""
@@ -332,9 +286,7 @@ class StreamSession(asyncio.Protocol):
             self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         self._transport = None
         self._draining = True
         self._streams.sessions.discard(self)
