@@ -69,7 +69,7 @@ class _Request:
 class H2Session(Paced):
     """One HTTP/2 DoH connection (on TLS's shim transport), for the client `host`."""
 
-    __slots__ = ("_app", "_config", "_conn", "_engine", "_host", "_last", "_requests", "_sessions")
+    __slots__ = ("_app", "_config", "_conn", "_engine", "_host", "_requests", "_sessions")
 
     def __init__(
         self,
@@ -87,7 +87,6 @@ class H2Session(Paced):
         streams = config.limits.streams_per_connection
         self._engine = make_engine(streams, HEADER_LIST)
         self._requests: dict[int, _Request] = {}  # streams whose body is still coming
-        self._last = 0.0
         super().__init__()
 
     def _bounds(self) -> tuple[float, int]:
@@ -100,9 +99,7 @@ class H2Session(Paced):
         self._conn.transport = self._transport
         self._sessions.add(self)
         self._flush()
-        loop = asyncio.get_running_loop()
-        self._last = loop.time()
-        self._timer = loop.call_at(self._last + self._config.tcp_idle_timeout, self._idle)
+        self._start_idle()
 
     def _idle(self) -> None:
         """No request for tcp_idle_timeout (or answers unread as long): GOAWAY and close."""
@@ -229,7 +226,7 @@ class H2Session(Paced):
         limited, answer = server.over_limit(message, host)
         if not limited:
             try:
-                answer = server.stream_hit(message, host, "doh")
+                answer = server.fast_answer(message, host, "doh")
             except Exception:  # the fast path must never cost an answer
                 log.exception("cache fast path failed on a DoH query; the slow way")
                 answer = None

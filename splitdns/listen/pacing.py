@@ -16,7 +16,7 @@ from typing import Any
 class Paced(asyncio.Protocol):
     """The pacing half of a session (serve/streams.py's StreamSession, h2session.py's)."""
 
-    __slots__ = ("_draining", "_paused", "_pending", "_timer", "_transport", "_writable")
+    __slots__ = ("_draining", "_last", "_paused", "_pending", "_timer", "_transport", "_writable")
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
@@ -25,6 +25,7 @@ class Paced(asyncio.Protocol):
         self._paused = False  # reading paused: too many answers pending, or not writable
         self._writable = True  # the client reads what we write
         self._draining = False  # no more requests: close once the pending are answered
+        self._last = 0.0  # when the last request came (the loop's clock)
 
     # what the session says
     def _bounds(self) -> tuple[float, int]:
@@ -41,6 +42,12 @@ class Paced(asyncio.Protocol):
         """Reading resumed: take what was read before the pause (nothing by default)."""
 
     # the pacing
+    def _start_idle(self) -> None:
+        """The idle deadline, from now (the connection has just come up)."""
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        self._timer = loop.call_at(self._last + self._bounds()[0], self._idle)
+
     def _pause(self) -> None:
         if not self._paused and self._transport is not None:
             self._paused = True

@@ -487,30 +487,13 @@ class Server:
 
     # ------------------------------------------------------------------ cache hits
 
-    def fast_answer(self, data: bytes, host: str) -> bytes | None:
-        """Answer a cache hit without the chain, parser or a task; None means "take the chain".
-
-        Only the common query shape is handled (wire.peek); clients not allowed, misses and
-        entries due for prefetch all go the full way, so this path never decides policy.
-        """
-        peeked, remembered = wire.peek_remembered(data)
-        if peeked is None or not self.cache.enabled:
-            return None
-        plan = self._clients[host] if host in self._clients else self._classify(host)
-        if plan is None:
-            return None
-        key = hit_key(data, peeked, plan)
-        now = self.cache.clock()
-        entry = self.cache.fresh(key, now)
-        if entry is None:
-            return None
-        return self._hit(data, host, peeked, remembered, key, entry, now) or None
-
-    def stream_hit(self, data: bytes, host: str, transport: str) -> bytes | None:
-        """A TCP or DoT cache hit answered in the read that brought it (no task, no parse):
-        the UDP hit path with a stream's size limit. None takes the full way: a miss, a hit
-        due for prefetch, a client not allowed, an ECS-trusted sender (the client is named
-        inside), EDNS options (padding asked for is the full path's to add)."""
+    def fast_answer(self, data: bytes, host: str, transport: str = "udp") -> bytes | None:
+        """A cache hit answered without the chain, parser or a task (a TCP, DoT or DoH one in
+        the read that brought it, with a stream's size limit; UDP's own path is `datagram`,
+        which keeps replayed hits too). None takes the full way, which alone decides policy:
+        a miss, a hit due for prefetch, a client not allowed, an ECS-trusted sender (the
+        client is named inside), and on a stream EDNS options (padding asked for is the full
+        path's to add)."""
         if not self.cache.enabled:
             return None
         if self.config.trusted_ecs and self.trusted(host, self.config.trusted_ecs):
@@ -519,7 +502,9 @@ class Server:
         if plan is None:
             return None
         peeked, remembered = wire.peek_remembered(data)
-        if peeked is None or (peeked[4] and len(data) != peeked[3] + 11):  # (OPT, no options)
+        if peeked is None:
+            return None
+        if transport != "udp" and peeked[4] and len(data) != peeked[3] + 11:  # (OPT options)
             return None
         key = hit_key(data, peeked, plan)
         now = self.cache.clock()

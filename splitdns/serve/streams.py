@@ -39,7 +39,7 @@ class StreamHost(Protocol):
     def trusted(self, host: str, networks: tuple[IPNetwork, ...]) -> bool: ...
     def proxied_client(self, header: proxyv2.Header, host: str) -> str: ...
     def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]: ...
-    def stream_hit(self, data: bytes, host: str, transport: str) -> bytes | None: ...
+    def fast_answer(self, data: bytes, host: str, transport: str = ...) -> bytes | None: ...
     async def respond(self, data: bytes, host: str, transport: str) -> bytes | None: ...
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
 
@@ -101,7 +101,7 @@ class StreamSession(Paced):
     header naming the client (missing, slow or malformed: closed, counted).
     """
 
-    __slots__ = ("_buffer", "_conn", "_host", "_label", "_last", "_proxied", "_streams")
+    __slots__ = ("_buffer", "_conn", "_host", "_label", "_proxied", "_streams")
 
     def __init__(
         self, streams: Streams, host: str | None, label: str, conn: Connection | None
@@ -112,7 +112,6 @@ class StreamSession(Paced):
         self._conn = conn
         self._proxied = False  # a PROXY header is awaited before the first message
         self._buffer = b""
-        self._last = 0.0  # when the last complete message came (the loop's clock)
         super().__init__()
 
     def _bounds(self) -> tuple[float, int]:
@@ -140,9 +139,7 @@ class StreamSession(Paced):
         self._streams.sessions.add(self)
         if not self._proxied and not server.trap.done:
             server.trap.saw(self._host)
-        loop = asyncio.get_running_loop()
-        self._last = loop.time()
-        self._timer = loop.call_at(self._last + server.config.tcp_idle_timeout, self._idle)
+        self._start_idle()
 
     def _idle(self) -> None:
         """The idle deadline: closed if no message came within it (else set again)."""
@@ -220,7 +217,7 @@ class StreamSession(Paced):
             limited, answer = server.over_limit(message, host)
             if not limited:
                 try:
-                    answer = server.stream_hit(message, host, label)
+                    answer = server.fast_answer(message, host, label)
                 except Exception:  # the fast path must never cost an answer
                     log.exception("cache fast path failed on a %s query; the slow way", label)
                     answer = None

@@ -251,7 +251,7 @@ class _Answers:
     def over_limit(self, data: bytes, host: str) -> tuple[bool, bytes | None]:
         return False, None
 
-    def stream_hit(self, data: bytes, host: str, transport: str) -> bytes | None:
+    def fast_answer(self, data: bytes, host: str, transport: str = "udp") -> bytes | None:
         return wire.refuse_raw(data) or b"\0" * 12
 
     async def respond(self, data: bytes, host: str, transport: str) -> bytes | None:
