@@ -20,7 +20,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
+from typing import IO
 
 import dns.exception
 import dns.flags
@@ -123,27 +125,50 @@ def command(args: argparse.Namespace) -> int:
     if lookup is None:
         plan = translate.plan(source, lan, None)
     when = datetime.date.today().isoformat()
-    text = render.mapping(plan, args.upstream or [], when)
-    said = (offline_note + "\n" if offline_note else "") + render.report(plan)
+    try:  # written as they are made: never the plan, the text and the report at once
+        made, said = (
+            _spooled(render.mapping_lines(plan, args.upstream or [], when)),
+            _spooled([offline_note] if offline_note else [], render.report_lines(plan)),
+        )
+    except OSError as exc:
+        print(f"splitdns import: no room for a temporary file: {exc}", file=sys.stderr)
+        return 1
     kept = plan if args.verify else None
     del plan, source  # the self-check's tree reuses their memory (100k entries: 410 -> 280 MiB)
     gc.collect()
-    try:  # the output always passes `check`
-        configmod.loads(text, args.output or "<import>")
-    except ConfigError as exc:
-        print(f"splitdns import: the mapping made does not load (a bug): {exc}", file=sys.stderr)
-        return 1
-    if args.output:
-        Path(args.output).write_text(text)
-    else:
-        sys.stdout.write(text)
-    if args.report:
-        Path(args.report).write_text(said)
-    else:
-        print(said, file=sys.stderr if not args.output else sys.stdout, end="")
+    with made, said:
+        made.seek(0)
+        text = made.read()
+        made.close()
+        try:  # the output always passes `check`
+            configmod.loads(text, args.output or "<import>")
+        except ConfigError as exc:
+            print(
+                f"splitdns import: the mapping made does not load (a bug): {exc}", file=sys.stderr
+            )
+            return 1
+        if args.output:
+            Path(args.output).write_text(text)
+        else:
+            sys.stdout.write(text)
+        said.seek(0)
+        if args.report:
+            with open(args.report, "w") as report:
+                shutil.copyfileobj(said, report)
+        else:
+            sys.stdout.flush()
+            shutil.copyfileobj(said, sys.stderr if not args.output else sys.stdout)
     if kept is not None:
         return verify(kept, text, specs)
     return 0
+
+
+def _spooled(*parts: Iterable[str]) -> IO[str]:
+    """`parts`' lines in a temporary file (in memory while small)."""
+    out: IO[str] = tempfile.SpooledTemporaryFile(1 << 20, "w+", encoding="utf-8")  # noqa: SIM115
+    for lines in parts:
+        out.writelines(line + "\n" for line in lines)
+    return out
 
 
 def verify(plan: translate.Plan, text: str, upstreams: list[str]) -> int:
@@ -175,7 +200,8 @@ def verify(plan: translate.Plan, text: str, upstreams: list[str]) -> int:
             print(f"verify: splitdns did not start: {said}")
             return 1
         rows = []
-        for (in_view, name), expected in sorted(plan.imported.items(), key=lambda kv: kv[0]):
+        imported = [(v, n, a) for v, names in plan.imported.items() for n, a in names.items()]
+        for in_view, name, expected in sorted(imported, key=lambda row: row[:2]):
             asked = translate.probe_name(name)
             got: list[IPAddress] = []
             for rtype in sorted({"A" if a.version == 4 else "AAAA" for a in expected}):

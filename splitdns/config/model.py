@@ -371,6 +371,8 @@ def _address(node: Node) -> IPAddress:
 
 def _name(text: str, node: Node, *, wildcard_ok: bool) -> NamePattern:
     name = text.strip().lower().rstrip(".")
+    if name == text:
+        name = text  # (the string already held: 100k hosts names are not held twice)
     wildcard = name.startswith("*.")
     if wildcard:
         if not wildcard_ok:
@@ -479,7 +481,7 @@ def _hosts(node: Node) -> Hosts:
     exact: dict[str, tuple[IPAddress, ...]] = {}
     wildcards: list[tuple[NamePattern, tuple[IPAddress, ...]]] = []
     shared: dict[tuple[IPAddress, ...], tuple[IPAddress, ...]] = {}  # one tuple per address set
-    for key, value in node.string_mapping():
+    for key, value in node.string_mapping(release=True):
         pattern = _name(key, value, wildcard_ok=True)
         items = value.items(allow_scalar=True)
         if not items:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
 import yaml
 
@@ -28,50 +29,48 @@ def _q(text: str) -> str:
 
 
 def mapping(plan: Plan, upstreams: list[str], when: str) -> str:
+    return "".join(line + "\n" for line in mapping_lines(plan, upstreams, when))
+
+
+def mapping_lines(plan: Plan, upstreams: list[str], when: str) -> Iterator[str]:
+    """The mapping a line at a time, so a large import is written as it is made (100k
+    entries: the whole text and its list of lines beside the plan were 50 MiB of the peak)."""
     source = plan.source
-    out = [
-        f"# splitdns zone mapping, imported from {source.path} ({source.format}) by",
-        f"# `splitdns import` on {when}: {summary(plan)}.",
-        "# Check it with `splitdns check -c FILE`; docs/configuration.md has every key.",
-    ]
+    yield f"# splitdns zone mapping, imported from {source.path} ({source.format}) by"
+    yield f"# `splitdns import` on {when}: {summary(plan)}."
+    yield "# Check it with `splitdns check -c FILE`; docs/configuration.md has every key."
     if upstreams:
-        out.append(f"upstreams: [{', '.join(_q(u) for u in upstreams)}]")
+        yield f"upstreams: [{', '.join(_q(u) for u in upstreams)}]"
     clients = [str(c) for v in plan.views for c in v.clients]
     if clients:
-        out.append(f'allow: [127.0.0.0/8, "::1/128", {", ".join(_q(c) for c in clients)}]')
-    out += [
-        "# The dashboard, on this machine only (for the LAN: `splitdns passwd FILE`, then",
-        "# password_file: FILE and a LAN listen address).",
-        DASHBOARD,
-        "views:",
-    ]
+        yield f'allow: [127.0.0.0/8, "::1/128", {", ".join(_q(c) for c in clients)}]'
+    yield "# The dashboard, on this machine only (for the LAN: `splitdns passwd FILE`, then"
+    yield "# password_file: FILE and a LAN listen address)."
+    yield DASHBOARD
+    yield "views:"
     for view in plan.views:
-        out += _view(view)
-    return "\n".join(out) + "\n"
+        yield from _view(view)
 
 
-def _view(view: PlanView) -> list[str]:
-    out = [
-        f"  - name: {view.name}",
-        f"    clients: [{', '.join(_q(str(c)) for c in view.clients)}]",
-    ]
+def _view(view: PlanView) -> Iterator[str]:
+    yield f"  - name: {view.name}"
+    yield f"    clients: [{', '.join(_q(str(c)) for c in view.clients)}]"
     if view.rules:
-        out.append("    rewrite:")
+        yield "    rewrite:"
         for rule in view.rules:
-            out.append(f"      # replaces {len(rule.replaces)}: {'; '.join(rule.replaces)}")
+            yield f"      # replaces {len(rule.replaces)}: {'; '.join(rule.replaces)}"
             names = f", names: [{', '.join(_q(n) for n in rule.names)}]" if rule.names else ""
-            out.append(f"      - {{from: {_q(str(_one(rule.source)))}, to: "
-                       f"{_q(str(_one(rule.target)))}{names}}}")  # fmt: skip
+            yield (f"      - {{from: {_q(str(_one(rule.source)))}, to: "
+                   f"{_q(str(_one(rule.target)))}{names}}}")  # fmt: skip
     if view.leaks:
-        out.append(f"    # public AAAA leaked before for: {', '.join(sorted(view.leaks))}")
-        out.append("    aaaa: drop")
+        yield f"    # public AAAA leaked before for: {', '.join(sorted(view.leaks))}"
+        yield "    aaaa: drop"
     if view.hosts:
-        out.append("    hosts:")
+        yield "    hosts:"
         for name, addresses in view.hosts.items():
             each = [_q(str(a)) for a in addresses]
             value = each[0] if len(each) == 1 else f"[{', '.join(each)}]"
-            out.append(f"      {_q(name)}: {value}  # {view.host_origins.get(name, '')}")
-    return out
+            yield f"      {_q(name)}: {value}  # {view.host_origins.get(name, '')}"
 
 
 def _one(net: object) -> object:
@@ -96,35 +95,39 @@ def summary(plan: Plan) -> str:
 
 
 def report(plan: Plan) -> str:
-    out = [summary(plan)]
+    return "".join(line + "\n" for line in report_lines(plan))
+
+
+def report_lines(plan: Plan) -> Iterator[str]:
+    """The report a line at a time (written as it is made, as the mapping is)."""
+    yield summary(plan)
     if plan.offline:
-        out.append(
+        yield (
             "offline: no upstream was asked, so rules could not be inferred; every entry is a "
             "hosts entry (run again with --upstream to get rules by public address)"
         )
     for view in plan.views:
-        out.append(f"view {view.name} (clients {', '.join(map(str, view.clients))}):")
+        yield f"view {view.name} (clients {', '.join(map(str, view.clients))}):"
         for rule in view.rules:
             scope = f" for {', '.join(rule.names)}" if rule.names else ""
-            out.append(f"  rule {_one(rule.source)} -> {_one(rule.target)}{scope} replaces:")
-            out += [f"    {r}" for r in rule.replaces]
+            yield f"  rule {_one(rule.source)} -> {_one(rule.target)}{scope} replaces:"
+            yield from (f"    {r}" for r in rule.replaces)
             if not rule.names:
-                out.append(
+                yield (
                     f"    and from now on every other name whose public address is "
                     f"{_one(rule.source)} (names the list forgot) gets {_one(rule.target)} too"
                 )
         for name, addresses in view.hosts.items():
-            out.append(f"  host {name} -> {', '.join(map(str, addresses))} "
-                       f"({view.host_origins.get(name, '')})")  # fmt: skip
+            yield (f"  host {name} -> {', '.join(map(str, addresses))} "
+                   f"({view.host_origins.get(name, '')})")  # fmt: skip
         if view.leaks:
-            out.append(
+            yield (
                 f"  the public AAAA of {', '.join(sorted(view.leaks))} reached LAN clients "
                 "before (an A override alone does not stop it); now `aaaa: drop` answers NODATA"
             )
     for entry, covering in plan.covered:
-        out.append(f"covered by rule {covering}: {entry}")
+        yield f"covered by rule {covering}: {entry}"
     for origin, why in plan.unimportable:
-        out.append(f"not importable: {origin}: {why}")
+        yield f"not importable: {origin}: {why}"
     for origin, name in plan.disabled:
-        out.append(f"disabled, not imported: {origin}: {name}")
-    return "\n".join(out) + "\n"
+        yield f"disabled, not imported: {origin}: {name}"

@@ -177,12 +177,14 @@ def _dnsmasq(source: Source, text: str) -> None:
                 continue
             names, answer = [n for n in parts[1:-1] if n], parts[-1].strip()
             ip = address(answer)
+            one = (ip,) if ip is not None else ()  # (shared by the line's entries)
             for name in names:
                 if ip is None:  # address=/name/ (NXDOMAIN) or /#: a block, not an override
                     source.skipped.append((where, f"{name}: not an address ({answer or 'none'})"))
                 else:  # dnsmasq's /name/ covers the name and everything below it
-                    source.entries.append(Entry(clean_name(name), where, (ip,)))
-                    source.entries.append(Entry("*." + clean_name(name), where, (ip,)))
+                    clean = clean_name(name)
+                    source.entries.append(Entry(clean, where, one))
+                    source.entries.append(Entry("*." + clean, where, one))
         elif key == "host-record":
             fields = [f.strip() for f in value.split(",")]
             ips = [ip for f in fields if (ip := address(f)) is not None]

@@ -21,6 +21,9 @@ from splitdns.migrate.entries import Entry, IPAddress, IPNetwork, Source, name_p
 
 #: (name, "A" | "AAAA") -> the public addresses; None when the name has no such record
 Lookup = Callable[[str, str], tuple[IPAddress, ...] | None]
+#: name -> the source's answer for it, in one view (a dict per view: 100k entries keyed by
+#: (view, name) tuples held 22 MiB more)
+Imported = dict[str, tuple[IPAddress, ...]]
 PROBE_LABEL = "splitdns-import-probe"  # asked below a wildcard for its public answer
 
 
@@ -37,7 +40,7 @@ class PlanView:
     name: str
     clients: tuple[IPNetwork, ...]
     rules: list[Rule] = field(default_factory=list)
-    hosts: dict[str, list[IPAddress]] = field(default_factory=dict)
+    hosts: dict[str, tuple[IPAddress, ...]] = field(default_factory=dict)
     host_origins: dict[str, str] = field(default_factory=dict)
     leaks: list[str] = field(default_factory=list)  # names whose public AAAA leaked before
 
@@ -50,7 +53,7 @@ class Plan:
     disabled: list[tuple[str, str]]  # (origin, name)
     covered: list[tuple[str, str]]  # (entry, the rule that covers it)
     offline: bool
-    imported: dict[tuple[str, str], tuple[IPAddress, ...]]  # (view, name) -> source's answer
+    imported: dict[str, Imported]  # view -> name -> the source's answer
 
     @property
     def entry_count(self) -> int:
@@ -63,9 +66,9 @@ def plan(source: Source, lan: tuple[IPNetwork, ...], lookup: Lookup | None) -> P
     unimportable = [*source.skipped]
     disabled: list[tuple[str, str]] = []
     covered: list[tuple[str, str]] = []
-    imported: dict[tuple[str, str], tuple[IPAddress, ...]] = {}
+    imported: dict[str, Imported] = {view.name: {} for view in views}
     pairs: dict[str, list[tuple[IPAddress, IPAddress, Entry]]] = defaultdict(list)
-    seen: dict[tuple[str, str], Entry] = {}
+    seen: dict[str, dict[str, Entry]] = {view.name: {} for view in views}
     aliases: list[tuple[Entry, PlanView]] = []
     for entry in source.entries:
         if not entry.enabled:
@@ -86,7 +89,8 @@ def plan(source: Source, lan: tuple[IPNetwork, ...], lookup: Lookup | None) -> P
             unimportable.append((entry.origin, why))
             continue
         for view in by_name[entry.view]:  # (a source's global entry holds in every view)
-            _take(entry, view, lookup, seen, aliases, imported, pairs, unimportable)
+            _take(entry, view, lookup, seen[view.name], aliases, imported[view.name], pairs,
+                  unimportable)  # fmt: skip
     for view in views:
         view.rules += _rules(pairs[view.name])
     stated: dict[tuple[str, IPNetwork], str] = {}
@@ -104,16 +108,14 @@ def plan(source: Source, lan: tuple[IPNetwork, ...], lookup: Lookup | None) -> P
             stated[(view.name, rule.source)] = rule.origin
             view.rules.append(Rule(rule.source, rule.target, (), [f"{rule.origin} (as it is)"]))
     for entry, view in aliases:
-        _alias(entry, view, lookup, imported, covered, unimportable)
+        _alias(entry, view, lookup, imported[view.name], covered, unimportable)
     for view in views:
         view.rules.sort(key=lambda r: (not r.names, r.source.version, r.source))
-        _exact_beats_wildcards(view, imported)
+        _exact_beats_wildcards(view, imported[view.name])
     return Plan(source, views, unimportable, disabled, covered, lookup is None, imported)
 
 
-def _exact_beats_wildcards(
-    view: PlanView, imported: dict[tuple[str, str], tuple[IPAddress, ...]]
-) -> None:
+def _exact_beats_wildcards(view: PlanView, imported: Imported) -> None:
     """The source's precedence carried over: in AdGuard Home, Pi-hole and dnsmasq a name's own
     entry wins over a wildcard above it. In splitdns `hosts` answer before the rules, so a
     hosts wildcard would shadow a name that became a rule: each such name gets its own exact
@@ -121,12 +123,12 @@ def _exact_beats_wildcards(
     suffixes = [name[2:] for name in view.hosts if name.startswith("*.")]
     if not suffixes:
         return
-    for (in_view, name), addresses in imported.items():
-        if in_view != view.name or name.startswith("*.") or name in view.hosts or not addresses:
+    for name, addresses in imported.items():
+        if name.startswith("*.") or name in view.hosts or not addresses:
             continue
         under = [s for s in suffixes if name.endswith("." + s)]
         if under:
-            view.hosts[name] = list(addresses)
+            view.hosts[name] = addresses
             view.host_origins[name] = (
                 f"its own entry beats the wildcard *.{max(under, key=len)}, as in the source"
             )
@@ -136,15 +138,15 @@ def _take(
     entry: Entry,
     view: PlanView,
     lookup: Lookup | None,
-    seen: dict[tuple[str, str], Entry],
+    seen: dict[str, Entry],
     aliases: list[tuple[Entry, PlanView]],
-    imported: dict[tuple[str, str], tuple[IPAddress, ...]],
+    imported: Imported,
     pairs: dict[str, list[tuple[IPAddress, IPAddress, Entry]]],
     unimportable: list[tuple[str, str]],
 ) -> None:
     """One enabled entry in one view: a conflict reported, an alias kept for later, an
     address entry paired with its public answer (or made a host)."""
-    earlier = seen.get((view.name, entry.name))
+    earlier = seen.get(entry.name)
     if earlier is not None and (earlier.addresses, earlier.target) != (
         entry.addresses,
         entry.target,
@@ -153,11 +155,11 @@ def _take(
             (entry.origin, f"{entry.name}: conflicts with {earlier.origin}; the first kept")
         )
         return
-    seen[(view.name, entry.name)] = entry
+    seen[entry.name] = entry
     if entry.target is not None:
         aliases.append((entry, view))
         return
-    imported[(view.name, entry.name)] = entry.addresses
+    imported[entry.name] = entry.addresses
     _address_entry(entry, view, lookup, pairs[view.name], unimportable)
 
 
@@ -231,7 +233,7 @@ def _address_entry(
         else:
             pairs += [(p, internal[0], entry) for p in public if p.version == internal[0].version]
     if as_host:
-        view.hosts[entry.name] = list(entry.addresses)
+        view.hosts[entry.name] = entry.addresses
         view.host_origins[entry.name] = entry.origin
         return
     if internal4 and not internal6 and lookup is not None and lookup(asked, "AAAA"):
@@ -299,7 +301,7 @@ def _alias(
     entry: Entry,
     view: PlanView,
     lookup: Lookup | None,
-    imported: dict[tuple[str, str], tuple[IPAddress, ...]],
+    imported: Imported,
     covered: list[tuple[str, str]],
     unimportable: list[tuple[str, str]],
 ) -> None:
@@ -309,17 +311,17 @@ def _alias(
     for rule in view.rules:
         if public and not rule.names and any(p in rule.source for p in public):
             covered.append((f"{entry.name} -> {entry.target} ({entry.origin})", str(rule.source)))
-            imported[(view.name, entry.name)] = tuple(
+            imported[entry.name] = tuple(
                 rule.target.network_address + (int(p) - int(rule.source.network_address))
                 for p in public
                 if p in rule.source
             )
             return
-    target = imported.get((view.name, entry.target or ""))
+    target = imported.get(entry.target or "")
     if target:
-        view.hosts[entry.name] = list(target)
+        view.hosts[entry.name] = target
         view.host_origins[entry.name] = f"{entry.origin} (CNAME to {entry.target}, as its address)"
-        imported[(view.name, entry.name)] = target
+        imported[entry.name] = target
         return
     unimportable.append(
         (entry.origin, f"{entry.name}: CNAME to {entry.target}, which splitdns cannot answer "

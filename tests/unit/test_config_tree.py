@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from splitdns.config import model
-from splitdns.config.tree import FAST_PARSE, compose_lean
+from splitdns.config.tree import FAST_PARSE, Node, compose_lean
 
 TEXTS = [
     "a: &x [1, 2, {b: c}]\nd: *x\ne: !!str 5\nf: ~\ng: yes\nh: 'quoted'\ni: |\n  block\n",
@@ -60,4 +60,46 @@ def test_a_large_file_loads_through_it_with_lines_in_errors() -> None:
     assert len(model.loads(text, "big.yaml").views[0].hosts) == 12000
     broken = text + "      bad.example.test: not-an-address\n"
     with pytest.raises(model.ConfigError, match=r"big\.yaml:12005: .*bad\.example\.test"):
+        model.loads(broken, "big.yaml")
+
+
+def _big_hosts(count: int) -> str:
+    return "".join(f"      h{i}.example.test: 192.0.2.{i % 250 + 1}\n" for i in range(count))
+
+
+def test_hosts_are_let_go_of_as_read_and_kept_in_order() -> None:
+    """The hosts mapping of a lean tree is emptied as the model reads it (held once, not as
+    tree and model at once), and the model has every entry in the file's order (PTR answers
+    give the first name listed for an address)."""
+    text = "views:\n  - name: lan\n    clients: [192.0.2.0/24]\n    hosts:\n" + _big_hosts(12000)
+    root = compose_lean(text)
+    assert root is not None
+    hosts_node = root.value[0][1].value[0].value[2][1]
+    assert len(hosts_node.value) == 12000
+    config = model.from_node(Node(root, "big.yaml", ""))
+    assert hosts_node.value == []  # (nothing of it left in the tree)
+    exact = config.views[0].hosts.exact
+    assert list(exact)[:3] == ["h0.example.test", "h1.example.test", "h2.example.test"]
+    assert len(exact) == 12000
+    address = next(iter(exact["h0.example.test"]))
+    assert config.views[0].hosts.names_for(address)[:2] == ["h0.example.test", "h250.example.test"]
+
+
+def test_hosts_an_alias_reaches_are_read_whole_in_every_view() -> None:
+    """With an alias anywhere in the file a mapping may be read twice (`hosts: *shared` in a
+    second view), so nothing is let go of: both views answer every name."""
+    text = (
+        "views:\n  - name: lan\n    clients: [192.0.2.0/25]\n    hosts: &shared\n"
+        + _big_hosts(12000)
+        + "  - name: guests\n    clients: [192.0.2.128/25]\n    hosts: *shared\n"
+    )
+    assert len(text) > FAST_PARSE
+    config = model.loads(text, "big.yaml")
+    assert [len(v.hosts) for v in config.views] == [12000, 12000]
+
+
+def test_an_error_in_released_hosts_still_names_its_line() -> None:
+    text = "views:\n  - name: lan\n    clients: [192.0.2.0/24]\n    hosts:\n" + _big_hosts(12000)
+    broken = text.replace("h5000.example.test: 192.0.2.1", "h5000.example.test: [192.0.2.1, x]")
+    with pytest.raises(model.ConfigError, match=r"big\.yaml:5005: .*h5000\.example\.test"):
         model.loads(broken, "big.yaml")
