@@ -99,9 +99,15 @@ class DohApp:
         await self.serve(scope, receive, send)
 
     async def serve(
-        self, scope: Scope, receive: Receive, send: Send, conn: Connection | None = None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        conn: Connection | None = None,
+        peer: str | None = None,
     ) -> None:
-        """One request on connection `conn` (the budget's record: its busy count and bytes)."""
+        """One request on connection `conn` (the budget's record: its busy count and bytes)
+        from `peer` (the client a trusted proxy's PROXY header named; else the scope's)."""
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
@@ -112,13 +118,17 @@ class DohApp:
                     return
         if scope["type"] != "http":
             return
-        status, headers, body = await self.handle(scope, receive, conn)
+        status, headers, body = await self.handle(scope, receive, conn, peer)
         headers = [*headers, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def handle(
-        self, scope: Scope, receive: Receive, conn: Connection | None = None
+        self,
+        scope: Scope,
+        receive: Receive,
+        conn: Connection | None = None,
+        peer: str | None = None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         headers = scope.get("headers", [])
         media = next((v for k, v in headers if k == b"content-type"), b"")
@@ -131,8 +141,9 @@ class DohApp:
             if isinstance(body, tuple):
                 return body[0], TEXT, body[1]
             head = body
-        peer = (scope.get("client") or ("0.0.0.0", 0))[0]
-        host = self.client_of(str(peer), [v for k, v in headers if k == b"x-forwarded-for"])
+        if peer is None:
+            peer = str((scope.get("client") or ("0.0.0.0", 0))[0])
+        host = self.client_of(peer, [v for k, v in headers if k == b"x-forwarded-for"])
         if host is None:
             return NO_CLIENT
         if conn is not None:

@@ -53,7 +53,7 @@ class DohServing:
         reader = asyncio.StreamReader(limit=2**16)
         protocol = asyncio.StreamReaderProtocol(reader)
         writer = asyncio.StreamWriter(tls, protocol, reader, loop)
-        app = ASGIWrapper(functools.partial(self.app.serve, conn=conn))
+        app = ASGIWrapper(functools.partial(self.app.serve, conn=conn, peer=host))
         task = asyncio.ensure_future(
             TCPServer(app, loop, self.hyper, self.context, {}, reader, writer)
         )

@@ -23,7 +23,7 @@ from typing import Protocol
 from splitdns.config.encrypted import EncryptedListener
 from splitdns.config.model import Config, Endpoint, IPNetwork
 from splitdns.limits.connections import Connection, ConnectionBudget
-from splitdns.listen import certs
+from splitdns.listen import certs, proxyv2
 from splitdns.listen.doh import DohApp
 from splitdns.listen.dohserving import DohServing
 from splitdns.listen.ports import bind_problem
@@ -179,7 +179,11 @@ class EncryptedListeners:
 
         shim = TlsStream(context, config.limits.handshake_timeout, up, failed, released)
         try:
-            if conn.kind == "dot" and server.trusted(host, config.trusted_proxies):
+            if server.trusted(host, config.trusted_proxies) and (
+                conn.kind == "dot"
+                or await _first_byte(loop, sock, config.limits.handshake_timeout)
+                == proxyv2.SIGNATURE[:1]
+            ):
                 named = await server.streams.read_proxy_header(
                     functools.partial(_recv_exactly, loop, sock), host
                 )
@@ -189,7 +193,9 @@ class EncryptedListeners:
                     return
                 host = named
             await loop.connect_accepted_socket(lambda: shim, sock)
-        except OSError:
+        except (OSError, TimeoutError):
+            if conn.kind == "doh":  # (a trusted sender silent or gone before its first byte)
+                failed()
             released()
             sock.close()
             return
@@ -271,6 +277,30 @@ def reset(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
+
+
+async def _first_byte(loop: asyncio.AbstractEventLoop, sock: socket.socket, within: float) -> bytes:
+    """The first byte the peer sends, left unread (MSG_PEEK): DoH from a trusted proxy may
+    start with a PROXY v2 header (HAProxy passing TLS through, `send-proxy-v2`) or with TLS
+    at once (an HTTP proxy naming the client in X-Forwarded-For). TimeoutError after `within`
+    seconds; b"" for a peer that closed."""
+    async with asyncio.timeout(within):
+        while True:
+            try:
+                return sock.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                pass
+            readable: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(sock.fileno(), _wake, readable)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(sock.fileno())
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _recv_exactly(loop: asyncio.AbstractEventLoop, conn: socket.socket, size: int) -> bytes:

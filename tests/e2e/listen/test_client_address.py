@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 import subprocess
 import time
@@ -231,4 +232,103 @@ def test_doh_behind_a_trusted_http_proxy_takes_x_forwarded_for(nsd: NSD, tmp_pat
         assert get("127.0.0.10", None)[0] == 400  # a trusted proxy must name the client
         assert get("127.0.0.2", "127.0.0.3") == (200, ["192.0.2.2"])  # anyone else: ignored
     finally:
+        assert proc.stop() == 0, proc.output
+
+
+def _doh_http1(tls: socket.socket, wire: bytes) -> tuple[int, list[str]]:
+    """One DoH GET over HTTP/1.1 on an open TLS socket: (status, answers)."""
+    import base64
+
+    encoded = base64.urlsafe_b64encode(wire).rstrip(b"=").decode()
+    tls.sendall(
+        f"GET /dns-query?dns={encoded} HTTP/1.1\r\nHost: resolver.test\r\n"
+        "Accept: application/dns-message\r\nConnection: close\r\n\r\n".encode()
+    )
+    data = b""
+    while chunk := tls.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, answer_of(dns.message.from_wire(body)) if status == 200 else []
+
+
+def test_doh_behind_a_tcp_proxy_names_the_client(nsd: NSD, tmp_path: Path) -> None:
+    """A proxy that passes TLS through (HAProxy `mode tcp` with `send-proxy-v2`, the way to
+    route by SNI) puts a PROXY v2 header before the handshake: from a trusted proxy it names
+    the client; the same proxy may also speak TLS at once (an HTTP proxy with X-Forwarded-For);
+    a broken header is counted and closed; anyone else's header is no TLS and gets nothing."""
+    doh, metrics = free_port(), free_port()
+    text = VIEWS.format(nsd=nsd.port, metrics=metrics, log=tmp_path / "q.log")
+    proc = SplitDNS(tmp_path, text + f"state_dir: {tmp_path / 'state'}\n",
+                    "--listen", f"https://127.0.0.1:{doh}/dns-query")  # fmt: skip
+    proc.metrics_port = metrics  # type: ignore[attr-defined]
+    context = unverified_context()
+    context.set_alpn_protocols(["http/1.1"])
+
+    def ask(source: str, header: bytes) -> tuple[int, list[str]]:
+        with socket.create_connection(("127.0.0.1", doh), source_address=(source, 0),
+                                      timeout=5) as raw:  # fmt: skip
+            raw.sendall(header)
+            with context.wrap_socket(raw, server_hostname="resolver.test") as tls:
+                return _doh_http1(tls, query())
+
+    try:
+        header = build("127.0.0.3", 5000, "127.0.0.1", doh, stream=True)
+        assert ask("127.0.0.10", header) == (200, ["192.0.2.3"])
+        assert proxy_count(proc, "ok") == 1  # type: ignore[arg-type]
+        assert ask("127.0.0.10", b"")[0] == 400  # TLS at once: it must name the client by XFF
+        assert ask("127.0.0.2", b"") == (200, ["192.0.2.2"])
+        with pytest.raises((ssl.SSLError, OSError)):  # not a proxy: its header is no TLS
+            ask("127.0.0.2", header)
+        broken = header[:13] + b"\x99" + header[14:]  # (an unknown family)
+        with pytest.raises((ssl.SSLError, OSError)):
+            ask("127.0.0.10", broken)
+        assert proxy_count(proc, "malformed") == 1  # type: ignore[arg-type]
+        assert ask("127.0.0.3", b"") == (200, ["192.0.2.3"])  # and still serving
+    finally:
+        assert proc.stop() == 0, proc.output
+
+
+def test_doh_through_haproxy_send_proxy_v2(nsd: NSD, tmp_path: Path) -> None:
+    """The real thing: HAProxy in TCP mode passing DoH's TLS through with `send-proxy-v2`,
+    kdig +https from two LAN addresses: each gets its own view's answer."""
+    haproxy = need("haproxy", "haproxy")
+    kdig = need("kdig", "knot-dnsutils")
+    doh, front = free_port(), free_port()
+    text = VIEWS.format(nsd=nsd.port, metrics=free_port(), log=tmp_path / "q.log")
+    proc = SplitDNS(tmp_path, text + f"state_dir: {tmp_path / 'state'}\n",
+                    "--listen", f"https://127.0.0.1:{doh}/dns-query")  # fmt: skip
+    conf = tmp_path / "haproxy.cfg"
+    conf.write_text(
+        "global\n  maxconn 100\n"
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n"
+        "  timeout server 30s\n"
+        f"frontend doh\n  bind 127.0.0.1:{front}\n  default_backend splitdns\n"
+        f"backend splitdns\n  server s1 127.0.0.1:{doh} send-proxy-v2 source 127.0.0.10\n"
+    )
+    balancer = subprocess.Popen(
+        [haproxy, "-db", "-f", str(conf)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def via(source: str) -> list[str]:
+        out = subprocess.run(
+            [kdig, "@127.0.0.1", "-p", str(front), "-b", source, "+https=/dns-query",
+             "+tls-sni=resolver.test", "+short", "+timeout=3", "+retry=0", "www.example.test"],
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+        return out.stdout.split()
+
+    try:
+        deadline = time.monotonic() + 10
+        while not via("127.0.0.2") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert via("127.0.0.2") == ["192.0.2.2"]
+        assert via("127.0.0.3") == ["192.0.2.3"]
+        assert via("127.0.0.4") == ["203.0.113.1"]
+    finally:
+        balancer.terminate()
+        balancer.wait(10)
+        assert balancer.stderr is not None
+        balancer.stderr.close()
         assert proc.stop() == 0, proc.output
