@@ -1057,10 +1057,11 @@ def refuse_raw(data: bytes) -> bytes | None:
     return HEADER.pack(msg_id, _response_flags(flags, REFUSED), 1, 0, 0, 0) + data[12:qend]
 
 
-def make_query(name: str, qtype: int, rd: bool = True) -> bytes:
-    """A plain query for `name` (used by `explain`, never on the serving path)."""
+def make_query(name: str, qtype: int, rd: bool = True, msg_id: int | None = None) -> bytes:
+    """A plain query for `name` (used by `explain` and `import`, never on the serving path),
+    with a random ID unless given one."""
     return (
-        HEADER.pack(secrets.randbits(16), RD if rd else 0, 1, 0, 0, 0)
+        HEADER.pack(secrets.randbits(16) if msg_id is None else msg_id, RD if rd else 0, 1, 0, 0, 0)
         + encode_name(name)
         + struct.pack("!HH", qtype, CLASS_IN)
     )

@@ -93,7 +93,7 @@ class NamePattern:
         return f"*.{self.suffix}" if self.wildcard else self.suffix
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # (an import may bring tens of thousands)
 class Rule:
     """One rewrite: addresses in `source` map 1:1 onto `target` (same family and size)."""
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from splitdns.migrate.entries import Entry, IPAddress, IPNetwork, Source, name_problem
 
-#: (name, "A" | "AAAA") -> the public addresses; None when the name has no such record
+#: (an entry's name, "A" | "AAAA") -> the public addresses (a wildcard's: of a name below it,
+#: probe_name); None when the name has no such record
 Lookup = Callable[[str, str], tuple[IPAddress, ...] | None]
 #: name -> the source's answer for it, in one view (a dict per view: 100k entries keyed by
 #: (view, name) tuples held 22 MiB more)
@@ -27,7 +28,7 @@ Imported = dict[str, tuple[IPAddress, ...]]
 PROBE_LABEL = "splitdns-import-probe"  # asked below a wildcard for its public answer
 
 
-@dataclass
+@dataclass(slots=True)
 class Rule:
     source: IPNetwork
     target: IPNetwork
@@ -120,18 +121,28 @@ def _exact_beats_wildcards(view: PlanView, imported: Imported) -> None:
     entry wins over a wildcard above it. In splitdns `hosts` answer before the rules, so a
     hosts wildcard would shadow a name that became a rule: each such name gets its own exact
     hosts entry with the address the source gave it (an exact entry beats a wildcard)."""
-    suffixes = [name[2:] for name in view.hosts if name.startswith("*.")]
+    suffixes = {name[2:] for name in view.hosts if name.startswith("*.")}
     if not suffixes:
         return
     for name, addresses in imported.items():
         if name.startswith("*.") or name in view.hosts or not addresses:
             continue
-        under = [s for s in suffixes if name.endswith("." + s)]
-        if under:
+        under = _longest_suffix(name, suffixes)  # (a walk up the name: 100k wildcards
+        if under is not None:  # scanned for each of 100k names was quadratic)
             view.hosts[name] = addresses
             view.host_origins[name] = (
-                f"its own entry beats the wildcard *.{max(under, key=len)}, as in the source"
+                f"its own entry beats the wildcard *.{under}, as in the source"
             )
+
+
+def _longest_suffix(name: str, suffixes: set[str]) -> str | None:
+    """The longest of `suffixes` that `name` is strictly below, or None."""
+    dot = name.find(".")
+    while dot >= 0:
+        if name[dot + 1 :] in suffixes:
+            return name[dot + 1 :]
+        dot = name.find(".", dot + 1)
+    return None
 
 
 def _take(
@@ -189,17 +200,17 @@ def _views(
     return views, by_name
 
 
-def questions(source: Source) -> list[tuple[str, str]]:
-    """What `plan` will ask of the upstreams for `source` (asked ahead, at once)."""
-    asked: list[tuple[str, str]] = []
+def questions(source: Source) -> Iterator[tuple[str, str]]:
+    """What `plan` will ask of the upstreams for `source` (asked ahead, at once), as the
+    lookup is asked: by the entry's own name."""
     for entry in source.entries:
         if not entry.enabled or entry.keep or name_problem(entry.name) is not None:
             continue
-        probe = probe_name(entry.name)
-        asked += [(probe, "A"), (probe, "AAAA")]
+        yield entry.name, "A"
+        yield entry.name, "AAAA"
         if entry.target is not None and name_problem(entry.target) is None:
-            asked += [(entry.target, "A"), (entry.target, "AAAA")]
-    return asked
+            yield entry.target, "A"
+            yield entry.target, "AAAA"
 
 
 def probe_name(name: str) -> str:
@@ -214,7 +225,7 @@ def _address_entry(
     pairs: list[tuple[IPAddress, IPAddress, Entry]],
     unimportable: list[tuple[str, str]],
 ) -> None:
-    asked = probe_name(entry.name)
+    asked = entry.name  # (the lookup asks a wildcard's below it)
     internal4 = [a for a in entry.addresses if a.version == 4]
     internal6 = [a for a in entry.addresses if a.version == 6]
     as_host = lookup is None
@@ -249,9 +260,11 @@ def _rules(pairs: list[tuple[IPAddress, IPAddress, Entry]]) -> list[Rule]:
     general: dict[IPAddress, Rule] = {}
     named: list[Rule] = []
     for public, targets in by_public.items():
+        by_target: dict[IPAddress, list[Entry]] = defaultdict(list)  # (in one pass: 100k
+        for t, e in targets:  # names on one public address made a scan per target)
+            by_target[t].append(e)
         usual = Counter(t for t, _ in targets).most_common(1)[0][0]
-        for target in dict.fromkeys(t for t, _ in targets):
-            entries = [e for t, e in targets if t == target]
+        for target, entries in by_target.items():
             names = tuple(sorted({e.name for e in entries}))
             rule = Rule(
                 ipaddress.ip_network(public),
@@ -307,7 +320,7 @@ def _alias(
 ) -> None:
     """A CNAME override: splitdns has no local CNAMEs, so: covered by a rule when the alias's
     public answer is rewritten anyway, else its target's internal address as a hosts entry."""
-    public = lookup(probe_name(entry.name), "A") if lookup is not None else None
+    public = lookup(entry.name, "A") if lookup is not None else None
     for rule in view.rules:
         if public and not rule.names and any(p in rule.source for p in public):
             covered.append((f"{entry.name} -> {entry.target} ({entry.origin})", str(rule.source)))
