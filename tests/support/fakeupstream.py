@@ -30,6 +30,7 @@ class Action:
     delay: float = 0.0
     rcode: int | None = None  # answer with this rcode and no records
     silent: bool = False  # never answer
+    lost_first: bool = False  # the first query for the name is never answered, later ones are
     truncate_udp: bool = False  # UDP reply has TC=1 and no records
     forged_first: bool = False  # send wrong-ID, wrong-question and wrong-port replies first
     garbage_first: bool = False  # send bytes that are not DNS first
@@ -65,6 +66,7 @@ class FakeUpstream:
             threading.Thread(target=self._serve_tcp, daemon=True),
         ]
         self._lock = threading.Lock()
+        self._lost: set[str] = set()  # names whose first query was lost (lost_first)
 
     def _bind_pair(self) -> tuple[socket.socket, socket.socket]:
         """A UDP and a TCP socket on the same free port (retried: the TCP side may be taken)."""
@@ -165,6 +167,13 @@ class FakeUpstream:
         action = self._action_for(request)
         if action.silent:
             return None
+        if action.lost_first:
+            name = str(request.q.qname).lower()
+            with self._lock:
+                first = name not in self._lost
+                self._lost.add(name)
+            if first:
+                return None
         if action.delay:
             time.sleep(action.delay)
         return action

@@ -1,116 +1,68 @@
-"""commands/bulklookup.py, `splitdns import`'s many questions at once, against a UDP upstream
-of our own on loopback: every question settled (one lost first try asked again), replies
-that do not match (another ID, another question, another source port) never taken, and the
-names asked as `asking` puts them."""
+"""commands/bulklookup.py, `splitdns import`'s many questions at once, against the fake
+upstream on loopback (tests/support/fakeupstream.py): every question settled (a lost first
+try asked again), replies that do not match (another ID, another question, another source
+port, sent before the real one) never taken, and the names asked as `asking` puts them."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import socket
-import threading
+from collections.abc import Iterator
 
-import dns.message
-import dns.rcode
-import dns.rrset
+import pytest
 
 from splitdns.commands import bulklookup
 from splitdns.config.model import Endpoint
+from tests.support.fakeupstream import Action, FakeUpstream
+
+HOSTS = 300
 
 
-class Upstream:
-    """A loopback UDP upstream: `name` -> 203.0.113.N for names ending in `N.example.test`,
-    NXDOMAIN otherwise; drops the first query for each name in `drop_once`; before each
-    real answer sends a forged one (the question changed) and one from another port."""
-
-    def __init__(self, drop_once: set[str]) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.other.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.drop_once = set(drop_once)
-        self.asked: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            query = dns.message.from_wire(data)
-            name = query.question[0].name.to_text(omit_final_dot=True)
-            self.asked.append(name)
-            if name in self.drop_once:
-                self.drop_once.discard(name)
-                continue
-            forged = dns.message.make_response(dns.message.make_query("forged.test", "A"))
-            forged.id = query.id
-            forged.answer.append(dns.rrset.from_text(
-                "forged.test.", 60, "IN", "A", "198.51.100.66"))  # fmt: skip
-            self.sock.sendto(forged.to_wire(), peer)
-            reply = dns.message.make_response(query)
-            label = name.split(".")[0]
-            if label.startswith("host") and query.question[0].rdtype == 1:
-                address = f"203.0.113.{int(label[4:]) % 250 + 1}"
-                reply.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "A",
-                                                        address))  # fmt: skip
-                stray = dns.message.make_response(query)
-                stray.answer.append(dns.rrset.from_text(query.question[0].name, 60, "IN", "A",
-                                                        "198.51.100.77"))  # fmt: skip
-                self.other.sendto(stray.to_wire(), peer)  # (right ID and question, wrong port)
-            elif not label.startswith("host"):
-                reply.set_rcode(dns.rcode.NXDOMAIN)
-            self.sock.sendto(reply.to_wire(), peer)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(2)
-        self.sock.close()
-        self.other.close()
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeUpstream]:
+    # (the fake answers from a thread per query: 256 at once outlast a short timeout)
+    monkeypatch.setattr(bulklookup, "PARALLEL", 32)
+    fake = FakeUpstream(default=Action(forged_first=True))
+    fake.add(*(f"host{n}.example.test. 60 IN A 203.0.113.{n % 250 + 1}" for n in range(HOSTS)))
+    fake.actions["host7.example.test"] = Action(forged_first=True, lost_first=True)
+    fake.start()
+    yield fake
+    fake.stop()
 
 
-def test_every_question_settled_and_only_by_its_own_reply() -> None:
-    names = [f"host{n}.example.test" for n in range(600)] + ["nothing.example.test"]
+def test_every_question_settled_and_only_by_its_own_reply(upstream: FakeUpstream) -> None:
+    names = [f"host{n}.example.test" for n in range(HOSTS)] + ["nothing.example.test"]
     questions = [(name, rtype) for name in names for rtype in ("A", "AAAA")]
-    upstream = Upstream(drop_once={"host7.example.test", "host300.example.test"})
-    try:
-        found = asyncio.run(
-            bulklookup.ask_all(questions, Endpoint("127.0.0.1", upstream.port), timeout=0.5)
-        )
-    finally:
-        upstream.close()
+    found = asyncio.run(
+        bulklookup.ask_all(questions, Endpoint("127.0.0.1", upstream.port), timeout=1)
+    )
     assert len(found["A"]) == len(names) and len(found["AAAA"]) == len(names)
-    for n in range(600):
+    for n in range(HOSTS):
         assert found["A"][f"host{n}.example.test"] == (
             ipaddress.ip_address(f"203.0.113.{n % 250 + 1}"),
         )
         assert found["AAAA"][f"host{n}.example.test"] is None  # NODATA
     assert found["A"]["nothing.example.test"] is None  # NXDOMAIN
-    assert upstream.asked.count("host7.example.test") == 3  # A lost once, asked again; AAAA
+    asked = [(s.name, s.qtype) for s in upstream.seen if s.name == "host7.example.test"]
+    assert asked.count(("host7.example.test", "A")) == 2  # lost once, asked again
 
 
-def test_names_are_asked_as_asking_puts_them_and_repeats_skipped() -> None:
-    upstream = Upstream(drop_once=set())
+def test_names_are_asked_as_asking_puts_them_and_repeats_skipped(
+    upstream: FakeUpstream,
+) -> None:
     known: bulklookup.Answers = {"A": {"host1.example.test": None}, "AAAA": {}}
-    try:
-        found = asyncio.run(
-            bulklookup.ask_all(
-                [("host1.example.test", "A"), ("*.host2.example.test", "A")],
-                Endpoint("127.0.0.1", upstream.port),
-                timeout=0.5,
-                found=known,
-                asking=lambda name: "host9." + name[2:] if name.startswith("*.") else name,
-            )
+    found = asyncio.run(
+        bulklookup.ask_all(
+            [("host1.example.test", "A"), ("*.example.test", "A")],
+            Endpoint("127.0.0.1", upstream.port),
+            timeout=0.5,
+            found=known,
+            asking=lambda name: "host9." + name[2:] if name.startswith("*.") else name,
         )
-    finally:
-        upstream.close()
-    assert upstream.asked == ["host9.host2.example.test"]  # host1 was known already
-    assert found["A"]["*.host2.example.test"] == (ipaddress.ip_address("203.0.113.10"),)
+    )
+    assert [s.name for s in upstream.seen] == ["host9.example.test"]  # host1 known already
+    assert found["A"]["*.example.test"] == (ipaddress.ip_address("203.0.113.10"),)
     assert found["A"]["host1.example.test"] is None
 
 

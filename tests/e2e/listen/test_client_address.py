@@ -13,7 +13,7 @@ import ssl
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dns.edns
@@ -85,6 +85,25 @@ def exchange(sock: socket.socket) -> dns.message.Message:
 def answer_of(msg: dns.message.Message | None) -> list[str]:
     assert msg is not None, "no answer"
     return [r.to_text() for rrset in msg.answer for r in rrset]
+
+
+def each_view_through(ask: Callable[[str], list[str]]) -> None:
+    """Asked through something in front (once it answers), from 127.0.0.2, .3 and .4, each
+    client gets its own view's answer: the front named the client."""
+    deadline = time.monotonic() + 10
+    while not ask("127.0.0.2") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ask("127.0.0.2") == ["192.0.2.2"]
+    assert ask("127.0.0.3") == ["192.0.2.3"]
+    assert ask("127.0.0.4") == ["203.0.113.1"]
+
+
+def stopped(proc: subprocess.Popen[str]) -> None:
+    """Stop a front we started (by its PID) and close its pipe."""
+    proc.terminate()
+    proc.wait(10)
+    assert proc.stderr is not None
+    proc.stderr.close()
 
 
 def proxy_count(split: SplitDNS, result: str) -> float:
@@ -168,17 +187,9 @@ def test_dnsmasq_with_add_subnet_in_front(split: SplitDNS, tmp_path: Path) -> No
             )  # fmt: skip
             return out.stdout.split()
 
-        deadline = time.monotonic() + 10
-        while not through("127.0.0.2") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert through("127.0.0.2") == ["192.0.2.2"]
-        assert through("127.0.0.3") == ["192.0.2.3"]
-        assert through("127.0.0.4") == ["203.0.113.1"]
+        each_view_through(through)
     finally:
-        proc.terminate()
-        proc.wait(10)
-        assert proc.stderr is not None
-        proc.stderr.close()
+        stopped(proc)
 
 
 def test_dot_behind_a_proxy_names_the_client(nsd: NSD, tmp_path: Path) -> None:
@@ -320,15 +331,7 @@ def test_doh_through_haproxy_send_proxy_v2(nsd: NSD, tmp_path: Path) -> None:
         return out.stdout.split()
 
     try:
-        deadline = time.monotonic() + 10
-        while not via("127.0.0.2") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert via("127.0.0.2") == ["192.0.2.2"]
-        assert via("127.0.0.3") == ["192.0.2.3"]
-        assert via("127.0.0.4") == ["203.0.113.1"]
+        each_view_through(via)
     finally:
-        balancer.terminate()
-        balancer.wait(10)
-        assert balancer.stderr is not None
-        balancer.stderr.close()
+        stopped(balancer)
         assert proc.stop() == 0, proc.output
