@@ -193,9 +193,12 @@ class EncryptedListeners:
                     return
                 host = named
             await loop.connect_accepted_socket(lambda: shim, sock)
-        except (OSError, TimeoutError):
-            if conn.kind == "doh":  # (a trusted sender silent or gone before its first byte)
-                failed()
+        except TimeoutError:  # (a trusted DoH sender silent through the handshake deadline)
+            failed()
+            released()
+            sock.close()
+            return
+        except OSError:
             released()
             sock.close()
             return

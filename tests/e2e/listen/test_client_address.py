@@ -270,7 +270,8 @@ def test_doh_behind_a_tcp_proxy_names_the_client(nsd: NSD, tmp_path: Path) -> No
     a broken header is counted and closed; anyone else's header is no TLS and gets nothing."""
     doh, metrics = free_port(), free_port()
     text = VIEWS.format(nsd=nsd.port, metrics=metrics, log=tmp_path / "q.log")
-    proc = SplitDNS(tmp_path, text + f"state_dir: {tmp_path / 'state'}\n",
+    proc = SplitDNS(tmp_path, text + f"state_dir: {tmp_path / 'state'}\n"
+                    "limits: {handshake_timeout: 1}\n",
                     "--listen", f"https://127.0.0.1:{doh}/dns-query")  # fmt: skip
     proc.metrics_port = metrics  # type: ignore[attr-defined]
     context = unverified_context()
@@ -296,6 +297,15 @@ def test_doh_behind_a_tcp_proxy_names_the_client(nsd: NSD, tmp_path: Path) -> No
             ask("127.0.0.10", broken)
         assert proxy_count(proc, "malformed") == 1  # type: ignore[arg-type]
         assert ask("127.0.0.3", b"") == (200, ["192.0.2.3"])  # and still serving
+
+        def handshakes_failed() -> float:
+            return total(scrape(metrics), "splitdns_connections_closed_total", result="handshake")
+
+        before = handshakes_failed()
+        with socket.create_connection(("127.0.0.1", doh), source_address=("127.0.0.10", 0),
+                                      timeout=5) as silent:  # fmt: skip
+            assert silent.recv(1) == b""  # a trusted sender that never speaks: closed (1 s)
+        assert handshakes_failed() == before + 1
     finally:
         assert proc.stop() == 0, proc.output
 
