@@ -139,15 +139,14 @@ async def ask_all(
 
 def _addresses(data: bytes, rtype: int) -> tuple[bool, Found]:
     """(whether the reply settles the question, its addresses of `rtype`; None: none)."""
-    flags, answers = (data[2] << 8) | data[3], (data[6] << 8) | data[7]
-    if not answers and not flags & wire.TC and flags & 0xF in (wire.NOERROR, wire.NXDOMAIN):
-        return True, None  # (no name, no such record: settled from the header alone)
+    flags = (data[2] << 8) | data[3]
+    if flags & wire.TC or wire.rcode_of(data) not in (wire.NOERROR, wire.NXDOMAIN):
+        return False, None
+    if not (data[6] << 8) | data[7]:  # no answer records: settled from the header alone
+        return True, None
     try:
         message = wire.walk(data)
     except wire.WireError:
-        return False, None
-    rcode = wire.rcode_of(data)
-    if message.flags & wire.TC or rcode not in (wire.NOERROR, wire.NXDOMAIN):
         return False, None
     size = 4 if rtype == wire.TYPE_A else 16
     addresses = tuple(

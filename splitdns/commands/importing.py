@@ -63,11 +63,11 @@ class Upstreams:
             self(*first)
         except ConnectionError:
             return
-        asking = bulklookup.ask_all(
+        lookups = bulklookup.ask_all(
             todo, self.servers[0], self.timeout, self.known, translate.probe_name
         )
         with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:  # (uvloop: 1.6x)
-            runner.run(asking)
+            runner.run(lookups)
 
     def __call__(self, name: str, rtype: str) -> tuple[IPAddress, ...] | None:
         known = self.known[rtype]
@@ -141,7 +141,7 @@ def command(args: argparse.Namespace) -> int:
         print(f"splitdns import: no room for a temporary file: {exc}", file=sys.stderr)
         return 1
     kept = plan if args.verify else None
-    del plan, source  # the self-check's tree reuses their memory (100k entries: 410 -> 280 MiB)
+    del plan, source  # the self-check's tree reuses their memory
     gc.collect()
     with made, said:
         made.seek(0)
